@@ -1,0 +1,101 @@
+/* SPDX-License-Identifier: GPL-2.0-or-later */
+/*
+ * mekha: the boundary between QEMU and the mekha Rust library.
+ *
+ * This header is the single source of truth for both directions:
+ *  - mekha_qemu_*: implemented by QEMU (migration/mekha.c), called by Rust;
+ *    the Rust declarations are generated from this file by bindgen.
+ *  - mekha_*: implemented by the Rust library, called by QEMU; the Rust
+ *    definitions are checked against the bindgen declarations at build time.
+ *
+ * Strings crossing the boundary are NUL-terminated UTF-8.  A string returned
+ * by the library is owned by the caller and freed with mekha_string_free();
+ * a string passed in is borrowed for the duration of the call only.
+ */
+#ifndef MEKHA_H
+#define MEKHA_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Bumped on any incompatible change of this header. */
+#define MEKHA_ABI_VERSION 1
+
+/* ---- QEMU -> library ------------------------------------------------- */
+
+/*
+ * Returns MEKHA_ABI_VERSION as the library was built; QEMU refuses to use a
+ * library built against another version of this header.
+ */
+uint32_t mekha_abi_version(void);
+
+/* Status of mekha_qmp_command(). */
+typedef enum MekhaStatus {
+    MEKHA_OK = 0,
+    /* Arguments or state make the command fail; reply is a message. */
+    MEKHA_ERROR = 1,
+} MekhaStatus;
+
+/*
+ * Answer the QMP command @name (without the downstream prefix, e.g.
+ * "query-info").  @args_json is the command's arguments as a JSON object
+ * (never NULL).  On MEKHA_OK, *@reply is the JSON value to return; on
+ * MEKHA_ERROR it is a human-readable message.  *@reply is always set and is
+ * freed with mekha_string_free().  Called from the main loop with the BQL
+ * held: it must not block.
+ */
+MekhaStatus mekha_qmp_command(const char *name, const char *args_json,
+                              char **reply);
+
+/* Free a string returned by the library.  NULL is ignored. */
+void mekha_string_free(char *s);
+
+/* ---- library -> QEMU ------------------------------------------------- */
+
+/* Flags of a RAM block. */
+#define MEKHA_RAM_SHARED      (1u << 0) /* MAP_SHARED (memory-backend share=on) */
+#define MEKHA_RAM_FILE        (1u << 1) /* backed by a file or memfd */
+#define MEKHA_RAM_MIGRATABLE  (1u << 2) /* part of the migration stream */
+#define MEKHA_RAM_NORESERVE   (1u << 3) /* no swap reserved */
+
+/* A RAM block as QEMU sees it; valid only during the callback. */
+typedef struct MekhaRamBlock {
+    const char *name;      /* RAMBlock idstr, e.g. "pc.ram" */
+    uint64_t used_length;  /* bytes in use by the guest */
+    uint64_t max_length;   /* bytes reserved (resizeable blocks) */
+    uint64_t page_size;    /* host page size backing the block */
+    uint32_t flags;        /* MEKHA_RAM_* */
+    int32_t fd;            /* backing file descriptor, or -1 */
+    void *host;            /* host virtual address of the block */
+} MekhaRamBlock;
+
+/* Called once per RAM block; return non-zero to stop the walk. */
+typedef int (*MekhaRamBlockFn)(const MekhaRamBlock *block, void *opaque);
+
+/*
+ * Walk QEMU's RAM blocks in QEMU's order.  Returns the first non-zero value
+ * @fn returned, or 0.  Safe from any thread (takes the RCU read lock).
+ */
+int mekha_qemu_foreach_ram_block(MekhaRamBlockFn fn, void *opaque);
+
+/* Facts about this QEMU process; the strings live as long as the process. */
+typedef struct MekhaVmIdentity {
+    const char *qemu_version; /* e.g. "10.0.2" */
+    const char *vm_name;      /* -name guest=..., or NULL when unnamed */
+    const char *machine;      /* machine type, e.g. "pc-i440fx-10.0" */
+    const char *accelerator;  /* "tcg", "kvm", ... */
+} MekhaVmIdentity;
+
+/* Fill @id.  Call from the main loop or with the BQL held. */
+void mekha_qemu_vm_identity(MekhaVmIdentity *id);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MEKHA_H */

@@ -1,0 +1,79 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The mekha library that the patched QEMU links.
+//!
+//! QEMU calls the `mekha_*` functions declared in `include/mekha.h`; this
+//! crate calls back through the `mekha_qemu_*` functions of the same header.
+//! Every policy decision lives here; QEMU's side is a thin glue file.
+//!
+//! Every exported function catches panics: a bug in mekha fails the QMP
+//! command that hit it, it never takes the running VM down.
+
+mod boundary;
+mod info;
+mod qemu;
+mod qmp;
+
+use std::ffi::{c_char, CStr, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use boundary::MekhaStatus;
+
+/// See `mekha_abi_version` in include/mekha.h.
+#[no_mangle]
+pub unsafe extern "C" fn mekha_abi_version() -> u32 {
+    boundary::MEKHA_ABI_VERSION
+}
+
+/// See `mekha_qmp_command` in include/mekha.h.
+///
+/// # Safety
+/// `name` and `args_json` are valid NUL-terminated strings, `reply` is a
+/// valid pointer to write to.
+#[no_mangle]
+pub unsafe extern "C" fn mekha_qmp_command(
+    name: *const c_char,
+    args_json: *const c_char,
+    reply: *mut *mut c_char,
+) -> MekhaStatus {
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        // SAFETY: the caller passes valid C strings (see the header).
+        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
+        let args = unsafe { CStr::from_ptr(args_json) }.to_string_lossy();
+        qmp::dispatch(&name, &args)
+    }));
+    let (status, text) = match outcome {
+        Ok(Ok(json)) => (MekhaStatus::MEKHA_OK, json),
+        Ok(Err(message)) => (MekhaStatus::MEKHA_ERROR, message),
+        Err(panic) => (MekhaStatus::MEKHA_ERROR, format!("mekha: internal error: {}", panic_message(&panic))),
+    };
+    // SAFETY: the caller passes a valid out-pointer.
+    unsafe { *reply = into_c_string(text) };
+    status
+}
+
+/// See `mekha_string_free` in include/mekha.h.
+///
+/// # Safety
+/// `s` is NULL or a string returned by this library, not yet freed.
+#[no_mangle]
+pub unsafe extern "C" fn mekha_string_free(s: *mut c_char) {
+    if !s.is_null() {
+        // SAFETY: `s` came from CString::into_raw in into_c_string.
+        drop(unsafe { CString::from_raw(s) });
+    }
+}
+
+fn into_c_string(text: String) -> *mut c_char {
+    // Interior NULs cannot occur in JSON or in our messages; replace them
+    // rather than fail, so that the caller always gets a string.
+    let text = text.replace('\0', "\u{fffd}");
+    CString::new(text).expect("NULs were replaced").into_raw()
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("panic")
+}
