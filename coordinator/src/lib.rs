@@ -1,1 +1,9 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The mekha coordinator: drives QEMU VMs patched with mekha over QMP.
+//!
+//! The `mekha` command-line tool is a thin layer over this library; the
+//! system tests use the same library to talk to the VMs they boot.
 
+pub mod exit;
+pub mod info;
+pub mod qmp;

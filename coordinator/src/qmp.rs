@@ -1,0 +1,181 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! An asynchronous QMP client.
+//!
+//! One task reads the socket: replies are routed to their caller by the
+//! command's `id`, events are broadcast to every subscriber. Commands may be
+//! issued concurrently from several tasks.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::OwnedWriteHalf;
+use tokio::net::UnixStream;
+use tokio::sync::{broadcast, oneshot, Mutex as AsyncMutex};
+
+/// The downstream-extension prefix of mekha's QMP commands and events.
+pub const MEKHA_PREFIX: &str = "__org.mekha_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QmpError {
+    #[error("cannot connect to QMP socket {path}: {source}")]
+    Connect { path: PathBuf, source: std::io::Error },
+    #[error("QMP socket {path}: {message}")]
+    Protocol { path: PathBuf, message: String },
+    #[error("QMP connection to {path} closed")]
+    Closed { path: PathBuf },
+    #[error("QMP command {command} failed: {class}: {desc}")]
+    Command { command: String, class: String, desc: String },
+    #[error("QMP command {command} timed out after {timeout:?}")]
+    Timeout { command: String, timeout: Duration },
+}
+
+impl QmpError {
+    /// True when QEMU does not know the command (e.g. a QEMU without mekha).
+    pub fn is_command_not_found(&self) -> bool {
+        matches!(self, QmpError::Command { class, .. } if class == "CommandNotFound")
+    }
+}
+
+/// An asynchronous event from QEMU.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Event {
+    pub event: String,
+    #[serde(default)]
+    pub data: Value,
+    #[serde(default)]
+    pub timestamp: Value,
+}
+
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
+
+/// A QMP connection that has completed capability negotiation.
+pub struct Qmp {
+    path: PathBuf,
+    writer: AsyncMutex<OwnedWriteHalf>,
+    pending: Pending,
+    next_id: AtomicU64,
+    events: broadcast::Sender<Event>,
+    greeting: Value,
+    timeout: Duration,
+}
+
+impl Qmp {
+    /// Connects to a QMP socket and negotiates capabilities.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Qmp, QmpError> {
+        let path = path.as_ref().to_path_buf();
+        let stream = UnixStream::connect(&path)
+            .await
+            .map_err(|source| QmpError::Connect { path: path.clone(), source })?;
+        let (read, write) = stream.into_split();
+        let mut lines = BufReader::new(read).lines();
+        let protocol = |message: String| QmpError::Protocol { path: path.clone(), message };
+
+        let greeting_line = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+            .await
+            .map_err(|_| protocol("no QMP greeting within 10 s (is another client holding this monitor?)".into()))?
+            .map_err(|e| protocol(e.to_string()))?
+            .ok_or_else(|| protocol("closed before the greeting".into()))?;
+        let greeting: Value = serde_json::from_str(&greeting_line).map_err(|e| protocol(format!("bad greeting: {e}")))?;
+        if greeting.get("QMP").is_none() {
+            return Err(protocol(format!("not a QMP monitor (greeting: {greeting_line})")));
+        }
+
+        let pending: Pending = Arc::default();
+        let (events, _) = broadcast::channel(1024);
+        tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
+        let qmp = Qmp {
+            path,
+            writer: AsyncMutex::new(write),
+            pending,
+            next_id: AtomicU64::new(1),
+            events,
+            greeting,
+            timeout: Duration::from_secs(60),
+        };
+        qmp.execute("qmp_capabilities", Value::Null).await?;
+        Ok(qmp)
+    }
+
+    /// The socket this connection talks to.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// QEMU's greeting (`{"QMP": {"version": ..., "capabilities": ...}}`).
+    pub fn greeting(&self) -> &Value {
+        &self.greeting
+    }
+
+    /// Events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Runs a command; `args` is an object or `Value::Null` for none.
+    pub async fn execute(&self, command: &str, args: Value) -> Result<Value, QmpError> {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut request = json!({ "execute": command, "id": id });
+        if !args.is_null() {
+            request["arguments"] = args;
+        }
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id, tx);
+        let mut line = serde_json::to_vec(&request).expect("JSON encodes");
+        line.push(b'\n');
+        let sent = self.writer.lock().await.write_all(&line).await;
+        if sent.is_err() {
+            self.pending.lock().unwrap().remove(&id);
+            return Err(QmpError::Closed { path: self.path.clone() });
+        }
+        let reply = tokio::time::timeout(self.timeout, rx).await.map_err(|_| {
+            self.pending.lock().unwrap().remove(&id);
+            QmpError::Timeout { command: command.into(), timeout: self.timeout }
+        })?;
+        match reply {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err((class, desc))) => Err(QmpError::Command { command: command.into(), class, desc }),
+            Err(_) => Err(QmpError::Closed { path: self.path.clone() }),
+        }
+    }
+
+    /// Runs one of mekha's commands, named without the downstream prefix.
+    pub async fn execute_mekha(&self, command: &str, args: Value) -> Result<Value, QmpError> {
+        self.execute(&format!("{MEKHA_PREFIX}{command}"), args).await
+    }
+}
+
+async fn read_loop(
+    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    pending: Pending,
+    events: broadcast::Sender<Event>,
+) {
+    while let Ok(Some(line)) = lines.next_line().await {
+        let Ok(msg) = serde_json::from_str::<Value>(&line) else { continue };
+        if msg.get("event").is_some() {
+            if let Ok(event) = serde_json::from_value::<Event>(msg) {
+                let _ = events.send(event);
+            }
+            continue;
+        }
+        let Some(id) = msg.get("id").and_then(Value::as_u64) else { continue };
+        let Some(waiter) = pending.lock().unwrap().remove(&id) else { continue };
+        let outcome = if let Some(ret) = msg.get("return") {
+            Ok(ret.clone())
+        } else {
+            let err = &msg["error"];
+            Err((
+                err["class"].as_str().unwrap_or("GenericError").to_owned(),
+                err["desc"].as_str().unwrap_or("(no description)").to_owned(),
+            ))
+        };
+        let _ = waiter.send(outcome);
+    }
+    // Dropping the senders wakes every waiter with Closed.
+    pending.lock().unwrap().clear();
+}

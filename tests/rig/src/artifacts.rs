@@ -1,0 +1,40 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Where ci/build leaves what the tests run.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+
+/// Paths of the patched QEMU, the guest kernel and initramfs, and the CLI.
+#[derive(Debug, Clone)]
+pub struct Artifacts {
+    pub qemu: PathBuf,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub mekha: PathBuf,
+}
+
+impl Artifacts {
+    /// The artefacts under the workspace's target directory (or
+    /// `$CARGO_TARGET_DIR`); `$MEKHA_QEMU` overrides the QEMU binary.
+    pub fn locate() -> Result<Artifacts> {
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+        let qemu = std::env::var_os("MEKHA_QEMU")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| target.join("qemu/bin/qemu-system-x86_64"));
+        let artifacts = Artifacts {
+            qemu,
+            kernel: target.join("guest/vmlinuz"),
+            initrd: target.join("guest/initrd.img"),
+            mekha: target.join("release/mekha"),
+        };
+        for path in [&artifacts.qemu, &artifacts.kernel, &artifacts.initrd, &artifacts.mekha] {
+            if !path.exists() {
+                bail!("{} is missing: run ci/build first (the README's test command does)", path.display());
+            }
+        }
+        Ok(artifacts)
+    }
+}

@@ -1,0 +1,139 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! A QEMU VM booting the guest rig under TCG.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use mekha_coordinator::qmp::Qmp;
+
+use crate::{Artifacts, Netns, ProbeLog};
+
+/// How to start one VM.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// QEMU `-name`.
+    pub name: String,
+    pub memory_mib: u32,
+    /// Kernel command line words for the guest probe (`probe.*`, `mekha.*`).
+    pub probe_args: Vec<String>,
+    /// Tap in the cluster's namespace and the guest's MAC, if networked.
+    pub nic: Option<Nic>,
+    /// More QEMU arguments, appended last.
+    pub extra_args: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Nic {
+    pub tap: String,
+    pub mac: String,
+}
+
+impl VmConfig {
+    pub fn new(name: impl Into<String>) -> VmConfig {
+        VmConfig { name: name.into(), memory_mib: 256, probe_args: Vec::new(), nic: None, extra_args: Vec::new() }
+    }
+}
+
+/// A running QEMU, killed on drop.
+pub struct Vm {
+    pub config: VmConfig,
+    pub dir: PathBuf,
+    child: Child,
+}
+
+impl Vm {
+    /// Starts QEMU, inside `netns` when given, with its QMP socket, serial
+    /// log and QEMU's own stderr in `dir`.
+    pub fn launch(artifacts: &Artifacts, netns: Option<&Netns>, dir: &Path, config: VmConfig) -> Result<Vm> {
+        std::fs::create_dir_all(dir)?;
+        let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        let mut cmd = match netns {
+            Some(ns) => ns.command(&artifacts.qemu),
+            None => Command::new(&artifacts.qemu),
+        };
+        let append = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1"]
+            .into_iter()
+            .map(str::to_owned)
+            .chain(config.probe_args.iter().cloned())
+            .collect::<Vec<_>>()
+            .join(" ");
+        cmd.args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config"])
+            .args(["-name", &format!("guest={}", config.name)])
+            .args(["-m", &config.memory_mib.to_string(), "-smp", "1"])
+            .arg("-kernel")
+            .arg(&artifacts.kernel)
+            .arg("-initrd")
+            .arg(&artifacts.initrd)
+            .args(["-append", &append])
+            .arg("-chardev")
+            .arg(format!("file,id=serial0,path={}", dir.join("serial.log").display()))
+            .args(["-serial", "chardev:serial0"])
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()));
+        if let Some(nic) = &config.nic {
+            cmd.args(["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap)]).args([
+                "-device",
+                &format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac),
+            ]);
+        }
+        cmd.args(&config.extra_args);
+        let stderr = std::fs::File::create(dir.join("qemu.stderr"))?;
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .with_context(|| format!("starting {}", artifacts.qemu.display()))?;
+        Ok(Vm { config, dir: dir.to_path_buf(), child })
+    }
+
+    pub fn qmp_path(&self) -> PathBuf {
+        self.dir.join("qmp.sock")
+    }
+
+    pub fn log(&self) -> ProbeLog {
+        ProbeLog::new(self.dir.join("serial.log"))
+    }
+
+    /// Connects to the VM's QMP socket, waiting for QEMU to create it.
+    pub async fn qmp(&mut self) -> Result<Qmp> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("QEMU exited ({status}): {}", self.stderr());
+            }
+            if self.qmp_path().exists() {
+                if let Ok(qmp) = Qmp::connect(self.qmp_path()).await {
+                    return Ok(qmp);
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("no QMP socket at {} after 30 s", self.qmp_path().display());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// QEMU's stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
+    }
+
+    /// True while QEMU runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
