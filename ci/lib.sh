@@ -32,3 +32,12 @@ hash_paths() {
 need_root() {
     [ "$(id -u)" = 0 ] || die "$1 needs root (apt-get, network namespaces)"
 }
+
+# `apt-get update`, at most once per script run.
+APT_UPDATED=
+apt_update_once() {
+    [ -n "$APT_UPDATED" ] && return 0
+    log "apt-get update"
+    apt-get update -qq || die "apt-get update failed"
+    APT_UPDATED=1
+}
