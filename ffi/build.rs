@@ -16,6 +16,7 @@ fn main() {
         .allowlist_type("Mekha.*")
         .allowlist_var("MEKHA_.*")
         .rustified_enum("MekhaStatus")
+        .rustified_enum("MekhaEvent")
         .use_core()
         .generate_comments(true)
         .layout_tests(true)

@@ -22,9 +22,6 @@ async fn mekha_query_info_is_answered_from_rust() {
     config.probe_args = ["mekha.id=1", "probe.mem=16", "probe.rate=32", "probe.compute=400000000000", "probe.compute_chunk=67108864", "probe.clock_ms=500"]
         .map(String::from)
         .to_vec();
-    // A second monitor, as when libvirt holds the first one.
-    let cli_qmp = dir.join("cli-qmp.sock");
-    config.extra_args = vec!["-qmp".into(), format!("unix:{},server=on,wait=off", cli_qmp.display())];
     let mut vm = Vm::launch(&artifacts, None, &dir, config).unwrap();
     let qmp = vm.qmp().await.unwrap();
 
@@ -64,7 +61,8 @@ async fn mekha_query_info_is_answered_from_rust() {
     assert!(info.capabilities.iter().any(|c| c == "io-uring"), "capabilities {:?}", info.capabilities);
 
     // The CLI says the same, as JSON.
-    let out = Command::new(&artifacts.mekha).args(["info", "--json", "--qmp"]).arg(&cli_qmp).output().unwrap();
+    // The CLI on the VM's second monitor while the test holds the first.
+    let out = Command::new(&artifacts.mekha).args(["info", "--json", "--qmp"]).arg(vm.cli_qmp_path()).output().unwrap();
     assert!(out.status.success(), "mekha info: {}", String::from_utf8_lossy(&out.stderr));
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(doc[0]["info"]["vm-name"], "boot-1");

@@ -11,3 +11,5 @@ pub const USAGE: i32 = 2;
 pub const UNREACHABLE: i32 = 3;
 /// A VM's QEMU does not have the mekha patches.
 pub const NOT_MEKHA: i32 = 4;
+/// An image or checkpoint is damaged (`mekha image verify`/`inspect`).
+pub const DAMAGED: i32 = 5;

@@ -5,5 +5,7 @@
 //! system tests use the same library to talk to the VMs they boot.
 
 pub mod exit;
+pub mod image_cmd;
 pub mod info;
 pub mod qmp;
+pub mod vm_ckpt;

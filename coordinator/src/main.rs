@@ -6,10 +6,12 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mekha_coordinator::qmp::{Qmp, QmpError};
-use mekha_coordinator::{exit, info};
+use mekha_coordinator::vm_ckpt::{self, CheckpointOptions, CkptError};
+use mekha_coordinator::{exit, image_cmd, info};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
-/// QMP, 4 a VM whose QEMU lacks the mekha patches.
+/// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
+/// is damaged (`image verify`, `image inspect`).
 #[derive(Parser)]
 #[command(name = "mekha", version, about, long_about = None)]
 struct Cli {
@@ -27,6 +29,50 @@ enum Command {
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
+    },
+    /// Checkpoint the VM behind a QMP socket into a checkpoint directory;
+    /// exits 0 once the checkpoint is committed.
+    Checkpoint {
+        /// QMP socket of the VM.
+        #[arg(long = "qmp", value_name = "SOCK")]
+        qmp: PathBuf,
+        /// Checkpoint directory (created if missing).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// End the live phase after this long, whatever the dirty rate.
+        #[arg(long, value_name = "MS")]
+        time_budget_ms: Option<u64>,
+        /// Memory budget of the staging area in MiB (default: guest RAM).
+        #[arg(long, value_name = "MIB")]
+        staging_mib: Option<u64>,
+        /// MTD epoch: dirty-bitmap sync interval.
+        #[arg(long, value_name = "MS")]
+        epoch_ms: Option<u64>,
+        /// Print one JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restore the VM behind a QMP socket (QEMU started with the VM's
+    /// command line plus `-incoming defer`) from the latest committed
+    /// checkpoint of a directory, and resume it.
+    Restore {
+        /// QMP socket of the waiting QEMU.
+        #[arg(long = "qmp", value_name = "SOCK")]
+        qmp: PathBuf,
+        /// Checkpoint directory.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Leave the VM paused after the restore (resume with QMP `cont`).
+        #[arg(long)]
+        paused: bool,
+        /// Print one JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Inspect or verify checkpoint images (a file, or a checkpoint directory).
+    Image {
+        #[command(subcommand)]
+        command: image_cmd::ImageCommand,
     },
 }
 
@@ -88,6 +134,92 @@ async fn run_info(sockets: Vec<PathBuf>, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
+impl From<CkptError> for Failure {
+    fn from(e: CkptError) -> Failure {
+        match e {
+            CkptError::Qmp(q) => Failure::from(q),
+            e => Failure { code: exit::FAILURE, message: e.to_string() },
+        }
+    }
+}
+
+/// Progress on a terminal (stderr), one line rewritten in place.
+fn progress_line(enabled: bool) -> impl FnMut(&serde_json::Value) {
+    move |state| {
+        if !enabled {
+            return;
+        }
+        let mib = |k: &str| state[k].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
+        let line = match state["status"].as_str().unwrap_or("") {
+            "loading" => format!("restore: verified {:.0} MiB", mib("verified-bytes")),
+            status => format!(
+                "checkpoint: {status:<10} epochs {} copied {} pages, non-dirty {} dirty {} stale {}, staged {:.0} MiB, written {:.0} MiB",
+                state["epochs"], state["copied-pages"], state["non-dirty-pages"], state["dirty-pages"],
+                state["stale-pages"], mib("staged-bytes"), mib("written-bytes")
+            ),
+        };
+        eprint!("\r\x1b[K{line}");
+    }
+}
+
+async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions, json: bool) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let qmp = Qmp::connect(&sock).await?;
+    let tty = !json && std::io::stderr().is_terminal();
+    let summary = vm_ckpt::checkpoint(&qmp, &dir, &options, progress_line(tty)).await;
+    if tty {
+        eprintln!();
+    }
+    let summary = summary?;
+    if json {
+        let doc = serde_json::json!({ "dir": dir, "generation": summary.generation, "vms": [summary] });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
+    } else {
+        let p = &summary.progress;
+        let ms = |k: &str| p[k].as_u64().unwrap_or(0) as f64 / 1e6;
+        println!(
+            "{}: checkpoint generation {} committed in {} ({:.0} ms; paused {:.2} ms for {} pages; live phase {:.0} ms, ended by {}; staging peak {} MiB)",
+            summary.vm,
+            summary.generation,
+            dir.display(),
+            ms("total-ns"),
+            ms("pause-ns"),
+            p["final-pages"],
+            ms("live-ns"),
+            p["end-reason"].as_str().unwrap_or("?"),
+            p["staging-peak-bytes"].as_u64().unwrap_or(0) >> 20,
+        );
+    }
+    Ok(())
+}
+
+async fn run_restore(sock: PathBuf, dir: PathBuf, paused: bool, json: bool) -> Result<(), Failure> {
+    use std::io::IsTerminal;
+    let qmp = Qmp::connect(&sock).await?;
+    let tty = !json && std::io::stderr().is_terminal();
+    let summary = vm_ckpt::restore(&qmp, &dir, !paused, progress_line(tty)).await;
+    if tty {
+        eprintln!();
+    }
+    let summary = summary?;
+    if json {
+        let doc = serde_json::json!({ "dir": dir, "generation": summary.generation, "vms": [summary] });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
+    } else {
+        let p = &summary.progress;
+        println!(
+            "{}: restored from generation {} in {:.0} ms ({} MiB, {}), {}",
+            summary.vm,
+            summary.generation,
+            p["total-ns"].as_u64().unwrap_or(0) as f64 / 1e6,
+            p["ram-bytes"].as_u64().unwrap_or(0) >> 20,
+            if p["lazy"] == true { "mapped lazily" } else { "read" },
+            if paused { "paused" } else { "running" },
+        );
+    }
+    Ok(())
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -97,6 +229,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Info { qmp, json } => run_info(qmp, json).await,
+            Command::Checkpoint { qmp, dir, time_budget_ms, staging_mib, epoch_ms, json } => {
+                let options = CheckpointOptions { time_budget_ms, staging_mib, epoch_ms, ..Default::default() };
+                run_checkpoint(qmp, dir, options, json).await
+            }
+            Command::Restore { qmp, dir, paused, json } => run_restore(qmp, dir, paused, json).await,
+            Command::Image { command } => {
+                image_cmd::run(command).map_err(|f| Failure { code: f.code, message: f.message })
+            }
         }
     });
     match result {

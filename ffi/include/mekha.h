@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define MEKHA_ABI_VERSION 1
+#define MEKHA_ABI_VERSION 2
 
 /* ---- QEMU -> library ------------------------------------------------- */
 
@@ -93,6 +93,90 @@ typedef struct MekhaVmIdentity {
 
 /* Fill @id.  Call from the main loop or with the BQL held. */
 void mekha_qemu_vm_identity(MekhaVmIdentity *id);
+
+/* Free memory QEMU returned to the library (error strings). */
+void mekha_qemu_free(void *p);
+
+/* ---- threads and locks ---- */
+
+/*
+ * A library thread that calls into QEMU registers with QEMU's RCU first
+ * and unregisters before it exits.
+ */
+void mekha_qemu_thread_register(void);
+void mekha_qemu_thread_unregister(void);
+
+/* QEMU's big lock, for the calls below that say "BQL held". */
+void mekha_qemu_bql_lock(void);
+void mekha_qemu_bql_unlock(void);
+
+/* Run @fn(@opaque) soon in QEMU's main loop, with the BQL held. */
+void mekha_qemu_main_loop_call(void (*fn)(void *), void *opaque);
+
+/* ---- events ---- */
+
+typedef enum MekhaEvent {
+    MEKHA_EVENT_CHECKPOINT = 0, /* __org.mekha_CHECKPOINT */
+    MEKHA_EVENT_RESTORE = 1,    /* __org.mekha_RESTORE */
+} MekhaEvent;
+
+/*
+ * Send a QMP event; @data_json is its data object, which must match the
+ * event's QAPI type.  Any thread.
+ */
+void mekha_qemu_emit_event(MekhaEvent event, const char *data_json);
+
+/* ---- checkpoint (all BQL held) ---- */
+
+/*
+ * Prepare a checkpoint: refuse when the VM is not running or a migration
+ * runs, block migrations, start dirty logging.  On error returns -1 and a
+ * message in *@err (free with mekha_qemu_free).
+ */
+int mekha_qemu_checkpoint_begin(char **err);
+/* Undo mekha_qemu_checkpoint_begin(). */
+void mekha_qemu_checkpoint_end(void);
+
+/* Pull the accelerator's dirty log (KVM) into QEMU's bitmaps. */
+void mekha_qemu_dirty_log_sync(void);
+
+/*
+ * Fetch and clear the dirty bits of RAM block @block: @bitmap gets one bit
+ * per 4 KiB page of the block (LSB first in each word), set when the page
+ * was written since the previous fetch.  @pages must be the block's used
+ * length in pages.  Returns -1 when the block is unknown or has another
+ * size.
+ */
+int mekha_qemu_dirty_log_fetch(const char *block, uint64_t *bitmap,
+                               uint64_t pages);
+
+/* Stop the vCPUs (run state save-vm); -1 and *@err on failure. */
+int mekha_qemu_vm_stop(char **err);
+/* Resume the vCPUs. */
+void mekha_qemu_vm_start(void);
+
+/* Receives a byte buffer valid only during the call. */
+typedef void (*MekhaBytesFn)(const uint8_t *data, size_t len, void *opaque);
+
+/*
+ * Save every device's state (no RAM) with the VM stopped and hand it to
+ * @sink.  -1 and *@err on failure.
+ */
+int mekha_qemu_save_devices(MekhaBytesFn sink, void *opaque, char **err);
+
+/* ---- restore (all BQL held) ---- */
+
+/* True when QEMU waits for an incoming state (-incoming defer) unused. */
+bool mekha_qemu_incoming_pending(void);
+
+/* Load a device state saved by mekha_qemu_save_devices(). */
+int mekha_qemu_load_devices(const uint8_t *data, size_t len, char **err);
+
+/*
+ * Finish an incoming restore: announce the NICs, then resume the VM
+ * (activating its disks) when @start, else leave it paused.
+ */
+int mekha_qemu_incoming_finish(bool start, char **err);
 
 #ifdef __cplusplus
 }

@@ -9,9 +9,12 @@
 //! command that hit it, it never takes the running VM down.
 
 mod boundary;
+mod checkpoint;
+mod guest_ram;
 mod info;
 mod qemu;
 mod qmp;
+mod restore;
 
 use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -70,7 +73,7 @@ fn into_c_string(text: String) -> *mut c_char {
     CString::new(text).expect("NULs were replaced").into_raw()
 }
 
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {
     panic
         .downcast_ref::<&str>()
         .copied()

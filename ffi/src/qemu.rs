@@ -15,6 +15,8 @@ pub(crate) struct RamBlock {
     pub shared: bool,
     pub file_backed: bool,
     pub migratable: bool,
+    /// Host address of the block's memory in this process.
+    pub host: usize,
 }
 
 /// The VM's RAM blocks, in QEMU's order.
@@ -31,6 +33,7 @@ pub(crate) fn ram_blocks() -> Vec<RamBlock> {
             shared: block.flags & boundary::MEKHA_RAM_SHARED != 0,
             file_backed: block.flags & boundary::MEKHA_RAM_FILE != 0,
             migratable: block.flags & boundary::MEKHA_RAM_MIGRATABLE != 0,
+            host: block.host as usize,
         });
         0
     }
@@ -74,4 +77,173 @@ pub(crate) fn vm_identity() -> VmIdentity {
 /// `p` is NULL or a valid NUL-terminated string.
 unsafe fn c_str(p: *const std::ffi::c_char) -> Option<String> {
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+/// A QEMU error string (`char **err` out-parameters), owned.
+fn take_error(err: *mut std::ffi::c_char) -> String {
+    if err.is_null() {
+        return "unknown error".to_owned();
+    }
+    // SAFETY: QEMU returned a g_strdup'ed NUL-terminated string.
+    let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    unsafe { boundary::mekha_qemu_free(err as *mut c_void) };
+    message
+}
+
+/// Runs a `char **err`-style QEMU call; Err carries QEMU's message.
+fn check(call: impl FnOnce(*mut *mut std::ffi::c_char) -> c_int) -> Result<(), String> {
+    let mut err = std::ptr::null_mut();
+    if call(&mut err) < 0 {
+        Err(take_error(err))
+    } else {
+        Ok(())
+    }
+}
+
+/// Registration of a library thread with QEMU's RCU, for its lifetime.
+pub(crate) struct QemuThread(());
+
+impl QemuThread {
+    pub(crate) fn register() -> QemuThread {
+        // SAFETY: called once per thread, undone on drop in the same thread.
+        unsafe { boundary::mekha_qemu_thread_register() };
+        QemuThread(())
+    }
+}
+
+impl Drop for QemuThread {
+    fn drop(&mut self) {
+        // SAFETY: this thread registered in register().
+        unsafe { boundary::mekha_qemu_thread_unregister() };
+    }
+}
+
+/// Proof that this thread holds QEMU's big lock (BQL); releases it on drop
+/// when this guard took it.
+pub(crate) struct Bql {
+    owned: bool,
+}
+
+impl Bql {
+    /// Takes the BQL; never call from a thread that already holds it.
+    pub(crate) fn lock() -> Bql {
+        // SAFETY: paired with the unlock in drop.
+        unsafe { boundary::mekha_qemu_bql_lock() };
+        Bql { owned: true }
+    }
+
+    /// For code QEMU calls with the BQL held (QMP handlers, main-loop
+    /// calls).
+    ///
+    /// # Safety
+    /// The calling thread holds the BQL for the guard's lifetime.
+    pub(crate) unsafe fn assume_held() -> Bql {
+        Bql { owned: false }
+    }
+}
+
+impl Drop for Bql {
+    fn drop(&mut self) {
+        if self.owned {
+            // SAFETY: this guard took the lock.
+            unsafe { boundary::mekha_qemu_bql_unlock() };
+        }
+    }
+}
+
+/// Runs `f` soon in QEMU's main loop, with the BQL held.
+pub(crate) fn main_loop_call(f: impl FnOnce() + Send + 'static) {
+    unsafe extern "C" fn trampoline(opaque: *mut c_void) {
+        // SAFETY: opaque is the box leaked below, run exactly once.
+        let f = unsafe { Box::from_raw(opaque as *mut Box<dyn FnOnce() + Send>) };
+        if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+            eprintln!("mekha: internal error in a main-loop call: {}", crate::panic_message(&panic));
+        }
+    }
+    let f: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
+    // SAFETY: QEMU calls trampoline once with this pointer.
+    unsafe { boundary::mekha_qemu_main_loop_call(Some(trampoline), Box::into_raw(f) as *mut c_void) };
+}
+
+/// QMP events mekha sends.
+pub(crate) use boundary::MekhaEvent as Event;
+
+/// Sends QMP event `event` with `data` (which must match its QAPI type).
+pub(crate) fn emit_event(event: Event, data: &serde_json::Value) {
+    let json = std::ffi::CString::new(data.to_string()).expect("JSON has no NUL");
+    // SAFETY: valid C string for the duration of the call.
+    unsafe { boundary::mekha_qemu_emit_event(event, json.as_ptr()) };
+}
+
+/// Checkpoint support in QEMU; every function wants the BQL (`_bql`).
+pub(crate) mod ckpt {
+    use super::*;
+
+    pub(crate) fn begin(_bql: &Bql) -> Result<(), String> {
+        // SAFETY: BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_checkpoint_begin(err) })
+    }
+
+    pub(crate) fn end(_bql: &Bql) {
+        // SAFETY: BQL held, after a successful begin.
+        unsafe { boundary::mekha_qemu_checkpoint_end() };
+    }
+
+    pub(crate) fn dirty_log_sync(_bql: &Bql) {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_dirty_log_sync() };
+    }
+
+    /// Fetches and clears block `name`'s dirty bits into `bitmap`.
+    pub(crate) fn dirty_log_fetch(_bql: &Bql, name: &std::ffi::CStr, bitmap: &mut [u64], pages: u64) -> Result<(), String> {
+        assert!(bitmap.len() as u64 >= pages.div_ceil(64));
+        // SAFETY: BQL held; bitmap holds `pages` bits.
+        let rc = unsafe { boundary::mekha_qemu_dirty_log_fetch(name.as_ptr(), bitmap.as_mut_ptr(), pages) };
+        if rc < 0 {
+            return Err(format!("RAM block {} changed size or vanished during the checkpoint", name.to_string_lossy()));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn vm_stop(_bql: &Bql) -> Result<(), String> {
+        // SAFETY: BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_vm_stop(err) })
+    }
+
+    pub(crate) fn vm_start(_bql: &Bql) {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_vm_start() };
+    }
+
+    /// Saves every device's state (VM stopped).
+    pub(crate) fn save_devices(_bql: &Bql) -> Result<Vec<u8>, String> {
+        unsafe extern "C" fn sink(data: *const u8, len: usize, opaque: *mut c_void) {
+            // SAFETY: QEMU passes a buffer valid for the call; opaque is our Vec.
+            unsafe { (*(opaque as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(data, len)) };
+        }
+        let mut out = Vec::new();
+        // SAFETY: BQL held; `out` outlives the call.
+        check(|err| unsafe { boundary::mekha_qemu_save_devices(Some(sink), &mut out as *mut Vec<u8> as *mut c_void, err) })?;
+        Ok(out)
+    }
+}
+
+/// Incoming restore support; every function wants the BQL.
+pub(crate) mod incoming {
+    use super::*;
+
+    pub(crate) fn pending(_bql: &Bql) -> bool {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_incoming_pending() }
+    }
+
+    pub(crate) fn load_devices(_bql: &Bql, state: &[u8]) -> Result<(), String> {
+        // SAFETY: BQL held; state valid for the call.
+        check(|err| unsafe { boundary::mekha_qemu_load_devices(state.as_ptr(), state.len(), err) })
+    }
+
+    pub(crate) fn finish(_bql: &Bql, start: bool) -> Result<(), String> {
+        // SAFETY: BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_incoming_finish(start, err) })
+    }
 }

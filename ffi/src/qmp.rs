@@ -5,18 +5,30 @@
 //! against the QAPI schema; replies are JSON values of the schema's return
 //! type, which the glue checks again on its way back.
 
-use crate::info;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use crate::{checkpoint, info, restore};
 
 /// Handle `name` (without the `__org.mekha_` prefix) with `args_json`.
 /// Ok is the JSON reply, Err a message for the QMP client.
 pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
-    let _args: serde_json::Value =
-        serde_json::from_str(args_json).map_err(|e| format!("mekha: bad arguments for {name}: {e}"))?;
     let reply = match name {
-        "query-info" => serde_json::to_value(info::query_info()),
+        "query-info" => to_json(info::query_info()),
+        "checkpoint" => checkpoint::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
+        "checkpoint-end" => checkpoint::end_live_phase().map(|()| Value::Object(Default::default()))?,
+        "query-checkpoint" => to_json(checkpoint::query()),
+        "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
+        "query-restore" => to_json(restore::query()),
         _ => return Err(format!("mekha: this library does not implement command '{name}'")),
     };
-    reply
-        .and_then(|v| serde_json::to_string(&v))
-        .map_err(|e| format!("mekha: cannot encode the reply to {name}: {e}"))
+    Ok(reply.to_string())
+}
+
+fn args<T: DeserializeOwned>(name: &str, args_json: &str) -> Result<T, String> {
+    serde_json::from_str(args_json).map_err(|e| format!("mekha: bad arguments for {name}: {e}"))
+}
+
+fn to_json(value: impl serde::Serialize) -> Value {
+    serde_json::to_value(value).expect("replies encode")
 }

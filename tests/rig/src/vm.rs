@@ -22,6 +22,8 @@ pub struct VmConfig {
     pub nic: Option<Nic>,
     /// More QEMU arguments, appended last.
     pub extra_args: Vec<String>,
+    /// Start with `-incoming defer`, waiting for a restore.
+    pub incoming: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -32,7 +34,14 @@ pub struct Nic {
 
 impl VmConfig {
     pub fn new(name: impl Into<String>) -> VmConfig {
-        VmConfig { name: name.into(), memory_mib: 256, probe_args: Vec::new(), nic: None, extra_args: Vec::new() }
+        VmConfig {
+            name: name.into(),
+            memory_mib: 256,
+            probe_args: Vec::new(),
+            nic: None,
+            extra_args: Vec::new(),
+            incoming: false,
+        }
     }
 }
 
@@ -49,6 +58,7 @@ impl Vm {
     pub fn launch(artifacts: &Artifacts, netns: Option<&Netns>, dir: &Path, config: VmConfig) -> Result<Vm> {
         std::fs::create_dir_all(dir)?;
         let _ = std::fs::remove_file(dir.join("qmp.sock"));
+        let _ = std::fs::remove_file(dir.join("cli-qmp.sock"));
         let mut cmd = match netns {
             Some(ns) => ns.command(&artifacts.qemu),
             None => Command::new(&artifacts.qemu),
@@ -71,7 +81,11 @@ impl Vm {
             .arg(format!("file,id=serial0,path={}", dir.join("serial.log").display()))
             .args(["-serial", "chardev:serial0"])
             .arg("-qmp")
-            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()));
+            .arg(format!("unix:{},server=on,wait=off", dir.join("qmp.sock").display()))
+            // A second monitor, as when a manager such as libvirt holds the
+            // first: the mekha CLI talks to this one.
+            .arg("-qmp")
+            .arg(format!("unix:{},server=on,wait=off", dir.join("cli-qmp.sock").display()));
         if let Some(nic) = &config.nic {
             cmd.args(["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap)]).args([
                 "-device",
@@ -79,6 +93,9 @@ impl Vm {
             ]);
         }
         cmd.args(&config.extra_args);
+        if config.incoming {
+            cmd.args(["-incoming", "defer"]);
+        }
         let stderr = std::fs::File::create(dir.join("qemu.stderr"))?;
         let child = cmd
             .stdin(Stdio::null())
@@ -89,8 +106,14 @@ impl Vm {
         Ok(Vm { config, dir: dir.to_path_buf(), child })
     }
 
+    /// The monitor the test itself talks to (`Vm::qmp`).
     pub fn qmp_path(&self) -> PathBuf {
         self.dir.join("qmp.sock")
+    }
+
+    /// The second monitor, for the `mekha` CLI.
+    pub fn cli_qmp_path(&self) -> PathBuf {
+        self.dir.join("cli-qmp.sock")
     }
 
     pub fn log(&self) -> ProbeLog {

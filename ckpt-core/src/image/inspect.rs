@@ -1,0 +1,121 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! What an image holds, from its header and metadata sections alone (no RAM
+//! is read, so this is quick on images of any size).
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::error::Result;
+use super::format::{Producer, ZERO_PAGE_CRC};
+use super::layout::Identity;
+use super::reader::{HeaderInfo, Image};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Inspection {
+    pub path: PathBuf,
+    /// File length in bytes.
+    pub file_size: u64,
+    /// Bytes the file occupies on disk (less than its length when sparse).
+    pub allocated_bytes: u64,
+    pub header: HeaderInfo,
+    pub sections: Vec<SectionSummary>,
+    pub identity: Identity,
+    pub mekha: Producer,
+    pub ram_blocks: Vec<BlockSummary>,
+    pub total_pages: u64,
+    /// Pages whose checksum is that of a page of zeros (never written, or zero).
+    pub zero_pages: u64,
+    pub ram_end: u64,
+    pub info: Option<serde_json::Value>,
+    /// What could not be read but does not stop the inspection (e.g. a damaged INFO).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SectionSummary {
+    /// Name of the kind, e.g. `DEVICE_STATE`, or `kind N` when unknown.
+    pub kind: String,
+    pub number: u32,
+    pub required: bool,
+    /// Whether this mekha interprets the kind (unknown optional ones are skipped).
+    pub known: bool,
+    pub offset: u64,
+    pub length: u64,
+    pub crc32c: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct BlockSummary {
+    pub name: String,
+    pub length: u64,
+    pub page_size: u64,
+    pub file_offset: u64,
+    pub first_page: u64,
+    pub pages: u64,
+    pub zero_pages: u64,
+}
+
+pub fn inspect(path: &Path) -> Result<Inspection> {
+    inspect_image(&Image::open(path)?)
+}
+
+/// [`inspect`] on an image already open.
+pub fn inspect_image(image: &Image) -> Result<Inspection> {
+    let meta = image.file().metadata().map_err(super::error::ImageError::io("reading image", image.path()))?;
+    let layout = image.layout();
+    let crcs = image.page_crcs();
+    let ram_blocks: Vec<BlockSummary> = image
+        .identity()
+        .ram_blocks
+        .iter()
+        .enumerate()
+        .map(|(i, b)| {
+            let (first_page, pages) = layout.block_pages(i);
+            let range = first_page as usize..(first_page + pages) as usize;
+            BlockSummary {
+                name: b.name.clone(),
+                length: b.length,
+                page_size: b.page_size,
+                file_offset: layout.block_offset(i),
+                first_page,
+                pages,
+                zero_pages: crcs[range].iter().filter(|&&c| c == ZERO_PAGE_CRC).count() as u64,
+            }
+        })
+        .collect();
+    let sections = image
+        .sections()
+        .iter()
+        .map(|s| SectionSummary {
+            kind: s.kind.to_string(),
+            number: s.kind.number(),
+            required: s.required,
+            known: s.kind.is_known(),
+            offset: s.offset,
+            length: s.length,
+            crc32c: s.crc32c,
+        })
+        .collect();
+    let mut warnings = Vec::new();
+    let info = image.info().unwrap_or_else(|e| {
+        warnings.push(e.to_string());
+        None
+    });
+    Ok(Inspection {
+        path: image.path().to_owned(),
+        file_size: image.file_len(),
+        allocated_bytes: meta.blocks() * 512,
+        header: *image.header(),
+        sections,
+        identity: image.identity().clone(),
+        mekha: image.producer().clone(),
+        zero_pages: ram_blocks.iter().map(|b| b.zero_pages).sum(),
+        ram_blocks,
+        total_pages: layout.total_pages(),
+        ram_end: layout.ram_end(),
+        info,
+        warnings,
+    })
+}

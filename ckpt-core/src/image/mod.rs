@@ -1,0 +1,119 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The on-disk image of one VM: format 1.0.
+//!
+//! An image holds one VM's RAM, one CRC32C per RAM page, QEMU's device
+//! state and a description of the VM, in one (sparse) file. All integers
+//! are little-endian; all checksums are CRC32C (Castagnoli, as computed by
+//! SSE4.2's `crc32` instruction, initial value and final xor `0xffffffff`;
+//! the CRC32C of `"123456789"` is `0xe3069283`).
+//!
+//! # File structure
+//!
+//! ```text
+//! 0           header block (4096 bytes)
+//! 4096        zeros up to RAM_START
+//! 2 MiB       RAM data: each RAM block at a 2 MiB-aligned offset (layout.rs)
+//! ram_end     metadata sections, each starting on a 4096-byte boundary
+//! ```
+//!
+//! The file ends where the last section ends. Pages that were never
+//! written are holes of the sparse file and read as zeros.
+//!
+//! # Header block (offset 0, 4096 bytes)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `MEKHAIMG` (ASCII) |
+//! | 8 | 2 | format major version: 1 |
+//! | 10 | 2 | format minor version: 0 |
+//! | 12 | 4 | flags: none defined in 1.0; readers ignore bits they do not know |
+//! | 16 | 8 | creation time, nanoseconds since the Unix epoch |
+//! | 24 | 4 | section count `n` (at most 126) |
+//! | 28 | 4 | header CRC32C: over all 4096 bytes of the block with these 4 bytes set to zero |
+//! | 32 | 4 | page size: 4096 |
+//! | 36 | 28 | reserved, zero |
+//! | 64 | 32 × n | section directory, then zeros to the end of the block |
+//!
+//! A reader checks, in this order: the magic; the major version (refuse
+//! any other major, since a new major may change everything after the
+//! version, checksum included; accept any minor: minor versions only add
+//! optional sections, flags or JSON fields); the header CRC32C; the page
+//! size.
+//!
+//! ## Section directory entry (32 bytes)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | kind (below) |
+//! | 4 | 4 | flags: bit 0 = required (a reader that does not know the kind must refuse the image); other bits reserved |
+//! | 8 | 8 | offset of the section's first byte in the file |
+//! | 16 | 8 | length in bytes |
+//! | 24 | 4 | CRC32C of the section's bytes (0 for RAM) |
+//! | 28 | 4 | reserved, zero |
+//!
+//! Entries may come in any order. Sections with a length do not overlap
+//! each other nor the header block, and lie entirely within the file (a
+//! section reaching past the end of the file means a truncated image).
+//! Each known kind appears at most once; unknown kinds without the
+//! required bit are skipped.
+//!
+//! ## Section kinds
+//!
+//! | kind | name | required | contents |
+//! |---|---|---|---|
+//! | 1 | IDENTITY | yes | UTF-8 JSON: `{"vm": {"vm_name", "machine", "qemu_version", "ram_blocks": [{"name", "length", "page_size"}]}, "mekha": {"version", "build_id"}}` |
+//! | 2 | PAGE_CRCS | yes | one u32 CRC32C per page, in global page order (length = 4 × pages) |
+//! | 3 | DEVICE_STATE | yes | QEMU's device state stream, opaque |
+//! | 4 | RAM | yes | the RAM data: offset `RAM_START` (2 MiB), length `ram_end - RAM_START`, CRC 0 |
+//! | 5 | INFO | no | UTF-8 JSON object: free-form checkpoint statistics |
+//! | 6 | TIME | reserved | virtual-time offsets (a later version) |
+//! | 7 | NET_FRAMES | reserved | network frames held back at the checkpoint (a later version) |
+//!
+//! Kind 0 is invalid. IDENTITY, PAGE_CRCS, DEVICE_STATE and RAM must be
+//! present. JSON readers ignore fields they do not know.
+//!
+//! ## RAM and pages
+//!
+//! The RAM blocks of IDENTITY, in their order, determine where every page
+//! lives ([`layout::Layout`]): block 0's data starts at `RAM_START`
+//! (2 MiB); each next block starts at the end of the previous one rounded
+//! up to 2 MiB; `ram_end` is the end of the last block rounded up to 2 MiB
+//! (`RAM_START` when there are no blocks). Block lengths are whole pages
+//! of 4096 bytes. Pages are numbered globally: block 0's pages first, then
+//! block 1's. Page `p` of block `b` is at `block_offset(b) + 4096 × p`;
+//! its CRC32C is PAGE_CRCS entry `first_page(b) + p`. Every page has an
+//! entry: a page never written is zeros and carries `0x98f94189`, the
+//! CRC32C of 4096 zero bytes. The padding between blocks is zeros and
+//! unchecked. The RAM section's own CRC is 0 and not checked.
+//!
+//! # Writing
+//!
+//! [`ImageBuilder`] writes `<name>.partial`, sized to `ram_end` as a sparse
+//! file; page writers fill pages in place at fixed offsets (a page written
+//! again overwrites itself). `finish` appends the sections from `ram_end`,
+//! writes the header last, fsyncs, renames the file to its final name and
+//! fsyncs the directory: a file with the final name is always complete.
+
+mod builder;
+mod compat;
+mod durable;
+mod error;
+pub mod format;
+mod inspect;
+pub mod layout;
+mod reader;
+mod verify;
+
+#[cfg(test)]
+mod tests;
+
+pub use builder::{FinishedImage, ImageBuilder};
+pub use compat::{check_compatible, Compatible, Difference, Mismatch};
+pub use error::{ImageError, Result};
+pub use format::{page_crc, Producer, Section, SectionKind, ZERO_PAGE_CRC};
+pub use inspect::{inspect, inspect_image, BlockSummary, Inspection, SectionSummary};
+pub use layout::{Identity, Layout, RamBlock};
+pub use reader::{HeaderInfo, Image};
+pub use verify::{verify, verify_image, BadPage, BadSection, VerifyReport, MAX_REPORTED_BAD_PAGES};
+
+pub(crate) use durable::{now_unix_ns, sync_dir};

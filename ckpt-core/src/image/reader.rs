@@ -1,0 +1,325 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Opening an image: everything about its structure is checked up front so
+//! that a restore never starts from an image it cannot finish.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use zerocopy::FromBytes;
+
+use super::error::{ImageError, Result};
+use super::format::{
+    check_identity, HeaderBlock, IdentityRecord, Producer, Section, SectionKind, FORMAT_MAJOR, HEADER_SIZE, MAGIC,
+    MAX_SECTIONS,
+};
+use super::layout::{Identity, Layout, RAM_START};
+use crate::PAGE_SIZE;
+
+/// Sections an image must have, whatever their flags say.
+const MANDATORY: [SectionKind; 4] =
+    [SectionKind::Identity, SectionKind::PageCrcs, SectionKind::DeviceState, SectionKind::Ram];
+
+/// Reads are split so that a huge section never needs one huge buffer.
+pub(crate) const READ_CHUNK: usize = 8 << 20;
+
+/// The header's fields, decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct HeaderInfo {
+    pub major: u16,
+    pub minor: u16,
+    pub flags: u32,
+    pub created_unix_ns: u64,
+    pub header_crc32c: u32,
+}
+
+/// An image whose header, section directory, IDENTITY and PAGE_CRCS are valid.
+pub struct Image {
+    path: PathBuf,
+    file: File,
+    file_len: u64,
+    header: HeaderInfo,
+    sections: Vec<Section>,
+    record: IdentityRecord,
+    layout: Layout,
+    page_crcs: Vec<u32>,
+}
+
+impl Image {
+    pub fn open(path: &Path) -> Result<Image> {
+        let file = File::open(path).map_err(ImageError::io("opening image", path))?;
+        let meta = file.metadata().map_err(ImageError::io("reading image", path))?;
+        if !meta.is_file() {
+            return Err(ImageError::io("reading image", path)(io::Error::other("not a regular file")));
+        }
+        let file_len = meta.len();
+        let (header, sections) = read_header(&file, path, file_len)?;
+        let section = |kind| *sections.iter().find(|s| s.kind == kind).expect("mandatory sections are present");
+
+        let identity_bytes = read_checked(&file, path, &section(SectionKind::Identity))?;
+        let record: IdentityRecord = serde_json::from_slice(&identity_bytes)
+            .map_err(|e| ImageError::malformed(path, format!("the IDENTITY section is not valid: {e}")))?;
+        check_identity(&record.vm).map_err(|e| ImageError::malformed(path, format!("IDENTITY: {e}")))?;
+        let layout = Layout::new(&record.vm.ram_blocks);
+
+        let ram = section(SectionKind::Ram);
+        if ram.offset != RAM_START || ram.end() != layout.ram_end() {
+            return Err(ImageError::malformed(
+                path,
+                format!(
+                    "the RAM section spans {:#x}..{:#x} but the RAM blocks in IDENTITY need {RAM_START:#x}..{:#x}",
+                    ram.offset,
+                    ram.end(),
+                    layout.ram_end()
+                ),
+            ));
+        }
+        let crcs = section(SectionKind::PageCrcs);
+        if crcs.length != layout.total_pages() * 4 {
+            return Err(ImageError::malformed(
+                path,
+                format!(
+                    "PAGE_CRCS holds {} bytes but the RAM blocks have {} pages ({} bytes of checksums)",
+                    crcs.length,
+                    layout.total_pages(),
+                    layout.total_pages() * 4
+                ),
+            ));
+        }
+        let page_crcs = read_checked(&file, path, &crcs)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect();
+        Ok(Image { path: path.to_owned(), file, file_len, header, sections, record, layout, page_crcs })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    pub fn file_len(&self) -> u64 {
+        self.file_len
+    }
+
+    pub fn header(&self) -> &HeaderInfo {
+        &self.header
+    }
+
+    /// The directory, in file order, unknown optional kinds included.
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    pub fn section(&self, kind: SectionKind) -> Option<&Section> {
+        self.sections.iter().find(|s| s.kind == kind)
+    }
+
+    pub fn identity(&self) -> &Identity {
+        &self.record.vm
+    }
+
+    /// The mekha that wrote the image.
+    pub fn producer(&self) -> &Producer {
+        &self.record.mekha
+    }
+
+    pub fn layout(&self) -> &Layout {
+        &self.layout
+    }
+
+    /// One CRC32C per global page.
+    pub fn page_crcs(&self) -> &[u32] {
+        &self.page_crcs
+    }
+
+    /// File offset of global page `page`'s data.
+    pub fn page_data_offset(&self, page: u64) -> u64 {
+        self.layout.page_offset(page)
+    }
+
+    /// The block holding global page `page` and the page's byte offset in it.
+    pub fn page_place(&self, page: u64) -> (&str, u64) {
+        let (block, index) = self.layout.locate(page);
+        (&self.record.vm.ram_blocks[block].name, index * PAGE_SIZE as u64)
+    }
+
+    /// Reads global page `page` into `buf` (one page long), checking its CRC32C.
+    pub fn read_page(&self, page: u64, buf: &mut [u8]) -> Result<()> {
+        assert_eq!(buf.len(), PAGE_SIZE, "a page is {PAGE_SIZE} bytes");
+        self.file
+            .read_exact_at(buf, self.page_data_offset(page))
+            .map_err(ImageError::io("reading image", &self.path))?;
+        if crc32c::crc32c(buf) != self.page_crcs[page as usize] {
+            let (block, offset_in_block) = self.page_place(page);
+            return Err(ImageError::PageChecksum {
+                path: self.path.clone(),
+                page,
+                block: block.to_owned(),
+                offset_in_block,
+            });
+        }
+        Ok(())
+    }
+
+    /// QEMU's device state stream, checksum-checked.
+    pub fn device_state(&self) -> Result<Vec<u8>> {
+        let section = self.section(SectionKind::DeviceState).expect("mandatory sections are present");
+        read_checked(&self.file, &self.path, section)
+    }
+
+    /// The free-form statistics of the INFO section, if the image has one.
+    pub fn info(&self) -> Result<Option<serde_json::Value>> {
+        let Some(section) = self.section(SectionKind::Info) else { return Ok(None) };
+        let bytes = read_checked(&self.file, &self.path, section)?;
+        let value = serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::malformed(&self.path, format!("the INFO section is not valid JSON: {e}")))?;
+        Ok(Some(value))
+    }
+}
+
+// By hand: the derived form would print every page's checksum.
+impl std::fmt::Debug for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Image")
+            .field("path", &self.path)
+            .field("file_len", &self.file_len)
+            .field("header", &self.header)
+            .field("sections", &self.sections)
+            .field("identity", &self.record)
+            .field("pages", &self.page_crcs.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads and validates the header block and the section directory.
+fn read_header(file: &File, path: &Path, file_len: u64) -> Result<(HeaderInfo, Vec<Section>)> {
+    let mut buf = vec![0u8; HEADER_SIZE];
+    let available = file_len.min(HEADER_SIZE as u64) as usize;
+    file.read_exact_at(&mut buf[..available], 0).map_err(ImageError::io("reading image", path))?;
+    let magic_bytes = available.min(MAGIC.len());
+    if buf[..magic_bytes] != MAGIC[..magic_bytes] {
+        return Err(ImageError::BadMagic { path: path.to_owned() });
+    }
+    if available < HEADER_SIZE {
+        return Err(ImageError::Truncated {
+            path: path.to_owned(),
+            what: "the header".into(),
+            end: HEADER_SIZE as u64,
+            file_len,
+        });
+    }
+    let block = HeaderBlock::read_from_bytes(&buf).expect("the buffer is one header block");
+    let h = &block.header;
+    let (major, minor) = (h.major.get(), h.minor.get());
+    // The version comes before the checksum: another major may checksum differently.
+    if major > FORMAT_MAJOR {
+        return Err(ImageError::NewerFormat { path: path.to_owned(), major, minor });
+    }
+    if major < FORMAT_MAJOR {
+        return Err(ImageError::OlderFormat { path: path.to_owned(), major, minor });
+    }
+    let (stored, computed) = (h.header_crc32c.get(), block.compute_crc());
+    if stored != computed {
+        return Err(ImageError::HeaderChecksum { path: path.to_owned(), stored, computed });
+    }
+    if h.page_size.get() as usize != PAGE_SIZE {
+        return Err(ImageError::malformed(
+            path,
+            format!("pages of {} bytes (this mekha handles {PAGE_SIZE})", h.page_size.get()),
+        ));
+    }
+    let count = h.section_count.get() as usize;
+    if count > MAX_SECTIONS {
+        return Err(ImageError::malformed(path, format!("{count} sections, at most {MAX_SECTIONS} fit the header")));
+    }
+    let header = HeaderInfo {
+        major,
+        minor,
+        flags: h.flags.get(),
+        created_unix_ns: h.created_unix_ns.get(),
+        header_crc32c: stored,
+    };
+    let mut sections: Vec<Section> = block.entries().iter().map(Section::from_entry).collect();
+    check_sections(&mut sections, path, file_len)?;
+    Ok((header, sections))
+}
+
+/// Kinds, then bounds in file order, then overlaps. Sorts `sections` by offset.
+fn check_sections(sections: &mut [Section], path: &Path, file_len: u64) -> Result<()> {
+    let mut seen = HashSet::new();
+    for s in sections.iter() {
+        if !s.kind.is_known() {
+            if s.required {
+                return Err(ImageError::UnknownRequiredSection { path: path.to_owned(), kind: s.kind });
+            }
+            continue;
+        }
+        if !seen.insert(s.kind) {
+            return Err(ImageError::malformed(path, format!("section {} appears twice", s.kind)));
+        }
+    }
+    if let Some(missing) = MANDATORY.iter().find(|k| !seen.contains(k)) {
+        return Err(ImageError::malformed(path, format!("the {missing} section is missing")));
+    }
+
+    sections.sort_by_key(|s| (s.offset, s.length));
+    for s in sections.iter() {
+        if s.length > 0 && s.offset < HEADER_SIZE as u64 {
+            return Err(ImageError::malformed(path, format!("section {} starts inside the header", s.kind)));
+        }
+        if s.offset.checked_add(s.length).is_none() {
+            return Err(ImageError::malformed(path, format!("section {} ends beyond 2^64", s.kind)));
+        }
+        if s.end() > file_len {
+            return Err(ImageError::Truncated {
+                path: path.to_owned(),
+                what: format!("section {}", s.kind),
+                end: s.end(),
+                file_len,
+            });
+        }
+    }
+    let mut previous: Option<&Section> = None;
+    for s in sections.iter().filter(|s| s.length > 0) {
+        if let Some(p) = previous.filter(|p| p.end() > s.offset) {
+            return Err(ImageError::malformed(path, format!("sections {} and {} overlap", p.kind, s.kind)));
+        }
+        previous = Some(s);
+    }
+    Ok(())
+}
+
+/// A section's bytes, refused unless they match its CRC32C.
+fn read_checked(file: &File, path: &Path, section: &Section) -> Result<Vec<u8>> {
+    let mut bytes = vec![0u8; section.length as usize];
+    file.read_exact_at(&mut bytes, section.offset).map_err(ImageError::io("reading image", path))?;
+    let computed = crc32c::crc32c(&bytes);
+    if computed != section.crc32c {
+        return Err(ImageError::SectionChecksum {
+            path: path.to_owned(),
+            kind: section.kind,
+            stored: section.crc32c,
+            computed,
+        });
+    }
+    Ok(bytes)
+}
+
+/// CRC32C of a byte range, read in [`READ_CHUNK`] pieces.
+pub(crate) fn crc_of_range(file: &File, offset: u64, length: u64) -> io::Result<u32> {
+    let mut buf = vec![0u8; (length as usize).min(READ_CHUNK)];
+    let (mut crc, mut done) = (0u32, 0u64);
+    while done < length {
+        let n = ((length - done) as usize).min(buf.len());
+        file.read_exact_at(&mut buf[..n], offset + done)?;
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        done += n as u64;
+    }
+    Ok(crc)
+}

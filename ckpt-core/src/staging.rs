@@ -1,0 +1,504 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The in-memory staging area: a mirror of guest RAM, in global page order,
+//! holding copied pages until they are on disk, within a hard memory budget.
+//!
+//! One anonymous private mapping spans all guest pages (`MAP_NORESERVE`:
+//! nothing is reserved or resident until a page is staged). Each page is in
+//! one of four states:
+//!
+//! - `Empty`: never staged, not resident.
+//! - `Staged`: holds data not written yet; staging it again overwrites it in
+//!   place.
+//! - `InFlight`: being written to disk: must not change, so staging refuses
+//!   it until the write completes or fails.
+//! - `Written`: on disk; its memory went back to the kernel
+//!   (`MADV_DONTNEED`). Staging it again makes it resident again.
+//!
+//! Memory accounting: resident bytes are the Staged plus InFlight pages
+//! times [`PAGE_SIZE`]; [`Staging::stage`] refuses a page that would take
+//! them past the budget (rounded down to whole pages), so the budget is
+//! never exceeded. Transparent huge pages are turned off for the mapping,
+//! so the kernel's resident set of the mapping equals that count (a 4 KiB
+//! copy could otherwise fault in 2 MiB). Outside the budget: three bitmaps
+//! (3 bits per guest page: 192 KiB for 2 GiB of RAM) and the kernel's page
+//! tables for the touched range.
+
+use std::io;
+use std::ops::Range;
+use std::ptr::NonNull;
+
+use crate::PAGE_SIZE;
+
+/// Where a page is in its way to disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PageState {
+    Empty,
+    Staged,
+    InFlight,
+    Written,
+}
+
+/// Why [`Staging::stage`] refused a page.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StageError {
+    /// One more resident page would exceed the budget: drain to disk first.
+    #[error("staging memory budget is full")]
+    Full,
+    /// The page is being written: reap its completion first.
+    #[error("page is being written to disk")]
+    InFlight,
+}
+
+/// Consecutive pages handed out together for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Run {
+    pub first_page: u64,
+    pub pages: u64,
+}
+
+impl Run {
+    pub fn page_range(&self) -> Range<u64> {
+        self.first_page..self.first_page + self.pages
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.pages as usize * PAGE_SIZE
+    }
+}
+
+/// Which Staged pages [`Staging::take_runs`] may pick. Bitmaps are one bit
+/// per global page, LSB first, like the dirty bitmaps; words past their end
+/// count as zero.
+#[derive(Debug, Clone, Copy)]
+pub enum PageFilter<'a> {
+    All,
+    /// Only pages whose bit is set.
+    Only(&'a [u64]),
+    /// Only pages whose bit is clear, e.g. pages outside MTD's dirty set,
+    /// which are unlikely to be staged again.
+    Except(&'a [u64]),
+}
+
+impl PageFilter<'_> {
+    fn mask(&self, word: usize) -> u64 {
+        match self {
+            PageFilter::All => !0,
+            PageFilter::Only(bits) => bits.get(word).copied().unwrap_or(0),
+            PageFilter::Except(bits) => !bits.get(word).copied().unwrap_or(0),
+        }
+    }
+}
+
+/// The staging area of one VM.
+#[derive(Debug)]
+pub struct Staging {
+    base: NonNull<u8>,
+    total_pages: u64,
+    budget_pages: u64,
+    /// State bits; a page is in at most one of them (none = Empty).
+    staged: Vec<u64>,
+    inflight: Vec<u64>,
+    written: Vec<u64>,
+    resident_pages: u64,
+    peak_resident_pages: u64,
+}
+
+// SAFETY: the mapping is owned by the Staging and only reached through it;
+// `&self` methods only read.
+unsafe impl Send for Staging {}
+// SAFETY: as above.
+unsafe impl Sync for Staging {}
+
+impl Staging {
+    /// Maps address space for `total_pages` pages; at most `budget_bytes`
+    /// (rounded down to pages) of them will ever be resident.
+    pub fn new(total_pages: u64, budget_bytes: u64) -> io::Result<Staging> {
+        let len = total_pages as usize * PAGE_SIZE;
+        let base = if len == 0 {
+            NonNull::dangling()
+        } else {
+            // SAFETY: a fresh anonymous mapping; the result is checked.
+            let addr = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                    -1,
+                    0,
+                )
+            };
+            if addr == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+            // Best effort: without it the accounting could be off by huge
+            // pages, but a kernel without THP has no huge pages to avoid.
+            // SAFETY: advice on our own mapping.
+            unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
+            NonNull::new(addr.cast()).expect("mmap returned NULL")
+        };
+        let words = total_pages.div_ceil(64) as usize;
+        Ok(Staging {
+            base,
+            total_pages,
+            budget_pages: budget_bytes / PAGE_SIZE as u64,
+            staged: vec![0; words],
+            inflight: vec![0; words],
+            written: vec![0; words],
+            resident_pages: 0,
+            peak_resident_pages: 0,
+        })
+    }
+
+    pub fn total_pages(&self) -> u64 {
+        self.total_pages
+    }
+
+    /// Copies `src` into `page`'s slot. Panics if `page` is out of range.
+    #[inline]
+    pub fn stage(&mut self, page: u64, src: &[u8; PAGE_SIZE]) -> Result<(), StageError> {
+        // SAFETY: `src` is a readable page.
+        unsafe { self.stage_from_ptr(page, src.as_ptr()) }
+    }
+
+    /// [`Self::stage`] from a raw pointer, e.g. straight from guest memory.
+    ///
+    /// # Safety
+    /// `src` must be readable for [`PAGE_SIZE`] bytes and not overlap the
+    /// staging area. Concurrent writes to `src` (a running guest) only make
+    /// the copy torn, which dirty tracking repairs with a later copy.
+    #[inline]
+    pub unsafe fn stage_from_ptr(&mut self, page: u64, src: *const u8) -> Result<(), StageError> {
+        assert!(page < self.total_pages, "page {page} beyond staging's {} pages", self.total_pages);
+        let (w, bit) = word_bit(page);
+        if self.staged[w] & bit == 0 {
+            if self.inflight[w] & bit != 0 {
+                return Err(StageError::InFlight);
+            }
+            if self.resident_pages >= self.budget_pages {
+                return Err(StageError::Full);
+            }
+            self.staged[w] |= bit;
+            self.written[w] &= !bit;
+            self.resident_pages += 1;
+            self.peak_resident_pages = self.peak_resident_pages.max(self.resident_pages);
+        }
+        // SAFETY: in bounds (checked above); the caller vouches for `src`.
+        unsafe { std::ptr::copy_nonoverlapping(src, self.slot(page), PAGE_SIZE) };
+        Ok(())
+    }
+
+    pub fn state(&self, page: u64) -> PageState {
+        assert!(page < self.total_pages);
+        let (w, bit) = word_bit(page);
+        if self.staged[w] & bit != 0 {
+            PageState::Staged
+        } else if self.inflight[w] & bit != 0 {
+            PageState::InFlight
+        } else if self.written[w] & bit != 0 {
+            PageState::Written
+        } else {
+            PageState::Empty
+        }
+    }
+
+    /// A Staged or InFlight page's data.
+    pub fn page_data(&self, page: u64) -> Option<&[u8; PAGE_SIZE]> {
+        match self.state(page) {
+            // SAFETY: resident slot inside the mapping, as long as `self`.
+            PageState::Staged | PageState::InFlight => Some(unsafe { &*self.slot(page).cast::<[u8; PAGE_SIZE]>() }),
+            PageState::Empty | PageState::Written => None,
+        }
+    }
+
+    /// Bytes of Staged and InFlight pages.
+    pub fn resident_bytes(&self) -> u64 {
+        self.resident_pages * PAGE_SIZE as u64
+    }
+
+    pub fn peak_resident_bytes(&self) -> u64 {
+        self.peak_resident_pages * PAGE_SIZE as u64
+    }
+
+    /// The budget as enforced: whole pages.
+    pub fn budget_bytes(&self) -> u64 {
+        self.budget_pages * PAGE_SIZE as u64
+    }
+
+    /// Pages waiting to be written (not counting InFlight ones).
+    pub fn staged_pages(&self) -> u64 {
+        self.staged.iter().map(|w| u64::from(w.count_ones())).sum()
+    }
+
+    /// Picks up to `max_pages` Staged pages that pass `filter`, lowest
+    /// first, as runs of consecutive pages, and marks them InFlight. Each
+    /// run must end in [`Self::complete`] or [`Self::fail`] (whole or in
+    /// pieces).
+    pub fn take_runs(&mut self, max_pages: u64, filter: PageFilter<'_>) -> Vec<Run> {
+        let mut runs: Vec<Run> = Vec::new();
+        let mut left = max_pages;
+        for w in 0..self.staged.len() {
+            if left == 0 {
+                break;
+            }
+            let mut avail = self.staged[w] & filter.mask(w);
+            while avail != 0 && left > 0 {
+                let start = avail.trailing_zeros();
+                let len = u64::from((avail >> start).trailing_ones()).min(left);
+                let taken = ones(len) << start;
+                avail &= !taken;
+                self.staged[w] &= !taken;
+                self.inflight[w] |= taken;
+                left -= len;
+                let first_page = w as u64 * 64 + u64::from(start);
+                match runs.last_mut() {
+                    Some(run) if run.first_page + run.pages == first_page => run.pages += len,
+                    _ => runs.push(Run { first_page, pages: len }),
+                }
+            }
+        }
+        runs
+    }
+
+    /// An InFlight run's data: contiguous and page-aligned (fit for
+    /// `O_DIRECT`). It stays valid and unchanged until the run is completed
+    /// or failed, even after the borrow ends.
+    pub fn run_data(&self, run: &Run) -> &[u8] {
+        self.assert_inflight(run);
+        // SAFETY: in bounds and resident (checked); staging refuses to
+        // touch InFlight pages.
+        unsafe { std::slice::from_raw_parts(self.slot(run.first_page), run.bytes()) }
+    }
+
+    /// The run is on disk: marks it Written and gives its memory back.
+    pub fn complete(&mut self, run: &Run) {
+        self.assert_inflight(run);
+        for page in run.page_range() {
+            let (w, bit) = word_bit(page);
+            self.inflight[w] &= !bit;
+            self.written[w] |= bit;
+        }
+        self.resident_pages -= run.pages;
+        // SAFETY: our own private anonymous pages, which nothing reads any
+        // more; they read back as zeros if ever touched again.
+        let rc = unsafe { libc::madvise(self.slot(run.first_page).cast(), run.bytes(), libc::MADV_DONTNEED) };
+        debug_assert_eq!(rc, 0, "madvise: {}", io::Error::last_os_error());
+    }
+
+    /// The run's write failed: its pages are Staged again, data intact.
+    pub fn fail(&mut self, run: &Run) {
+        self.assert_inflight(run);
+        for page in run.page_range() {
+            let (w, bit) = word_bit(page);
+            self.inflight[w] &= !bit;
+            self.staged[w] |= bit;
+        }
+    }
+
+    fn assert_inflight(&self, run: &Run) {
+        assert!(run.pages > 0 && run.first_page + run.pages <= self.total_pages, "bad run {run:?}");
+        for page in run.page_range() {
+            let (w, bit) = word_bit(page);
+            assert!(self.inflight[w] & bit != 0, "page {page} of {run:?} is not in flight");
+        }
+    }
+
+    fn slot(&self, page: u64) -> *mut u8 {
+        // SAFETY: callers pass pages below total_pages.
+        unsafe { self.base.as_ptr().add(page as usize * PAGE_SIZE) }
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if self.total_pages > 0 {
+            // SAFETY: our mapping; no borrow of it outlives `self`.
+            unsafe { libc::munmap(self.base.as_ptr().cast(), self.total_pages as usize * PAGE_SIZE) };
+        }
+    }
+}
+
+fn word_bit(page: u64) -> (usize, u64) {
+    ((page / 64) as usize, 1 << (page % 64))
+}
+
+/// A mask of the `n` lowest bits, n <= 64.
+fn ones(n: u64) -> u64 {
+    if n >= 64 {
+        !0
+    } else {
+        (1 << n) - 1
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn page_of(byte: u8) -> [u8; PAGE_SIZE] {
+        let mut page = [byte; PAGE_SIZE];
+        page[0] = !byte;
+        page
+    }
+
+    /// Pages of the mapping the kernel has resident, from mincore(2).
+    fn kernel_resident_pages(staging: &Staging) -> u64 {
+        let len = staging.total_pages as usize * PAGE_SIZE;
+        let mut vec = vec![0u8; staging.total_pages as usize];
+        // SAFETY: our mapping; `vec` has one byte per page.
+        let rc = unsafe { libc::mincore(staging.base.as_ptr().cast(), len, vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
+        vec.iter().filter(|&&b| b & 1 != 0).count() as u64
+    }
+
+    #[test]
+    fn states_follow_stage_take_complete_fail() {
+        let mut s = Staging::new(200, 200 * PAGE_SIZE as u64).unwrap();
+        assert_eq!(s.state(7), PageState::Empty);
+        s.stage(7, &page_of(1)).unwrap();
+        s.stage(8, &page_of(2)).unwrap();
+        s.stage(130, &page_of(3)).unwrap();
+        assert_eq!(s.state(7), PageState::Staged);
+        assert_eq!(s.resident_bytes(), 3 * PAGE_SIZE as u64);
+        // Re-staging overwrites in place.
+        s.stage(7, &page_of(4)).unwrap();
+        assert_eq!(s.resident_bytes(), 3 * PAGE_SIZE as u64);
+        assert_eq!(s.page_data(7).unwrap(), &page_of(4));
+
+        let runs = s.take_runs(u64::MAX, PageFilter::All);
+        assert_eq!(runs, [Run { first_page: 7, pages: 2 }, Run { first_page: 130, pages: 1 }]);
+        assert_eq!(s.state(8), PageState::InFlight);
+        assert_eq!(s.stage(8, &page_of(9)), Err(StageError::InFlight));
+        let data = s.run_data(&runs[0]);
+        assert_eq!(data.len(), 2 * PAGE_SIZE);
+        assert_eq!(data.as_ptr() as usize % PAGE_SIZE, 0);
+        assert_eq!(&data[..PAGE_SIZE], &page_of(4));
+        assert_eq!(&data[PAGE_SIZE..], &page_of(2));
+
+        s.complete(&runs[0]);
+        s.fail(&runs[1]);
+        assert_eq!((s.state(7), s.state(8), s.state(130)), (PageState::Written, PageState::Written, PageState::Staged));
+        assert_eq!(s.page_data(130).unwrap(), &page_of(3));
+        assert_eq!(s.resident_bytes(), PAGE_SIZE as u64);
+        assert_eq!(kernel_resident_pages(&s), 1);
+
+        // A written page comes back.
+        s.stage(8, &page_of(5)).unwrap();
+        assert_eq!(s.state(8), PageState::Staged);
+        assert_eq!(s.page_data(8).unwrap(), &page_of(5));
+        assert_eq!(s.peak_resident_bytes(), 3 * PAGE_SIZE as u64);
+    }
+
+    #[test]
+    fn take_runs_honours_max_and_filter() {
+        let mut s = Staging::new(300, u64::MAX).unwrap();
+        for page in (60..140).chain(250..300) {
+            s.stage(page, &page_of(page as u8)).unwrap();
+        }
+        let mut only = vec![0u64; 5];
+        for page in (100..260).filter(|p| p % 50 != 0) {
+            only[page / 64] |= 1 << (page % 64);
+        }
+        let runs = s.take_runs(30, PageFilter::Only(&only));
+        assert_eq!(runs, [Run { first_page: 101, pages: 30 }]);
+        let runs = s.take_runs(1000, PageFilter::Except(&only));
+        assert_eq!(
+            runs,
+            [Run { first_page: 60, pages: 41 }, Run { first_page: 250, pages: 1 }, Run { first_page: 260, pages: 40 }],
+            "runs cross word boundaries"
+        );
+        let runs = s.take_runs(1000, PageFilter::All);
+        assert_eq!(runs, [Run { first_page: 131, pages: 9 }, Run { first_page: 251, pages: 9 }]);
+        assert!(s.take_runs(1000, PageFilter::All).is_empty());
+        assert_eq!(s.staged_pages(), 0);
+    }
+
+    #[test]
+    fn full_budget_refuses_until_drained() {
+        let mut s = Staging::new(100, 10 * PAGE_SIZE as u64 + 100).unwrap();
+        assert_eq!(s.budget_bytes(), 10 * PAGE_SIZE as u64);
+        for page in 0..10 {
+            s.stage(page, &page_of(1)).unwrap();
+        }
+        assert_eq!(s.stage(10, &page_of(1)), Err(StageError::Full));
+        // Overwriting a staged page needs no room.
+        s.stage(3, &page_of(2)).unwrap();
+        let runs = s.take_runs(4, PageFilter::All);
+        // In flight still counts.
+        assert_eq!(s.stage(10, &page_of(1)), Err(StageError::Full));
+        s.complete(&runs[0]);
+        for page in 10..14 {
+            s.stage(page, &page_of(1)).unwrap();
+        }
+        assert_eq!(s.stage(14, &page_of(1)), Err(StageError::Full));
+        assert_eq!(s.peak_resident_bytes(), s.budget_bytes());
+    }
+
+    /// Random staging, draining and failures: the accounting, the
+    /// kernel's resident set and the data all agree, and the budget holds.
+    #[test]
+    fn budget_is_never_exceeded_and_data_survives() {
+        let total = 1000u64;
+        let budget = 64;
+        let mut s = Staging::new(total, budget * PAGE_SIZE as u64).unwrap();
+        let mut expected: Vec<Option<u8>> = vec![None; total as usize];
+        let mut x = 12345u64;
+        let mut rand = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut full = 0;
+        for step in 0..20_000u64 {
+            match rand(12) {
+                1.. => {
+                    let page = rand(total);
+                    let byte = step as u8;
+                    match s.stage(page, &page_of(byte)) {
+                        Ok(()) => expected[page as usize] = Some(byte),
+                        Err(StageError::Full) => full += 1,
+                        Err(e) => panic!("{e}"),
+                    }
+                }
+                0 => {
+                    for run in s.take_runs(rand(40), PageFilter::All) {
+                        for page in run.page_range() {
+                            let offset = (page - run.first_page) as usize * PAGE_SIZE;
+                            let want = page_of(expected[page as usize].unwrap());
+                            assert_eq!(&s.run_data(&run)[offset..offset + PAGE_SIZE], &want);
+                        }
+                        if rand(4) == 0 {
+                            s.fail(&run);
+                        } else {
+                            s.complete(&run);
+                            run.page_range().for_each(|p| expected[p as usize] = None);
+                        }
+                    }
+                }
+            }
+            assert!(s.resident_bytes() <= s.budget_bytes());
+            if step % 256 == 0 {
+                assert_eq!(kernel_resident_pages(&s), s.resident_bytes() / PAGE_SIZE as u64);
+            }
+        }
+        assert!(full > 100, "the budget was never reached");
+        assert_eq!(s.peak_resident_bytes(), s.budget_bytes());
+        for page in 0..total {
+            assert_eq!(s.page_data(page).map(|d| d[1]), expected[page as usize], "page {page}");
+        }
+    }
+
+    #[test]
+    #[should_panic(expected = "beyond staging")]
+    fn out_of_range_page_panics() {
+        let mut s = Staging::new(10, u64::MAX).unwrap();
+        let _ = s.stage(10, &page_of(0));
+    }
+
+    #[test]
+    fn empty_staging_is_fine() {
+        let mut s = Staging::new(0, 0).unwrap();
+        assert!(s.take_runs(10, PageFilter::All).is_empty());
+    }
+}

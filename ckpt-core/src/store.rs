@@ -1,0 +1,714 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! A checkpoint directory: committed generations and the manifest naming
+//! the latest one.
+//!
+//! ```text
+//! DIR/MANIFEST.json          the commit point
+//! DIR/gen-000007/node1.mekha a committed generation, one image per VM
+//! DIR/gen-000006/...         the previous one, kept for safety
+//! DIR/gen-000008.partial/    a generation being written
+//! DIR/.lock                  held (flock) while a generation is written
+//! ```
+//!
+//! A checkpoint exists if and only if `MANIFEST.json` names it. The
+//! manifest is replaced atomically (written to `MANIFEST.json.tmp`, synced,
+//! renamed, directory synced), and only after the generation it names is
+//! complete and synced under its final name. So a crash at any point leaves
+//! the previous manifest and its generation intact; whatever the crash left
+//! behind (a `.partial` directory, a generation directory no manifest
+//! names, a `MANIFEST.json.tmp`) is removed by the next [`Store::begin`].
+//! Generation numbers never repeat, even after such a crash.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Component, Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::image::{now_unix_ns, sync_dir, Image, ImageError};
+
+pub const MANIFEST: &str = "MANIFEST.json";
+const MANIFEST_TMP: &str = "MANIFEST.json.tmp";
+const LOCK: &str = ".lock";
+/// Manifest format this mekha writes and reads.
+pub const MANIFEST_FORMAT: u32 = 1;
+/// File name extension of images in a generation directory.
+pub const IMAGE_EXTENSION: &str = "mekha";
+/// Longest VM name: the image's file name (plus `.mekha.partial`) must fit NAME_MAX.
+const MAX_VM_NAME: usize = 200;
+
+/// `DIR/MANIFEST.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub format: u32,
+    pub generation: u64,
+    pub created_unix_ns: u64,
+    pub vms: Vec<ManifestVm>,
+}
+
+/// One VM of a committed checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ManifestVm {
+    pub name: String,
+    /// Relative to the checkpoint directory, e.g. `gen-000007/node1.mekha`.
+    pub image: String,
+    /// Image file length when committed.
+    pub size: u64,
+    /// The image's header checksum when committed (identifies the exact image).
+    pub header_crc32c: u32,
+}
+
+impl Manifest {
+    pub fn vm(&self, name: &str) -> Option<&ManifestVm> {
+        self.vms.iter().find(|vm| vm.name == name)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("checkpoint directory {} is not a directory", path.display())]
+    NotADirectory { path: PathBuf },
+
+    #[error("checkpoint directory {} does not exist", path.display())]
+    Missing { path: PathBuf },
+
+    #[error("checkpoint directory {} is not writable: {source}", path.display())]
+    NotWritable {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    #[error("checkpoint directory {} is in use: another mekha is writing a checkpoint into it", path.display())]
+    Busy { path: PathBuf },
+
+    #[error("manifest {} is damaged: {reason}", path.display())]
+    BadManifest { path: PathBuf, reason: String },
+
+    #[error("manifest {} has format {format}, which is newer than this mekha ({MANIFEST_FORMAT}): use a newer mekha", path.display())]
+    NewerManifest { path: PathBuf, format: u32 },
+
+    #[error("invalid VM name {name:?}: {reason}")]
+    BadVmName { name: String, reason: &'static str },
+
+    #[error("VM {name} appears twice in the checkpoint")]
+    DuplicateVm { name: String },
+
+    #[error("VM {name}: image {} is not in generation directory {}", path.display(), dir.display())]
+    OutsideGeneration { name: String, path: PathBuf, dir: PathBuf },
+
+    #[error("VM {name}: {source}")]
+    Image {
+        name: String,
+        #[source]
+        source: ImageError,
+    },
+
+    #[error("checkpoint generation {generation} has no VM {name} (it has: {known})")]
+    UnknownVm { name: String, generation: u64, known: String },
+}
+
+impl StoreError {
+    fn io(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StoreError {
+        let path = path.to_owned();
+        move |source| StoreError::Io { action, path, source }
+    }
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// A checkpoint directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Opens `dir` for writing checkpoints, creating it if missing.
+    pub fn open(dir: &Path) -> Result<Store> {
+        if dir.exists() && !dir.is_dir() {
+            return Err(StoreError::NotADirectory { path: dir.to_owned() });
+        }
+        fs::create_dir_all(dir).map_err(StoreError::io("creating checkpoint directory", dir))?;
+        // Permission bits do not tell (root, read-only mounts): try.
+        let probe = dir.join(format!(".probe-{}", std::process::id()));
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&probe)
+            .map_err(|source| StoreError::NotWritable { path: dir.to_owned(), source })?;
+        fs::remove_file(&probe).map_err(StoreError::io("removing", &probe))?;
+        Ok(Store { dir: dir.to_owned() })
+    }
+
+    /// Opens an existing `dir` for reading (restore, inspect): creates
+    /// nothing and does not need write access.
+    pub fn open_existing(dir: &Path) -> Result<Store> {
+        match fs::metadata(dir) {
+            Ok(meta) if meta.is_dir() => Ok(Store { dir: dir.to_owned() }),
+            Ok(_) => Err(StoreError::NotADirectory { path: dir.to_owned() }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing { path: dir.to_owned() }),
+            Err(e) => Err(StoreError::io("opening checkpoint directory", dir)(e)),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The latest committed checkpoint, if any.
+    pub fn latest(&self) -> Result<Option<Manifest>> {
+        let path = self.dir.join(MANIFEST);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StoreError::io("reading manifest", &path)(e)),
+        };
+        let bad = |reason: String| StoreError::BadManifest { path: path.clone(), reason };
+        let manifest: Manifest = serde_json::from_slice(&bytes).map_err(|e| bad(e.to_string()))?;
+        if manifest.format > MANIFEST_FORMAT {
+            return Err(StoreError::NewerManifest { path, format: manifest.format });
+        }
+        if manifest.format != MANIFEST_FORMAT {
+            return Err(bad(format!("unknown format {}", manifest.format)));
+        }
+        for vm in &manifest.vms {
+            let inside = Path::new(&vm.image).components().all(|c| matches!(c, Component::Normal(_)));
+            if !inside || vm.image.is_empty() {
+                return Err(bad(format!(
+                    "VM {}'s image {:?} is not inside the checkpoint directory",
+                    vm.name, vm.image
+                )));
+            }
+        }
+        Ok(Some(manifest))
+    }
+
+    /// Where the image of `vm_name` in `manifest` is.
+    pub fn resolve(&self, manifest: &Manifest, vm_name: &str) -> Result<PathBuf> {
+        match manifest.vm(vm_name) {
+            Some(vm) => Ok(self.dir.join(&vm.image)),
+            None => Err(StoreError::UnknownVm {
+                name: vm_name.to_owned(),
+                generation: manifest.generation,
+                known: manifest.vms.iter().map(|vm| vm.name.as_str()).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+
+    /// Starts the next generation: takes the directory's lock, removes what
+    /// crashed runs left behind and creates `gen-<N>.partial/`.
+    pub fn begin(&self) -> Result<Generation> {
+        let lock = self.lock()?;
+        let previous = self.latest()?.map(|m| m.generation);
+        let committed = previous.unwrap_or(0);
+
+        let tmp = self.dir.join(MANIFEST_TMP);
+        remove_if_present(&tmp)?;
+        let mut highest = committed;
+        for (name, entry) in self.generation_entries()? {
+            highest = highest.max(entry.number());
+            // Partial, or complete but never named by a manifest: not a checkpoint.
+            if matches!(entry, GenEntry::Partial(_)) || entry.number() > committed {
+                let path = self.dir.join(name);
+                fs::remove_dir_all(&path).map_err(StoreError::io("removing unfinished generation", &path))?;
+            }
+        }
+        let number = highest + 1;
+        let path = self.dir.join(format!("{}.partial", generation_name(number)));
+        fs::create_dir(&path).map_err(StoreError::io("creating generation directory", &path))?;
+        sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))?;
+        Ok(Generation { store: self.clone(), number, path, previous, _lock: lock })
+    }
+
+    /// Exclusive `flock` on `DIR/.lock`, released when the file closes
+    /// (also when the process dies, so it never goes stale).
+    fn lock(&self) -> Result<File> {
+        let path = self.dir.join(LOCK);
+        let file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|source| StoreError::NotWritable { path: self.dir.clone(), source })?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::WouldBlock {
+                return Err(StoreError::Busy { path: self.dir.clone() });
+            }
+            return Err(StoreError::io("locking", &path)(e));
+        }
+        Ok(file)
+    }
+
+    /// `gen-N` and `gen-N.partial` entries of the directory.
+    fn generation_entries(&self) -> Result<Vec<(String, GenEntry)>> {
+        let mut entries = Vec::new();
+        let read = fs::read_dir(&self.dir).map_err(StoreError::io("listing", &self.dir))?;
+        for entry in read {
+            let entry = entry.map_err(StoreError::io("listing", &self.dir))?;
+            let Ok(name) = entry.file_name().into_string() else { continue };
+            if let Some(parsed) = GenEntry::parse(&name) {
+                entries.push((name, parsed));
+            }
+        }
+        Ok(entries)
+    }
+
+    fn write_manifest(&self, manifest: &Manifest, stop: Option<Step>) -> Result<bool> {
+        let tmp = self.dir.join(MANIFEST_TMP);
+        let mut json = serde_json::to_vec_pretty(manifest).expect("a manifest encodes as JSON");
+        json.push(b'\n');
+        let mut file = File::create(&tmp).map_err(StoreError::io("writing", &tmp))?;
+        file.write_all(&json).map_err(StoreError::io("writing", &tmp))?;
+        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
+        if stop == Some(Step::RenameManifest) {
+            return Ok(false);
+        }
+        let path = self.dir.join(MANIFEST);
+        fs::rename(&tmp, &path).map_err(StoreError::io("replacing", &path))?;
+        sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))?;
+        Ok(true)
+    }
+}
+
+/// A generation being written: `DIR/gen-<N>.partial/`. Dropping it without
+/// [`commit`](Self::commit) leaves the directory for the next
+/// [`Store::begin`] to remove, exactly as a crash would.
+#[derive(Debug)]
+pub struct Generation {
+    store: Store,
+    number: u64,
+    path: PathBuf,
+    /// The committed generation when this one began: kept after the commit.
+    previous: Option<u64>,
+    _lock: File,
+}
+
+/// Commit steps, for tests that simulate a crash before one of them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    RenameDir,
+    WriteManifest,
+    RenameManifest,
+    RemoveOld,
+}
+
+impl Generation {
+    pub fn number(&self) -> u64 {
+        self.number
+    }
+
+    /// The directory to write this generation's images into.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Where VM `vm_name`'s image goes: `<path>/<vm_name>.mekha`.
+    pub fn image_path(&self, vm_name: &str) -> Result<PathBuf> {
+        check_vm_name(vm_name)?;
+        Ok(self.path.join(format!("{vm_name}.{IMAGE_EXTENSION}")))
+    }
+
+    /// Makes this generation the latest checkpoint. Every image must be in
+    /// this generation's directory and open as a valid image.
+    pub fn commit<N: AsRef<str>, P: AsRef<Path>>(self, vms: &[(N, P)]) -> Result<Manifest> {
+        Ok(self.commit_until(vms, None)?.expect("a commit without a stop runs to the end"))
+    }
+
+    /// Removes this generation's directory.
+    pub fn abort(self) -> Result<()> {
+        fs::remove_dir_all(&self.path).map_err(StoreError::io("removing", &self.path))?;
+        sync_dir(&self.store.dir).map_err(StoreError::io("syncing", &self.store.dir))
+    }
+
+    /// [`commit`](Self::commit), stopping before `stop` as if the process
+    /// died there (`Ok(None)`).
+    fn commit_until<N: AsRef<str>, P: AsRef<Path>>(
+        self,
+        vms: &[(N, P)],
+        stop: Option<Step>,
+    ) -> Result<Option<Manifest>> {
+        let final_name = generation_name(self.number);
+        let mut entries: Vec<ManifestVm> = Vec::with_capacity(vms.len());
+        for (name, path) in vms {
+            let (name, path) = (name.as_ref(), path.as_ref());
+            check_vm_name(name)?;
+            if entries.iter().any(|e| e.name == name) {
+                return Err(StoreError::DuplicateVm { name: name.to_owned() });
+            }
+            let file_name = match path.file_name() {
+                Some(f) if path.parent() == Some(self.path.as_path()) => f.to_string_lossy().into_owned(),
+                _ => {
+                    return Err(StoreError::OutsideGeneration {
+                        name: name.to_owned(),
+                        path: path.to_owned(),
+                        dir: self.path.clone(),
+                    })
+                }
+            };
+            let image = Image::open(path).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
+            image.file().sync_all().map_err(StoreError::io("syncing", path))?;
+            entries.push(ManifestVm {
+                name: name.to_owned(),
+                image: format!("{final_name}/{file_name}"),
+                size: image.file_len(),
+                header_crc32c: image.header().header_crc32c,
+            });
+        }
+        sync_dir(&self.path).map_err(StoreError::io("syncing", &self.path))?;
+        let dir = &self.store.dir;
+        if stop == Some(Step::RenameDir) {
+            return Ok(None);
+        }
+        let final_path = dir.join(&final_name);
+        fs::rename(&self.path, &final_path).map_err(StoreError::io("renaming generation to", &final_path))?;
+        sync_dir(dir).map_err(StoreError::io("syncing", dir))?;
+        if stop == Some(Step::WriteManifest) {
+            return Ok(None);
+        }
+
+        let manifest =
+            Manifest { format: MANIFEST_FORMAT, generation: self.number, created_unix_ns: now_unix_ns(), vms: entries };
+        if !self.store.write_manifest(&manifest, stop)? || stop == Some(Step::RemoveOld) {
+            return Ok(None);
+        }
+        // The commit has happened; old generations are only space, so a
+        // failure to remove one is left for the next commit.
+        if let Ok(entries) = self.store.generation_entries() {
+            for (name, entry) in entries {
+                let n = entry.number();
+                if matches!(entry, GenEntry::Committed(_)) && n < self.number && Some(n) != self.previous {
+                    let _ = fs::remove_dir_all(dir.join(name));
+                }
+            }
+            let _ = sync_dir(dir);
+        }
+        Ok(Some(manifest))
+    }
+}
+
+/// `gen-000007`: six digits keep a listing in order for the first million.
+fn generation_name(number: u64) -> String {
+    format!("gen-{number:06}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum GenEntry {
+    Committed(u64),
+    Partial(u64),
+}
+
+impl GenEntry {
+    fn parse(name: &str) -> Option<GenEntry> {
+        let rest = name.strip_prefix("gen-")?;
+        let (digits, partial) = match rest.strip_suffix(".partial") {
+            Some(digits) => (digits, true),
+            None => (rest, false),
+        };
+        if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        let n = digits.parse().ok()?;
+        Some(if partial { GenEntry::Partial(n) } else { GenEntry::Committed(n) })
+    }
+
+    fn number(self) -> u64 {
+        match self {
+            GenEntry::Committed(n) | GenEntry::Partial(n) => n,
+        }
+    }
+}
+
+/// A VM name must make one plain file name.
+fn check_vm_name(name: &str) -> Result<()> {
+    let reason = if name.is_empty() {
+        "it is empty"
+    } else if name.contains('/') {
+        "it contains '/'"
+    } else if name.contains('\0') {
+        "it contains a NUL byte"
+    } else if name.starts_with('.') {
+        "it starts with '.'"
+    } else if name.len() > MAX_VM_NAME {
+        "it is longer than 200 bytes"
+    } else {
+        return Ok(());
+    };
+    Err(StoreError::BadVmName { name: name.to_owned(), reason })
+}
+
+fn remove_if_present(path: &Path) -> Result<()> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => Err(StoreError::io("removing", path)(e)),
+        _ => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::{Identity, ImageBuilder, RamBlock};
+
+    fn identity(name: &str) -> Identity {
+        Identity {
+            vm_name: name.into(),
+            machine: "pc-i440fx-10.0".into(),
+            qemu_version: "10.0.2".into(),
+            ram_blocks: vec![RamBlock { name: "pc.ram".into(), length: 1 << 20, page_size: 4096 }],
+        }
+    }
+
+    /// Writes one image per VM into `generation`; returns the commit list.
+    fn write_images(generation: &Generation, names: &[&str]) -> Vec<(String, PathBuf)> {
+        names
+            .iter()
+            .map(|&name| {
+                let path = generation.image_path(name).unwrap();
+                let mut builder = ImageBuilder::create(&path, &identity(name)).unwrap();
+                builder.write_page(3, &[generation.number() as u8; 4096]).unwrap();
+                builder.finish(b"device state", None).unwrap();
+                (name.to_owned(), path)
+            })
+            .collect()
+    }
+
+    fn checkpoint(store: &Store, names: &[&str]) -> Manifest {
+        let generation = store.begin().unwrap();
+        let vms = write_images(&generation, names);
+        generation.commit(&vms).unwrap()
+    }
+
+    fn listing(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> =
+            fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        names.retain(|n| n != LOCK);
+        names.sort();
+        names
+    }
+
+    /// The manifest's generation is there and every image in it opens.
+    fn assert_restorable(store: &Store, generation: u64) {
+        let manifest = store.latest().unwrap().expect("a committed checkpoint");
+        assert_eq!(manifest.generation, generation);
+        for vm in &manifest.vms {
+            let image = Image::open(&store.resolve(&manifest, &vm.name).unwrap()).unwrap();
+            assert_eq!(image.header().header_crc32c, vm.header_crc32c);
+            assert_eq!(image.file_len(), vm.size);
+            assert_eq!(image.identity().vm_name, vm.name);
+        }
+    }
+
+    #[test]
+    fn open_creates_the_directory_and_refuses_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("a/b");
+        let store = Store::open(&dir).unwrap();
+        assert!(dir.is_dir());
+        assert_eq!(store.latest().unwrap(), None);
+        assert!(listing(&dir).is_empty(), "the write probe is removed");
+
+        let file = tmp.path().join("file");
+        fs::write(&file, "x").unwrap();
+        let err = Store::open(&file).unwrap_err();
+        assert_eq!(err.to_string(), format!("checkpoint directory {} is not a directory", file.display()));
+        assert!(matches!(Store::open_existing(&file), Err(StoreError::NotADirectory { .. })));
+        assert!(matches!(Store::open_existing(&tmp.path().join("nope")), Err(StoreError::Missing { .. })));
+        assert!(matches!(Store::open(&file.join("sub")), Err(StoreError::Io { .. })));
+    }
+
+    #[test]
+    fn commit_names_every_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let generation = store.begin().unwrap();
+        assert_eq!(generation.number(), 1);
+        assert_eq!(generation.path(), tmp.path().join("gen-000001.partial"));
+        assert_eq!(generation.image_path("node1").unwrap(), tmp.path().join("gen-000001.partial/node1.mekha"));
+        let vms = write_images(&generation, &["node1", "node2"]);
+        let manifest = generation.commit(&vms).unwrap();
+
+        assert_eq!(manifest.generation, 1);
+        assert_eq!(manifest.vms[1].name, "node2");
+        assert_eq!(manifest.vms[1].image, "gen-000001/node2.mekha");
+        assert_eq!(store.latest().unwrap(), Some(manifest.clone()));
+        assert_eq!(listing(tmp.path()), ["MANIFEST.json", "gen-000001"]);
+        assert_restorable(&store, 1);
+        let err = store.resolve(&manifest, "node3").unwrap_err();
+        assert_eq!(err.to_string(), "checkpoint generation 1 has no VM node3 (it has: node1, node2)");
+
+        let on_disk: serde_json::Value = serde_json::from_slice(&fs::read(tmp.path().join(MANIFEST)).unwrap()).unwrap();
+        assert_eq!(on_disk["format"], 1);
+        assert_eq!(on_disk["vms"][0]["image"], "gen-000001/node1.mekha");
+    }
+
+    #[test]
+    fn one_older_generation_is_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        for expected in 1..=4 {
+            assert_eq!(checkpoint(&store, &["node1"]).generation, expected);
+        }
+        assert_eq!(listing(tmp.path()), ["MANIFEST.json", "gen-000003", "gen-000004"]);
+        assert_restorable(&store, 4);
+    }
+
+    #[test]
+    fn vm_names_must_be_plain_file_names() {
+        let tmp = tempfile::tempdir().unwrap();
+        let generation = Store::open(tmp.path()).unwrap().begin().unwrap();
+        for bad in ["", "a/b", "..", ".", ".hidden", "a\0b", &"x".repeat(201)] {
+            assert!(matches!(generation.image_path(bad), Err(StoreError::BadVmName { .. })), "{bad:?}");
+        }
+        let err = generation.image_path("../etc").unwrap_err();
+        assert_eq!(err.to_string(), "invalid VM name \"../etc\": it contains '/'");
+        assert!(generation.image_path("web-1.example_vm").is_ok());
+    }
+
+    #[test]
+    fn commit_refuses_what_is_not_a_valid_image() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        checkpoint(&store, &["node1"]);
+
+        let generation = store.begin().unwrap();
+        let missing = generation.image_path("node1").unwrap();
+        let err = generation.commit(&[("node1", &missing)]).unwrap_err();
+        assert!(err.to_string().starts_with("VM node1: opening image"), "{err}");
+
+        let generation = store.begin().unwrap();
+        let vms = write_images(&generation, &["node1"]);
+        let len = fs::metadata(&vms[0].1).unwrap().len();
+        OpenOptions::new().write(true).open(&vms[0].1).unwrap().set_len(len - 1).unwrap();
+        let err = generation.commit(&vms).unwrap_err();
+        assert!(err.to_string().starts_with("VM node1: image"), "{err}");
+        assert!(err.to_string().contains("is truncated"), "{err}");
+
+        let generation = store.begin().unwrap();
+        let vms = write_images(&generation, &["node1"]);
+        let twice = [vms[0].clone(), vms[0].clone()];
+        let err = generation.commit(&twice).unwrap_err();
+        assert_eq!(err.to_string(), "VM node1 appears twice in the checkpoint");
+
+        let generation = store.begin().unwrap();
+        let outside = tmp.path().join("elsewhere.mekha");
+        let err = generation.commit(&[("node1", &outside)]).unwrap_err();
+        assert!(matches!(err, StoreError::OutsideGeneration { .. }), "{err}");
+
+        assert_restorable(&store, 1);
+        assert_eq!(store.begin().unwrap().number(), 6, "numbers never repeat");
+    }
+
+    #[test]
+    fn one_writer_at_a_time() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let first = store.begin().unwrap();
+        let err = store.begin().unwrap_err();
+        assert!(matches!(err, StoreError::Busy { .. }), "{err}");
+        first.abort().unwrap();
+        assert!(listing(tmp.path()).is_empty());
+        // An aborted generation leaves no trace, so its number is free again.
+        assert_eq!(store.begin().unwrap().number(), 1);
+    }
+
+    /// A crash before each commit step leaves the previous checkpoint
+    /// restorable, and the next begin cleans up and moves on.
+    #[test]
+    fn crashes_leave_the_previous_checkpoint() {
+        for (stop, survivor, left_behind) in [
+            (Step::RenameDir, 1, vec!["MANIFEST.json", "gen-000001", "gen-000002.partial"]),
+            (Step::WriteManifest, 1, vec!["MANIFEST.json", "gen-000001", "gen-000002"]),
+            (Step::RenameManifest, 1, vec!["MANIFEST.json", "MANIFEST.json.tmp", "gen-000001", "gen-000002"]),
+            (Step::RemoveOld, 2, vec!["MANIFEST.json", "gen-000001", "gen-000002"]),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let store = Store::open(tmp.path()).unwrap();
+            checkpoint(&store, &["node1", "node2"]);
+
+            let generation = store.begin().unwrap();
+            let vms = write_images(&generation, &["node1", "node2"]);
+            assert_eq!(generation.commit_until(&vms, Some(stop)).unwrap(), None);
+            assert_eq!(listing(tmp.path()), left_behind, "crash before {stop:?}");
+            assert_restorable(&store, survivor);
+
+            let next = store.begin().unwrap();
+            assert_eq!(next.number(), 3, "crash before {stop:?}");
+            let mut expected = vec!["MANIFEST.json".to_owned(), "gen-000001".into()];
+            if survivor == 2 {
+                expected.push("gen-000002".into());
+            }
+            expected.push("gen-000003.partial".into());
+            assert_eq!(listing(tmp.path()), expected, "cleanup after a crash before {stop:?}");
+            assert_restorable(&store, survivor);
+
+            let vms = write_images(&next, &["node1", "node2"]);
+            next.commit(&vms).unwrap();
+            assert_restorable(&store, 3);
+            let kept = format!("gen-00000{survivor}");
+            assert_eq!(listing(tmp.path()), ["MANIFEST.json", kept.as_str(), "gen-000003"]);
+        }
+    }
+
+    #[test]
+    fn a_dropped_generation_is_cleaned_up_by_the_next() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        checkpoint(&store, &["node1"]);
+        let generation = store.begin().unwrap();
+        write_images(&generation, &["node1"]);
+        let partial_image = generation.path().join("node2.mekha.partial");
+        let half_written = ImageBuilder::create(&generation.path().join("node2.mekha"), &identity("node2")).unwrap();
+        assert!(partial_image.exists());
+        std::mem::forget(half_written); // a crash runs no destructor
+        drop(generation);
+        assert_restorable(&store, 1);
+        assert_eq!(store.begin().unwrap().number(), 3);
+        assert_eq!(listing(tmp.path()), ["MANIFEST.json", "gen-000001", "gen-000003.partial"]);
+    }
+
+    #[test]
+    fn damaged_manifests_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        let manifest = checkpoint(&store, &["node1"]);
+        let path = tmp.path().join(MANIFEST);
+        let write = |m: &Manifest| fs::write(&path, serde_json::to_vec(m).unwrap()).unwrap();
+
+        fs::write(&path, b"{\"format\": 1, \"gener").unwrap();
+        assert!(matches!(store.latest(), Err(StoreError::BadManifest { .. })));
+        assert!(matches!(store.begin(), Err(StoreError::BadManifest { .. })), "never clean up against a bad manifest");
+
+        write(&Manifest { format: 2, ..manifest.clone() });
+        let err = store.latest().unwrap_err();
+        assert!(err.to_string().contains("has format 2, which is newer than this mekha (1)"), "{err}");
+
+        let mut escaping = manifest.clone();
+        escaping.vms[0].image = "../elsewhere/node1.mekha".into();
+        write(&escaping);
+        let err = store.latest().unwrap_err();
+        assert!(err.to_string().contains("is not inside the checkpoint directory"), "{err}");
+
+        write(&manifest);
+        assert_restorable(&store, 1);
+    }
+
+    #[test]
+    fn generation_names_parse() {
+        assert_eq!(GenEntry::parse("gen-000007"), Some(GenEntry::Committed(7)));
+        assert_eq!(GenEntry::parse("gen-1234567.partial"), Some(GenEntry::Partial(1234567)));
+        for other in ["gen-", "gen-.partial", "gen-12x", "MANIFEST.json", "gen-+1", "xgen-1"] {
+            assert_eq!(GenEntry::parse(other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,432 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! `mekha image inspect|verify PATH`: what an image or a checkpoint holds,
+//! and whether it is intact.
+//!
+//! PATH is one image file, or a checkpoint directory: then every VM image
+//! of its latest committed generation (the one `MANIFEST.json` names).
+//! Both commands exit with [`exit::DAMAGED`] when an image is damaged and
+//! [`exit::FAILURE`] when one cannot be read for another reason (e.g.
+//! permissions); `verify` exits 0 only when everything is intact.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use mekha_ckpt_core::image::{self, ImageError, Inspection, VerifyReport};
+use mekha_ckpt_core::store::{Manifest, ManifestVm, Store};
+use serde::Serialize;
+use serde_json::json;
+
+use crate::exit;
+
+#[derive(Debug, clap::Subcommand)]
+pub enum ImageCommand {
+    /// Summarize an image, or the latest checkpoint of a directory (no RAM is read).
+    Inspect {
+        /// An image file, or a checkpoint directory.
+        path: PathBuf,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every checksum: header, sections, every page. Exit 0 only
+    /// when all is intact, 5 when something is damaged.
+    Verify {
+        /// An image file, or a checkpoint directory.
+        path: PathBuf,
+        /// Print one JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Why the command did not succeed, and its exit code.
+#[derive(Debug)]
+pub struct CommandFailure {
+    pub code: i32,
+    pub message: String,
+}
+
+pub fn run(command: ImageCommand) -> Result<(), CommandFailure> {
+    match command {
+        ImageCommand::Inspect { path, json } => run_inspect(&path, json),
+        ImageCommand::Verify { path, json } => run_verify(&path, json),
+    }
+}
+
+/// The images PATH stands for.
+struct Target {
+    /// The checkpoint when PATH is a directory.
+    checkpoint: Option<(PathBuf, Manifest)>,
+    images: Vec<Member>,
+}
+
+struct Member {
+    /// The VM's name in the manifest (none for a lone image file).
+    vm: Option<String>,
+    path: PathBuf,
+    recorded: Option<ManifestVm>,
+}
+
+fn target(path: &Path) -> Result<Target, CommandFailure> {
+    let failure = |message: String| CommandFailure { code: exit::FAILURE, message };
+    let meta = std::fs::metadata(path).map_err(|e| failure(format!("{}: {e}", path.display())))?;
+    if !meta.is_dir() {
+        let images = vec![Member { vm: None, path: path.to_owned(), recorded: None }];
+        return Ok(Target { checkpoint: None, images });
+    }
+    let store = Store::open_existing(path).map_err(|e| failure(e.to_string()))?;
+    let manifest = store.latest().map_err(|e| CommandFailure { code: exit::DAMAGED, message: e.to_string() })?;
+    let Some(manifest) = manifest else {
+        return Err(failure(format!("{} holds no committed checkpoint (no MANIFEST.json)", path.display())));
+    };
+    let images = manifest
+        .vms
+        .iter()
+        .map(|vm| Member {
+            vm: Some(vm.name.clone()),
+            path: store.resolve(&manifest, &vm.name).expect("the manifest names this VM"),
+            recorded: Some(vm.clone()),
+        })
+        .collect();
+    Ok(Target { checkpoint: Some((path.to_owned(), manifest)), images })
+}
+
+impl Member {
+    fn label(&self) -> String {
+        match &self.vm {
+            Some(vm) => format!("VM {vm} ({})", self.path.display()),
+            None => self.path.display().to_string(),
+        }
+    }
+
+    /// The exit code an error opening this image calls for. An image the
+    /// manifest names but that is missing is a damaged checkpoint.
+    fn code_for(&self, e: &ImageError) -> i32 {
+        let missing = matches!(e, ImageError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
+        if e.is_damage() || (missing && self.recorded.is_some()) {
+            exit::DAMAGED
+        } else {
+            exit::FAILURE
+        }
+    }
+
+    /// Where the image differs from what the manifest recorded at commit.
+    fn manifest_problems(&self, file_size: u64, header_crc32c: u32) -> Vec<String> {
+        let Some(recorded) = &self.recorded else { return Vec::new() };
+        let mut problems = Vec::new();
+        if recorded.size != file_size {
+            problems.push(format!("the file has {file_size} bytes but the manifest recorded {}", recorded.size));
+        }
+        if recorded.header_crc32c != header_crc32c {
+            problems.push(format!(
+                "header checksum {header_crc32c:#010x} differs from the manifest's {:#010x} (not the image that was committed)",
+                recorded.header_crc32c
+            ));
+        }
+        problems
+    }
+}
+
+/// The worst exit code among `codes`: damage outranks other failures.
+fn worst(codes: impl IntoIterator<Item = i32>) -> i32 {
+    codes.into_iter().fold(exit::OK, |worst, code| match (worst, code) {
+        (exit::DAMAGED, _) | (_, exit::DAMAGED) => exit::DAMAGED,
+        (exit::OK, code) => code,
+        (worst, _) => worst,
+    })
+}
+
+fn checkpoint_json(target: &Target) -> serde_json::Value {
+    match &target.checkpoint {
+        Some((dir, m)) => json!({ "dir": dir, "generation": m.generation, "created_unix_ns": m.created_unix_ns }),
+        None => serde_json::Value::Null,
+    }
+}
+
+fn print_checkpoint_header(target: &Target) {
+    if let Some((dir, m)) = &target.checkpoint {
+        println!(
+            "checkpoint {}: generation {}, committed {}, {} VM{}",
+            dir.display(),
+            m.generation,
+            utc(m.created_unix_ns),
+            m.vms.len(),
+            if m.vms.len() == 1 { "" } else { "s" }
+        );
+    }
+}
+
+// ---- inspect ----
+
+fn run_inspect(path: &Path, json: bool) -> Result<(), CommandFailure> {
+    let target = target(path)?;
+    let outcomes: Vec<(&Member, Result<Inspection, ImageError>)> =
+        target.images.iter().map(|m| (m, image::inspect(&m.path))).collect();
+    let code = worst(outcomes.iter().map(|(m, r)| r.as_ref().err().map_or(exit::OK, |e| m.code_for(e))));
+
+    if json {
+        #[derive(Serialize)]
+        struct Entry<'a> {
+            vm: Option<&'a str>,
+            path: &'a Path,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            inspection: Option<&'a Inspection>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            error: Option<String>,
+        }
+        let images: Vec<Entry> = outcomes
+            .iter()
+            .map(|(m, r)| Entry {
+                vm: m.vm.as_deref(),
+                path: &m.path,
+                inspection: r.as_ref().ok(),
+                error: r.as_ref().err().map(ToString::to_string),
+            })
+            .collect();
+        let doc = json!({ "checkpoint": checkpoint_json(&target), "images": images });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
+    } else {
+        print_checkpoint_header(&target);
+        for (member, outcome) in &outcomes {
+            match outcome {
+                Ok(inspection) => print_inspection(member, inspection),
+                Err(e) => println!("{}: cannot be read: {e}", member.label()),
+            }
+        }
+    }
+    if code == exit::OK {
+        Ok(())
+    } else {
+        let unreadable = outcomes.iter().filter(|(_, r)| r.is_err()).count();
+        let message = match &target.checkpoint {
+            Some(_) => format!("{unreadable} of {} images cannot be read", outcomes.len()),
+            None => format!("image {} cannot be read", path.display()),
+        };
+        Err(CommandFailure { code, message })
+    }
+}
+
+fn print_inspection(member: &Member, i: &Inspection) {
+    let id = &i.identity;
+    println!("{}", member.label());
+    println!(
+        "  format {}.{}, created {}, header crc32c {:#010x}",
+        i.header.major,
+        i.header.minor,
+        utc(i.header.created_unix_ns),
+        i.header.header_crc32c
+    );
+    println!(
+        "  VM {}: machine {}, QEMU {}; written by mekha {} ({})",
+        if id.vm_name.is_empty() { "(unnamed)" } else { &id.vm_name },
+        id.machine,
+        id.qemu_version,
+        i.mekha.version,
+        i.mekha.build_id
+    );
+    println!("  file {} ({} allocated)", size(i.file_size), size(i.allocated_bytes));
+    let ram: u64 = i.ram_blocks.iter().map(|b| b.length).sum();
+    println!(
+        "  RAM {} in {} block{}: {} pages, {} zero",
+        size(ram),
+        i.ram_blocks.len(),
+        if i.ram_blocks.len() == 1 { "" } else { "s" },
+        i.total_pages,
+        i.zero_pages
+    );
+    let width = i.ram_blocks.iter().map(|b| b.name.len()).max().unwrap_or(0);
+    for b in &i.ram_blocks {
+        println!(
+            "    {:width$}  {:>10}  at {:#011x}  {:>8} pages  {:>8} zero  ({} host pages)",
+            b.name,
+            size(b.length),
+            b.file_offset,
+            b.pages,
+            b.zero_pages,
+            size(b.page_size)
+        );
+    }
+    println!("  sections:");
+    for s in &i.sections {
+        let crc = if s.kind == "RAM" { "(per page)".to_owned() } else { format!("{:#010x}", s.crc32c) };
+        let tags = match (s.required, s.known) {
+            (true, _) => "required",
+            (false, true) => "optional",
+            (false, false) => "optional, unknown: skipped",
+        };
+        println!("    {:12}  at {:#011x}  {:>10}  crc32c {crc}  {tags}", s.kind, s.offset, size(s.length));
+    }
+    if let Some(info) = &i.info {
+        println!("  info: {info}");
+    }
+    for w in &i.warnings {
+        println!("  warning: {w}");
+    }
+}
+
+// ---- verify ----
+
+#[derive(Serialize)]
+struct Verdict<'a> {
+    vm: Option<&'a str>,
+    path: &'a Path,
+    intact: bool,
+    problems: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    report: Option<VerifyReport>,
+    #[serde(skip)]
+    code: i32,
+}
+
+fn verify_member(member: &Member) -> Verdict<'_> {
+    let verdict = |problems: Vec<String>, report, code| Verdict {
+        vm: member.vm.as_deref(),
+        path: &member.path,
+        intact: code == exit::OK,
+        problems,
+        report,
+        code,
+    };
+    let image = match image::Image::open(&member.path) {
+        Ok(image) => image,
+        Err(e) => return verdict(vec![e.to_string()], None, member.code_for(&e)),
+    };
+    match image::verify_image(&image) {
+        Ok(report) => {
+            let mut problems = member.manifest_problems(image.file_len(), image.header().header_crc32c);
+            problems.extend(report.problems());
+            let code = if problems.is_empty() { exit::OK } else { exit::DAMAGED };
+            verdict(problems, Some(report), code)
+        }
+        Err(e) => verdict(vec![e.to_string()], None, member.code_for(&e)),
+    }
+}
+
+fn run_verify(path: &Path, json: bool) -> Result<(), CommandFailure> {
+    let target = target(path)?;
+    if !json {
+        print_checkpoint_header(&target);
+    }
+    let mut verdicts = Vec::new();
+    for member in &target.images {
+        let verdict = verify_member(member);
+        if !json {
+            print_verdict(member, &verdict);
+        }
+        verdicts.push(verdict);
+    }
+    let code = worst(verdicts.iter().map(|v| v.code));
+    if json {
+        let doc = json!({ "checkpoint": checkpoint_json(&target), "intact": code == exit::OK, "images": verdicts });
+        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
+    }
+    let bad = verdicts.iter().filter(|v| !v.intact).count();
+    match (code, &target.checkpoint) {
+        (exit::OK, _) => Ok(()),
+        (_, Some((dir, m))) => Err(CommandFailure {
+            code,
+            message: format!(
+                "checkpoint {} generation {} is not intact: {bad} of {} images failed verification",
+                dir.display(),
+                m.generation,
+                verdicts.len()
+            ),
+        }),
+        (_, None) => Err(CommandFailure { code, message: format!("image {} is not intact", path.display()) }),
+    }
+}
+
+fn print_verdict(member: &Member, v: &Verdict) {
+    match (&v.report, v.intact) {
+        (Some(r), true) => {
+            println!("{}: OK ({} pages, {} sections checked)", member.label(), r.pages_checked, r.sections_checked)
+        }
+        (_, true) => println!("{}: OK", member.label()),
+        (_, false) => {
+            println!("{}: {}", member.label(), if v.code == exit::DAMAGED { "DAMAGED" } else { "FAILED" });
+            for p in &v.problems {
+                println!("  {p}");
+            }
+        }
+    }
+}
+
+// ---- formatting ----
+
+/// `1.5 GiB`, `8 KiB`, `310 B`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if value.fract() == 0.0 {
+        format!("{value:.0} {}", UNITS[unit])
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+/// `2024-05-01 12:34:56.789 UTC` from nanoseconds since the epoch.
+fn utc(unix_ns: u64) -> String {
+    let secs = unix_ns / 1_000_000_000;
+    let millis = (unix_ns / 1_000_000) % 1000;
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{millis:03} UTC",
+        day_secs / 3600,
+        day_secs / 60 % 60,
+        day_secs % 60
+    )
+}
+
+/// Proleptic Gregorian date of a day count since 1970-01-01, counting in
+/// 400-year eras that start on March 1st (so leap days end a year).
+fn civil_date(days_since_epoch: u64) -> (u64, u64, u64) {
+    const DAYS_PER_ERA: u64 = 146_097;
+    // Days from 0000-03-01 to 1970-01-01.
+    let days = days_since_epoch + 719_468;
+    let era = days / DAYS_PER_ERA;
+    let day_of_era = days % DAYS_PER_ERA;
+    let year_of_era = (day_of_era - day_of_era / 1460 + day_of_era / 36_524 - day_of_era / 146_096) / 365;
+    let day_of_year = day_of_era - (365 * year_of_era + year_of_era / 4 - year_of_era / 100);
+    let month_from_march = (5 * day_of_year + 2) / 153;
+    let day = day_of_year - (153 * month_from_march + 2) / 5 + 1;
+    let month = if month_from_march < 10 { month_from_march + 3 } else { month_from_march - 9 };
+    let year = era * 400 + year_of_era + u64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dates() {
+        assert_eq!(utc(0), "1970-01-01 00:00:00.000 UTC");
+        assert_eq!(utc(951_782_400_000_000_000), "2000-02-29 00:00:00.000 UTC");
+        assert_eq!(utc(1_700_000_000_123_456_789), "2023-11-14 22:13:20.123 UTC");
+        assert_eq!(utc(4_107_542_399_000_000_000), "2100-02-28 23:59:59.000 UTC");
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(size(310), "310 B");
+        assert_eq!(size(8192), "8 KiB");
+        assert_eq!(size(3 << 20), "3 MiB");
+        assert_eq!(size((3 << 30) / 2), "1.5 GiB");
+    }
+
+    #[test]
+    fn damage_outranks_other_failures() {
+        assert_eq!(worst([]), exit::OK);
+        assert_eq!(worst([exit::OK, exit::FAILURE, exit::OK]), exit::FAILURE);
+        assert_eq!(worst([exit::FAILURE, exit::DAMAGED, exit::OK]), exit::DAMAGED);
+    }
+}

@@ -1,0 +1,214 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Restore of this VM from an image (`__org.mekha_restore`).
+//!
+//! QEMU runs the checkpointed VM's command line plus `-incoming defer`, so
+//! its RAM blocks exist and no vCPU has run. The QMP handler checks the
+//! image against this VM; a worker thread verifies every page's checksum
+//! and fills guest RAM — by mapping the image's pages (`MAP_PRIVATE`: the
+//! guest's writes stay in memory, the file is never changed) or by reading
+//! them — and the main loop then loads the device state and resumes.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use mekha_ckpt_core::image::{check_compatible, page_crc, Image};
+use mekha_ckpt_core::PAGE_SIZE;
+use serde::{Deserialize, Serialize};
+
+use crate::guest_ram::GuestRam;
+use crate::qemu::{self, Bql, Event, QemuThread};
+
+/// `__org.mekha_RestoreArgs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct Args {
+    pub path: PathBuf,
+    pub start: Option<bool>,
+    pub lazy: Option<bool>,
+}
+
+/// `__org.mekha_RestoreStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Status {
+    #[default]
+    None,
+    Loading,
+    Completed,
+    Failed,
+}
+
+/// `__org.mekha_RestoreInfo`.
+#[derive(Debug, Clone, Serialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) struct Info {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub lazy: bool,
+    pub ram_bytes: u64,
+    pub verified_bytes: u64,
+    pub total_ns: u64,
+}
+
+static INFO: Mutex<Info> = Mutex::new(Info {
+    status: Status::None,
+    path: None,
+    error: None,
+    lazy: false,
+    ram_bytes: 0,
+    verified_bytes: 0,
+    total_ns: 0,
+});
+
+/// `__org.mekha_query-restore`.
+pub(crate) fn query() -> Info {
+    INFO.lock().unwrap().clone()
+}
+
+fn finish(outcome: Result<(), String>, started: Instant) {
+    let snapshot = {
+        let mut info = INFO.lock().unwrap();
+        info.total_ns = started.elapsed().as_nanos() as u64;
+        match outcome {
+            Ok(()) => info.status = Status::Completed,
+            Err(e) => {
+                info.status = Status::Failed;
+                info.error = Some(e);
+            }
+        }
+        info.clone()
+    };
+    qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
+}
+
+/// `__org.mekha_restore`: checks, then loads in the background.
+pub(crate) fn start(args: Args) -> Result<(), String> {
+    let started = Instant::now();
+    // SAFETY: QMP handlers run in the main loop with the BQL held.
+    let bql = unsafe { Bql::assume_held() };
+    if INFO.lock().unwrap().status == Status::Loading {
+        return Err("a restore is already running".into());
+    }
+    if !qemu::incoming::pending(&bql) {
+        return Err("this QEMU does not wait for an incoming VM: start it with the VM's command line plus \
+                    '-incoming defer', and restore before anything else runs"
+            .into());
+    }
+    let ram = GuestRam::current(&bql)?;
+    let image = Image::open(&args.path).map_err(|e| e.to_string())?;
+    let compat = check_compatible(image.identity(), ram.identity()).map_err(|m| m.to_string())?;
+    for warning in &compat.warnings {
+        eprintln!("mekha: restore of {}: {warning}", args.path.display());
+    }
+    let lazy = match (args.lazy, lazy_refusal(&ram)) {
+        (Some(true), Some(why)) => return Err(format!("lazy restore is impossible here: {why}")),
+        (Some(false), _) | (None, Some(_)) => false,
+        (_, None) => true,
+    };
+    *INFO.lock().unwrap() = Info {
+        status: Status::Loading,
+        path: Some(args.path.display().to_string()),
+        lazy,
+        ram_bytes: image.layout().total_pages() * PAGE_SIZE as u64,
+        ..Info::default()
+    };
+    let start_vm = args.start.unwrap_or(true);
+    let ram = Arc::new(ram);
+    std::thread::Builder::new()
+        .name("mekha-restore".into())
+        .spawn(move || {
+            let _thread = QemuThread::register();
+            match load_ram(&image, &ram, lazy).and_then(|()| image.device_state().map_err(|e| e.to_string())) {
+                Ok(device_state) => qemu::main_loop_call(move || {
+                    // SAFETY: main-loop calls run with the BQL held.
+                    let bql = unsafe { Bql::assume_held() };
+                    let outcome = qemu::incoming::load_devices(&bql, &device_state)
+                        .and_then(|()| qemu::incoming::finish(&bql, start_vm));
+                    finish(outcome, started);
+                }),
+                Err(e) => finish(Err(e), started),
+            }
+        })
+        .map_err(|e| format!("cannot start the restore thread: {e}"))?;
+    Ok(())
+}
+
+/// Why guest RAM cannot be mapped from the image, if it cannot.
+fn lazy_refusal(ram: &GuestRam) -> Option<String> {
+    for (i, block) in ram.identity().ram_blocks.iter().enumerate() {
+        let (host, _) = ram.block_memory(i);
+        let qemu_block = crate::qemu::ram_blocks().into_iter().find(|b| b.name == block.name)?;
+        if qemu_block.shared || qemu_block.file_backed {
+            return Some(format!("RAM block {} is shared or file-backed", block.name));
+        }
+        if block.page_size != PAGE_SIZE as u64 || host as usize % PAGE_SIZE != 0 {
+            return Some(format!("RAM block {} is not backed by 4 KiB pages", block.name));
+        }
+    }
+    None
+}
+
+/// Chunk of RAM read at once while verifying.
+const CHUNK: usize = 8 << 20;
+
+/// Verifies every page of every block and fills guest RAM.
+fn load_ram(image: &Image, ram: &GuestRam, lazy: bool) -> Result<(), String> {
+    let layout = image.layout();
+    let crcs = image.page_crcs();
+    let mut scratch = vec![0u8; if lazy { CHUNK } else { 0 }];
+    for block in 0..ram.block_count() {
+        let (host, len) = ram.block_memory(block);
+        let offset = layout.block_offset(block);
+        let (first_page, _) = layout.block_pages(block);
+        let mut done = 0;
+        while done < len {
+            let n = CHUNK.min(len - done);
+            // Bulk: read straight into guest RAM. Lazy: read to check only;
+            // the pages stay in the page cache for the mapping below.
+            let buf: &mut [u8] = if lazy {
+                &mut scratch[..n]
+            } else {
+                // SAFETY: [host, host+len) is this block's guest RAM, which
+                // no vCPU uses before the restore completes.
+                unsafe { std::slice::from_raw_parts_mut(host.add(done), n) }
+            };
+            image.file().read_exact_at(buf, offset + done as u64).map_err(|e| format!("reading {}: {e}", image.path().display()))?;
+            for (i, page) in buf.chunks_exact(PAGE_SIZE).enumerate() {
+                let index = first_page + ((done / PAGE_SIZE) + i) as u64;
+                if page_crc(page) != crcs[index as usize] {
+                    let (name, at) = image.page_place(index);
+                    return Err(format!(
+                        "image {} is damaged: page {index} ({name} + {at:#x}) fails its checksum; nothing was restored",
+                        image.path().display()
+                    ));
+                }
+            }
+            done += n;
+            INFO.lock().unwrap().verified_bytes += n as u64;
+        }
+        if lazy {
+            // SAFETY: replaces this block's anonymous guest RAM mapping in
+            // place with a private mapping of the verified image pages.
+            let mapped = unsafe {
+                libc::mmap(
+                    host as *mut libc::c_void,
+                    len,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_PRIVATE | libc::MAP_FIXED,
+                    image.file().as_raw_fd(),
+                    offset as libc::off_t,
+                )
+            };
+            if mapped == libc::MAP_FAILED || mapped as *mut u8 != host {
+                return Err(format!("mapping the image into guest RAM failed: {}", std::io::Error::last_os_error()));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,192 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Live checkpoint of one VM with the `mekha` CLI, restore into a fresh
+//! QEMU, and the refusals that keep a committed checkpoint safe.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use mekha_rig::{Artifacts, ProbeLog, Vm, VmConfig};
+use serde_json::Value;
+
+const BOOT: Duration = Duration::from_secs(120);
+/// Steps of the probe's computation: long enough to span the checkpoint.
+const COMPUTE: u64 = 3 << 30;
+const CHUNK: u64 = 1 << 28;
+
+fn probe_vm(name: &str, memory_mib: u32, dirty_mib: u32) -> VmConfig {
+    let mut config = VmConfig::new(name);
+    config.memory_mib = memory_mib;
+    config.probe_args = vec![
+        "mekha.id=1".into(),
+        format!("probe.mem={dirty_mib}"),
+        format!("probe.compute={COMPUTE}"),
+        format!("probe.compute_chunk={CHUNK}"),
+        "probe.clock_ms=1000".into(),
+    ];
+    config
+}
+
+fn mekha(artifacts: &Artifacts, args: &[&str], qmp: &Path, dir: &Path) -> Output {
+    Command::new(&artifacts.mekha).args(args).arg("--qmp").arg(qmp).arg("--dir").arg(dir).output().unwrap()
+}
+
+fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "mekha failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json output")
+}
+
+/// The probe's checksum after `steps` steps, computed on the host by the
+/// same probe binary: what an uninterrupted run gives.
+fn reference_checksum(steps: u64) -> String {
+    use std::io::BufRead;
+    let probe = Path::new(env!("MEKHA_TARGET_DIR")).join("x86_64-unknown-linux-gnu/release/mekha-probe");
+    let mut child = Command::new(probe)
+        .args(["--cmdline", &format!("probe.compute={steps} probe.compute_chunk={CHUNK} probe.clock_ms=0")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.map_while(Result::ok).find(|l| l.contains("\"compute_done\"")).expect("compute_done on the host");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    v["checksum"].as_str().unwrap().to_owned()
+}
+
+fn last_step(log: &ProbeLog) -> u64 {
+    log.events().iter().filter(|e| e.ev == "compute").filter_map(|e| e.u64("step")).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_under_dirtying_restores_to_the_same_result() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("checkpoint-restore");
+    let images = dir.join("images");
+    let config = probe_vm("ck-1", 384, 64);
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run1"), config.clone()).unwrap();
+    vm.qmp().await.unwrap();
+    let log = vm.log();
+    log.wait_for("dirtying", BOOT, |e| e.ev == "dirty" && e.u64("pages_written").unwrap_or(0) > 0).unwrap();
+    log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+
+    let out = mekha(&artifacts, &["checkpoint", "--json", "--staging-mib", "128"], &vm.cli_qmp_path(), &images);
+    let summary = json_of(&out);
+    let progress = &summary["vms"][0]["progress"];
+    assert_eq!(progress["status"], "completed", "{summary}");
+    assert!(progress["staging-peak-bytes"].as_u64().unwrap() <= 128 << 20, "{summary}");
+    assert!(progress["final-pages"].as_u64().unwrap() > 0, "the guest dirtied nothing? {summary}");
+    let step_at_checkpoint = last_step(&log);
+
+    // The image is intact.
+    let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+
+    // The checkpointed VM kept running; now it dies.
+    log.wait_for("progress after the checkpoint", BOOT, |e| e.ev == "compute" && e.u64("step").unwrap() > step_at_checkpoint)
+        .unwrap();
+    vm.kill();
+
+    let mut config = config;
+    config.incoming = true;
+    let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config).unwrap();
+    restored.qmp().await.unwrap();
+    let out = mekha(&artifacts, &["restore", "--json"], &restored.cli_qmp_path(), &images);
+    let summary = json_of(&out);
+    assert_eq!(summary["vms"][0]["progress"]["status"], "completed", "{summary}");
+
+    // The guest goes on from where the checkpoint left it: no reboot, the
+    // computation continues and ends with the uninterrupted result, and
+    // the dirtier finds every page as it left it.
+    let log2 = restored.log();
+    let done = log2.wait_for("compute_done", Duration::from_secs(600), |e| e.ev == "compute_done").unwrap();
+    let events = log2.events();
+    assert!(!events.iter().any(|e| e.ev == "start"), "the restored guest rebooted");
+    let first = events.iter().find(|e| e.ev == "compute").expect("compute after restore");
+    assert!(first.u64("step").unwrap() > 0);
+    assert_eq!(done.str("checksum").unwrap(), reference_checksum(COMPUTE));
+    let anomalies: Vec<_> = events.iter().filter(|e| e.ev == "dirty_anomaly").collect();
+    assert!(anomalies.is_empty(), "guest memory changed across the restore: {anomalies:?}");
+    assert!(restored.is_running(), "{}", restored.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("checkpoint-faults");
+    let images = dir.join("images");
+    let config = probe_vm("ck-2", 256, 16);
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run1"), config.clone()).unwrap();
+    let qmp = vm.qmp().await.unwrap();
+    vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+
+    // A bad directory is refused without touching the VM.
+    let file = dir.join("not-a-dir");
+    std::fs::write(&file, b"x").unwrap();
+    let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &file);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-dir"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A good checkpoint: generation 1.
+    json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
+
+    // A second one dies with its QEMU in the middle of the live phase.
+    let generation2 = images.join("gen-000002.partial");
+    let args = serde_json::json!({ "path": generation2.join("ck-2.mekha"), "hold": true, "time-budget-ms": 600000u64 });
+    std::fs::create_dir_all(&generation2).unwrap();
+    qmp.execute_mekha("checkpoint", args.clone()).await.unwrap();
+    // One at a time.
+    let again = qmp.execute_mekha("checkpoint", args).await.unwrap_err();
+    assert!(again.to_string().contains("already running"), "{again}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    vm.kill();
+
+    // The first checkpoint is still the latest and restores.
+    let manifest: Value = serde_json::from_slice(&std::fs::read(images.join("MANIFEST.json")).unwrap()).unwrap();
+    assert_eq!(manifest["generation"], 1);
+
+    // A restore needs a QEMU waiting with -incoming defer.
+    let mut plain = Vm::launch(&artifacts, None, &dir.join("plain"), config.clone()).unwrap();
+    plain.qmp().await.unwrap();
+    let out = mekha(&artifacts, &["restore"], &plain.cli_qmp_path(), &images);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-incoming defer"), "{}", String::from_utf8_lossy(&out.stderr));
+    plain.kill();
+
+    // A damaged image is refused, naming the damage, and the VM never runs.
+    let image = images.join(manifest["vms"][0]["image"].as_str().unwrap());
+    let pristine = std::fs::read(&image).unwrap();
+    let mut damaged = pristine.clone();
+    damaged[(2 << 20) + 4096 * 100 + 7] ^= 0x40;
+    std::fs::write(&image, &damaged).unwrap();
+    let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();
+    assert_eq!(verify.status.code(), Some(5), "{}", String::from_utf8_lossy(&verify.stdout));
+    let mut incoming = config.clone();
+    incoming.incoming = true;
+    let mut target = Vm::launch(&artifacts, None, &dir.join("run2"), incoming.clone()).unwrap();
+    let target_qmp = target.qmp().await.unwrap();
+    let out = mekha(&artifacts, &["restore"], &target.cli_qmp_path(), &images);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("checksum") && stderr.contains("page 100"), "{stderr}");
+    let status = target_qmp.execute("query-status", Value::Null).await.unwrap();
+    assert_ne!(status["status"], "running");
+    target.kill();
+
+    // Repaired, it restores and runs.
+    std::fs::write(&image, &pristine).unwrap();
+    let mut target = Vm::launch(&artifacts, None, &dir.join("run3"), incoming).unwrap();
+    target.qmp().await.unwrap();
+    json_of(&mekha(&artifacts, &["restore", "--json"], &target.cli_qmp_path(), &images));
+    let log = target.log();
+    log.wait_for("compute after restore", BOOT, |e| e.ev == "compute").unwrap();
+    assert!(!log.events().iter().any(|e| e.ev == "start"));
+}
