@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::image::ImageBuilder;
 use mekha_ckpt_core::mtd::{EndReason, MtdParams, MtdPlanner};
 use mekha_ckpt_core::persist::Persister;
-use mekha_ckpt_core::staging::{StageError, Staging};
+use mekha_ckpt_core::staging::{PageFilter, StageError, Staging};
 use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
 use mekha_ckpt_core::PAGE_SIZE;
 
@@ -104,7 +104,7 @@ impl Prepared {
 pub(super) fn run(shared: Arc<Shared>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
     let started = Instant::now();
-    let outcome = checkpoint(&shared, &params, prepared, started);
+    let outcome = checkpoint(&shared, &params, prepared);
     shared.update(|info| {
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
@@ -136,7 +136,7 @@ impl Drop for Tracking {
     }
 }
 
-fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared, started: Instant) -> Result<(), String> {
+fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<(), String> {
     let Prepared { ram, mut tracking, mut bitmap } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
@@ -173,14 +173,14 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared, started: Ins
         builder.set_page_crc(page as u64, *crc);
     }
     let stats = persist.stats();
-    builder.set_build_id(env!("MEKHA_BUILD_ID"));
-    let info_json = serde_json::to_value(&*shared.info.lock().unwrap()).ok();
-    builder.finish(&device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
     shared.update(|info| {
         info.written_bytes = stats.bytes;
         info.direct_io = stats.direct_io;
-        info.total_ns = started.elapsed().as_nanos() as u64;
     });
+    builder.set_build_id(env!("MEKHA_BUILD_ID"));
+    // The image records how it was made (the INFO section).
+    let info_json = serde_json::to_value(&*shared.info.lock().unwrap()).ok();
+    builder.finish(&device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
     Ok(())
 }
 
@@ -214,12 +214,32 @@ fn live_phase(
             // Hold mode with nothing stale: wait for the end command.
             std::thread::sleep(Duration::from_millis(1));
         }
-        copy_pages(ram, persist, &pages)?;
+        copy_pages(ram, persist, &pages, Some(planner.dirty_set()))?;
         if last_report.elapsed() >= Duration::from_millis(50) {
             report(shared, &planner, persist);
             last_report = Instant::now();
         }
     };
+    // A last sync while the guest still runs tells how many pages the
+    // pause will copy (the live phase may be shorter than an epoch), so
+    // that staging has room for them before the VM stops.
+    {
+        let bql = Bql::lock();
+        ram.sync_dirty(&bql, bitmap)?;
+    }
+    planner.on_sync(bitmap);
+    make_room_for_pause(persist, &planner)?;
+    // One pass over the stale pages stages the hot set while the guest
+    // runs: the pause then overwrites resident staging memory in place
+    // instead of faulting fresh pages in.
+    let cycles = planner.status().stale / u64::from(params.mtd.dirty_per_cycle.max(1)) + 1;
+    for _ in 0..cycles {
+        pages.clear();
+        if planner.next_cycle(&mut pages) == 0 {
+            break;
+        }
+        copy_pages(ram, persist, &pages, Some(planner.dirty_set()))?;
+    }
     report(shared, &planner, persist);
     Ok((reason, start.elapsed(), planner))
 }
@@ -243,7 +263,7 @@ fn pause(
         ram.sync_dirty(&bql, bitmap)?;
         planner.on_sync(bitmap);
         planner.final_pages(&mut pages);
-        copy_pages(ram, persist, &pages)?;
+        copy_pages(ram, persist, &pages, None)?;
         qemu::ckpt::save_devices(&bql)
     })();
     qemu::ckpt::vm_start(&bql);
@@ -261,8 +281,9 @@ fn pause(
 }
 
 /// Copies guest pages into staging, draining staging to disk when its
-/// budget is reached.
-fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64]) -> Result<(), String> {
+/// budget is reached: pages outside `hot` (MTD's dirty set) first, since
+/// the hot ones will likely be copied again.
+fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], hot: Option<&[u64]>) -> Result<(), String> {
     for &page in pages {
         loop {
             // SAFETY: page_ptr points at a whole page of guest RAM, which
@@ -270,13 +291,47 @@ fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64]) -> Result<
             // while migration is blocked).
             match unsafe { persist.staging_mut().stage_from_ptr(page, ram.page_ptr(page)) } {
                 Ok(()) => break,
-                Err(StageError::Full) | Err(StageError::InFlight) => {
-                    persist.make_room().map_err(|e| format!("writing staged pages: {e}"))?;
-                }
+                Err(StageError::Full) | Err(StageError::InFlight) => make_room(persist, hot)?,
             }
         }
     }
     Ok(())
+}
+
+fn make_room(persist: &mut Persister, hot: Option<&[u64]>) -> Result<(), String> {
+    let quarter = (persist.staging().budget_bytes() / PAGE_SIZE as u64 / 4).max(1);
+    let freed = match hot {
+        Some(hot) => persist.drain(quarter, PageFilter::Except(hot)).map_err(write_error)?,
+        None => 0,
+    };
+    if freed == 0 {
+        persist.drain(quarter, PageFilter::All).map_err(write_error)?;
+    }
+    Ok(())
+}
+
+/// Before the VM stops, frees staging memory for the pause's copy so that
+/// no write happens while the guest waits (pages already staged are
+/// overwritten in place and need no more memory).
+fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<(), String> {
+    let status = planner.status();
+    let need = status.final_copy_bytes.max(status.dirty_set * PAGE_SIZE as u64).min(persist.staging().budget_bytes());
+    while persist.staging().budget_bytes() - persist.staging().resident_bytes() < need {
+        let pages = persist.staging().staged_pages();
+        let wanted = (need - (persist.staging().budget_bytes() - persist.staging().resident_bytes())) / PAGE_SIZE as u64;
+        let mut freed = persist.drain(wanted.max(1), PageFilter::Except(planner.dirty_set())).map_err(write_error)?;
+        if freed == 0 {
+            freed = persist.drain(wanted.max(1), PageFilter::All).map_err(write_error)?;
+        }
+        if freed == 0 || pages == 0 {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn write_error(e: impl std::fmt::Display) -> String {
+    format!("writing staged pages: {e}")
 }
 
 fn report(shared: &Shared, planner: &MtdPlanner, persist: &Persister) {

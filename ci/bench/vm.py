@@ -1,0 +1,216 @@
+# SPDX-License-Identifier: GPL-2.0-or-later
+"""A test VM for the benchmark, started as the system tests start theirs
+(tests/rig/src/vm.rs), except for the serial console.
+
+The serial console is a chardev *socket* that this script reads, not a
+file: a reader thread timestamps every line with the host time at which
+its bytes arrived (time.time()), which is what the host-side measure of
+guest progress needs. The lines are also written to serial.log with those
+times.
+
+Every QEMU started here is recorded and killed at exit, on Ctrl-C and on
+errors (kill_all, registered with atexit by the caller).
+"""
+
+import json
+import os
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from qmp import Qmp
+
+_RUNNING = []
+_RUNNING_LOCK = threading.Lock()
+
+
+def kill_all():
+    with _RUNNING_LOCK:
+        vms = list(_RUNNING)
+    for vm in vms:
+        vm.kill()
+
+
+class Artifacts:
+    def __init__(self, root):
+        target = Path(os.environ.get("CARGO_TARGET_DIR", root / "target"))
+        self.qemu = target / "qemu/bin/qemu-system-x86_64"
+        self.kernel = target / "guest/vmlinuz"
+        self.initrd = target / "guest/initrd.img"
+        self.mekha = target / "release/mekha"
+        for p in (self.qemu, self.kernel, self.initrd):
+            if not p.exists():
+                raise SystemExit(f"missing {p}: run ci/build")
+
+
+class ProbeEvent:
+    __slots__ = ("t", "ev", "data")
+
+    def __init__(self, t, data):
+        self.t = t
+        self.ev = data.get("ev")
+        self.data = data
+
+
+class Vm:
+    """A QEMU process with its QMP monitor and its serial console."""
+
+    def __init__(self, artifacts, directory, name, memory_mib, probe_args, extra_args=(), incoming=False):
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.memory_mib = memory_mib
+        self.qmp_path = self.dir / "qmp.sock"
+        self.serial_path = self.dir / "serial.sock"
+        for p in (self.qmp_path, self.serial_path):
+            if len(str(p)) > 100:
+                raise SystemExit(f"socket path too long for AF_UNIX: {p} (use a shorter --out)")
+            if p.exists():
+                p.unlink()
+        append = " ".join(["console=ttyS0", "quiet", "loglevel=3", "panic=-1", *probe_args])
+        self.argv = [
+            str(artifacts.qemu),
+            "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
+            "-name", f"guest={name}",
+            "-m", str(memory_mib), "-smp", "1",
+            "-kernel", str(artifacts.kernel),
+            "-initrd", str(artifacts.initrd),
+            "-append", append,
+            "-chardev", f"socket,id=serial0,path={self.serial_path},server=on,wait=off",
+            "-serial", "chardev:serial0",
+            "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+            *extra_args,
+        ]
+        if incoming:
+            self.argv += ["-incoming", "defer"]
+        (self.dir / "cmdline").write_text(" ".join(self.argv) + "\n")
+        self.cond = threading.Condition()
+        self.probe = []          # ProbeEvent, in arrival order
+        self.serial_closed = False
+        self._serial_sock = None
+        self.qmp = None
+        self.started = time.time()
+        stderr = open(self.dir / "qemu.stderr", "wb")
+        self.proc = subprocess.Popen(self.argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+        stderr.close()
+        with _RUNNING_LOCK:
+            _RUNNING.append(self)
+        try:
+            self._connect_serial()
+            self.qmp = Qmp(self.qmp_path)
+        except BaseException:
+            self.kill()
+            raise
+
+    def _connect_serial(self, timeout=30.0):
+        deadline = time.time() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"QEMU exited ({self.proc.returncode}): {self.stderr()}")
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                s.connect(str(self.serial_path))
+                break
+            except OSError:
+                s.close()
+                if time.time() > deadline:
+                    raise RuntimeError(f"no serial socket at {self.serial_path}")
+                time.sleep(0.02)
+        self._serial_sock = s
+        threading.Thread(target=self._serial_reader, name=f"serial-{self.name}", daemon=True).start()
+
+    def _serial_reader(self):
+        buf = b""
+        log = open(self.dir / "serial.log", "w", encoding="utf-8", errors="replace")
+        try:
+            while True:
+                try:
+                    chunk = self._serial_sock.recv(65536)
+                except OSError:
+                    break
+                if not chunk:
+                    break
+                now = time.time()
+                buf += chunk
+                while b"\n" in buf:
+                    raw, buf = buf.split(b"\n", 1)
+                    line = raw.decode("utf-8", "replace").rstrip("\r")
+                    log.write(f"{now:.6f} {line}\n")
+                    i = line.find("@probe {")
+                    if i < 0:
+                        continue
+                    try:
+                        data = json.loads(line[i + 7:])
+                    except ValueError:
+                        continue
+                    with self.cond:
+                        self.probe.append(ProbeEvent(now, data))
+                        self.cond.notify_all()
+        finally:
+            log.close()
+            with self.cond:
+                self.serial_closed = True
+                self.cond.notify_all()
+
+    def wait_probe(self, what, pred, timeout):
+        """The first probe event satisfying pred; raises after timeout."""
+        deadline = time.time() + timeout
+        with self.cond:
+            i = 0
+            while True:
+                while i < len(self.probe):
+                    if pred(self.probe[i]):
+                        return self.probe[i]
+                    i += 1
+                left = deadline - time.time()
+                if left <= 0 or self.serial_closed:
+                    raise RuntimeError(f"{self.name}: no probe event '{what}' within {timeout:.0f} s "
+                                       f"(serial: {self.dir / 'serial.log'}, stderr: {self.stderr()!r})")
+                self.cond.wait(left)
+
+    def compute_points(self):
+        """[(host time, step)] of every compute event so far."""
+        with self.cond:
+            return [(e.t, e.data["step"]) for e in self.probe if e.ev == "compute"]
+
+    def probe_events(self):
+        with self.cond:
+            return list(self.probe)
+
+    def rss_kib(self):
+        try:
+            for line in open(f"/proc/{self.proc.pid}/status"):
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        except OSError:
+            pass
+        return None
+
+    def stderr(self):
+        try:
+            return (self.dir / "qemu.stderr").read_text(errors="replace").strip()
+        except OSError:
+            return ""
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def kill(self):
+        if self.qmp is not None:
+            self.qmp.close()
+        if self.proc.poll() is None:
+            self.proc.kill()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        if self._serial_sock is not None:
+            try:
+                self._serial_sock.close()
+            except OSError:
+                pass
+        with _RUNNING_LOCK:
+            if self in _RUNNING:
+                _RUNNING.remove(self)
