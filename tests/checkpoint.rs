@@ -62,6 +62,19 @@ fn reference_checksum(steps: u64) -> String {
     v["checksum"].as_str().unwrap().to_owned()
 }
 
+/// Every path under `dir`, as strings.
+fn walk(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path));
+        }
+        out.push(path.display().to_string());
+    }
+    out
+}
+
 fn last_step(log: &ProbeLog) -> u64 {
     log.events().iter().filter(|e| e.ev == "compute").filter_map(|e| e.u64("step")).max().unwrap_or(0)
 }
@@ -134,6 +147,22 @@ async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &file);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-dir"), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // A full disk fails the checkpoint cleanly: the VM runs on, nothing is
+    // committed, no partial file is left.
+    let small = dir.join("small-disk");
+    std::fs::create_dir_all(&small).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(&small).status().unwrap();
+    assert!(mounted.success());
+    let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &small);
+    let full_disk_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let leftovers: Vec<_> = walk(&small);
+    let _ = Command::new("umount").arg(&small).status();
+    assert_eq!(out.status.code(), Some(1), "{full_disk_stderr}");
+    assert!(full_disk_stderr.contains("No space left"), "{full_disk_stderr}");
+    assert!(leftovers.iter().all(|p| !p.ends_with(".mekha") && !p.ends_with(".partial")), "{leftovers:?}");
+    let status = qmp.execute("query-status", Value::Null).await.unwrap();
+    assert_eq!(status["status"], "running");
 
     // A good checkpoint: generation 1.
     json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));

@@ -90,6 +90,8 @@ class Vm:
         self.probe = []          # ProbeEvent, in arrival order
         self.serial_closed = False
         self._serial_sock = None
+        self.last_rx = None
+        self.rx_bytes = 0
         self.qmp = None
         self.started = time.time()
         stderr = open(self.dir / "qemu.stderr", "wb")
@@ -133,6 +135,8 @@ class Vm:
                 if not chunk:
                     break
                 now = time.time()
+                self.last_rx = now
+                self.rx_bytes += len(chunk)
                 buf += chunk
                 while b"\n" in buf:
                     raw, buf = buf.split(b"\n", 1)
@@ -166,9 +170,21 @@ class Vm:
                     i += 1
                 left = deadline - time.time()
                 if left <= 0 or self.serial_closed:
-                    raise RuntimeError(f"{self.name}: no probe event '{what}' within {timeout:.0f} s "
-                                       f"(serial: {self.dir / 'serial.log'}, stderr: {self.stderr()!r})")
+                    raise RuntimeError(self.diagnose(f"no probe event '{what}' within {timeout:.0f} s"))
                 self.cond.wait(left)
+
+    def diagnose(self, what):
+        """`what`, with what might explain it."""
+        status = None
+        if self.qmp is not None and not self.qmp.closed:
+            try:
+                status = self.qmp.execute("query-status", timeout=5)
+            except Exception as e:  # noqa: BLE001 - only for the message
+                status = f"query-status failed: {e}"
+        last = f"{time.time() - self.last_rx:.1f} s ago" if self.last_rx else "never"
+        return (f"{self.name}: {what} (serial: {self.dir / 'serial.log'}, "
+                f"{'closed' if self.serial_closed else 'open'}, {self.rx_bytes} bytes, last {last}; "
+                f"QEMU {'running' if self.alive() else 'exited'}, status {status}; stderr {self.stderr()!r})")
 
     def compute_points(self):
         """[(host time, step)] of every compute event so far."""
