@@ -30,7 +30,14 @@ window - steps done in the window) / steady rate, over the window from the
 command to TAIL_S after completion (steps at the window's ends are
 interpolated between events). The same computation over a window without
 any checkpoint (the STEADY_S before, against the rate of the STEADY_S
-before that) is reported as the noise floor.
+before that) is reported as the noise floor. Beside it: the longest time
+without a compute event in the window (a stall the pause may not show),
+and the host CPU the VM's vCPU thread and its other threads got (QEMU runs
+with -name ...,debug-threads=on so that the vCPU thread is named).
+
+The script, its QEMUs and dd run at nice -10 by default (--nice) to damp
+the noise of other load on the host. Every QEMU is killed at exit, on
+Ctrl-C and on errors; images are deleted once measured.
 """
 
 import argparse
@@ -55,7 +62,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 HOT_MIB = 64
 COMPUTE_STEPS = 1 << 62          # never ends during a run
-WARMUP_S = 1.0                   # after dirty and compute events flow
+WARMUP_S = 2.0                   # after dirty and compute events flow
 STEADY_S = 3.0                   # rate measurement (and the noise-floor window before it)
 TAIL_S = 1.0                     # lost-work window goes on this long after completion
 BOOT_TIMEOUT_S = 120
@@ -124,6 +131,18 @@ def progress_series(points, rate, t0, a, b, step=0.025, width=0.1):
     return out
 
 
+def cpu_share(before, after):
+    """Shares of one host CPU between two Vm.cpu_times() samples: the vCPU
+    thread, and all the other threads of the QEMU process (mekha's worker,
+    io_uring workers, the main loop, migration threads), exited ones
+    included."""
+    (t1, a), (t2, b) = before, after
+    span = t2 - t1
+    vcpu = sum(v - a.get(k, 0.0) for k, v in b.items() if k.startswith("CPU ")) / span
+    total = (b.get("*", 0.0) - a.get("*", 0.0)) / span
+    return {"vcpu": vcpu, "other": max(0.0, total - vcpu)}
+
+
 # ---------------------------------------------------------------------------
 # Files
 
@@ -175,6 +194,7 @@ class Bench:
         self.restores = []      # one dict per (size, restore, rep)
         self.dd = []            # one dict per measurement
         self.controls = []      # noise floor per VM
+        self.cpu_start = None   # Vm.cpu_times() just before a method's command
 
     def probe_args(self, chunk=None):
         return ["mekha.id=1", f"probe.mem={HOT_MIB}", "probe.rate=0",
@@ -194,8 +214,10 @@ class Bench:
         ta = time.time()
         time.sleep(STEADY_S)
         tb = time.time()
+        cpu_b = vm.cpu_times()
         time.sleep(STEADY_S)
         tc = time.time()
+        cpu_c = vm.cpu_times()
         vm.wait_probe("compute", lambda e: e.ev == "compute" and e.t > tc, 30)
         pts = vm.compute_points()
         rate_a = rate_between(pts, ta, tb)
@@ -211,21 +233,40 @@ class Bench:
         self.controls.append(control)
         dirty = [e.data for e in vm.probe_events() if e.ev == "dirty"]
         return {"rate": rate, "rate_before": rate_a, "control_ms": control, "events_per_s": per_s,
-                "dirty_mib_per_s": dirty[-1].get("mib_per_s") if dirty else None, "loadavg": loadavg}
+                "dirty_mib_per_s": dirty[-1].get("mib_per_s") if dirty else None, "loadavg": loadavg,
+                "cpu_steady": cpu_share(cpu_b, cpu_c)}
 
     def window_result(self, vm, steady, t0, t_done, spans, extra):
         """Lost work and the progress line over [t0, t_done + TAIL_S]."""
         te = t_done + TAIL_S
+        time.sleep(max(0.0, te - time.time()))
+        cpu_end = vm.cpu_times()
+        status = vm.qmp.execute("query-status")["status"]
+        if status != "running":
+            raise RuntimeError(vm.diagnose(f"the VM is {status} after the checkpoint"))
         vm.wait_probe("compute after the window", lambda e: e.ev == "compute" and e.t > te + 0.05, 60)
         pts = vm.compute_points()
         rate = steady["rate"]
+        # The longest time without a compute event in the window: a stalled
+        # guest (or computation) whatever the pause says.
+        inside = [t for t, _ in pts if t0 <= t <= te]
+        before = [t for t, _ in pts if t < t0]
+        after = [t for t, _ in pts if t > te]
+        edges = before[-1:] + inside + after[:1]
+        gaps = [(b - a, a) for a, b in zip(edges, edges[1:])]
+        gap, gap_at = max(gaps) if gaps else (None, None)
         r = {
             "lost_ms": lost_ms(pts, rate, t0, te),
+            "stall_ms": gap * 1000 if gap is not None else None,
+            "stall_at_s": gap_at - t0 if gap_at is not None else None,
+            "event_interval_ms": 1000.0 / steady["events_per_s"] if steady["events_per_s"] else None,
             "control_ms": steady["control_ms"],
             "steady_rate": rate,
             "events_per_s": steady["events_per_s"],
             "dirty_mib_per_s": steady["dirty_mib_per_s"],
             "loadavg_before": steady["loadavg"],
+            "cpu_steady": steady["cpu_steady"],
+            "cpu_window": cpu_share(self.cpu_start, cpu_end),
             "spans": [(k, a - t0, b - t0) for k, a, b in spans],
             "progress": progress_series(pts, rate, t0, t0 - 1.0, te + 0.05),
             "window_s": te - t0,
@@ -262,6 +303,7 @@ class Bench:
         t_persist = status_t.get("persisting")
         t_done = done.qemu_t
         written_before = status_info.get("persisting", {}).get("written-bytes", 0)
+        staged_at_persist = status_info.get("persisting", {}).get("staged-bytes")
         persist_s = t_done - t_persist
         image_mib, image_alloc = file_mib(path)
         spans = [("live copy", t0, t_paused), ("paused", t_paused, t_resumed), ("persisting", t_persist, t_done)]
@@ -279,6 +321,8 @@ class Bench:
             "written_bytes": info["written-bytes"],
             "written_during_live_bytes": written_before,
             "write_mbps": (info["written-bytes"] - written_before) / persist_s / 1e6 if persist_s > 0 else None,
+            "staged_at_persist_bytes": staged_at_persist,
+            "persist_staged_mbps": staged_at_persist / persist_s / 1e6 if staged_at_persist and persist_s > 0 else None,
             "direct_io": info["direct-io"],
             "ended": True,
             "fsync_ms": fsync_ms(path),
@@ -294,6 +338,19 @@ class Bench:
                   {"capabilities": [{"capability": k.replace("_", "-"), "state": v} for k, v in caps.items()]})
         params = q.execute("query-migrate-parameters")
         return {k: params.get(k) for k in ("max-bandwidth", "downtime-limit")}
+
+    def cont(self, q, timeout=30.0):
+        """`cont` as soon as QEMU accepts it: MIGRATION completed comes a
+        moment before the migration is finalized, and `cont` is refused
+        until then. Returns the host time of the accepted answer."""
+        deadline = time.time() + timeout
+        while True:
+            try:
+                return q.timed("cont")[2]
+            except QmpError as e:
+                if "not finalized" not in str(e) or time.time() > deadline:
+                    raise
+                time.sleep(0.001)
 
     def wait_migration(self, q, mark, timeout, statuses=("completed", "failed", "cancelled")):
         return q.wait_event(lambda e: e.name == "MIGRATION" and e.data.get("status") in statuses, mark, timeout)
@@ -312,7 +369,7 @@ class Bench:
         if done is None or done.data["status"] != "completed":
             raise RuntimeError(f"stop+migrate: {done.data if done else 'no end'}: {q.execute('query-migrate')}")
         mig = q.execute("query-migrate")
-        _, _, t_cont = q.timed("cont")
+        t_cont = self.cont(q)
         q.wait_event(lambda e: e.name == "RESUME", mark, 30)
         evs = q.events_since(mark)
         stop = next(e.qemu_t for e in evs if e.name == "STOP")
@@ -341,35 +398,46 @@ class Bench:
         _, t0, _ = q.timed("migrate", {"uri": f"file:{path}"})
         done = self.wait_migration(q, mark, self.args.live_cap)
         extra = {"direct_io": False, "migrate_parameters": params}
-        if done is not None and done.data["status"] == "completed":
-            mig = q.execute("query-migrate")
-            evs = q.events_since(mark)
-            t_end = done.qemu_t
-            stop = next((e.qemu_t for e in evs if e.name == "STOP"), None)
-            resume = next((e.qemu_t for e in evs if e.name == "RESUME"), None)
-            spans = [("migrating", t0, stop or t_end)]
-            if stop and resume:
-                spans.append(("paused", stop, resume))
-            image_mib, image_alloc = file_mib(path)
-            extra.update(ended=True, pause_ms=mig.get("downtime"), total_ms=(t_end - t0) * 1000,
-                         image_mib=image_mib, image_alloc_mib=image_alloc,
-                         transferred_bytes=mig.get("ram", {}).get("transferred"),
-                         write_mbps=os.stat(path).st_size / (t_end - t0) / 1e6,
-                         fsync_ms=fsync_ms(path), query_migrate=mig)
-        elif done is not None:
-            raise RuntimeError(f"live migrate: {done.data}: {q.execute('query-migrate')}")
-        else:
+        mig = None
+        if done is None:
+            # Not ended within the cap: cancel. It may still end meanwhile.
             mig = q.execute("query-migrate")
             mark2 = q.mark()
-            q.execute("migrate_cancel")
-            cancelled = self.wait_migration(q, mark2, 120)
-            t_end = cancelled.qemu_t if cancelled else time.time()
+            try:
+                q.execute("migrate_cancel")
+            except QmpError as e:
+                log(f"{tag}: migrate_cancel: {e}")
+            done = self.wait_migration(q, mark2, 120)
+            if done is None:
+                raise RuntimeError(vm.diagnose("live migration neither cancelled nor ended"))
+        if done.data["status"] == "completed":
+            # A source that migrated stays stopped (postmigrate): resume it,
+            # as a user of a live save to file would.
+            mig = q.execute("query-migrate")
+            t_cont = self.cont(q)
+            resumed = q.wait_event(lambda e: e.name == "RESUME", mark, 30)
+            evs = q.events_since(mark)
+            stop = next((e.qemu_t for e in evs if e.name == "STOP"), None)
+            resume = resumed.qemu_t if resumed else t_cont
+            spans = [("migrating", t0, stop or done.qemu_t), ("paused", stop or done.qemu_t, resume)]
+            image_mib, image_alloc = file_mib(path)
+            extra.update(ended=True, pause_ms=(resume - stop) * 1000 if stop else None,
+                         downtime_ms=mig.get("downtime"), total_ms=(resume - t0) * 1000,
+                         image_mib=image_mib, image_alloc_mib=image_alloc,
+                         transferred_bytes=mig.get("ram", {}).get("transferred"),
+                         write_mbps=os.stat(path).st_size / (done.qemu_t - t0) / 1e6,
+                         fsync_ms=fsync_ms(path), query_migrate=mig)
+            t_end = resume
+        elif done.data["status"] == "cancelled":
+            t_end = done.qemu_t
             spans = [("migrating", t0, t_end)]
             extra.update(ended=False, pause_ms=None, total_ms=None,
                          cancelled_after_ms=(t_end - t0) * 1000,
                          transferred_bytes=mig.get("ram", {}).get("transferred"),
                          image_mib=os.stat(path).st_size / 2**20 if path.exists() else None,
                          query_migrate=mig)
+        else:
+            raise RuntimeError(f"live migrate: {done.data}: {q.execute('query-migrate')}")
         r = self.window_result(vm, steady, t0, t_end, spans, extra)
         remove(path)
         return r, None
@@ -454,6 +522,7 @@ class Bench:
             steady = self.settle(vm)
             log(f"{tag}: steady {steady['rate'] / 1e6:.1f} M steps/s, {steady['events_per_s']:.0f} events/s, "
                 f"dirtying {steady['dirty_mib_per_s']} MiB/s; noise floor {steady['control_ms']:+.0f} ms")
+            self.cpu_start = vm.cpu_times()
             if method == "snapshot-save":
                 r, image = self.run_snapshot_save(vm, steady, tag, disk)
             else:
@@ -498,7 +567,7 @@ class Bench:
                 # The image of a stopped VM restores stopped (QEMU's global
                 # state): resume it, as its user would.
                 if q.execute("query-status")["status"] != "running":
-                    q.execute("cont")
+                    self.cont(q)
             resumed = q.wait_event(lambda e: e.name == "RESUME", mark, 60)
             if resumed is None:
                 raise RuntimeError(f"{tag}: the VM did not resume: {q.execute('query-status')}")
@@ -565,9 +634,7 @@ class Bench:
                 for image, _ in images.values():
                     remove(image)
         self.dd.append(self.dd_measure())
-        elapsed = time.time() - started
-        shutil.rmtree(self.images, ignore_errors=True)
-        return elapsed
+        return time.time() - started
 
 
 def fmt(v, digits=0):
@@ -600,6 +667,7 @@ def main():
 
     def on_signal(signum, _frame):
         raise SystemExit(128 + signum)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGHUP, on_signal)
     # The readers timestamp lines: let them run promptly.
@@ -616,8 +684,12 @@ def main():
     load_start = open("/proc/loadavg").read().split()[:3]
     try:
         elapsed = bench.run()
+    except KeyboardInterrupt:
+        log("interrupted")
+        raise SystemExit(130)
     finally:
         kill_all()
+        shutil.rmtree(bench.images, ignore_errors=True)
     data = {
         "quick": args.quick, "reps": args.reps, "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "live_cap_s": args.live_cap, "elapsed_s": elapsed,

@@ -63,10 +63,15 @@ def summarize(data):
             for key in ("pause_ms", "total_ms", "lost_ms", "control_ms", "staging_peak_mib", "staging_budget_mib",
                         "image_mib", "image_alloc_mib", "write_mbps", "fsync_ms", "live_ms", "persist_ms",
                         "transferred_bytes", "cancelled_after_ms", "window_s", "steady_rate", "pause_host_ms",
-                        "pause_qemu_ms"):
+                        "pause_qemu_ms", "downtime_ms", "persist_staged_mbps", "written_bytes",
+                        "written_during_live_bytes", "staged_at_persist_bytes", "stall_ms", "event_interval_ms"):
                 m[key] = median([r.get(key) for r in rs])
                 m[key + "_all"] = [r.get(key) for r in rs]
             m["direct_io"] = [r.get("direct_io") for r in rs]
+            for phase in ("cpu_steady", "cpu_window"):
+                for key in ("vcpu", "other"):
+                    m[f"{phase}_{key}"] = median([r[phase][key] for r in rs if r.get(phase)])
+            m["loadavg"] = [r.get("loadavg_before", [None])[0] for r in rs]
             if method == "mekha":
                 m["final_pages"] = median([r["info"]["final-pages"] for r in rs])
                 m["end_reason"] = sorted({r["info"].get("end-reason") for r in rs})
@@ -105,9 +110,9 @@ def tables(data, summary):
         lines.append("")
         lines.append(f"## {size} MiB VM")
         lines.append("")
-        lines.append("| method | pause ms | total ms | lost work ms | staging peak MiB | image MiB | write MB/s (% dd) "
-                     "| +fsync ms | O_DIRECT | ended |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---|---|")
+        lines.append("| method | pause ms | total ms | lost work ms | longest stall ms | staging peak MiB | image MiB "
+                     "| write MB/s (% dd) | +fsync ms | O_DIRECT | ended |")
+        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
         for method in ("mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"):
             m = ms.get(method)
             if m is None:
@@ -134,13 +139,14 @@ def tables(data, summary):
             if method == "live-migrate" and m["ended"] < m["n"]:
                 ended += " (did not end)"
             pause = f(m["pause_ms"], 1) if m["pause_ms"] is not None else "n/a"
-            lines.append(f"| {label} | {pause} | {f(m['total_ms'])} | {f(m['lost_ms'])} | {staging} "
+            lines.append(f"| {label} | {pause} | {f(m['total_ms'])} | {f(m['lost_ms'])} | {f(m['stall_ms'])} | {staging} "
                          f"| {image} | {write} | {f(m['fsync_ms'])} | {dio_s} | {ended} |")
         controls = [m["control_ms"] for m in ms.values() if m["control_ms"] is not None]
         all_controls = [c for m in ms.values() for c in m["control_ms_all"] if c is not None]
         lines.append(f"| no checkpoint (noise floor: {data['workload']['steady_s']:.0f} s window, every VM) | - | - | "
                      f"{f(median(controls))} (range {f(min(all_controls) if all_controls else None)} .. "
-                     f"{f(max(all_controls) if all_controls else None)}) | - | - | - | - | - | - |")
+                     f"{f(max(all_controls) if all_controls else None)}) | {f(median([m['event_interval_ms'] for m in ms.values()]))} "
+                     f"(event interval) | - | - | - | - | - | - |")
         lines.append("")
         mk = ms.get("mekha", {})
         ratios = []
@@ -162,9 +168,31 @@ def tables(data, summary):
                          f"{f(mk['epochs'])} epochs), final copy {f(mk['final_pages'])} pages "
                          f"({f(mk['final_pages'] * 4096 / 2**20 if mk['final_pages'] is not None else None, 1)} MiB), "
                          f"device state {f(mk['device_state_bytes'] / 1024 if mk['device_state_bytes'] else None)} KiB, "
-                         f"persist {f(mk['persist_ms'])} ms; pause all reps: "
+                         f"persist {f(mk['persist_ms'])} ms, in which "
+                         f"{f(mk['staged_at_persist_bytes'] / 2**20 if mk['staged_at_persist_bytes'] else None)} MiB staged "
+                         f"were checksummed and written or skipped as zero pages "
+                         f"({f(mk['persist_staged_mbps'])} MB/s of staged data; "
+                         f"{f(mk['written_bytes'] / 2**20 if mk['written_bytes'] else None)} MiB written in all, "
+                         f"{f(mk['written_during_live_bytes'] / 2**20 if mk['written_during_live_bytes'] is not None else None)} "
+                         f"MiB of it before the pause); pause all reps: "
                          f"{', '.join(f(x, 1) for x in mk['pause_ms_all'])} ms; lost all reps: "
                          f"{', '.join(f(x) for x in mk['lost_ms_all'])} ms")
+        lines.append("")
+        lines.append(f"Host CPU used by the VM's QEMU, % of one CPU (steady state -> lost-work window), and the "
+                     f"1-min load average before (host of {data['host']['cpus']} CPUs, others' load included):")
+        lines.append("")
+        lines.append("| method | vCPU thread | other QEMU threads (mekha worker, I/O, migration, main loop) | load avg |")
+        lines.append("|---|---:|---:|---|")
+        for method in ("mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"):
+            m = ms.get(method)
+            if m is None:
+                continue
+
+            def pct(key):
+                a, b = m.get(f"cpu_steady_{key}"), m.get(f"cpu_window_{key}")
+                return f"{f(a * 100 if a is not None else None)} -> {f(b * 100 if b is not None else None)}"
+            lines.append(f"| {LABELS[method]} | {pct('vcpu')} | {pct('other')} | "
+                         f"{', '.join(str(x) for x in m['loadavg'])} |")
         rs = s["restores"]
         if rs:
             lines.append("")
@@ -193,6 +221,10 @@ def tables(data, summary):
                      f"{f(p['max-bandwidth'] / 2**20 if p.get('max-bandwidth') is not None else None)} MiB/s, "
                      f"downtime-limit {p.get('downtime-limit')} ms.")
         lines.append("")
+    lines.append("Longest stall: the longest time without a `compute` event in the lost-work window (events "
+                 "normally come every 'event interval' ms): the guest's computation made no visible progress for "
+                 "that long, whatever the pause says.")
+    lines.append("")
     lines.append("Notes: pause of stop+migrate = host time from sending `stop` to the answer to `cont`; "
                  "background-snapshot's pause = query-migrate `downtime`; snapshot-save's = STOP to RESUME events. "
                  "Stock images are written through the page cache: their write MB/s is not disk bandwidth, and "
@@ -266,7 +298,7 @@ def timelines(out, data, summary):
         if zoom_end < full_end * 0.8:
             views.append(("-zoom", zoom_end))
         for suffix, end in views:
-            fig, (ax, ax2) = plt.subplots(2, 1, figsize=(13, 7.5), sharex=True,
+            fig, (ax, ax2) = plt.subplots(2, 1, figsize=(13, 8), sharex=True,
                                           gridspec_kw={"height_ratios": [len(order) * 0.75 + 0.5, 3]})
             labels = []
             for i, m in enumerate(order):
@@ -284,7 +316,8 @@ def timelines(out, data, summary):
                                    edgecolor=SPAN_COLORS[kind] if kind == "paused" else "none", linewidth=0.8)
                 ended = "" if r["ended"] else ", did not end"
                 pause = f"{f(r['pause_ms'], 1)} ms" if r.get("pause_ms") is not None else "n/a"
-                labels.append((y, f"{LABELS[m]}\npause {pause}, lost {f(r['lost_ms'])} ms{ended}"))
+                labels.append((y, f"{LABELS[m]}\npause {pause}, lost {f(r['lost_ms'])} ms,\n"
+                                  f"longest stall {f(r.get('stall_ms'))} ms{ended}"))
             ax.set_yticks([y for y, _ in labels])
             ax.set_yticklabels([t for _, t in labels], fontsize=8)
             ax.set_ylim(-0.6, len(order) - 0.4)
@@ -295,9 +328,10 @@ def timelines(out, data, summary):
                         for k in ("live copy", "migrating", "paused", "persisting")]
             handles.append(matplotlib.patches.Patch(facecolor=SPAN_COLORS["paused"], edgecolor="white", hatch="////",
                                                     label="image written while stopped"))
-            ax.legend(handles=handles, fontsize=7, loc="upper right", ncol=3)
+            ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=6,
+                      frameon=False)
             ax.set_title(f"{size} MiB VM, {data['workload']['hot_mib']} MiB hot set: phases from the checkpoint "
-                         f"command (run with the median lost work of each method)", fontsize=10)
+                         f"command (run with the median lost work of each method)", fontsize=10, pad=22)
             for m in order:
                 pts = chosen[m]["progress"]
                 if pts:
@@ -308,7 +342,7 @@ def timelines(out, data, summary):
             ax2.set_ylim(0, 150)
             ax2.set_ylabel("guest progress\n% of steady rate", fontsize=8)
             ax2.set_xlabel("host time since the checkpoint command (s)")
-            ax2.legend(fontsize=7, loc="upper right", ncol=3)
+            ax2.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, -0.22), ncol=5, frameon=False)
             ax2.set_xlim(-1.0, end + 0.1)
             fig.tight_layout()
             path = out / f"timeline-{size}M{suffix}.png"

@@ -73,7 +73,9 @@ class Vm:
         self.argv = [
             str(artifacts.qemu),
             "-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config",
-            "-name", f"guest={name}",
+            # debug-threads=on only names QEMU's host threads ("CPU 0/TCG"),
+            # for the CPU accounting of cpu_times().
+            "-name", f"guest={name},debug-threads=on",
             "-m", str(memory_mib), "-smp", "1",
             "-kernel", str(artifacts.kernel),
             "-initrd", str(artifacts.initrd),
@@ -194,6 +196,30 @@ class Vm:
     def probe_events(self):
         with self.cond:
             return list(self.probe)
+
+    def cpu_times(self):
+        """(host time, {thread name: CPU seconds used so far}) of this QEMU,
+        with the whole process's (exited threads included) under "*"."""
+        out = {}
+        tick = os.sysconf("SC_CLK_TCK")
+        base = f"/proc/{self.proc.pid}/task"
+        now = time.time()
+        try:
+            stat = open(f"/proc/{self.proc.pid}/stat").read()
+            fields = stat[stat.rindex(")") + 2:].split()
+            out["*"] = (int(fields[11]) + int(fields[12])) / tick
+            tids = os.listdir(base)
+        except OSError:
+            return now, out
+        for tid in tids:
+            try:
+                stat = open(f"{base}/{tid}/stat").read()
+            except OSError:
+                continue
+            name = stat[stat.index("(") + 1:stat.rindex(")")]
+            fields = stat[stat.rindex(")") + 2:].split()
+            out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+        return now, out
 
     def rss_kib(self):
         try:

@@ -162,19 +162,37 @@ fn progress_line(enabled: bool) -> impl FnMut(&serde_json::Value) {
     }
 }
 
-async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions, json: bool) -> Result<(), Failure> {
+/// Runs one VM's checkpoint or restore with progress on a terminal, and
+/// prints the JSON summary when asked. Returns the summary when the
+/// caller prints text instead.
+async fn run_with_progress<S: serde::Serialize, F: std::future::Future<Output = Result<S, CkptError>>>(
+    dir: &std::path::Path,
+    generation: impl Fn(&S) -> u64,
+    json: bool,
+    run: impl FnOnce(Box<dyn FnMut(&serde_json::Value) + Send>) -> F,
+) -> Result<Option<S>, Failure> {
     use std::io::IsTerminal;
-    let qmp = Qmp::connect(&sock).await?;
     let tty = !json && std::io::stderr().is_terminal();
-    let summary = vm_ckpt::checkpoint(&qmp, &dir, &options, progress_line(tty)).await;
+    let summary = run(Box::new(progress_line(tty))).await;
     if tty {
         eprintln!();
     }
     let summary = summary?;
-    if json {
-        let doc = serde_json::json!({ "dir": dir, "generation": summary.generation, "vms": [summary] });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
-    } else {
+    if !json {
+        return Ok(Some(summary));
+    }
+    let doc = serde_json::json!({ "dir": dir, "generation": generation(&summary), "vms": [summary] });
+    println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
+    Ok(None)
+}
+
+async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions, json: bool) -> Result<(), Failure> {
+    let qmp = Qmp::connect(&sock).await?;
+    let summary = run_with_progress(&dir, |s: &vm_ckpt::CheckpointSummary| s.generation, json, |progress| {
+        vm_ckpt::checkpoint(&qmp, &dir, &options, progress)
+    })
+    .await?;
+    if let Some(summary) = summary {
         let p = &summary.progress;
         let ms = |k: &str| p[k].as_u64().unwrap_or(0) as f64 / 1e6;
         println!(
@@ -194,18 +212,12 @@ async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions,
 }
 
 async fn run_restore(sock: PathBuf, dir: PathBuf, paused: bool, json: bool) -> Result<(), Failure> {
-    use std::io::IsTerminal;
     let qmp = Qmp::connect(&sock).await?;
-    let tty = !json && std::io::stderr().is_terminal();
-    let summary = vm_ckpt::restore(&qmp, &dir, !paused, progress_line(tty)).await;
-    if tty {
-        eprintln!();
-    }
-    let summary = summary?;
-    if json {
-        let doc = serde_json::json!({ "dir": dir, "generation": summary.generation, "vms": [summary] });
-        println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
-    } else {
+    let summary = run_with_progress(&dir, |s: &vm_ckpt::RestoreSummary| s.generation, json, |progress| {
+        vm_ckpt::restore(&qmp, &dir, !paused, progress)
+    })
+    .await?;
+    if let Some(summary) = summary {
         let p = &summary.progress;
         println!(
             "{}: restored from generation {} in {:.0} ms ({} MiB, {}), {}",
