@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use mekha_ckpt_core::image::{check_compatible, page_crc, Image};
+use mekha_ckpt_core::image::{check_compatible, page_crc, Image, ZERO_PAGE_CRC};
 use mekha_ckpt_core::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
@@ -158,40 +158,52 @@ fn lazy_refusal(ram: &GuestRam) -> Option<String> {
 const CHUNK: usize = 8 << 20;
 
 /// Verifies every page of every block and fills guest RAM.
+///
+/// Only the image's data extents are read (`SEEK_DATA`/`SEEK_HOLE`): a
+/// hole is zero pages, whose checksums are checked against the table
+/// without reading, and which a bulk restore zeroes in guest RAM (ROM
+/// blocks hold QEMU's own content before the restore).
 fn load_ram(image: &Image, ram: &GuestRam, lazy: bool) -> Result<(), String> {
     let layout = image.layout();
-    let crcs = image.page_crcs();
     let mut scratch = vec![0u8; if lazy { CHUNK } else { 0 }];
     for block in 0..ram.block_count() {
         let (host, len) = ram.block_memory(block);
         let offset = layout.block_offset(block);
         let (first_page, _) = layout.block_pages(block);
-        let mut done = 0;
-        while done < len {
-            let n = CHUNK.min(len - done);
-            // Bulk: read straight into guest RAM. Lazy: read to check only;
-            // the pages stay in the page cache for the mapping below.
-            let buf: &mut [u8] = if lazy {
-                &mut scratch[..n]
-            } else {
-                // SAFETY: [host, host+len) is this block's guest RAM, which
-                // no vCPU uses before the restore completes.
-                unsafe { std::slice::from_raw_parts_mut(host.add(done), n) }
-            };
-            image.file().read_exact_at(buf, offset + done as u64).map_err(|e| format!("reading {}: {e}", image.path().display()))?;
-            for (i, page) in buf.chunks_exact(PAGE_SIZE).enumerate() {
-                let index = first_page + ((done / PAGE_SIZE) + i) as u64;
-                if page_crc(page) != crcs[index as usize] {
-                    let (name, at) = image.page_place(index);
-                    return Err(format!(
-                        "image {} is damaged: page {index} ({name} + {at:#x}) fails its checksum; nothing was restored",
-                        image.path().display()
-                    ));
+        let anonymous = !crate::qemu::ram_blocks()
+            .iter()
+            .any(|b| b.name == ram.identity().ram_blocks[block].name && (b.shared || b.file_backed));
+        for (start, end, data) in extents(image, offset, len as u64)? {
+            let (start, end) = (start as usize, end as usize);
+            if !data {
+                check_zero_pages(image, first_page + (start / PAGE_SIZE) as u64, (end - start) / PAGE_SIZE)?;
+                if !lazy {
+                    // SAFETY: a range of this block's guest RAM, unused by
+                    // any vCPU before the restore completes.
+                    unsafe { zero_guest_range(host.add(start), end - start, anonymous) };
                 }
+                continue;
             }
-            done += n;
-            INFO.lock().unwrap().verified_bytes += n as u64;
+            let mut done = start;
+            while done < end {
+                let n = CHUNK.min(end - done);
+                // Bulk: read straight into guest RAM. Lazy: read to check
+                // only; the pages stay in the page cache for the mapping.
+                let buf: &mut [u8] = if lazy {
+                    &mut scratch[..n]
+                } else {
+                    // SAFETY: as above.
+                    unsafe { std::slice::from_raw_parts_mut(host.add(done), n) }
+                };
+                image
+                    .file()
+                    .read_exact_at(buf, offset + done as u64)
+                    .map_err(|e| format!("reading {}: {e}", image.path().display()))?;
+                check_pages(image, first_page + (done / PAGE_SIZE) as u64, buf)?;
+                done += n;
+            }
         }
+        INFO.lock().unwrap().verified_bytes += len as u64;
         if lazy {
             // SAFETY: replaces this block's anonymous guest RAM mapping in
             // place with a private mapping of the verified image pages.
@@ -211,4 +223,79 @@ fn load_ram(image: &Image, ram: &GuestRam, lazy: bool) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The data and hole extents of `[offset, offset+len)` in the image, as
+/// (start, end, is_data) relative to `offset`, page-aligned.
+fn extents(image: &Image, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, String> {
+    let fd = image.file().as_raw_fd();
+    let seek = |pos: u64, whence| -> Option<u64> {
+        // SAFETY: lseek on our own descriptor.
+        let r = unsafe { libc::lseek(fd, pos as libc::off_t, whence) };
+        (r >= 0).then_some(r as u64)
+    };
+    let mut out = Vec::new();
+    let (mut pos, end) = (offset, offset + len);
+    while pos < end {
+        // No SEEK_DATA support, or no data left: treat the rest as data
+        // (reading is always correct) or as a hole (ENXIO: none left).
+        let data = match seek(pos, libc::SEEK_DATA) {
+            Some(d) => d.min(end),
+            None if std::io::Error::last_os_error().raw_os_error() == Some(libc::ENXIO) => end,
+            None => {
+                out.push((pos - offset, len, true));
+                break;
+            }
+        };
+        let data = data / PAGE_SIZE as u64 * PAGE_SIZE as u64;
+        if data > pos {
+            out.push((pos - offset, data - offset, false));
+        }
+        if data >= end {
+            break;
+        }
+        let hole = seek(data, libc::SEEK_HOLE).unwrap_or(end).min(end).next_multiple_of(PAGE_SIZE as u64).min(end);
+        out.push((data - offset, hole - offset, true));
+        pos = hole;
+    }
+    Ok(out)
+}
+
+fn damaged(image: &Image, page: u64) -> String {
+    let (name, at) = image.page_place(page);
+    format!(
+        "image {} is damaged: page {page} ({name} + {at:#x}) fails its checksum; nothing was restored",
+        image.path().display()
+    )
+}
+
+fn check_pages(image: &Image, first: u64, data: &[u8]) -> Result<(), String> {
+    let crcs = image.page_crcs();
+    for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
+        let index = first + i as u64;
+        if page_crc(page) != crcs[index as usize] {
+            return Err(damaged(image, index));
+        }
+    }
+    Ok(())
+}
+
+fn check_zero_pages(image: &Image, first: u64, count: usize) -> Result<(), String> {
+    let crcs = &image.page_crcs()[first as usize..first as usize + count];
+    match crcs.iter().position(|&c| c != ZERO_PAGE_CRC) {
+        Some(i) => Err(damaged(image, first + i as u64)),
+        None => Ok(()),
+    }
+}
+
+/// Zeroes guest RAM: anonymous private memory is given back to the kernel
+/// (it reads as zeros again), other memory is written.
+///
+/// # Safety
+/// `[ptr, ptr+len)` is guest RAM no one else uses now.
+unsafe fn zero_guest_range(ptr: *mut u8, len: usize, anonymous: bool) {
+    if anonymous && unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
+        return;
+    }
+    unsafe { std::ptr::write_bytes(ptr, 0, len) };
 }
