@@ -133,14 +133,19 @@ def progress_series(points, rate, t0, a, b, step=0.025, width=0.1):
 
 def cpu_share(before, after):
     """Shares of one host CPU between two Vm.cpu_times() samples: the vCPU
-    thread, and all the other threads of the QEMU process (mekha's worker,
-    io_uring workers, the main loop, migration threads), exited ones
-    included."""
+    thread on a CPU and runnable but waiting for one, and all the other
+    threads of the QEMU process (mekha's worker, io_uring workers, the main
+    loop, migration threads), exited ones included."""
     (t1, a), (t2, b) = before, after
     span = t2 - t1
-    vcpu = sum(v - a.get(k, 0.0) for k, v in b.items() if k.startswith("CPU ")) / span
+    ticks = sum(v - a.get(k, 0.0) for k, v in b.items() if k.startswith("CPU ")) / span
     total = (b.get("*", 0.0) - a.get("*", 0.0)) / span
-    return {"vcpu": vcpu, "other": max(0.0, total - vcpu)}
+    if "vcpu-run" in b and "vcpu-run" in a:
+        vcpu = (b["vcpu-run"] - a["vcpu-run"]) / span
+        wait = (b["vcpu-wait"] - a["vcpu-wait"]) / span
+    else:
+        vcpu, wait = ticks, None
+    return {"vcpu": vcpu, "vcpu_wait": wait, "other": max(0.0, total - ticks)}
 
 
 # ---------------------------------------------------------------------------
@@ -434,7 +439,7 @@ class Bench:
             extra.update(ended=False, pause_ms=None, total_ms=None,
                          cancelled_after_ms=(t_end - t0) * 1000,
                          transferred_bytes=mig.get("ram", {}).get("transferred"),
-                         image_mib=os.stat(path).st_size / 2**20 if path.exists() else None,
+                         partial_image_mib=os.stat(path).st_size / 2**20 if path.exists() else None,
                          query_migrate=mig)
         else:
             raise RuntimeError(f"live migrate: {done.data}: {q.execute('query-migrate')}")

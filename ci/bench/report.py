@@ -60,17 +60,25 @@ def summarize(data):
         methods = {}
         for method, rs in rows.items():
             m = {"n": len(rs), "ended": sum(1 for r in rs if r["ended"])}
-            for key in ("pause_ms", "total_ms", "lost_ms", "control_ms", "staging_peak_mib", "staging_budget_mib",
-                        "image_mib", "image_alloc_mib", "write_mbps", "fsync_ms", "live_ms", "persist_ms",
+            ended = [r for r in rs if r["ended"]]
+            cancelled = [r for r in rs if not r["ended"]]
+            # What only a save that ended has, over those only.
+            for key in ("pause_ms", "total_ms", "image_mib", "image_alloc_mib", "write_mbps", "fsync_ms",
+                        "downtime_ms"):
+                m[key] = median([r.get(key) for r in ended])
+                m[key + "_all"] = [r.get(key) for r in rs]
+            m["cancelled_sent_mib"] = median([r["transferred_bytes"] / 2**20 for r in cancelled
+                                              if r.get("transferred_bytes") is not None])
+            for key in ("lost_ms", "control_ms", "staging_peak_mib", "staging_budget_mib", "live_ms", "persist_ms",
                         "transferred_bytes", "cancelled_after_ms", "window_s", "steady_rate", "pause_host_ms",
-                        "pause_qemu_ms", "downtime_ms", "persist_staged_mbps", "written_bytes",
+                        "pause_qemu_ms", "persist_staged_mbps", "written_bytes",
                         "written_during_live_bytes", "staged_at_persist_bytes", "stall_ms", "event_interval_ms"):
                 m[key] = median([r.get(key) for r in rs])
                 m[key + "_all"] = [r.get(key) for r in rs]
             m["direct_io"] = [r.get("direct_io") for r in rs]
             for phase in ("cpu_steady", "cpu_window"):
-                for key in ("vcpu", "other"):
-                    m[f"{phase}_{key}"] = median([r[phase][key] for r in rs if r.get(phase)])
+                for key in ("vcpu", "vcpu_wait", "other"):
+                    m[f"{phase}_{key}"] = median([r[phase].get(key) for r in rs if r.get(phase)])
             m["loadavg"] = [r.get("loadavg_before", [None])[0] for r in rs]
             if method == "mekha":
                 m["final_pages"] = median([r["info"]["final-pages"] for r in rs])
@@ -123,8 +131,6 @@ def tables(data, summary):
                 image += f" ({f(m['image_alloc_mib'])} allocated)"
             if method == "live-migrate":
                 label += f" (cap {data['live_cap_s']:.0f} s)"
-                if m["ended"] < m["n"]:
-                    image = f"{f(m['transferred_bytes'] / 2**20 if m['transferred_bytes'] else None)} sent"
             write = "-"
             if m["write_mbps"] is not None:
                 write = f"{f(m['write_mbps'])} ({f(ratio(m['write_mbps'], dd) * 100 if dd else None)}%)"
@@ -136,9 +142,12 @@ def tables(data, summary):
             if m["staging_peak_mib"] is not None:
                 staging = f"{f(m['staging_peak_mib'])} / {f(m['staging_budget_mib'])}"
             ended = f"{m['ended']}/{m['n']}"
-            if method == "live-migrate" and m["ended"] < m["n"]:
-                ended += " (did not end)"
+            if m["ended"] < m["n"]:
+                ended += (f"; {m['n'] - m['ended']} did not end in {data['live_cap_s']:.0f} s, cancelled after "
+                          f"{f(m['cancelled_sent_mib'])} MiB sent")
             pause = f(m["pause_ms"], 1) if m["pause_ms"] is not None else "n/a"
+            if m.get("downtime_ms") is not None and method == "live-migrate":
+                pause += f" (QEMU downtime {f(m['downtime_ms'])})"
             lines.append(f"| {label} | {pause} | {f(m['total_ms'])} | {f(m['lost_ms'])} | {f(m['stall_ms'])} | {staging} "
                          f"| {image} | {write} | {f(m['fsync_ms'])} | {dio_s} | {ended} |")
         controls = [m["control_ms"] for m in ms.values() if m["control_ms"] is not None]
@@ -178,11 +187,13 @@ def tables(data, summary):
                          f"{', '.join(f(x, 1) for x in mk['pause_ms_all'])} ms; lost all reps: "
                          f"{', '.join(f(x) for x in mk['lost_ms_all'])} ms")
         lines.append("")
-        lines.append(f"Host CPU used by the VM's QEMU, % of one CPU (steady state -> lost-work window), and the "
-                     f"1-min load average before (host of {data['host']['cpus']} CPUs, others' load included):")
+        lines.append(f"Host CPU of the VM's QEMU, % of one CPU (steady state -> lost-work window; the vCPU thread "
+                     f"from schedstat), and the 1-min load average before each run (host of {data['host']['cpus']} "
+                     f"CPUs, load of other users included):")
         lines.append("")
-        lines.append("| method | vCPU thread | other QEMU threads (mekha worker, I/O, migration, main loop) | load avg |")
-        lines.append("|---|---:|---:|---|")
+        lines.append("| method | vCPU thread on a CPU | vCPU thread waiting for a CPU | other QEMU threads "
+                     "(mekha worker, I/O, migration, main loop) | load avg |")
+        lines.append("|---|---:|---:|---:|---|")
         for method in ("mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"):
             m = ms.get(method)
             if m is None:
@@ -191,7 +202,7 @@ def tables(data, summary):
             def pct(key):
                 a, b = m.get(f"cpu_steady_{key}"), m.get(f"cpu_window_{key}")
                 return f"{f(a * 100 if a is not None else None)} -> {f(b * 100 if b is not None else None)}"
-            lines.append(f"| {LABELS[method]} | {pct('vcpu')} | {pct('other')} | "
+            lines.append(f"| {LABELS[method]} | {pct('vcpu')} | {pct('vcpu_wait')} | {pct('other')} | "
                          f"{', '.join(str(x) for x in m['loadavg'])} |")
         rs = s["restores"]
         if rs:
@@ -225,7 +236,9 @@ def tables(data, summary):
                  "normally come every 'event interval' ms): the guest's computation made no visible progress for "
                  "that long, whatever the pause says.")
     lines.append("")
-    lines.append("Notes: pause of stop+migrate = host time from sending `stop` to the answer to `cont`; "
+    lines.append("Notes: pause of stop+migrate = host time from sending `stop` to the answer to `cont`; of a live "
+                 "migration that ended, from its STOP to the RESUME of the `cont` sent at once after it (QEMU refuses "
+                 "`cont` until the migration is finalized; medians over the runs that ended); "
                  "background-snapshot's pause = query-migrate `downtime`; snapshot-save's = STOP to RESUME events. "
                  "Stock images are written through the page cache: their write MB/s is not disk bandwidth, and "
                  "'+fsync ms' is what an fsync of the finished image took afterwards (mekha's image is durable "

@@ -199,7 +199,9 @@ class Vm:
 
     def cpu_times(self):
         """(host time, {thread name: CPU seconds used so far}) of this QEMU,
-        with the whole process's (exited threads included) under "*"."""
+        with the whole process's (exited threads included) under "*", and
+        the vCPU threads' time on a CPU and waiting for one (schedstat)
+        under "vcpu-run" and "vcpu-wait"."""
         out = {}
         tick = os.sysconf("SC_CLK_TCK")
         base = f"/proc/{self.proc.pid}/task"
@@ -219,6 +221,14 @@ class Vm:
             name = stat[stat.index("(") + 1:stat.rindex(")")]
             fields = stat[stat.rindex(")") + 2:].split()
             out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+            if name.startswith("CPU "):
+                # On a CPU, and runnable but waiting for one (ns).
+                try:
+                    run, wait, _ = open(f"{base}/{tid}/schedstat").read().split()
+                    out["vcpu-run"] = out.get("vcpu-run", 0.0) + int(run) / 1e9
+                    out["vcpu-wait"] = out.get("vcpu-wait", 0.0) + int(wait) / 1e9
+                except (OSError, ValueError):
+                    pass
         return now, out
 
     def rss_kib(self):
