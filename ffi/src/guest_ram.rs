@@ -13,6 +13,8 @@ use crate::qemu::{self, Bql};
 struct Block {
     name: CString,
     host: usize,
+    /// Private anonymous memory (not shared, not file-backed).
+    anonymous: bool,
     pages: u64,
     first_page: u64,
 }
@@ -48,6 +50,7 @@ impl GuestRam {
             .map(|(i, b)| Block {
                 name: CString::new(b.name.as_str()).expect("idstr has no NUL"),
                 host: b.host,
+                anonymous: !b.shared && !b.file_backed,
                 pages: b.used_length / PAGE_SIZE as u64,
                 first_page: layout.block_pages(i).0,
             })
@@ -83,6 +86,11 @@ impl GuestRam {
     pub(crate) fn block_memory(&self, block: usize) -> (*mut u8, usize) {
         let b = &self.blocks[block];
         (b.host as *mut u8, (b.pages as usize) * PAGE_SIZE)
+    }
+
+    /// Whether block `block` is private anonymous memory.
+    pub(crate) fn block_is_anonymous(&self, block: usize) -> bool {
+        self.blocks[block].anonymous
     }
 
     pub(crate) fn block_count(&self) -> usize {

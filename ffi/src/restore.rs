@@ -143,8 +143,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
 fn lazy_refusal(ram: &GuestRam) -> Option<String> {
     for (i, block) in ram.identity().ram_blocks.iter().enumerate() {
         let (host, _) = ram.block_memory(i);
-        let qemu_block = crate::qemu::ram_blocks().into_iter().find(|b| b.name == block.name)?;
-        if qemu_block.shared || qemu_block.file_backed {
+        if !ram.block_is_anonymous(i) {
             return Some(format!("RAM block {} is shared or file-backed", block.name));
         }
         if block.page_size != PAGE_SIZE as u64 || host as usize % PAGE_SIZE != 0 {
@@ -170,9 +169,7 @@ fn load_ram(image: &Image, ram: &GuestRam, lazy: bool) -> Result<(), String> {
         let (host, len) = ram.block_memory(block);
         let offset = layout.block_offset(block);
         let (first_page, _) = layout.block_pages(block);
-        let anonymous = !crate::qemu::ram_blocks()
-            .iter()
-            .any(|b| b.name == ram.identity().ram_blocks[block].name && (b.shared || b.file_backed));
+        let anonymous = ram.block_is_anonymous(block);
         for (start, end, data) in extents(image, offset, len as u64)? {
             let (start, end) = (start as usize, end as usize);
             if !data {
