@@ -19,9 +19,16 @@ async fn mekha_query_info_is_answered_from_rust() {
     let dir = common::test_dir("boot");
     let mut config = VmConfig::new("boot-1");
     config.memory_mib = 320;
-    config.probe_args = ["mekha.id=1", "probe.mem=16", "probe.rate=32", "probe.compute=400000000000", "probe.compute_chunk=67108864", "probe.clock_ms=500"]
-        .map(String::from)
-        .to_vec();
+    config.probe_args = [
+        "mekha.id=1",
+        "probe.mem=16",
+        "probe.rate=32",
+        "probe.compute=400000000000",
+        "probe.compute_chunk=67108864",
+        "probe.clock_ms=500",
+    ]
+    .map(String::from)
+    .to_vec();
     let mut vm = Vm::launch(&artifacts, None, &dir, config).unwrap();
     let qmp = vm.qmp().await.unwrap();
 
@@ -40,7 +47,18 @@ async fn mekha_query_info_is_answered_from_rust() {
     assert_eq!(command["meta-type"], "command");
     let ret = schema.iter().find(|e| e["name"] == command["ret-type"]).expect("its return type");
     let members: Vec<&str> = ret["members"].as_array().unwrap().iter().map(|m| m["name"].as_str().unwrap()).collect();
-    for m in ["version", "build-id", "abi-version", "qemu-version", "vm-name", "machine", "accelerator", "capabilities", "ram-size", "ram-blocks"] {
+    for m in [
+        "version",
+        "build-id",
+        "abi-version",
+        "qemu-version",
+        "vm-name",
+        "machine",
+        "accelerator",
+        "capabilities",
+        "ram-size",
+        "ram-blocks",
+    ] {
         assert!(members.contains(&m), "return type lacks member {m}: {members:?}");
     }
 

@@ -104,8 +104,10 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result() {
     assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 
     // The checkpointed VM kept running; now it dies.
-    log.wait_for("progress after the checkpoint", BOOT, |e| e.ev == "compute" && e.u64("step").unwrap() > step_at_checkpoint)
-        .unwrap();
+    log.wait_for("progress after the checkpoint", BOOT, |e| {
+        e.ev == "compute" && e.u64("step").unwrap() > step_at_checkpoint
+    })
+    .unwrap();
     vm.kill();
 
     let mut config = config;
@@ -187,7 +189,11 @@ async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     plain.qmp().await.unwrap();
     let out = mekha(&artifacts, &["restore"], &plain.cli_qmp_path(), &images);
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("-incoming defer"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("-incoming defer"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     plain.kill();
 
     // A damaged image is refused, naming the damage, and the VM never runs.

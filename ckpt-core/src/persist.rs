@@ -38,7 +38,8 @@ pub struct WriteStats {
     /// [`MAX_WRITE_BYTES`]).
     pub writes: u64,
     pub pages_written: u64,
-    /// All-zero pages not written because the file already reads as zeros.
+    /// All-zero pages not written because the file already reads as zeros
+    /// (staged ones and those recorded by [`Persister::record_zero`]).
     pub zero_pages_skipped: u64,
     /// Writes bypassed the page cache (`O_DIRECT`).
     pub direct_io: bool,
@@ -161,6 +162,18 @@ impl Persister {
         WriteStats { direct_io: self.writer.direct(), ..self.stats }
     }
 
+    /// Records that guest page `page` is all zeros without staging it,
+    /// where the file reads as zeros there and no older copy is staged or
+    /// in flight. Returns false when the page must be staged instead.
+    pub fn record_zero(&mut self, page: u64) -> bool {
+        if bit(&self.nonzero_on_disk, page) || !self.staging.mark_zero(page) {
+            return false;
+        }
+        self.crcs[page as usize] = self.zero_crc;
+        self.stats.zero_pages_skipped += 1;
+        true
+    }
+
     /// Writes up to `max_pages` Staged pages that pass `filter`, lowest
     /// first, and waits for them. Returns how many pages left staging
     /// memory (written or skipped as zero).
@@ -245,7 +258,7 @@ impl Persister {
         for page in run.page_range() {
             let data = self.staging.page_data(page).expect("page in flight");
             let crc = crc32c::crc32c(data);
-            let zero = crc == self.zero_crc && data.iter().all(|&b| b == 0);
+            let zero = crc == self.zero_crc && crate::page_is_zero(data);
             if zero && !bit(&self.nonzero_on_disk, page) {
                 if let Some(c) = chunk.take() {
                     self.submit(c, handed_off, outcome)?;
@@ -458,12 +471,33 @@ mod tests {
             };
         }
         p.flush_all().unwrap();
+        assert_eq!(p.staging().staged_pages(), 0);
+        p.staging_mut().release();
         assert_eq!(p.staging().resident_bytes(), 0);
         check_file(&file, &p, &expected);
         let stats = p.stats();
         assert!(stats.zero_pages_skipped > 0 && stats.bytes > 0 && stats.seconds > 0.0, "{stats:?}");
         assert_eq!(stats.bytes, stats.pages_written * PAGE_SIZE as u64);
         eprintln!("{stats:?}");
+    }
+
+    #[test]
+    fn zero_pages_are_recorded_unless_the_disk_holds_data() {
+        let file = tempfile::tempfile().unwrap();
+        let mut p = persister(&file, 20, 20);
+        stage(&mut p, 1, &content(1, 3));
+        stage(&mut p, 2, &content(2, 3));
+        assert!(!p.record_zero(1), "a staged copy is pending");
+        p.flush_all().unwrap();
+        assert!(!p.record_zero(2), "the file holds data there");
+        stage(&mut p, 2, &content(2, 0));
+        assert!(p.record_zero(5));
+        assert_eq!(p.staging().resident_bytes(), 2 * PAGE_SIZE as u64);
+        p.flush_all().unwrap();
+        let mut expected = vec![0; 20];
+        expected[1] = 3;
+        check_file(&file, &p, &expected);
+        assert_eq!(p.stats().zero_pages_skipped, 1);
     }
 
     #[test]

@@ -102,17 +102,14 @@ async fn run_info(sockets: Vec<PathBuf>, json: bool) -> Result<(), Failure> {
     let mut all = Vec::new();
     for sock in &sockets {
         let qmp = Qmp::connect(sock).await?;
-        let info = info::query(&qmp).await.map_err(Failure::from).map_err(|f| Failure {
-            message: format!("{}: {}", sock.display(), f.message),
-            ..f
-        })?;
+        let info = info::query(&qmp)
+            .await
+            .map_err(Failure::from)
+            .map_err(|f| Failure { message: format!("{}: {}", sock.display(), f.message), ..f })?;
         all.push((sock, info));
     }
     if json {
-        let doc: Vec<_> = all
-            .iter()
-            .map(|(sock, info)| serde_json::json!({ "qmp": sock, "info": info }))
-            .collect();
+        let doc: Vec<_> = all.iter().map(|(sock, info)| serde_json::json!({ "qmp": sock, "info": info })).collect();
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
         return Ok(());
     }
@@ -188,9 +185,12 @@ async fn run_with_progress<S: serde::Serialize, F: std::future::Future<Output = 
 
 async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions, json: bool) -> Result<(), Failure> {
     let qmp = Qmp::connect(&sock).await?;
-    let summary = run_with_progress(&dir, |s: &vm_ckpt::CheckpointSummary| s.generation, json, |progress| {
-        vm_ckpt::checkpoint(&qmp, &dir, &options, progress)
-    })
+    let summary = run_with_progress(
+        &dir,
+        |s: &vm_ckpt::CheckpointSummary| s.generation,
+        json,
+        |progress| vm_ckpt::checkpoint(&qmp, &dir, &options, progress),
+    )
     .await?;
     if let Some(summary) = summary {
         let p = &summary.progress;
@@ -213,9 +213,12 @@ async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions,
 
 async fn run_restore(sock: PathBuf, dir: PathBuf, paused: bool, json: bool) -> Result<(), Failure> {
     let qmp = Qmp::connect(&sock).await?;
-    let summary = run_with_progress(&dir, |s: &vm_ckpt::RestoreSummary| s.generation, json, |progress| {
-        vm_ckpt::restore(&qmp, &dir, !paused, progress)
-    })
+    let summary = run_with_progress(
+        &dir,
+        |s: &vm_ckpt::RestoreSummary| s.generation,
+        json,
+        |progress| vm_ckpt::restore(&qmp, &dir, !paused, progress),
+    )
     .await?;
     if let Some(summary) = summary {
         let p = &summary.progress;
@@ -234,10 +237,7 @@ async fn run_restore(sock: PathBuf, dir: PathBuf, paused: bool, json: bool) -> R
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
             Command::Info { qmp, json } => run_info(qmp, json).await,

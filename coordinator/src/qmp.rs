@@ -69,9 +69,8 @@ impl Qmp {
     /// Connects to a QMP socket and negotiates capabilities.
     pub async fn connect(path: impl AsRef<Path>) -> Result<Qmp, QmpError> {
         let path = path.as_ref().to_path_buf();
-        let stream = UnixStream::connect(&path)
-            .await
-            .map_err(|source| QmpError::Connect { path: path.clone(), source })?;
+        let stream =
+            UnixStream::connect(&path).await.map_err(|source| QmpError::Connect { path: path.clone(), source })?;
         let (read, write) = stream.into_split();
         let mut lines = BufReader::new(read).lines();
         let protocol = |message: String| QmpError::Protocol { path: path.clone(), message };
@@ -81,7 +80,8 @@ impl Qmp {
             .map_err(|_| protocol("no QMP greeting within 10 s (is another client holding this monitor?)".into()))?
             .map_err(|e| protocol(e.to_string()))?
             .ok_or_else(|| protocol("closed before the greeting".into()))?;
-        let greeting: Value = serde_json::from_str(&greeting_line).map_err(|e| protocol(format!("bad greeting: {e}")))?;
+        let greeting: Value =
+            serde_json::from_str(&greeting_line).map_err(|e| protocol(format!("bad greeting: {e}")))?;
         if greeting.get("QMP").is_none() {
             return Err(protocol(format!("not a QMP monitor (greeting: {greeting_line})")));
         }

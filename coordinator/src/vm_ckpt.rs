@@ -152,7 +152,12 @@ pub fn latest_checkpoint(dir: &Path) -> Result<(Store, Manifest), CkptError> {
 
 /// Restores the VM behind `qmp` (a QEMU started with `-incoming defer`)
 /// from the latest committed checkpoint of `dir` and resumes it.
-pub async fn restore(qmp: &Qmp, dir: &Path, start: bool, progress: impl FnMut(&Value)) -> Result<RestoreSummary, CkptError> {
+pub async fn restore(
+    qmp: &Qmp,
+    dir: &Path,
+    start: bool,
+    progress: impl FnMut(&Value),
+) -> Result<RestoreSummary, CkptError> {
     let name = vm_name(qmp).await?;
     let (store, manifest) = latest_checkpoint(dir)?;
     let image = store.resolve(&manifest, &name)?;

@@ -195,7 +195,12 @@ pub(crate) mod ckpt {
     }
 
     /// Fetches and clears block `name`'s dirty bits into `bitmap`.
-    pub(crate) fn dirty_log_fetch(_bql: &Bql, name: &std::ffi::CStr, bitmap: &mut [u64], pages: u64) -> Result<(), String> {
+    pub(crate) fn dirty_log_fetch(
+        _bql: &Bql,
+        name: &std::ffi::CStr,
+        bitmap: &mut [u64],
+        pages: u64,
+    ) -> Result<(), String> {
         assert!(bitmap.len() as u64 >= pages.div_ceil(64));
         // SAFETY: BQL held; bitmap holds `pages` bits.
         let rc = unsafe { boundary::mekha_qemu_dirty_log_fetch(name.as_ptr(), bitmap.as_mut_ptr(), pages) };
@@ -223,7 +228,9 @@ pub(crate) mod ckpt {
         }
         let mut out = Vec::new();
         // SAFETY: BQL held; `out` outlives the call.
-        check(|err| unsafe { boundary::mekha_qemu_save_devices(Some(sink), &mut out as *mut Vec<u8> as *mut c_void, err) })?;
+        check(|err| unsafe {
+            boundary::mekha_qemu_save_devices(Some(sink), &mut out as *mut Vec<u8> as *mut c_void, err)
+        })?;
         Ok(out)
     }
 }

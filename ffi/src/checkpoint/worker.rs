@@ -144,7 +144,8 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
     let builder = ImageBuilder::create(&params.path, ram.identity()).map_err(|e| e.to_string())?;
     let result = (|| {
         let staging = Staging::new(total, budget).map_err(|e| format!("staging area: {e}"))?;
-        let writer = UringWriter::new(builder.file(), WriterOptions::default()).map_err(|e| format!("io_uring writer: {e}"))?;
+        let writer =
+            UringWriter::new(builder.file(), WriterOptions::default()).map_err(|e| format!("io_uring writer: {e}"))?;
         let layout = ram.layout().clone();
         let mut persist = Persister::new(staging, writer, move |p| layout.page_offset(p));
         shared.update(|info| info.staging_budget_bytes = budget);
@@ -285,11 +286,18 @@ fn pause(
 /// the hot ones will likely be copied again.
 fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], hot: Option<&[u64]>) -> Result<(), String> {
     for &page in pages {
+        let src = ram.page_ptr(page);
+        // SAFETY: page_ptr points at a whole page of guest RAM, which stays
+        // mapped for the checkpoint (the block list is fixed while
+        // migration is blocked). A running guest may write it meanwhile:
+        // the copy is then torn or the zero test wrong, and dirty tracking
+        // has marked the page for a later copy.
+        if mekha_ckpt_core::page_is_zero(unsafe { &*src.cast::<[u8; PAGE_SIZE]>() }) && persist.record_zero(page) {
+            continue;
+        }
         loop {
-            // SAFETY: page_ptr points at a whole page of guest RAM, which
-            // stays mapped for the checkpoint (the block list is fixed
-            // while migration is blocked).
-            match unsafe { persist.staging_mut().stage_from_ptr(page, ram.page_ptr(page)) } {
+            // SAFETY: as above.
+            match unsafe { persist.staging_mut().stage_from_ptr(page, src) } {
                 Ok(()) => break,
                 Err(StageError::Full) | Err(StageError::InFlight) => make_room(persist, hot)?,
             }
@@ -316,9 +324,9 @@ fn make_room(persist: &mut Persister, hot: Option<&[u64]>) -> Result<(), String>
 fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<(), String> {
     let status = planner.status();
     let need = status.final_copy_bytes.max(status.dirty_set * PAGE_SIZE as u64).min(persist.staging().budget_bytes());
-    while persist.staging().budget_bytes() - persist.staging().resident_bytes() < need {
+    while persist.staging().available_bytes() < need {
         let pages = persist.staging().staged_pages();
-        let wanted = (need - (persist.staging().budget_bytes() - persist.staging().resident_bytes())) / PAGE_SIZE as u64;
+        let wanted = (need - persist.staging().available_bytes()) / PAGE_SIZE as u64;
         let mut freed = persist.drain(wanted.max(1), PageFilter::Except(planner.dirty_set())).map_err(write_error)?;
         if freed == 0 {
             freed = persist.drain(wanted.max(1), PageFilter::All).map_err(write_error)?;
@@ -326,6 +334,9 @@ fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<
         if freed == 0 || pages == 0 {
             break;
         }
+    }
+    if persist.staging().budget_bytes() - persist.staging().resident_bytes() < need {
+        persist.staging_mut().release();
     }
     Ok(())
 }

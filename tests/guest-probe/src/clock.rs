@@ -7,15 +7,10 @@ use serde_json::{json, Value};
 const RTC_SINCE_EPOCH: &str = "/sys/class/rtc/rtc0/since_epoch";
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // clock_gettime cannot fail for these clocks with a valid pointer.
     unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64)
-        .wrapping_mul(1_000_000_000)
-        .wrapping_add(ts.tv_nsec as u64)
+    (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }
 
 /// CLOCK_MONOTONIC in nanoseconds.
@@ -43,9 +38,7 @@ pub fn tsc() -> Option<u64> {
 
 /// The RTC's seconds since the epoch, or `None` without an RTC.
 pub fn rtc_s() -> Option<u64> {
-    std::fs::read_to_string(RTC_SINCE_EPOCH)
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
+    std::fs::read_to_string(RTC_SINCE_EPOCH).ok().and_then(|s| s.trim().parse().ok())
 }
 
 /// One sample: CLOCK_MONOTONIC (returned apart, for the event's `mono_ns`)

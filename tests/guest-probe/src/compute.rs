@@ -70,10 +70,7 @@ impl Status {
         // boundary unless a chunk ended in between, which the summaries
         // (taken after `done`) do not see.
         let step = self.step.load(Ordering::Acquire);
-        Compute {
-            step,
-            state: self.state.load(Ordering::Acquire),
-        }
+        Compute { step, state: self.state.load(Ordering::Acquire) }
     }
 }
 
@@ -85,16 +82,10 @@ pub fn run(total: u64, chunk: u64, out: &Output, status: &Arc<Status>) {
         c.advance(chunk.min(total - c.step));
         status.state.store(c.state, Ordering::Release);
         status.step.store(c.step, Ordering::Release);
-        out.emit(
-            "compute",
-            json!({ "step": c.step, "total": total, "checksum": c.checksum() }),
-        );
+        out.emit("compute", json!({ "step": c.step, "total": total, "checksum": c.checksum() }));
     }
     status.done.store(true, Ordering::Release);
-    out.emit(
-        "compute_done",
-        json!({ "steps": c.step, "checksum": c.checksum() }),
-    );
+    out.emit("compute_done", json!({ "steps": c.step, "checksum": c.checksum() }));
 }
 
 #[cfg(test)]

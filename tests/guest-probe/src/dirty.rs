@@ -63,11 +63,7 @@ pub fn run(mem_mib: u64, rate_mib_s: u64, out: &Output, stats: &Arc<Stats>) {
             // SAFETY: page * WORDS_PER_PAGE < mem.len(); volatile so that the
             // stores are not elided (nothing reads them in this program).
             let word = unsafe { base.add(page * WORDS_PER_PAGE) };
-            let expect = if pass == 0 {
-                0
-            } else {
-                tag(pass - 1, page as u64)
-            };
+            let expect = if pass == 0 { 0 } else { tag(pass - 1, page as u64) };
             let found = unsafe { word.read_volatile() };
             if found != expect {
                 let n = stats.mismatches.fetch_add(1, Ordering::Relaxed);

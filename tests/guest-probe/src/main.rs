@@ -123,10 +123,7 @@ impl Probe {
             })
         });
         let mut m = serde_json::Map::new();
-        m.insert(
-            "elapsed_ms".into(),
-            (self.started.elapsed().as_millis() as u64).into(),
-        );
+        m.insert("elapsed_ms".into(), (self.started.elapsed().as_millis() as u64).into());
         m.insert("compute".into(), compute.into());
         m.insert("dirty".into(), dirty.into());
         m.insert("net".into(), self.net.summary());
@@ -194,47 +191,19 @@ fn main() {
 
 fn run(opts: Options, out: Arc<Output>) -> ! {
     // Listen first: "start" means peers may connect from now on.
-    let bound = Net::bind(
-        out.clone(),
-        opts.id,
-        opts.port,
-        opts.peers.clone(),
-        opts.msgs,
-        opts.msg_interval_ms,
-    )
-    .unwrap_or_else(|e| fatal(&out, 1, format!("listening on port {}: {e}", opts.port)));
-    out.emit(
-        "start",
-        json!({ "config": opts.to_json(), "version": env!("CARGO_PKG_VERSION") }),
-    );
-    let net = bound
-        .start()
-        .unwrap_or_else(|e| fatal(&out, 1, format!("starting the network threads: {e}")));
-    let probe = Probe {
-        started: Instant::now(),
-        compute: Arc::default(),
-        dirty: Arc::default(),
-        net,
-        opts,
-    };
+    let bound = Net::bind(out.clone(), opts.id, opts.port, opts.peers.clone(), opts.msgs, opts.msg_interval_ms)
+        .unwrap_or_else(|e| fatal(&out, 1, format!("listening on port {}: {e}", opts.port)));
+    out.emit("start", json!({ "config": opts.to_json(), "version": env!("CARGO_PKG_VERSION") }));
+    let net = bound.start().unwrap_or_else(|e| fatal(&out, 1, format!("starting the network threads: {e}")));
+    let probe = Probe { started: Instant::now(), compute: Arc::default(), dirty: Arc::default(), net, opts };
     let opts = &probe.opts;
 
     if opts.compute > 0 {
-        let (total, chunk, o, s) = (
-            opts.compute,
-            opts.compute_chunk,
-            out.clone(),
-            probe.compute.clone(),
-        );
+        let (total, chunk, o, s) = (opts.compute, opts.compute_chunk, out.clone(), probe.compute.clone());
         spawn("compute", &out, move || compute::run(total, chunk, &o, &s));
     }
     if opts.mem_mib > 0 {
-        let (mem, rate, o, s) = (
-            opts.mem_mib,
-            opts.rate_mib_s,
-            out.clone(),
-            probe.dirty.clone(),
-        );
+        let (mem, rate, o, s) = (opts.mem_mib, opts.rate_mib_s, out.clone(), probe.dirty.clone());
         spawn("dirty", &out, move || dirty::run(mem, rate, &o, &s));
     }
 

@@ -120,10 +120,7 @@ impl Net {
         let mut links = BTreeMap::new();
         for &p in &peers {
             for proto in [Proto::Tcp, Proto::Udp] {
-                let mut link = Link {
-                    configured: true,
-                    ..Link::default()
-                };
+                let mut link = Link { configured: true, ..Link::default() };
                 // Nothing to report until something happens.
                 link.reported = Some(Self::counters(&(p, proto), &link));
                 links.insert((p, proto), link);
@@ -149,23 +146,15 @@ impl Bound {
         let Bound { net, udp, listener } = self;
         let n = net.clone();
         let rx = udp.try_clone()?;
-        thread::Builder::new()
-            .name("udp-rx".into())
-            .spawn(move || n.udp_receiver(rx))?;
+        thread::Builder::new().name("udp-rx".into()).spawn(move || n.udp_receiver(rx))?;
         let n = net.clone();
-        thread::Builder::new()
-            .name("tcp-accept".into())
-            .spawn(move || n.tcp_acceptor(listener))?;
+        thread::Builder::new().name("tcp-accept".into()).spawn(move || n.tcp_acceptor(listener))?;
         for i in 0..net.peers.len() {
             let n = net.clone();
-            thread::Builder::new()
-                .name(format!("tcp-tx-{i}"))
-                .spawn(move || n.tcp_sender(i))?;
+            thread::Builder::new().name(format!("tcp-tx-{i}")).spawn(move || n.tcp_sender(i))?;
             let n = net.clone();
             let tx = udp.try_clone()?;
-            thread::Builder::new()
-                .name(format!("udp-tx-{i}"))
-                .spawn(move || n.udp_sender(i, tx))?;
+            thread::Builder::new().name(format!("udp-tx-{i}")).spawn(move || n.udp_sender(i, tx))?;
         }
         Ok(net)
     }
@@ -216,8 +205,7 @@ impl Net {
             return;
         }
         let complete = link.check.complete(self.msgs);
-        let waited = link.check.next_seq >= self.msgs
-            && link.last_rx.is_some_and(|t| t.elapsed() >= DONE_GRACE);
+        let waited = link.check.next_seq >= self.msgs && link.last_rx.is_some_and(|t| t.elapsed() >= DONE_GRACE);
         if complete || waited {
             link.done = true;
             let mut v = Self::counters(key, link);
@@ -240,12 +228,7 @@ impl Net {
             Ok(m) => {
                 if link.peer_id != Some(m.sender) {
                     if let Some(old) = link.peer_id {
-                        self.anomaly(
-                            &key,
-                            link,
-                            "sender",
-                            json!({ "old": old, "new": m.sender, "seq": m.seq }),
-                        );
+                        self.anomaly(&key, link, "sender", json!({ "old": old, "new": m.sender, "seq": m.seq }));
                     }
                     link.peer_id = Some(m.sender);
                 }
@@ -258,18 +241,12 @@ impl Net {
                         "lost",
                         json!({ "first": first, "last": last, "count": last - first + 1, "seq": m.seq }),
                     ),
-                    Verdict::Reordered => self.anomaly(
-                        &key,
-                        link,
-                        "reordered",
-                        json!({ "seq": m.seq, "next_seq": next_seq }),
-                    ),
-                    Verdict::Duplicate => self.anomaly(
-                        &key,
-                        link,
-                        "dup",
-                        json!({ "seq": m.seq, "next_seq": next_seq }),
-                    ),
+                    Verdict::Reordered => {
+                        self.anomaly(&key, link, "reordered", json!({ "seq": m.seq, "next_seq": next_seq }))
+                    }
+                    Verdict::Duplicate => {
+                        self.anomaly(&key, link, "dup", json!({ "seq": m.seq, "next_seq": next_seq }))
+                    }
                 }
             }
             Err(e) => {
@@ -326,10 +303,7 @@ impl Net {
                             let _ = old.shutdown(std::net::Shutdown::Both);
                         }
                     }
-                    self.out.emit(
-                        "net_connect",
-                        json!({ "peer": ip.to_string(), "proto": "tcp", "dir": "in" }),
-                    );
+                    self.out.emit("net_connect", json!({ "peer": ip.to_string(), "proto": "tcp", "dir": "in" }));
                     let spawned = thread::Builder::new()
                         .name(format!("tcp-rx-{ip}"))
                         .spawn(move || n.tcp_reader(stream, ip, &replaced));
@@ -358,10 +332,7 @@ impl Net {
         if replaced.load(Ordering::Acquire) {
             error = "replaced by a new connection from the peer".into();
         }
-        self.out.emit(
-            "net_disconnect",
-            json!({ "peer": ip.to_string(), "proto": "tcp", "dir": "in", "error": error }),
-        );
+        self.out.emit("net_disconnect", json!({ "peer": ip.to_string(), "proto": "tcp", "dir": "in", "error": error }));
     }
 
     fn connect(&self, addr: SocketAddr) -> (TcpStream, u64) {
@@ -439,8 +410,7 @@ impl Net {
                     // powers of two so that a long outage does not flood.
                     errors += 1;
                     if errors.is_power_of_two() {
-                        self.out
-                            .error(format!("udp send to {addr}: {e} ({errors} errors)"));
+                        self.out.error(format!("udp send to {addr}: {e} ({errors} errors)"));
                     }
                 }
             }
@@ -466,10 +436,7 @@ impl Net {
 
     /// Every configured link is done.
     pub fn all_done(&self) -> bool {
-        self.lock()
-            .values()
-            .filter(|l| l.configured)
-            .all(|l| l.done)
+        self.lock().values().filter(|l| l.configured).all(|l| l.done)
     }
 
     /// Counters of every link, for the summaries.

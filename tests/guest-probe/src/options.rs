@@ -114,9 +114,7 @@ pub fn split_words(cmdline: &str) -> Vec<String> {
 }
 
 fn num<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, String> {
-    value
-        .parse()
-        .map_err(|_| format!("{key}={value}: not a valid number"))
+    value.parse().map_err(|_| format!("{key}={value}: not a valid number"))
 }
 
 fn positive(key: &str, value: &str) -> Result<u64, String> {
@@ -130,10 +128,7 @@ fn peers(key: &str, value: &str) -> Result<Vec<Ipv4Addr>, String> {
     value
         .split(',')
         .filter(|p| !p.is_empty())
-        .map(|p| {
-            p.parse()
-                .map_err(|_| format!("{key}: {p:?} is not an IPv4 address (no host names)"))
-        })
+        .map(|p| p.parse().map_err(|_| format!("{key}: {p:?} is not an IPv4 address (no host names)")))
         .collect()
 }
 
@@ -172,8 +167,7 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
         "probe.compute_chunk" => opts.compute_chunk = positive(key, v)?,
         "probe.peers" => opts.peers = peers(key, v)?,
         "probe.port" => {
-            opts.port = u16::try_from(positive(key, v)?)
-                .map_err(|_| format!("{key}={v}: not a port number"))?
+            opts.port = u16::try_from(positive(key, v)?).map_err(|_| format!("{key}={v}: not a port number"))?
         }
         "probe.msgs" => opts.msgs = num(key, v)?,
         "probe.msg_interval_ms" => opts.msg_interval_ms = num(key, v)?,
@@ -231,12 +225,10 @@ mod tests {
 
     #[test]
     fn every_key() {
-        let opts = ok(
-            "root=/dev/x mekha.id=3 probe.mem=64 probe.rate=10 probe.compute=5000 \
+        let opts = ok("root=/dev/x mekha.id=3 probe.mem=64 probe.rate=10 probe.compute=5000 \
              probe.compute_chunk=100 probe.peers=10.77.0.11,10.77.0.12 probe.port=9000 \
              probe.msgs=200 probe.msg_interval_ms=5 probe.clock_ms=0 probe.duration=30 \
-             probe.out=/tmp/x",
-        );
+             probe.out=/tmp/x");
         assert_eq!(
             opts,
             Options {
@@ -265,14 +257,8 @@ mod tests {
 
     #[test]
     fn quotes_and_whitespace() {
-        assert_eq!(
-            split_words("  a=\"x y\"\tb  \"c d\"\n"),
-            vec!["a=x y", "b", "c d"]
-        );
-        assert_eq!(
-            ok("probe.out=\"/tmp/a b\"").out.as_deref(),
-            Some("/tmp/a b")
-        );
+        assert_eq!(split_words("  a=\"x y\"\tb  \"c d\"\n"), vec!["a=x y", "b", "c d"]);
+        assert_eq!(ok("probe.out=\"/tmp/a b\"").out.as_deref(), Some("/tmp/a b"));
     }
 
     #[test]

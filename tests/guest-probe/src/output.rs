@@ -34,16 +34,9 @@ impl Output {
             }
             unsafe { File::from_raw_fd(fd) }
         } else {
-            OpenOptions::new()
-                .append(true)
-                .create(true)
-                .custom_flags(libc::O_NOCTTY)
-                .open(path)?
+            OpenOptions::new().append(true).create(true).custom_flags(libc::O_NOCTTY).open(path)?
         };
-        Ok(Output {
-            file: Mutex::new(file),
-            id,
-        })
+        Ok(Output { file: Mutex::new(file), id })
     }
 
     /// Emit event `ev` with `fields` (a JSON object), stamped now.
@@ -76,10 +69,7 @@ impl Output {
 
 /// The line for one event, newline included.
 pub fn format_line(ev: &str, id: u32, mono_ns: u64, fields: &Value) -> String {
-    let mut line = format!(
-        "{PREFIX}{{\"ev\":{},\"id\":{id},\"mono_ns\":{mono_ns}",
-        Value::from(ev)
-    );
+    let mut line = format!("{PREFIX}{{\"ev\":{},\"id\":{id},\"mono_ns\":{mono_ns}", Value::from(ev));
     if let Value::Object(map) = fields {
         for (k, v) in map {
             if matches!(k.as_str(), "ev" | "id" | "mono_ns") {
@@ -102,16 +92,8 @@ mod tests {
 
     #[test]
     fn envelope_first_and_valid_json() {
-        let line = format_line(
-            "net",
-            2,
-            123,
-            &json!({"peer": "10.0.0.1", "lost": 0, "id": 9}),
-        );
-        assert_eq!(
-            line,
-            "@probe {\"ev\":\"net\",\"id\":2,\"mono_ns\":123,\"lost\":0,\"peer\":\"10.0.0.1\"}\n"
-        );
+        let line = format_line("net", 2, 123, &json!({"peer": "10.0.0.1", "lost": 0, "id": 9}));
+        assert_eq!(line, "@probe {\"ev\":\"net\",\"id\":2,\"mono_ns\":123,\"lost\":0,\"peer\":\"10.0.0.1\"}\n");
         let v: Value = serde_json::from_str(line.strip_prefix(PREFIX).unwrap()).unwrap();
         assert_eq!(v["ev"], "net");
         assert_eq!(v["id"], 2);
@@ -123,9 +105,6 @@ mod tests {
         assert_eq!(line.matches('\n').count(), 1);
         let v: Value = serde_json::from_str(line.strip_prefix(PREFIX).unwrap()).unwrap();
         assert_eq!(v["message"], "a\"b\nc");
-        assert_eq!(
-            format_line("exit", 0, 1, &Value::Null),
-            "@probe {\"ev\":\"exit\",\"id\":0,\"mono_ns\":1}\n"
-        );
+        assert_eq!(format_line("exit", 0, 1, &Value::Null), "@probe {\"ev\":\"exit\",\"id\":0,\"mono_ns\":1}\n");
     }
 }

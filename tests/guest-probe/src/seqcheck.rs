@@ -49,10 +49,7 @@ impl SeqCheck {
             self.missing.insert(first, seq);
             self.lost += seq - first;
             self.next_seq = seq + 1;
-            Verdict::Gap {
-                first,
-                last: seq - 1,
-            }
+            Verdict::Gap { first, last: seq - 1 }
         } else if self.take_missing(seq) {
             self.reordered += 1;
             Verdict::Reordered
@@ -135,10 +132,7 @@ mod tests {
     #[test]
     fn late_message_is_reordered_not_lost() {
         let (c, v) = feed(&[0, 2, 1, 3]);
-        assert_eq!(
-            v,
-            vec![InOrder, Gap { first: 1, last: 1 }, Reordered, InOrder]
-        );
+        assert_eq!(v, vec![InOrder, Gap { first: 1, last: 1 }, Reordered, InOrder]);
         assert_eq!((c.lost, c.reordered, c.dup), (0, 1, 0));
         assert!(c.complete(4));
     }
@@ -162,10 +156,7 @@ mod tests {
     #[test]
     fn duplicates() {
         let (c, v) = feed(&[0, 1, 1, 0, 2, 2]);
-        assert_eq!(
-            v,
-            vec![InOrder, InOrder, Duplicate, Duplicate, InOrder, Duplicate]
-        );
+        assert_eq!(v, vec![InOrder, InOrder, Duplicate, Duplicate, InOrder, Duplicate]);
         assert_eq!((c.dup, c.received, c.lost, c.next_seq), (3, 6, 0, 3));
         assert!(c.complete(3));
         // A duplicate of a late message is still a duplicate.
@@ -196,8 +187,7 @@ mod tests {
         use crate::wire::{decode, encode};
         // Stream 0..6 as the network might deliver it: 2 lost, 4 before 3,
         // 1 twice, 5 corrupted in flight.
-        let mut frames: Vec<[u8; crate::wire::MSG_LEN]> =
-            [0, 1, 1, 4, 3].iter().map(|&s| encode(7, s)).collect();
+        let mut frames: Vec<[u8; crate::wire::MSG_LEN]> = [0, 1, 1, 4, 3].iter().map(|&s| encode(7, s)).collect();
         let mut bad = encode(7, 5);
         bad[30] ^= 4;
         frames.push(bad);
@@ -212,16 +202,7 @@ mod tests {
                 Err(_) => c.corrupt(),
             }
         }
-        assert_eq!(
-            verdicts,
-            vec![
-                InOrder,
-                InOrder,
-                Duplicate,
-                Gap { first: 2, last: 3 },
-                Reordered
-            ]
-        );
+        assert_eq!(verdicts, vec![InOrder, InOrder, Duplicate, Gap { first: 2, last: 3 }, Reordered]);
         assert_eq!((c.lost, c.dup, c.reordered, c.corrupt), (1, 1, 1, 1));
         assert_eq!(c.next_seq, 5);
     }

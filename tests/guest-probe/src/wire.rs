@@ -118,10 +118,7 @@ mod tests {
         for bit in 0..MSG_LEN * 8 {
             let mut c = m;
             c[bit / 8] ^= 1 << (bit % 8);
-            assert!(
-                matches!(decode(&c), Err(DecodeError::Crc { .. })),
-                "bit {bit}"
-            );
+            assert!(matches!(decode(&c), Err(DecodeError::Crc { .. })), "bit {bit}");
         }
     }
 

@@ -25,9 +25,7 @@ fn events(output: &[u8]) -> Vec<Value> {
     String::from_utf8_lossy(output)
         .lines()
         .map(|l| {
-            let json = l
-                .strip_prefix("@probe ")
-                .unwrap_or_else(|| panic!("not a probe line: {l:?}"));
+            let json = l.strip_prefix("@probe ").unwrap_or_else(|| panic!("not a probe line: {l:?}"));
             serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {l:?}"))
         })
         .collect()
@@ -41,11 +39,7 @@ fn talks_to_itself_and_finishes() {
          probe.clock_ms=100 probe.duration=20",
         free_port()
     );
-    let mut child = Command::new(PROBE)
-        .args(["--cmdline", &cmdline])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(PROBE).args(["--cmdline", &cmdline]).stdout(Stdio::piped()).spawn().unwrap();
     let mut lines = Vec::new();
     for line in BufReader::new(child.stdout.take().unwrap()).lines() {
         let line = line.unwrap();
@@ -83,13 +77,7 @@ fn talks_to_itself_and_finishes() {
         assert_eq!(link["peer"], "127.0.0.1");
         assert_eq!(link["proto"], proto);
         assert_eq!(link["peer_id"], 5);
-        for (k, v) in [
-            ("sent", 30),
-            ("received", 30),
-            ("next_seq", 30),
-            ("lost", 0),
-            ("dup", 0),
-        ] {
+        for (k, v) in [("sent", 30), ("received", 30), ("next_seq", 30), ("lost", 0), ("dup", 0)] {
             assert_eq!(link[k], v, "{k} in {link}");
         }
         assert_eq!(link["done"], true);
@@ -99,13 +87,7 @@ fn talks_to_itself_and_finishes() {
 #[test]
 fn duration_ends_with_exit() {
     let out = Command::new(PROBE)
-        .args([
-            "--cmdline",
-            &format!(
-                "probe.duration=1 probe.clock_ms=300 probe.port={}",
-                free_port()
-            ),
-        ])
+        .args(["--cmdline", &format!("probe.duration=1 probe.clock_ms=300 probe.port={}", free_port())])
         .output()
         .unwrap();
     assert!(out.status.success());
@@ -113,10 +95,7 @@ fn duration_ends_with_exit() {
     let names: Vec<&str> = evs.iter().map(|e| e["ev"].as_str().unwrap()).collect();
     assert_eq!(names.first(), Some(&"start"));
     assert_eq!(names.last(), Some(&"exit"));
-    assert!(
-        names.iter().filter(|&&n| n == "clock").count() >= 3,
-        "{names:?}"
-    );
+    assert!(names.iter().filter(|&&n| n == "clock").count() >= 3, "{names:?}");
     // Nothing bounded was asked for: no `done`.
     assert!(!names.contains(&"done"));
     let exit = evs.last().unwrap();
@@ -126,10 +105,7 @@ fn duration_ends_with_exit() {
 
 #[test]
 fn unknown_key_exits_2() {
-    let out = Command::new(PROBE)
-        .args(["--cmdline", "mekha.id=9 probe.mem=1 probe.memory=1"])
-        .output()
-        .unwrap();
+    let out = Command::new(PROBE).args(["--cmdline", "mekha.id=9 probe.mem=1 probe.memory=1"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
     let evs = events(&out.stdout);
     assert_eq!(evs.len(), 2);
@@ -172,10 +148,7 @@ fn next_event(lines: &mut Lines<BufReader<ChildStdout>>) -> Value {
 fn receive_path_reports_anomalies() {
     let port = free_port();
     let mut child = Command::new(PROBE)
-        .args([
-            "--cmdline",
-            &format!("mekha.id=1 probe.port={port} probe.clock_ms=0 probe.duration=20"),
-        ])
+        .args(["--cmdline", &format!("mekha.id=1 probe.port={port} probe.clock_ms=0 probe.duration=20")])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -208,47 +181,24 @@ fn receive_path_reports_anomalies() {
     child.kill().unwrap();
     child.wait().unwrap();
 
-    let kinds: Vec<&str> = anomalies
-        .iter()
-        .map(|a| a["kind"].as_str().unwrap())
-        .collect();
-    assert_eq!(
-        kinds,
-        [
-            "unknown_peer",
-            "dup",
-            "lost",
-            "reordered",
-            "corrupt",
-            "corrupt"
-        ]
-    );
+    let kinds: Vec<&str> = anomalies.iter().map(|a| a["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["unknown_peer", "dup", "lost", "reordered", "corrupt", "corrupt"]);
     for a in &anomalies {
         assert_eq!(a["peer"], "127.0.0.1");
         assert_eq!(a["proto"], "udp");
     }
     assert_eq!(anomalies[1]["seq"], 1);
     assert_eq!(
-        (
-            &anomalies[2]["first"],
-            &anomalies[2]["last"],
-            &anomalies[2]["count"]
-        ),
+        (&anomalies[2]["first"], &anomalies[2]["last"], &anomalies[2]["count"]),
         (&2.into(), &3.into(), &2.into())
     );
     assert_eq!(anomalies[3]["seq"], 2);
     assert_eq!(anomalies[4]["reason"], "crc");
     assert_eq!(anomalies[5]["reason"], "length");
     assert_eq!(summary["peer_id"], 4);
-    for (k, v) in [
-        ("received", 5),
-        ("next_seq", 5),
-        ("lost", 1),
-        ("dup", 1),
-        ("reordered", 1),
-        ("corrupt", 2),
-        ("sent", 0),
-    ] {
+    for (k, v) in
+        [("received", 5), ("next_seq", 5), ("lost", 1), ("dup", 1), ("reordered", 1), ("corrupt", 2), ("sent", 0)]
+    {
         assert_eq!(summary[k], v, "{k} in {summary}");
     }
 }

@@ -87,10 +87,8 @@ impl Vm {
             .arg("-qmp")
             .arg(format!("unix:{},server=on,wait=off", dir.join("cli-qmp.sock").display()));
         if let Some(nic) = &config.nic {
-            cmd.args(["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap)]).args([
-                "-device",
-                &format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac),
-            ]);
+            cmd.args(["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap)])
+                .args(["-device", &format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac)]);
         }
         cmd.args(&config.extra_args);
         if config.incoming {

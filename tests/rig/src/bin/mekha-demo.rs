@@ -39,7 +39,8 @@ async fn main() -> Result<()> {
 
     for vm in &mut cluster.vms {
         let qmp = vm.qmp().await?;
-        let info = mekha_coordinator::info::query(&qmp).await.with_context(|| format!("{}: query-info", vm.config.name))?;
+        let info =
+            mekha_coordinator::info::query(&qmp).await.with_context(|| format!("{}: query-info", vm.config.name))?;
         println!(
             "  {}: mekha {} ({}) in QEMU {} [{}], {} MiB guest RAM, capabilities: {}",
             vm.config.name,
