@@ -80,23 +80,50 @@ fn last_step(log: &ProbeLog) -> u64 {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn checkpoint_under_dirtying_restores_to_the_same_result() {
+async fn mtd_checkpoint_under_dirtying_restores_to_the_same_result() {
+    checkpoint_under_dirtying_restores_to_the_same_result("mtd").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cow_checkpoint_under_dirtying_restores_to_the_same_result() {
+    if !mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
+        eprintln!("skipped: this host has no userfaultfd write protection");
+        return;
+    }
+    checkpoint_under_dirtying_restores_to_the_same_result("cow").await;
+}
+
+/// Checkpoints a VM whose guest rewrites 64 MiB without pause, kills it,
+/// restores a fresh QEMU from the image: the guest goes on to the result
+/// of an uninterrupted run, every page as it left it.
+async fn checkpoint_under_dirtying_restores_to_the_same_result(mode: &str) {
     let artifacts = common::artifacts();
-    let dir = common::test_dir("checkpoint-restore");
+    let dir = common::test_dir(&format!("checkpoint-restore-{mode}"));
     let images = dir.join("images");
-    let config = probe_vm("ck-1", 384, 64);
+    let config = probe_vm(&format!("ck-{mode}"), 384, 64);
     let mut vm = Vm::launch(&artifacts, None, &dir.join("run1"), config.clone()).unwrap();
     vm.qmp().await.unwrap();
     let log = vm.log();
     log.wait_for("dirtying", BOOT, |e| e.ev == "dirty" && e.u64("pages_written").unwrap_or(0) > 0).unwrap();
     log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
 
-    let out = mekha(&artifacts, &["checkpoint", "--json", "--staging-mib", "128"], &vm.cli_qmp_path(), &images);
+    let out = mekha(
+        &artifacts,
+        &["checkpoint", "--json", "--mode", mode, "--staging-mib", "128"],
+        &vm.cli_qmp_path(),
+        &images,
+    );
     let summary = json_of(&out);
     let progress = &summary["vms"][0]["progress"];
     assert_eq!(progress["status"], "completed", "{summary}");
+    assert_eq!(progress["mode"], mode, "{summary}");
     assert!(progress["staging-peak-bytes"].as_u64().unwrap() <= 128 << 20, "{summary}");
-    assert!(progress["final-pages"].as_u64().unwrap() > 0, "the guest dirtied nothing? {summary}");
+    match mode {
+        "mtd" => assert!(progress["final-pages"].as_u64().unwrap() > 0, "the guest dirtied nothing? {summary}"),
+        // The guest's writes hit protected pages: the copy-on-write path
+        // really ran, not only the sweep.
+        _ => assert!(progress["wp-faults"].as_u64().unwrap() > 0, "no guest write waited for a copy? {summary}"),
+    }
     let step_at_checkpoint = last_step(&log);
 
     // The image is intact.
@@ -131,6 +158,40 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result() {
     let anomalies: Vec<_> = events.iter().filter(|e| e.ev == "dirty_anomaly").collect();
     assert!(anomalies.is_empty(), "guest memory changed across the restore: {anomalies:?}");
     assert!(restored.is_running(), "{}", restored.stderr());
+}
+
+/// Write protection cannot see writes through another mapping of shared
+/// RAM (a vhost-user backend's): copy-on-write is refused there with a
+/// clear error, auto falls back to MTD and says why, and the VM runs on.
+#[tokio::test(flavor = "multi_thread")]
+async fn copy_on_write_is_refused_for_shared_ram_and_auto_uses_mtd() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("checkpoint-shared-ram");
+    let images = dir.join("images");
+    let mut config = probe_vm("ck-shared", 256, 16);
+    config.extra_args =
+        ["-object", "memory-backend-memfd,id=ram0,size=256M,share=on", "-machine", "memory-backend=ram0"]
+            .map(String::from)
+            .to_vec();
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run"), config).unwrap();
+    vm.qmp().await.unwrap();
+    let log = vm.log();
+    log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+
+    let out = mekha(&artifacts, &["checkpoint", "--mode", "cow"], &vm.cli_qmp_path(), &images);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "copy-on-write over shared RAM was accepted");
+    assert!(stderr.contains("copy-on-write") && stderr.contains("shared or file-backed"), "{stderr}");
+
+    let summary = json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
+    let progress = &summary["vms"][0]["progress"];
+    assert_eq!(progress["mode"], "mtd", "{summary}");
+    assert!(progress["mode-reason"].as_str().unwrap().contains("ram0"), "{summary}");
+    assert_eq!(summary["generation"], 1, "the refused checkpoint left a generation: {summary}");
+    let step = last_step(&log);
+    log.wait_for("progress after the checkpoints", BOOT, |e| e.ev == "compute" && e.u64("step").unwrap() > step)
+        .unwrap();
+    assert!(vm.is_running(), "{}", vm.stderr());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -69,7 +69,7 @@ BOOT_TIMEOUT_S = 120
 DONE_TIMEOUT_S = 600             # one checkpoint or restore, at most
 EVENTS_PER_S = (10, 60)          # wanted rate of compute events; the chunk adapts
 
-METHODS = ["mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"]
+METHODS = ["mekha", "mekha-cow", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"]
 RESTORES = ["mekha-lazy", "mekha-bulk", "stock-incoming"]
 
 
@@ -281,11 +281,14 @@ class Bench:
 
     # -- methods -------------------------------------------------------------
 
-    def run_mekha(self, vm, steady, tag):
+    def run_mekha_cow(self, vm, steady, tag):
+        return self.run_mekha(vm, steady, tag, mode="cow")
+
+    def run_mekha(self, vm, steady, tag, mode="mtd"):
         path = self.images / f"{tag}.mekha"
         q = vm.qmp
         mark = q.mark()
-        _, t0, _ = q.timed("__org.mekha_checkpoint", {"path": str(path)})
+        _, t0, _ = q.timed("__org.mekha_checkpoint", {"path": str(path), "mode": mode})
         done = q.wait_event(lambda e: e.name == "__org.mekha_CHECKPOINT"
                             and e.data.get("status") in ("completed", "failed"), mark, DONE_TIMEOUT_S)
         if done is None:
@@ -312,6 +315,10 @@ class Bench:
         persist_s = t_done - t_persist
         image_mib, image_alloc = file_mib(path)
         spans = [("live copy", t0, t_paused), ("paused", t_paused, t_resumed), ("persisting", t_persist, t_done)]
+        if mode == "cow":
+            # Before the stop: only registering and populating RAM.
+            spans[0] = ("preparing", t0, t_paused)
+            spans.insert(2, ("capturing", t_resumed, t_persist))
         extra = {
             "pause_ms": info["pause-ns"] / 1e6,
             "pause_host_ms": (resume - stop) * 1000 if stop and resume else None,
@@ -329,6 +336,9 @@ class Bench:
             "staged_at_persist_bytes": staged_at_persist,
             "persist_staged_mbps": staged_at_persist / persist_s / 1e6 if staged_at_persist and persist_s > 0 else None,
             "direct_io": info["direct-io"],
+            "mode": info.get("mode"),
+            "wp_faults": info.get("wp-faults"),
+            "capture_ms": info.get("capture-ns", 0) / 1e6,
             "ended": True,
             "fsync_ms": fsync_ms(path),
             "info": info,
@@ -631,7 +641,9 @@ class Bench:
                     if image is not None:
                         images[method] = (image, r["probe_args"])
                 for kind in RESTORES:
-                    source = "mekha" if kind.startswith("mekha") else "stop-migrate"
+                    source = "stop-migrate"
+                    if kind.startswith("mekha"):
+                        source = "mekha" if "mekha" in images else "mekha-cow"
                     if source not in images:
                         continue
                     image, probe_args = images[source]

@@ -7,6 +7,7 @@ import statistics
 
 LABELS = {
     "mekha": "mekha MTD checkpoint",
+    "mekha-cow": "mekha copy-on-write checkpoint",
     "stop-migrate": "stock stop + migrate file: + cont",
     "live-migrate": "stock live migrate file:",
     "bg-snapshot": "stock background-snapshot",
@@ -15,8 +16,12 @@ LABELS = {
     "mekha-bulk": "mekha restore, lazy=false",
     "stock-incoming": "stock migrate-incoming file:",
 }
+# Checkpoint methods in table order.
+ORDER = ("mekha", "mekha-cow", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save")
 SPAN_COLORS = {
     "live copy": "#4C72B0",
+    "preparing": "#8FAADC",
+    "capturing": "#55A868",
     "migrating": "#8172B2",
     "paused": "#C44E52",
     "persisting": "#DD8452",
@@ -24,6 +29,7 @@ SPAN_COLORS = {
 }
 LINE_COLORS = {
     "mekha": "#2CA02C",
+    "mekha-cow": "#17BECF",
     "stop-migrate": "#D62728",
     "live-migrate": "#9467BD",
     "bg-snapshot": "#1F77B4",
@@ -80,6 +86,9 @@ def summarize(data):
                 for key in ("vcpu", "vcpu_wait", "other"):
                     m[f"{phase}_{key}"] = median([r[phase].get(key) for r in rs if r.get(phase)])
             m["loadavg"] = [r.get("loadavg_before", [None])[0] for r in rs]
+            if method == "mekha-cow":
+                m["wp_faults"] = median([r.get("wp_faults") for r in rs])
+                m["capture_ms"] = median([r.get("capture_ms") for r in rs])
             if method == "mekha":
                 m["final_pages"] = median([r["info"]["final-pages"] for r in rs])
                 m["end_reason"] = sorted({r["info"].get("end-reason") for r in rs})
@@ -121,7 +130,7 @@ def tables(data, summary):
         lines.append("| method | pause ms | total ms | lost work ms | longest stall ms | staging peak MiB | image MiB "
                      "| write MB/s (% dd) | +fsync ms | O_DIRECT | ended |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|")
-        for method in ("mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"):
+        for method in ORDER:
             m = ms.get(method)
             if m is None:
                 continue
@@ -134,7 +143,7 @@ def tables(data, summary):
             write = "-"
             if m["write_mbps"] is not None:
                 write = f"{f(m['write_mbps'])} ({f(ratio(m['write_mbps'], dd) * 100 if dd else None)}%)"
-                if method != "mekha":
+                if not method.startswith("mekha"):
                     write += " buffered"
             dio = m["direct_io"]
             dio_s = "yes" if all(dio) else ("no" if not any(dio) else f"{sum(1 for d in dio if d)}/{len(dio)}")
@@ -168,8 +177,27 @@ def tables(data, summary):
             tr = ratio(m["total_ms"], mk.get("total_ms"))
             ratios.append(f"- {LABELS[method]} / mekha: pause {f(pr, 1)}x, lost work {f(lr, 1)}x, "
                           f"total {f(tr, 2)}x")
+        cow = ms.get("mekha-cow")
+        if cow:
+            for method in ("bg-snapshot", "stop-migrate"):
+                m = ms.get(method)
+                if m is None:
+                    continue
+                lr = ratio(m["lost_ms"], cow["lost_ms"]) if (cow["lost_ms"] or 0) > 0 else None
+                ratios.append(f"- {LABELS[method]} / mekha copy-on-write: pause {f(ratio(m['pause_ms'], cow['pause_ms']), 1)}x, "
+                              f"lost work {f(lr, 1)}x")
         lines.append("Ratios (same run, medians):")
         lines.extend(ratios)
+        if cow:
+            lines.append(f"- mekha copy-on-write details: pause all reps {', '.join(f(x, 2) for x in cow['pause_ms_all'])} ms; "
+                         f"{f(cow['wp_faults'])} guest writes waited for a copy; every page copied "
+                         f"{f(cow['capture_ms'])} ms after the restart; lost all reps: "
+                         f"{', '.join(f(x) for x in cow['lost_ms_all'])} ms")
+        if mk and cow:
+            best = min((("mtd", mk), ("cow", cow)), key=lambda x: x[1]["lost_ms"] if x[1]["lost_ms"] is not None else 1e9)
+            lines.append(f"- least guest work lost at {size} MiB: {best[0]} ({f(best[1]['lost_ms'])} ms; mtd "
+                         f"{f(mk['lost_ms'])}, cow {f(cow['lost_ms'])}); pause mtd {f(mk['pause_ms'], 1)} ms, "
+                         f"cow {f(cow['pause_ms'], 2)} ms")
         if mk:
             lines.append(f"- mekha write throughput: {f(ratio(mk.get('write_mbps'), dd) * 100 if dd and mk.get('write_mbps') else None)}% "
                          f"of dd oflag=direct (target >= 80%)")
@@ -194,7 +222,7 @@ def tables(data, summary):
         lines.append("| method | vCPU thread on a CPU | vCPU thread waiting for a CPU | other QEMU threads "
                      "(mekha worker, I/O, migration, main loop) | load avg |")
         lines.append("|---|---:|---:|---:|---|")
-        for method in ("mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"):
+        for method in ORDER:
             m = ms.get(method)
             if m is None:
                 continue
@@ -257,8 +285,24 @@ def checks(summary):
     def check(ok, text):
         out.append(f"- [{'ok' if ok else 'MISS' if ok is not None else '?'}] {text}")
 
+    cow_pauses = []
     for size, s in summary["sizes"].items():
         ms, rs = s["methods"], s["restores"]
+        cow = ms.get("mekha-cow")
+        if cow:
+            p = cow["pause_ms"]
+            cow_pauses.append((size, p))
+            check(p is not None and p <= 2, f"{size} MiB: mekha copy-on-write pause {f(p, 2)} ms <= 2 ms")
+            check(cow["lost_ms"] is not None and cow["lost_ms"] <= 30,
+                  f"{size} MiB: mekha copy-on-write lost work {f(cow['lost_ms'])} ms <= 30 ms")
+            check(cow["staging_peak_mib"] is not None and cow["staging_peak_mib"] <= cow["staging_budget_mib"],
+                  f"{size} MiB: copy-on-write staging peak {f(cow['staging_peak_mib'])} MiB <= budget "
+                  f"{f(cow['staging_budget_mib'])} MiB")
+            w = ratio(cow["write_mbps"], dd)
+            check(w is not None and w >= 0.8, f"{size} MiB: copy-on-write write {f(cow['write_mbps'])} MB/s = "
+                                              f"{f(w * 100 if w is not None else None)}% of dd >= 80%")
+            check(cow["ended"] == cow["n"], f"{size} MiB: every copy-on-write checkpoint completed "
+                                            f"({cow['ended']}/{cow['n']})")
         mk = ms.get("mekha")
         if not mk:
             continue
@@ -282,6 +326,10 @@ def checks(summary):
             if kind in rs:
                 r = ratio(rs[kind]["running_ms"], stock)
                 check(r is not None and r <= 0.5, f"{size} MiB: {LABELS[kind]} to running / stock = {f(r, 2)} <= 0.5")
+    if len(cow_pauses) > 1 and all(p is not None for _, p in cow_pauses):
+        (small, p0), (large, p1) = cow_pauses[0], cow_pauses[-1]
+        check(p1 <= max(2 * p0, 2.0), f"copy-on-write pause flat as memory grows: {f(p0, 2)} ms at {small} MiB, "
+                                      f"{f(p1, 2)} ms at {large} MiB")
     return out
 
 
@@ -302,7 +350,7 @@ def timelines(out, data, summary):
         for r in data["results"]:
             if r["size_mib"] == size:
                 runs.setdefault(r["method"], []).append(r)
-        order = [m for m in ("mekha", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save") if m in runs]
+        order = [m for m in ORDER if m in runs]
         chosen = {m: representative(runs[m]) for m in order}
         full_end = max(r["window_s"] for r in chosen.values())
         short = [r["window_s"] for m, r in chosen.items() if m != "live-migrate" or r["window_s"] < 15]
@@ -338,7 +386,7 @@ def timelines(out, data, summary):
             handles = [matplotlib.patches.Patch(color="#EEEEEE", label="running (lost-work window)")]
             handles += [matplotlib.patches.Patch(color=SPAN_COLORS[k], label=k + (" (guest runs)" if k != "paused" else
                                                                                     " (guest stopped)"))
-                        for k in ("live copy", "migrating", "paused", "persisting")]
+                        for k in ("live copy", "preparing", "migrating", "paused", "capturing", "persisting")]
             handles.append(matplotlib.patches.Patch(facecolor=SPAN_COLORS["paused"], edgecolor="white", hatch="////",
                                                     label="image written while stopped"))
             ax.legend(handles=handles, fontsize=7, loc="lower left", bbox_to_anchor=(0.0, 1.0), ncol=6,

@@ -5,7 +5,6 @@
 //! facility (io_uring_disabled, vm.unprivileged_userfaultfd): only trying it
 //! tells.
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::OnceLock;
 
 /// Kernel facilities mekha can use on this host.
@@ -42,35 +41,19 @@ fn probe_io_uring() -> bool {
     io_uring::IoUring::new(2).is_ok()
 }
 
-// From <linux/userfaultfd.h>.
-const UFFD_API: u64 = 0xaa;
-const UFFD_FEATURE_PAGEFAULT_FLAG_WP: u64 = 1 << 0;
-const UFFDIO_API: libc::c_ulong = 0xc018_aa3f; // _IOWR(0xaa, 0x3f, struct uffdio_api)
-
-#[repr(C)]
-struct UffdioApi {
-    api: u64,
-    features: u64,
-    ioctls: u64,
-}
-
 /// Returns (userfaultfd works, write-protect supported).
 fn probe_userfaultfd() -> (bool, bool) {
-    // SAFETY: plain syscall; the result is checked.
-    let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) };
-    if fd < 0 {
-        return (false, false);
-    }
-    // SAFETY: the kernel just gave us this descriptor.
-    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    // Asking for no feature makes the kernel report all it supports.
-    let mut api = UffdioApi { api: UFFD_API, features: 0, ioctls: 0 };
-    // SAFETY: UFFDIO_API reads and writes a struct uffdio_api.
-    let rc = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&fd), UFFDIO_API, &mut api) };
-    if rc != 0 {
-        return (false, false);
-    }
-    (true, api.features & UFFD_FEATURE_PAGEFAULT_FLAG_WP != 0)
+    let open = |features| {
+        userfaultfd::UffdBuilder::new()
+            .close_on_exec(true)
+            .non_blocking(true)
+            .user_mode_only(false)
+            .require_features(features)
+            .create()
+            .is_ok()
+    };
+    let works = open(userfaultfd::FeatureFlags::empty());
+    (works, works && open(userfaultfd::FeatureFlags::PAGEFAULT_FLAG_WP))
 }
 
 #[cfg(test)]

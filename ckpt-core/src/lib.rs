@@ -13,8 +13,10 @@
 //! - [`staging`]: the in-memory staging area with its hard memory budget.
 //! - [`uring`]: the io_uring writer.
 //! - [`persist`]: staging drained through the writer into an image.
+//! - [`cow`]: copy-on-write capture through userfaultfd write protection.
 //! - [`host`]: kernel facilities of this host.
 
+pub mod cow;
 pub mod host;
 pub mod image;
 pub mod mtd;

@@ -626,7 +626,7 @@ mod tests {
         }
         // Write all but a scattered set: single pages, runs across word
         // boundaries, whole busy words.
-        let keep = |p: u64| p % 97 == 0 || (120..140).contains(&p) || (256..320).contains(&p) || p == 639;
+        let keep = |p: u64| p.is_multiple_of(97) || (120..140).contains(&p) || (256..320).contains(&p) || p == 639;
         let mut only = vec![0u64; 10];
         (0..total).filter(|&p| !keep(p)).for_each(|p| only[p as usize / 64] |= 1 << (p % 64));
         let runs = s.take_runs(u64::MAX, PageFilter::Only(&only));

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mekha_coordinator::qmp::{Qmp, QmpError};
-use mekha_coordinator::vm_ckpt::{self, CheckpointOptions, CkptError};
+use mekha_coordinator::vm_ckpt::{self, CaptureMode, CheckpointOptions, CkptError};
 use mekha_coordinator::{exit, image_cmd, info};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
@@ -39,6 +39,13 @@ enum Command {
         /// Checkpoint directory (created if missing).
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        /// How guest RAM is captured: cow stops the VM only to
+        /// write-protect its RAM (pause independent of the dirty rate);
+        /// mtd copies while it runs and stops for the last dirty pages;
+        /// auto takes cow where RAM is private anonymous and the kernel
+        /// has userfaultfd write protection.
+        #[arg(long, value_enum, default_value_t = CaptureMode::Auto)]
+        mode: CaptureMode,
         /// End the live phase after this long, whatever the dirty rate.
         #[arg(long, value_name = "MS")]
         time_budget_ms: Option<u64>,
@@ -149,6 +156,10 @@ fn progress_line(enabled: bool) -> impl FnMut(&serde_json::Value) {
         let mib = |k: &str| state[k].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
         let line = match state["status"].as_str().unwrap_or("") {
             "loading" => format!("restore: verified {:.0} MiB", mib("verified-bytes")),
+            status if state["mode"] == "cow" => format!(
+                "checkpoint: {status:<10} copy-on-write, copied {} pages, {} guest writes waited, staged {:.0} MiB, written {:.0} MiB",
+                state["copied-pages"], state["wp-faults"], mib("staged-bytes"), mib("written-bytes")
+            ),
             status => format!(
                 "checkpoint: {status:<10} epochs {} copied {} pages, non-dirty {} dirty {} stale {}, staged {:.0} MiB, written {:.0} MiB",
                 state["epochs"], state["copied-pages"], state["non-dirty-pages"], state["dirty-pages"],
@@ -195,18 +206,31 @@ async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions,
     if let Some(summary) = summary {
         let p = &summary.progress;
         let ms = |k: &str| p[k].as_u64().unwrap_or(0) as f64 / 1e6;
+        let how = match p["mode"].as_str() {
+            Some("cow") => format!(
+                "copy-on-write, {} guest writes waited for a copy, copied in {:.0} ms",
+                p["wp-faults"],
+                ms("capture-ns")
+            ),
+            _ => format!(
+                "{} pages copied in the pause; live phase {:.0} ms, ended by {}",
+                p["final-pages"],
+                ms("live-ns"),
+                p["end-reason"].as_str().unwrap_or("?")
+            ),
+        };
         println!(
-            "{}: checkpoint generation {} committed in {} ({:.0} ms; paused {:.2} ms for {} pages; live phase {:.0} ms, ended by {}; staging peak {} MiB)",
+            "{}: checkpoint generation {} committed in {} ({:.0} ms; paused {:.2} ms; {how}; staging peak {} MiB)",
             summary.vm,
             summary.generation,
             dir.display(),
             ms("total-ns"),
             ms("pause-ns"),
-            p["final-pages"],
-            ms("live-ns"),
-            p["end-reason"].as_str().unwrap_or("?"),
             p["staging-peak-bytes"].as_u64().unwrap_or(0) >> 20,
         );
+        if let Some(reason) = p["mode-reason"].as_str() {
+            println!("{}: copy-on-write was not possible, MTD used: {reason}", summary.vm);
+        }
     }
     Ok(())
 }
@@ -241,8 +265,8 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Info { qmp, json } => run_info(qmp, json).await,
-            Command::Checkpoint { qmp, dir, time_budget_ms, staging_mib, epoch_ms, json } => {
-                let options = CheckpointOptions { time_budget_ms, staging_mib, epoch_ms, ..Default::default() };
+            Command::Checkpoint { qmp, dir, mode, time_budget_ms, staging_mib, epoch_ms, json } => {
+                let options = CheckpointOptions { mode, time_budget_ms, staging_mib, epoch_ms, ..Default::default() };
                 run_checkpoint(qmp, dir, options, json).await
             }
             Command::Restore { qmp, dir, paused, json } => run_restore(qmp, dir, paused, json).await,

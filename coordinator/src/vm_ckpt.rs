@@ -17,9 +17,32 @@ use serde_json::{json, Value};
 use crate::info;
 use crate::qmp::{Qmp, QmpError};
 
+/// How guest RAM is captured (`__org.mekha_CheckpointMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CaptureMode {
+    /// Copy-on-write where the VM and host allow it, MTD otherwise.
+    #[default]
+    Auto,
+    /// MTD: copy while running, stop for the last dirty pages.
+    Mtd,
+    /// Copy-on-write: stop only to write-protect RAM.
+    Cow,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Mtd => "mtd",
+            CaptureMode::Cow => "cow",
+        }
+    }
+}
+
 /// Tuning of a checkpoint (QMP `__org.mekha_checkpoint` arguments).
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointOptions {
+    pub mode: CaptureMode,
     pub time_budget_ms: Option<u64>,
     pub staging_mib: Option<u64>,
     pub epoch_ms: Option<u64>,
@@ -93,7 +116,7 @@ pub async fn checkpoint(
     let store = Store::open(dir)?;
     let generation = store.begin()?;
     let image = generation.image_path(&name)?;
-    let mut args = json!({ "path": image });
+    let mut args = json!({ "path": image, "mode": options.mode.as_str() });
     for (key, value) in [
         ("time-budget-ms", options.time_budget_ms),
         ("staging-mib", options.staging_mib),
@@ -110,7 +133,7 @@ pub async fn checkpoint(
     }
     let run = async {
         qmp.execute_mekha("checkpoint", args).await?;
-        wait_status(qmp, "query-checkpoint", &["live", "paused", "persisting"], progress).await
+        wait_status(qmp, "query-checkpoint", &["live", "paused", "capturing", "persisting"], progress).await
     };
     let state = match run.await {
         Ok(state) => state,

@@ -5,6 +5,7 @@
 
 use std::ffi::CString;
 
+use mekha_ckpt_core::cow::Region;
 use mekha_ckpt_core::image::{Identity, Layout, RamBlock as ImageRamBlock};
 use mekha_ckpt_core::PAGE_SIZE;
 
@@ -93,6 +94,23 @@ impl GuestRam {
         self.blocks[block].anonymous
     }
 
+    /// Guest RAM for copy-on-write capture: every block, provided all are
+    /// private anonymous memory (write protection does not see writes
+    /// made through another mapping of shared memory, e.g. vhost-user's).
+    pub(crate) fn write_protect_regions(&self) -> Result<Vec<Region>, String> {
+        if let Some(b) = self.blocks.iter().find(|b| !b.anonymous) {
+            return Err(format!(
+                "RAM block {} is shared or file-backed: write protection would miss writes through its other mappings",
+                b.name.to_string_lossy()
+            ));
+        }
+        Ok(self
+            .blocks
+            .iter()
+            .map(|b| Region { host: b.host as *mut u8, pages: b.pages, first_page: b.first_page })
+            .collect())
+    }
+
     pub(crate) fn block_count(&self) -> usize {
         self.blocks.len()
     }
@@ -116,7 +134,7 @@ impl GuestRam {
 
 /// ORs `src` (bits 0..len) into `dst` starting at bit `at`.
 fn or_bits_at(dst: &mut [u64], src: &[u64], at: u64, len: u64) {
-    if at % 64 == 0 {
+    if at.is_multiple_of(64) {
         let start = (at / 64) as usize;
         let words = len.div_ceil(64) as usize;
         for (i, (d, s)) in dst[start..].iter_mut().zip(&src[..words]).enumerate() {

@@ -22,6 +22,9 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use boundary::MekhaStatus;
 
 /// See `mekha_abi_version` in include/mekha.h.
+///
+/// # Safety
+/// None needed; `unsafe` only to match the other exports' declared type.
 #[no_mangle]
 pub unsafe extern "C" fn mekha_abi_version() -> u32 {
     boundary::MEKHA_ABI_VERSION

@@ -146,7 +146,7 @@ fn lazy_refusal(ram: &GuestRam) -> Option<String> {
         if !ram.block_is_anonymous(i) {
             return Some(format!("RAM block {} is shared or file-backed", block.name));
         }
-        if block.page_size != PAGE_SIZE as u64 || host as usize % PAGE_SIZE != 0 {
+        if block.page_size != PAGE_SIZE as u64 || !(host as usize).is_multiple_of(PAGE_SIZE) {
             return Some(format!("RAM block {} is not backed by 4 KiB pages", block.name));
         }
     }

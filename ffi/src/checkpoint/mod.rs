@@ -6,6 +6,8 @@
 //! the shared [`Info`] that `__org.mekha_query-checkpoint` returns and
 //! sends `__org.mekha_CHECKPOINT` events when the status changes.
 
+mod cow_capture;
+mod mtd_capture;
 mod worker;
 
 use std::path::PathBuf;
@@ -22,12 +24,22 @@ use crate::qemu::{self, Bql, Event};
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub(crate) struct Args {
     pub path: PathBuf,
+    pub mode: Option<Mode>,
     pub time_budget_ms: Option<u64>,
     pub staging_mib: Option<u64>,
     pub epoch_ms: Option<u64>,
     pub dirty_share: Option<u32>,
     pub clean_share: Option<u32>,
     pub hold: Option<bool>,
+}
+
+/// `__org.mekha_CheckpointMode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub(crate) enum Mode {
+    Auto,
+    Mtd,
+    Cow,
 }
 
 /// `__org.mekha_CheckpointStatus`.
@@ -38,6 +50,7 @@ pub(crate) enum Status {
     None,
     Live,
     Paused,
+    Capturing,
     Persisting,
     Completed,
     Failed,
@@ -45,7 +58,7 @@ pub(crate) enum Status {
 
 impl Status {
     fn is_active(self) -> bool {
-        matches!(self, Status::Live | Status::Paused | Status::Persisting)
+        matches!(self, Status::Live | Status::Paused | Status::Capturing | Status::Persisting)
     }
 }
 
@@ -58,6 +71,10 @@ pub(crate) struct Info {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
     pub epochs: u64,
@@ -75,6 +92,8 @@ pub(crate) struct Info {
     pub live_ns: u64,
     pub total_ns: u64,
     pub direct_io: bool,
+    pub wp_faults: u64,
+    pub capture_ns: u64,
 }
 
 /// What the QMP handlers and the worker share.
@@ -116,8 +135,14 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     worker::check_target(&args.path)?;
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
-    let prepared = worker::Prepared::new(&bql)?;
-    let info = Info { status: Status::Live, path: Some(args.path.display().to_string()), ..Info::default() };
+    let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto))?;
+    let info = Info {
+        status: Status::Live,
+        path: Some(args.path.display().to_string()),
+        mode: Some(prepared.mode()),
+        mode_reason: prepared.mode_reason().map(str::to_owned),
+        ..Info::default()
+    };
     qemu::emit_event(Event::MEKHA_EVENT_CHECKPOINT, &serde_json::to_value(&info).expect("encodes"));
     let shared = Arc::new(Shared { info: Mutex::new(info), end_requested: AtomicBool::new(false) });
     // The thread takes `prepared` from this slot; if the thread cannot be

@@ -82,7 +82,7 @@ pub fn run(mem_mib: u64, rate_mib_s: u64, out: &Output, stats: &Arc<Stats>) {
             unsafe { word.write_volatile(tag(pass, page as u64)) };
             written += 1;
 
-            if written % BATCH == 0 {
+            if written.is_multiple_of(BATCH) {
                 stats.pages_written.store(written, Ordering::Relaxed);
                 if rate_mib_s > 0 {
                     let due = due_time(rate_mib_s, written - pace_pages);

@@ -1,0 +1,80 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Copy-on-write capture: the VM stops only to write-protect its RAM and
+//! save its devices; then pages are copied into staging while it runs,
+//! each before the guest may change it (`mekha_ckpt_core::cow`).
+//!
+//! While RAM is protected, any QEMU thread writing guest memory — a vCPU,
+//! a device model holding the BQL — waits for this thread. So from the
+//! restart to the end of the copy this thread takes no QEMU lock.
+
+use std::time::{Duration, Instant};
+
+use mekha_ckpt_core::cow::{CowStats, WriteProtect};
+use mekha_ckpt_core::persist::Persister;
+
+use super::worker::{Params, Tracking};
+use super::{Shared, Status};
+use crate::qemu::{self, Bql};
+
+/// Waits for the instant (at once, or on the end command with `hold`),
+/// protects RAM during a short stop, copies it all; returns the device
+/// state. Dropping `wp` on any error releases every page.
+pub(super) fn capture(
+    shared: &Shared,
+    params: &Params,
+    mut wp: WriteProtect,
+    persist: &mut Persister,
+    tracking: &mut Tracking,
+) -> Result<Vec<u8>, String> {
+    let start = Instant::now();
+    wp.populate();
+    if params.mtd.hold {
+        let reason = loop {
+            if shared.end_requested() {
+                break "end-command";
+            }
+            if start.elapsed() >= params.mtd.live_budget {
+                break "budget-spent";
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
+        shared.update(|info| info.end_reason = Some(reason.into()));
+    }
+    shared.update(|info| {
+        info.live_ns = start.elapsed().as_nanos() as u64;
+        info.status = Status::Paused;
+    });
+
+    let bql = Bql::lock();
+    qemu::ckpt::vm_stop(&bql)?;
+    let stopped = Instant::now();
+    // Whatever happens now, the VM runs again before the BQL is released;
+    // a failed protect leaves nothing protected.
+    let result = wp.protect().map_err(|e| e.to_string()).and_then(|()| qemu::ckpt::save_devices(&bql));
+    qemu::ckpt::vm_start(&bql);
+    let pause = stopped.elapsed();
+    tracking.stop(&bql);
+    drop(bql);
+    let device_state = result?;
+    shared.update(|info| {
+        info.pause_ns = pause.as_nanos() as u64;
+        info.device_state_bytes = device_state.len() as u64;
+        info.status = Status::Capturing;
+    });
+
+    wp.capture(persist, |stats, persist| report(shared, stats, persist)).map_err(|e| e.to_string())?;
+    Ok(device_state)
+}
+
+fn report(shared: &Shared, stats: &CowStats, persist: &Persister) {
+    let staging = persist.staging();
+    let written = persist.stats().bytes;
+    shared.update(|info| {
+        info.copied_pages = stats.pages;
+        info.wp_faults = stats.faults;
+        info.capture_ns = stats.capture.as_nanos() as u64;
+        info.staged_bytes = staging.resident_bytes();
+        info.staging_peak_bytes = staging.peak_resident_bytes();
+        info.written_bytes = written;
+    });
+}
