@@ -4,11 +4,13 @@
 
 mod common;
 
+use common::{json_of, mekha};
+
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::Duration;
 
-use mekha_rig::{Artifacts, ProbeLog, Vm, VmConfig};
+use mekha_rig::{ProbeLog, Vm, VmConfig};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -27,21 +29,6 @@ fn probe_vm(name: &str, memory_mib: u32, dirty_mib: u32) -> VmConfig {
         "probe.clock_ms=1000".into(),
     ];
     config
-}
-
-fn mekha(artifacts: &Artifacts, args: &[&str], qmp: &Path, dir: &Path) -> Output {
-    Command::new(&artifacts.mekha).args(args).arg("--qmp").arg(qmp).arg("--dir").arg(dir).output().unwrap()
-}
-
-fn json_of(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "mekha failed ({:?}): {}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("--json output")
 }
 
 /// The probe's checksum after `steps` steps, computed on the host by the

@@ -15,6 +15,7 @@
 //! - [`persist`]: staging drained through the writer into an image.
 //! - [`cow`]: copy-on-write capture through userfaultfd write protection.
 //! - [`host`]: kernel facilities of this host.
+//! - [`vtime`]: time virtualization: the TIME record and offset math.
 
 pub mod cow;
 pub mod host;
@@ -24,6 +25,7 @@ pub mod persist;
 pub mod staging;
 pub mod store;
 pub mod uring;
+pub mod vtime;
 
 /// Guest page size mekha tracks and stores (x86 base page).
 pub const PAGE_SIZE: usize = 4096;

@@ -256,6 +256,14 @@ fn print_inspection(member: &Member, i: &Inspection) {
         };
         println!("    {:12}  at {:#011x}  {:>10}  crc32c {crc}  {tags}", s.kind, s.offset, size(s.length));
     }
+    if let Some(t) = &i.time {
+        println!(
+            "  time: guest wall clock {:.3} s (lagging the host by {:.3} s), VM clock {:.3} s",
+            t.guest_wall_ns as f64 / 1e9,
+            t.lag_ns as f64 / 1e9,
+            t.virtual_ns as f64 / 1e9
+        );
+    }
     if let Some(info) = &i.info {
         println!("  info: {info}");
     }

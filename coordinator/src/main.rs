@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use mekha_coordinator::qmp::{Qmp, QmpError};
-use mekha_coordinator::vm_ckpt::{self, CaptureMode, CheckpointOptions, CkptError};
+use mekha_coordinator::vm_ckpt::{self, CaptureMode, CheckpointOptions, CkptError, RestoreOptions, TimePolicy};
 use mekha_coordinator::{exit, image_cmd, info};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
@@ -72,7 +72,39 @@ enum Command {
         /// Leave the VM paused after the restore (resume with QMP `cont`).
         #[arg(long)]
         paused: bool,
+        /// How the restored VM's clocks stand to the host's: continue
+        /// (every clock resumes from the checkpoint instant), host (stock:
+        /// the RTC jumps by the gap), catch-up (continue, then run guest
+        /// time faster until it has caught up with the host).
+        #[arg(long, value_enum, default_value_t = TimePolicy::Continue)]
+        time: TimePolicy,
+        /// Catch-up rate in parts per million (default 50000: 5% faster).
+        #[arg(long, value_name = "PPM")]
+        catch_up_ppm: Option<u32>,
+        /// The guest wall clock's lag behind the host at resume, instead
+        /// of the time since the checkpoint (give every VM of a cluster
+        /// the same).
+        #[arg(long, value_name = "NS", allow_negative_numbers = true)]
+        lag_ns: Option<i64>,
         /// Print one JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show how a VM's clocks stand to the host's, or change its time
+    /// policy (`--policy`).
+    Time {
+        /// QMP socket of the VM.
+        #[arg(long = "qmp", value_name = "SOCK")]
+        qmp: PathBuf,
+        /// New policy: continue keeps the current lag, host drops it (the
+        /// RTC jumps to the host's time), catch-up runs guest time faster
+        /// until the lag is gone.
+        #[arg(long, value_enum)]
+        policy: Option<TimePolicy>,
+        /// Catch-up rate in parts per million (default 50000).
+        #[arg(long, value_name = "PPM", requires = "policy")]
+        catch_up_ppm: Option<u32>,
+        /// Print JSON instead of text.
         #[arg(long)]
         json: bool,
     },
@@ -103,6 +135,36 @@ impl From<QmpError> for Failure {
         };
         Failure { code, message }
     }
+}
+
+async fn run_time(sock: PathBuf, policy: Option<TimePolicy>, ppm: Option<u32>, json: bool) -> Result<(), Failure> {
+    let qmp = Qmp::connect(&sock).await?;
+    if let Some(policy) = policy {
+        let mut args = serde_json::json!({ "policy": policy.as_str() });
+        if let Some(ppm) = ppm {
+            args["catch-up-ppm"] = ppm.into();
+        }
+        qmp.execute_mekha("set-time", args).await?;
+    }
+    let t = qmp.execute_mekha("query-time", serde_json::Value::Null).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t).expect("JSON encodes"));
+        return Ok(());
+    }
+    let s = |k: &str| t[k].as_i64().unwrap_or(0) as f64 / 1e9;
+    let catching = match t["catching-up"].as_bool() {
+        Some(true) => format!(", catching up at {} ppm", t["catch-up-ppm"]),
+        _ => String::new(),
+    };
+    println!(
+        "{}: time policy {}, guest wall clock {:.3} s behind the host{catching}; VM clock {:.3} s (catch-up moved it {:.3} s)",
+        sock.display(),
+        t["policy"].as_str().unwrap_or("?"),
+        s("lag-ns"),
+        s("virtual-ns"),
+        s("advanced-ns"),
+    );
+    Ok(())
 }
 
 async fn run_info(sockets: Vec<PathBuf>, json: bool) -> Result<(), Failure> {
@@ -235,13 +297,13 @@ async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions,
     Ok(())
 }
 
-async fn run_restore(sock: PathBuf, dir: PathBuf, paused: bool, json: bool) -> Result<(), Failure> {
+async fn run_restore(sock: PathBuf, dir: PathBuf, options: RestoreOptions, json: bool) -> Result<(), Failure> {
     let qmp = Qmp::connect(&sock).await?;
     let summary = run_with_progress(
         &dir,
         |s: &vm_ckpt::RestoreSummary| s.generation,
         json,
-        |progress| vm_ckpt::restore(&qmp, &dir, !paused, progress),
+        |progress| vm_ckpt::restore(&qmp, &dir, &options, progress),
     )
     .await?;
     if let Some(summary) = summary {
@@ -253,7 +315,7 @@ async fn run_restore(sock: PathBuf, dir: PathBuf, paused: bool, json: bool) -> R
             p["total-ns"].as_u64().unwrap_or(0) as f64 / 1e6,
             p["ram-bytes"].as_u64().unwrap_or(0) >> 20,
             if p["lazy"] == true { "mapped lazily" } else { "read" },
-            if paused { "paused" } else { "running" },
+            if options.paused { "paused" } else { "running" },
         );
     }
     Ok(())
@@ -265,11 +327,14 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Info { qmp, json } => run_info(qmp, json).await,
+            Command::Time { qmp, policy, catch_up_ppm, json } => run_time(qmp, policy, catch_up_ppm, json).await,
             Command::Checkpoint { qmp, dir, mode, time_budget_ms, staging_mib, epoch_ms, json } => {
                 let options = CheckpointOptions { mode, time_budget_ms, staging_mib, epoch_ms, ..Default::default() };
                 run_checkpoint(qmp, dir, options, json).await
             }
-            Command::Restore { qmp, dir, paused, json } => run_restore(qmp, dir, paused, json).await,
+            Command::Restore { qmp, dir, paused, time, catch_up_ppm, lag_ns, json } => {
+                run_restore(qmp, dir, RestoreOptions { paused, time, catch_up_ppm, lag_ns }, json).await
+            }
             Command::Image { command } => {
                 image_cmd::run(command).map_err(|f| Failure { code: f.code, message: f.message })
             }

@@ -39,6 +39,40 @@ impl CaptureMode {
     }
 }
 
+/// How a restored VM's clocks stand to the host's (`__org.mekha_TimePolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TimePolicy {
+    /// Every guest clock resumes from the checkpoint instant.
+    #[default]
+    Continue,
+    /// Stock QEMU: the RTC jumps to the host's time.
+    Host,
+    /// Resume from the instant, then run faster until caught up with the host.
+    CatchUp,
+}
+
+impl TimePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimePolicy::Continue => "continue",
+            TimePolicy::Host => "host",
+            TimePolicy::CatchUp => "catch-up",
+        }
+    }
+}
+
+/// How a restore runs (QMP `__org.mekha_restore` arguments).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Leave the VM paused once restored.
+    pub paused: bool,
+    pub time: TimePolicy,
+    pub catch_up_ppm: Option<u32>,
+    /// The guest wall clock's lag behind the host at resume (one for a
+    /// whole cluster), instead of the time since the checkpoint.
+    pub lag_ns: Option<i64>,
+}
+
 /// Tuning of a checkpoint (QMP `__org.mekha_checkpoint` arguments).
 #[derive(Debug, Clone, Default)]
 pub struct CheckpointOptions {
@@ -178,13 +212,20 @@ pub fn latest_checkpoint(dir: &Path) -> Result<(Store, Manifest), CkptError> {
 pub async fn restore(
     qmp: &Qmp,
     dir: &Path,
-    start: bool,
+    options: &RestoreOptions,
     progress: impl FnMut(&Value),
 ) -> Result<RestoreSummary, CkptError> {
     let name = vm_name(qmp).await?;
     let (store, manifest) = latest_checkpoint(dir)?;
     let image = store.resolve(&manifest, &name)?;
-    qmp.execute_mekha("restore", json!({ "path": image, "start": start })).await?;
+    let mut args = json!({ "path": image, "start": !options.paused, "time": options.time.as_str() });
+    if let Some(ppm) = options.catch_up_ppm {
+        args["catch-up-ppm"] = ppm.into();
+    }
+    if let Some(lag) = options.lag_ns {
+        args["lag-ns"] = lag.into();
+    }
+    qmp.execute_mekha("restore", args).await?;
     let state = wait_status(qmp, "query-restore", &["loading"], progress).await?;
     if state["status"] != "completed" {
         return Err(CkptError::RestoreFailed {

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define MEKHA_ABI_VERSION 2
+#define MEKHA_ABI_VERSION 3
 
 /* ---- QEMU -> library ------------------------------------------------- */
 
@@ -54,6 +54,13 @@ MekhaStatus mekha_qmp_command(const char *name, const char *args_json,
 
 /* Free a string returned by the library.  NULL is ignored. */
 void mekha_string_free(char *s);
+
+/*
+ * The VM started (@running) or stopped running.  Called from the main
+ * loop with the BQL held, once mekha_qemu_watch_run_state() was called:
+ * it must not block.
+ */
+void mekha_vm_run_state(bool running);
 
 /* ---- library -> QEMU ------------------------------------------------- */
 
@@ -177,6 +184,31 @@ int mekha_qemu_load_devices(const uint8_t *data, size_t len, char **err);
  * (activating its disks) when @start, else leave it paused.
  */
 int mekha_qemu_incoming_finish(bool start, char **err);
+
+/* ---- clocks ---- */
+
+/* QEMU's clocks, read together. */
+typedef struct MekhaClocks {
+    int64_t host_ns;        /* QEMU_CLOCK_HOST: wall clock of the devices (RTC) */
+    int64_t host_offset_ns; /* QEMU_CLOCK_HOST minus the host's wall clock */
+    int64_t virtual_ns;     /* QEMU_CLOCK_VIRTUAL: runs only while the VM runs */
+    int64_t ticks;          /* cpu_get_ticks(): the TCG TSC's base */
+    bool icount;            /* instruction counting drives the VM clock */
+} MekhaClocks;
+
+void mekha_qemu_clocks(MekhaClocks *clocks);
+
+/* Make QEMU_CLOCK_HOST read the host's wall clock plus @offset_ns. */
+void mekha_qemu_set_host_clock_offset(int64_t offset_ns);
+
+/*
+ * Move the VM clock forward by @ns and the tick counter by @ticks (TCG
+ * without icount only).  BQL held.
+ */
+void mekha_qemu_advance_vm_clock(int64_t ns, int64_t ticks);
+
+/* Start calling mekha_vm_run_state() on run-state changes.  BQL held. */
+void mekha_qemu_watch_run_state(void);
 
 #ifdef __cplusplus
 }

@@ -11,6 +11,7 @@
 mod boundary;
 mod checkpoint;
 mod guest_ram;
+mod guest_time;
 mod info;
 mod qemu;
 mod qmp;
@@ -55,6 +56,17 @@ pub unsafe extern "C" fn mekha_qmp_command(
     // SAFETY: the caller passes a valid out-pointer.
     unsafe { *reply = into_c_string(text) };
     status
+}
+
+/// See `mekha_vm_run_state` in include/mekha.h.
+///
+/// # Safety
+/// Called by QEMU from the main loop with the BQL held.
+#[no_mangle]
+pub unsafe extern "C" fn mekha_vm_run_state(running: bool) {
+    if let Err(panic) = catch_unwind(|| guest_time::on_run_state(running)) {
+        eprintln!("mekha: internal error in the run-state hook: {}", panic_message(&panic));
+    }
 }
 
 /// See `mekha_string_free` in include/mekha.h.

@@ -254,3 +254,36 @@ pub(crate) mod incoming {
         check(|err| unsafe { boundary::mekha_qemu_incoming_finish(start, err) })
     }
 }
+
+/// QEMU's clocks and the hooks time virtualization needs.
+pub(crate) mod clocks {
+    use super::*;
+
+    pub(crate) use boundary::MekhaClocks as Clocks;
+
+    /// Reads QEMU's clocks together (thread-safe; no lock needed).
+    pub(crate) fn read() -> Clocks {
+        let mut c = Clocks { host_ns: 0, host_offset_ns: 0, virtual_ns: 0, ticks: 0, icount: false };
+        // SAFETY: fills the struct we pass.
+        unsafe { boundary::mekha_qemu_clocks(&mut c) };
+        c
+    }
+
+    pub(crate) fn set_host_offset(_bql: &Bql, offset_ns: i64) {
+        // SAFETY: plain call, BQL held.
+        unsafe { boundary::mekha_qemu_set_host_clock_offset(offset_ns) };
+    }
+
+    /// TCG without icount only.
+    pub(crate) fn advance_vm_clock(_bql: &Bql, ns: i64, ticks: i64) {
+        assert!(ns >= 0 && ticks >= 0);
+        // SAFETY: BQL held; non-negative steps.
+        unsafe { boundary::mekha_qemu_advance_vm_clock(ns, ticks) };
+    }
+
+    /// Makes QEMU call `mekha_vm_run_state` on run-state changes.
+    pub(crate) fn watch_run_state(_bql: &Bql) {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_watch_run_state() };
+    }
+}

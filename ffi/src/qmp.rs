@@ -8,7 +8,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::{checkpoint, info, restore};
+use crate::{checkpoint, guest_time, info, restore};
 
 /// Handle `name` (without the `__org.mekha_` prefix) with `args_json`.
 /// Ok is the JSON reply, Err a message for the QMP client.
@@ -20,6 +20,8 @@ pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
         "query-checkpoint" => to_json(checkpoint::query()),
         "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
         "query-restore" => to_json(restore::query()),
+        "query-time" => to_json(guest_time::query()),
+        "set-time" => guest_time::set(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
         _ => return Err(format!("mekha: this library does not implement command '{name}'")),
     };
     Ok(reply.to_string())

@@ -15,10 +15,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use mekha_ckpt_core::image::{check_compatible, page_crc, Image, ZERO_PAGE_CRC};
+use mekha_ckpt_core::vtime::TimePolicy;
 use mekha_ckpt_core::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
 use crate::guest_ram::GuestRam;
+use crate::guest_time::{self, RestoreTime};
 use crate::qemu::{self, Bql, Event, QemuThread};
 
 /// `__org.mekha_RestoreArgs`.
@@ -28,6 +30,9 @@ pub(crate) struct Args {
     pub path: PathBuf,
     pub start: Option<bool>,
     pub lazy: Option<bool>,
+    pub time: Option<TimePolicy>,
+    pub catch_up_ppm: Option<u32>,
+    pub lag_ns: Option<i64>,
 }
 
 /// `__org.mekha_RestoreStatus`.
@@ -100,8 +105,10 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                     '-incoming defer', and restore before anything else runs"
             .into());
     }
+    let time = RestoreTime::new(args.time, args.catch_up_ppm, args.lag_ns)?;
     let ram = GuestRam::current(&bql)?;
     let image = Image::open(&args.path).map_err(|e| e.to_string())?;
+    let record = image.time().map_err(|e| e.to_string())?;
     let compat = check_compatible(image.identity(), ram.identity()).map_err(|m| m.to_string())?;
     for warning in &compat.warnings {
         eprintln!("mekha: restore of {}: {warning}", args.path.display());
@@ -128,6 +135,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                 Ok(device_state) => qemu::main_loop_call(move || {
                     // SAFETY: main-loop calls run with the BQL held.
                     let bql = unsafe { Bql::assume_held() };
+                    guest_time::prepare_restore(&bql, record, time);
                     let outcome = qemu::incoming::load_devices(&bql, &device_state)
                         .and_then(|()| qemu::incoming::finish(&bql, start_vm));
                     finish(outcome, started);

@@ -1,9 +1,13 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Helpers shared by the system tests.
 
-use std::path::PathBuf;
+#![allow(dead_code)] // each test binary uses its own share of these
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use mekha_rig::Artifacts;
+use serde_json::Value;
 
 /// A fresh directory for one test's VMs (QMP sockets, serial logs, QEMU's
 /// stderr), kept after the run so a failure can be read.
@@ -19,4 +23,21 @@ pub fn artifacts() -> Artifacts {
     // SAFETY: geteuid has no preconditions.
     assert_eq!(unsafe { libc::geteuid() }, 0, "the system tests need root (network namespaces, taps)");
     Artifacts::locate().expect("locating the patched QEMU and the guest rig")
+}
+
+/// Runs `mekha ARGS --qmp QMP --dir DIR`.
+pub fn mekha(artifacts: &Artifacts, args: &[&str], qmp: &Path, dir: &Path) -> Output {
+    Command::new(&artifacts.mekha).args(args).arg("--qmp").arg(qmp).arg("--dir").arg(dir).output().unwrap()
+}
+
+/// The `--json` summary of a `mekha` run that must have succeeded.
+pub fn json_of(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "mekha failed ({:?}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("--json output")
 }

@@ -18,6 +18,7 @@ use super::format::{
     MAGIC, MAX_SECTIONS, SECTION_ALIGN, ZERO_PAGE_CRC,
 };
 use super::layout::{Identity, Layout, RAM_START};
+use crate::vtime::TimeRecord;
 use crate::PAGE_SIZE;
 
 /// An image being written. Dropping it without [`finish`](Self::finish)
@@ -31,6 +32,7 @@ pub struct ImageBuilder {
     /// One CRC32C per global page; pages never written keep the zero-page CRC.
     page_crcs: Vec<u32>,
     extra_sections: Vec<(SectionKind, bool, Vec<u8>)>,
+    time: Option<TimeRecord>,
     created_unix_ns: u64,
     build_id: String,
     /// Finished or aborted: nothing left for `Drop` to clean.
@@ -75,6 +77,7 @@ impl ImageBuilder {
             page_crcs: vec![ZERO_PAGE_CRC; layout.total_pages() as usize],
             layout,
             extra_sections: Vec::new(),
+            time: None,
             created_unix_ns: now_unix_ns(),
             build_id: "unknown".to_owned(),
             settled: false,
@@ -131,8 +134,13 @@ impl ImageBuilder {
         self.build_id = build_id.to_owned();
     }
 
+    /// Records the clocks at the checkpoint instant (the TIME section).
+    pub fn set_time(&mut self, time: TimeRecord) {
+        self.time = Some(time);
+    }
+
     /// Adds a section of a kind the builder does not write itself (e.g. the
-    /// reserved TIME and NET_FRAMES, or a test's unknown kind).
+    /// reserved NET_FRAMES, or a test's unknown kind).
     pub fn add_section(&mut self, kind: SectionKind, required: bool, data: Vec<u8>) {
         assert!(
             !matches!(
@@ -142,6 +150,7 @@ impl ImageBuilder {
                     | SectionKind::DeviceState
                     | SectionKind::Ram
                     | SectionKind::Info
+                    | SectionKind::Time
             ),
             "{kind} is written by finish()"
         );
@@ -164,6 +173,10 @@ impl ImageBuilder {
         ];
         if let Some(info) = &info_json {
             payloads.push((SectionKind::Info, false, info));
+        }
+        let time = self.time;
+        if let Some(time) = &time {
+            payloads.push((SectionKind::Time, false, time.as_bytes()));
         }
         payloads.extend(self.extra_sections.iter().map(|(kind, required, data)| (*kind, *required, data.as_slice())));
         assert!(payloads.len() < MAX_SECTIONS, "too many sections");

@@ -17,7 +17,7 @@ pub const MAGIC: [u8; 8] = *b"MEKHAIMG";
 /// Format major version this mekha writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this mekha writes (it reads any minor of its major).
-pub const FORMAT_MINOR: u16 = 0;
+pub const FORMAT_MINOR: u16 = 1;
 /// Size of the header block at offset 0.
 pub const HEADER_SIZE: usize = 4096;
 /// Section directory entries that fit in the header block.
@@ -134,7 +134,7 @@ impl SectionKind {
     /// Whether this mekha can interpret the section. Reserved kinds are
     /// not: a later version defines their contents.
     pub fn is_known(self) -> bool {
-        !matches!(self, SectionKind::Unknown(_) | SectionKind::Time | SectionKind::NetFrames)
+        !matches!(self, SectionKind::Unknown(_) | SectionKind::NetFrames)
     }
 }
 

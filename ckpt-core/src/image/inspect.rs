@@ -29,8 +29,22 @@ pub struct Inspection {
     pub zero_pages: u64,
     pub ram_end: u64,
     pub info: Option<serde_json::Value>,
+    /// The clocks at the checkpoint instant (TIME section).
+    pub time: Option<TimeSummary>,
     /// What could not be read but does not stop the inspection (e.g. a damaged INFO).
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct TimeSummary {
+    /// The guest's wall clock (the RTC's time), ns since the Unix epoch.
+    pub guest_wall_ns: i64,
+    /// The host's wall clock, ns since the Unix epoch.
+    pub host_wall_ns: i64,
+    /// How far the guest's wall clock lagged the host's.
+    pub lag_ns: i64,
+    /// ns the VM had run.
+    pub virtual_ns: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -103,6 +117,18 @@ pub fn inspect_image(image: &Image) -> Result<Inspection> {
         warnings.push(e.to_string());
         None
     });
+    let time = match image.time() {
+        Ok(t) => t.map(|t| TimeSummary {
+            guest_wall_ns: t.guest_wall_ns.get(),
+            host_wall_ns: t.host_wall_ns.get(),
+            lag_ns: t.lag_ns(),
+            virtual_ns: t.virtual_ns.get(),
+        }),
+        Err(e) => {
+            warnings.push(e.to_string());
+            None
+        }
+    };
     Ok(Inspection {
         path: image.path().to_owned(),
         file_size: image.file_len(),
@@ -116,6 +142,7 @@ pub fn inspect_image(image: &Image) -> Result<Inspection> {
         total_pages: layout.total_pages(),
         ram_end: layout.ram_end(),
         info,
+        time,
         warnings,
     })
 }

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The on-disk image of one VM: format 1.0.
+//! The on-disk image of one VM: format 1.1.
 //!
 //! An image holds one VM's RAM, one CRC32C per RAM page, QEMU's device
-//! state and a description of the VM, in one (sparse) file. All integers
+//! state, its clocks at the checkpoint instant and a description of the
+//! VM, in one (sparse) file. All integers
 //! are little-endian; all checksums are CRC32C (Castagnoli, as computed by
 //! SSE4.2's `crc32` instruction, initial value and final xor `0xffffffff`;
 //! the CRC32C of `"123456789"` is `0xe3069283`).
@@ -25,7 +26,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `MEKHAIMG` (ASCII) |
 //! | 8 | 2 | format major version: 1 |
-//! | 10 | 2 | format minor version: 0 |
+//! | 10 | 2 | format minor version: 1 (1.0 had no TIME section) |
 //! | 12 | 4 | flags: none defined in 1.0; readers ignore bits they do not know |
 //! | 16 | 8 | creation time, nanoseconds since the Unix epoch |
 //! | 24 | 4 | section count `n` (at most 126) |
@@ -66,11 +67,23 @@
 //! | 3 | DEVICE_STATE | yes | QEMU's device state stream, opaque |
 //! | 4 | RAM | yes | the RAM data: offset `RAM_START` (2 MiB), length `ram_end - RAM_START`, CRC 0 |
 //! | 5 | INFO | no | UTF-8 JSON object: free-form checkpoint statistics |
-//! | 6 | TIME | reserved | virtual-time offsets (a later version) |
+//! | 6 | TIME | no | the clocks at the checkpoint instant (since 1.1): 32 bytes, see below |
 //! | 7 | NET_FRAMES | reserved | network frames held back at the checkpoint (a later version) |
 //!
 //! Kind 0 is invalid. IDENTITY, PAGE_CRCS, DEVICE_STATE and RAM must be
 //! present. JSON readers ignore fields they do not know.
+//!
+//! ## TIME (since 1.1)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | the guest's wall clock (QEMU's host clock, which the RTC reads), i64 ns since the Unix epoch |
+//! | 8 | 8 | the host's wall clock (CLOCK_REALTIME), i64 ns since the Unix epoch |
+//! | 16 | 8 | QEMU's VM clock: i64 ns the VM had run |
+//! | 24 | 8 | reserved, zero |
+//!
+//! A restore without it (a 1.0 image) leaves QEMU's host clock on the
+//! host's time (`crate::vtime`).
 //!
 //! ## RAM and pages
 //!
@@ -111,7 +124,7 @@ pub use builder::{FinishedImage, ImageBuilder};
 pub use compat::{check_compatible, Compatible, Difference, Mismatch};
 pub use error::{ImageError, Result};
 pub use format::{page_crc, Producer, Section, SectionKind, ZERO_PAGE_CRC};
-pub use inspect::{inspect, inspect_image, BlockSummary, Inspection, SectionSummary};
+pub use inspect::{inspect, inspect_image, BlockSummary, Inspection, SectionSummary, TimeSummary};
 pub use layout::{Identity, Layout, RamBlock};
 pub use reader::{HeaderInfo, Image};
 pub use verify::{verify, verify_image, BadPage, BadSection, VerifyReport, MAX_REPORTED_BAD_PAGES};

@@ -16,6 +16,7 @@ use super::format::{
     MAX_SECTIONS,
 };
 use super::layout::{Identity, Layout, RAM_START};
+use crate::vtime::TimeRecord;
 use crate::PAGE_SIZE;
 
 /// Sections an image must have, whatever their flags say.
@@ -171,6 +172,15 @@ impl Image {
     pub fn device_state(&self) -> Result<Vec<u8>> {
         let section = self.section(SectionKind::DeviceState).expect("mandatory sections are present");
         read_checked(&self.file, &self.path, section)
+    }
+
+    /// The clocks at the checkpoint instant (TIME section; none in 1.0).
+    pub fn time(&self) -> Result<Option<TimeRecord>> {
+        let Some(section) = self.section(SectionKind::Time) else { return Ok(None) };
+        let bytes = read_checked(&self.file, &self.path, section)?;
+        TimeRecord::read_from_bytes(&bytes).map(Some).map_err(|_| {
+            ImageError::malformed(&self.path, format!("the TIME section is {} bytes, not 32", bytes.len()))
+        })
     }
 
     /// The free-form statistics of the INFO section, if the image has one.

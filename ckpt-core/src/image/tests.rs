@@ -308,7 +308,7 @@ fn versions() {
     file.write_all_at(&2u16.to_le_bytes(), 8).unwrap();
     let err = open_err(&path);
     assert!(matches!(err, ImageError::NewerFormat { major: 2, .. }), "{err}");
-    assert!(err.to_string().contains("format 2.0, which is newer than this mekha (1.x)"), "{err}");
+    assert!(err.to_string().contains("format 2.1, which is newer than this mekha (1.x)"), "{err}");
 
     fs::write(&path, &original).unwrap();
     rewrite_header(&path, |h| h.header.major = U16::new(0));
@@ -326,6 +326,33 @@ fn versions() {
 }
 
 #[test]
+fn time_record_round_trips_and_is_checked() {
+    use crate::vtime::TimeRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node1.mekha");
+    let builder = ImageBuilder::create(&path, &identity()).unwrap();
+    builder.finish(DEVICE_STATE, None).unwrap();
+    assert_eq!(Image::open(&path).unwrap().time().unwrap(), None, "no TIME section: None");
+
+    let record = TimeRecord::new(1_700_000_000_000_000_000, 1_700_000_030_000_000_000, 123_456_789);
+    let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
+    builder.set_time(record);
+    builder.finish(DEVICE_STATE, None).unwrap();
+    let image = Image::open(&path).unwrap();
+    assert_eq!(image.header().minor, 1);
+    assert_eq!(image.time().unwrap(), Some(record));
+    assert_eq!(verify(&path).unwrap().sections_checked, 4, "the TIME section is checked by verify");
+
+    // A flipped bit in it is damage, named.
+    let offset = image.section(SectionKind::Time).unwrap().offset;
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0xff], offset + 3).unwrap();
+    let err = Image::open(&path).unwrap().time().unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains("TIME"), "{err}");
+    assert!(!verify(&path).unwrap().is_intact());
+}
+
+#[test]
 fn unknown_sections() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("node1.mekha");
@@ -338,7 +365,7 @@ fn unknown_sections() {
     assert!(report.is_intact());
     assert_eq!(report.sections_checked, 4, "the unknown section's checksum is checked too");
 
-    for kind in [SectionKind::Unknown(1001), SectionKind::Time] {
+    for kind in [SectionKind::Unknown(1001), SectionKind::NetFrames] {
         let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
         builder.add_section(kind, true, b"must be understood".to_vec());
         builder.finish(DEVICE_STATE, None).unwrap();

@@ -12,20 +12,21 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
-use super::worker::{Params, Tracking};
+use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
+use crate::guest_time;
 use crate::qemu::{self, Bql};
 
 /// Waits for the instant (at once, or on the end command with `hold`),
 /// protects RAM during a short stop, copies it all; returns the device
-/// state. Dropping `wp` on any error releases every page.
+/// state and the clocks. Dropping `wp` on any error releases every page.
 pub(super) fn capture(
     shared: &Shared,
     params: &Params,
     mut wp: WriteProtect,
     persist: &mut Persister,
     tracking: &mut Tracking,
-) -> Result<Vec<u8>, String> {
+) -> Result<Stopped, String> {
     let start = Instant::now();
     wp.populate();
     if params.mtd.hold {
@@ -48,6 +49,7 @@ pub(super) fn capture(
     let bql = Bql::lock();
     qemu::ckpt::vm_stop(&bql)?;
     let stopped = Instant::now();
+    let time = guest_time::capture(&bql);
     // Whatever happens now, the VM runs again before the BQL is released;
     // a failed protect leaves nothing protected.
     let result = wp.protect().map_err(|e| e.to_string()).and_then(|()| qemu::ckpt::save_devices(&bql));
@@ -63,7 +65,7 @@ pub(super) fn capture(
     });
 
     wp.capture(persist, |stats, persist| report(shared, stats, persist)).map_err(|e| e.to_string())?;
-    Ok(device_state)
+    Ok(Stopped { device_state, time })
 }
 
 fn report(shared: &Shared, stats: &CowStats, persist: &Persister) {

@@ -16,12 +16,13 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::worker::{Params, Tracking};
+use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_ram::GuestRam;
+use crate::guest_time;
 use crate::qemu::{self, Bql};
 
-/// Runs the live phase and the pause; returns the device state.
+/// Runs the live phase and the pause; returns what the pause captured.
 pub(super) fn capture(
     shared: &Shared,
     params: &Params,
@@ -29,7 +30,7 @@ pub(super) fn capture(
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
     tracking: &mut Tracking,
-) -> Result<Vec<u8>, String> {
+) -> Result<Stopped, String> {
     let (end_reason, live, planner) = live_phase(shared, params, ram, persist, bitmap)?;
     shared.update(|info| {
         info.end_reason = Some(end_reason_name(end_reason).into());
@@ -100,7 +101,7 @@ fn live_phase(
 }
 
 /// Stops the VM, copies the last stale pages and the device state into
-/// memory, restarts the VM. Returns the device state.
+/// memory with the clocks, restarts the VM.
 fn pause(
     shared: &Shared,
     ram: &GuestRam,
@@ -108,11 +109,12 @@ fn pause(
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
     tracking: &mut Tracking,
-) -> Result<Vec<u8>, String> {
+) -> Result<Stopped, String> {
     let mut pages = Vec::new();
     let bql = Bql::lock();
     qemu::ckpt::vm_stop(&bql)?;
     let stopped = Instant::now();
+    let time = guest_time::capture(&bql);
     // Whatever happens now, the VM runs again before the BQL is released.
     let result = (|| {
         ram.sync_dirty(&bql, bitmap)?;
@@ -132,7 +134,7 @@ fn pause(
         info.device_state_bytes = device_state.len() as u64;
     });
     report(shared, &planner, persist);
-    Ok(device_state)
+    Ok(Stopped { device_state, time })
 }
 
 /// Copies guest pages into staging, draining staging to disk when its

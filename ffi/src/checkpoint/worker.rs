@@ -14,6 +14,7 @@ use mekha_ckpt_core::mtd::MtdParams;
 use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::Staging;
 use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
+use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::PAGE_SIZE;
 
 use super::{cow_capture, ms, mtd_capture, Args, Mode, Shared, Status};
@@ -142,6 +143,12 @@ fn register_cow(ram: &GuestRam) -> Result<WriteProtect, String> {
     unsafe { WriteProtect::register(&regions, false) }.map_err(|e| e.to_string())
 }
 
+/// What the pause captured besides RAM: the devices and the clocks.
+pub(super) struct Stopped {
+    pub device_state: Vec<u8>,
+    pub time: TimeRecord,
+}
+
 /// Thread entry: runs the checkpoint and records its outcome.
 pub(super) fn run(shared: Arc<Shared>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
@@ -192,16 +199,16 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
         let mut persist = Persister::new(staging, writer, move |p| layout.page_offset(p));
         shared.update(|info| info.staging_budget_bytes = budget);
 
-        let device_state = match capture {
+        let stopped = match capture {
             Capture::Mtd => mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking)?,
             Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking)?,
         };
 
         shared.update(|info| info.status = Status::Persisting);
         persist.flush_all().map_err(|e| format!("writing the image: {e}"))?;
-        Ok((device_state, persist))
+        Ok((stopped, persist))
     })();
-    let (device_state, persist) = match result {
+    let (stopped, persist) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = builder.abort();
@@ -218,9 +225,10 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
         info.direct_io = stats.direct_io;
     });
     builder.set_build_id(env!("MEKHA_BUILD_ID"));
+    builder.set_time(stopped.time);
     // The image records how it was made (the INFO section).
     let info_json = serde_json::to_value(&*shared.info.lock().unwrap()).ok();
-    builder.finish(&device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
+    builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
     Ok(())
 }
 
