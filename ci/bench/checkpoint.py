@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: GPL-2.0-or-later
-"""End-to-end checkpoint benchmark: mekha's MTD checkpoint beside stock
+"""End-to-end checkpoint benchmark: mekha's MTD and copy-on-write checkpoints beside stock
 QEMU's ways of saving a running VM, on the reference workload of
 /work/shared/design/ARCHITECTURE.md ("Targets").
 
@@ -12,7 +12,9 @@ probe.rate=0) and computing (probe.compute), and the serial console read
 through a socket so that every probe line gets a host timestamp.
 
 Methods, each on its own freshly booted VM:
-  mekha          __org.mekha_checkpoint into a file (default staging = RAM)
+  mekha          __org.mekha_checkpoint mode=mtd into a file (default
+                 staging = RAM)
+  mekha-cow      the same with mode=cow (copy-on-write capture)
   stop-migrate   stop, migrate file:, wait, cont
   live-migrate   migrate file: with the VM running, capped; migrate_cancel
                  when it does not end
@@ -34,6 +36,20 @@ before that) is reported as the noise floor. Beside it: the longest time
 without a compute event in the window (a stall the pause may not show),
 and the host CPU the VM's vCPU thread and its other threads got (QEMU runs
 with -name ...,debug-threads=on so that the vCPU thread is named).
+
+Guest clocks across a restore gap (`clocks`, once per run, after the
+checkpoint methods): on a VM whose probe samples its clocks every
+CLOCK_MS (`clock` events: CLOCK_MONOTONIC, CLOCK_REALTIME, the TSC and
+the RTC), a mekha checkpoint and a stock stop + migrate file:, each
+followed by killing QEMU, --clock-gap seconds (default 30) with no QEMU,
+and a restore into a fresh QEMU: __org.mekha_restore with time
+"continue", and stock migrate-incoming file: + cont. Each clock's advance
+across the gap is the first sample of the restored guest minus the last
+sample the checkpointed guest had taken, less one sampling interval: 0
+when the clock continued as if no time had passed, about the gap when it
+jumped. Beside them, the RTC minus CLOCK_REALTIME after the restore, and
+its change from before the checkpoint (the offset is already up to 2 s
+after boot, by chance).
 
 The script, its QEMUs and dd run at nice -10 by default (--nice) to damp
 the noise of other load on the host. Every QEMU is killed at exit, on
@@ -70,7 +86,15 @@ DONE_TIMEOUT_S = 600             # one checkpoint or restore, at most
 EVENTS_PER_S = (10, 60)          # wanted rate of compute events; the chunk adapts
 
 METHODS = ["mekha", "mekha-cow", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"]
+CLOCKS = "clocks"                # the --methods value of the clock measurement
 RESTORES = ["mekha-lazy", "mekha-bulk", "stock-incoming"]
+
+CLOCK_MIB = 512                  # VM of the clock measurement
+CLOCK_MS = 1000                  # the probe's clock sampling interval there
+CLOCK_GAP_S = 30.0               # default --clock-gap: no QEMU between checkpoint and restore
+CLOCK_BEFORE = 4                 # clock samples of the original guest before its checkpoint, at least
+CLOCK_AFTER = 3                  # clock samples of the restored guest, at least
+CLOCK_KINDS = ("mekha", "stock")
 
 
 def log(msg):
@@ -129,6 +153,76 @@ def progress_series(points, rate, t0, a, b, step=0.025, width=0.1):
         out.append((t - t0, 100.0 * r / rate))
         t += step
     return out
+
+
+def checkpoint_mono_ns(samples, t_paused):
+    """The guest's CLOCK_MONOTONIC when it paused for its checkpoint, at
+    host time `t_paused`, from its `clock` events before the pause: a
+    sample's mono_ns plus the host time from its arrival to the pause (the
+    VM clock follows the host's while the VM runs). The sample that arrived
+    soonest after it was taken gives the closest (and never later) value."""
+    before = [e for e in samples if e.t < t_paused]
+    if not before:
+        raise RuntimeError("no clock sample before the checkpoint")
+    return max(e.data["mono_ns"] + (t_paused - e.t) * 1e9 for e in before)
+
+
+def clock_advance(original, restored, t_paused, interval_ms):
+    """Each clock's advance across a restore gap, from the `clock` events of
+    the checkpointed guest and of its restored copy.
+
+    R is the first sample the restored guest took: not a line of the
+    checkpointed guest's serial output that the restored copy emits again
+    (same mono_ns), nor a sample taken before the checkpoint. P is the last
+    sample the checkpointed state had taken: the last sample of the original
+    guest with mono_ns below R's, but taken before the checkpoint instant
+    (a mekha checkpoint is live: the original guest goes on sampling until
+    it is killed, and those samples are not in the image) and in an earlier
+    sampling slot than R's (the original's post-checkpoint sample in R's
+    slot has about R's mono_ns)."""
+    if len(original) < 2:
+        raise RuntimeError(f"{len(original)} clock sample(s) from the original guest")
+    m_ck = checkpoint_mono_ns(original, t_paused)
+    seen = {e.data["mono_ns"] for e in original}
+    fresh = [e for e in restored if e.data["mono_ns"] > m_ck and e.data["mono_ns"] not in seen]
+    if not fresh:
+        raise RuntimeError("no clock sample from the restored guest")
+    R = fresh[0].data
+    half = interval_ms * 1e6 / 2
+    # A 10 ms margin: a sample taken just before the pause whose line came
+    # late (m_ck errs early by the quickest line's latency).
+    cands = [e.data for e in original
+             if e.data["mono_ns"] < min(R["mono_ns"] - half, m_ck + 10e6)]
+    if not cands:
+        raise RuntimeError("no clock sample of the original guest before the restored guest's first")
+    P = max(cands, key=lambda d: d["mono_ns"])
+    first, last = original[0].data, original[-1].data
+    tsc_per_ns = None
+    if first.get("tsc") is not None and last.get("tsc") is not None and last["mono_ns"] > first["mono_ns"]:
+        tsc_per_ns = (last["tsc"] - first["tsc"]) / (last["mono_ns"] - first["mono_ns"])
+
+    def rtc_minus_real(d):
+        return d["rtc_s"] - d["real_ns"] / 1e9 if d.get("rtc_s") is not None else None
+
+    tsc_ms = None
+    if tsc_per_ns and R.get("tsc") is not None and P.get("tsc") is not None:
+        tsc_ms = (R["tsc"] - P["tsc"]) / tsc_per_ns / 1e6 - interval_ms
+    rtc_after, rtc_before = rtc_minus_real(R), rtc_minus_real(P)
+    return {
+        "mono_ms": (R["mono_ns"] - P["mono_ns"]) / 1e6 - interval_ms,
+        "real_ms": (R["real_ns"] - P["real_ns"]) / 1e6 - interval_ms,
+        "tsc_ms": tsc_ms,
+        "tsc_per_ns": tsc_per_ns,
+        # Already off by up to 2 s at boot, by chance (the RTC has whole
+        # seconds, and QEMU's RTC seconds tick at its start's sub-second
+        # phase): what the restore did is the change.
+        "rtc_minus_real_s": rtc_after,
+        "rtc_minus_real_before_s": rtc_before,
+        "rtc_change_s": rtc_after - rtc_before if rtc_after is not None and rtc_before is not None else None,
+        "checkpoint_mono_ns": m_ck,
+        "before": P, "after": R,
+        "re_emitted": sum(1 for e in restored if e.data["mono_ns"] in seen),
+    }
 
 
 def cpu_share(before, after):
@@ -200,11 +294,16 @@ class Bench:
         self.dd = []            # one dict per measurement
         self.controls = []      # noise floor per VM
         self.cpu_start = None   # Vm.cpu_times() just before a method's command
+        self.clocks = None      # the clock measurement, if run
 
     def probe_args(self, chunk=None):
         return ["mekha.id=1", f"probe.mem={HOT_MIB}", "probe.rate=0",
                 f"probe.compute={COMPUTE_STEPS}", f"probe.compute_chunk={chunk or self.chunk}",
                 "probe.clock_ms=0"]
+
+    def clock_probe_args(self):
+        return [a if not a.startswith("probe.clock_ms=") else f"probe.clock_ms={CLOCK_MS}"
+                for a in self.probe_args()]
 
     def boot(self, tag, mib, extra=(), incoming=False, probe_args=None):
         return Vm(self.art, self.vms_dir / tag, f"bench-{mib}", mib, probe_args or self.probe_args(),
@@ -605,6 +704,121 @@ class Bench:
             f"RSS {fmt(r['rss_mib'])} MiB, guest ok {r['ok']}")
         return r
 
+    # -- guest clocks across a restore gap -----------------------------------
+
+    def wait_clocks(self, vm, n, what, timeout, pred=lambda e: True):
+        """The n-th `clock` event satisfying pred."""
+        count = [0]
+
+        def nth(e):
+            if e.ev == "clock" and pred(e):
+                count[0] += 1
+            return count[0] >= n
+        return vm.wait_probe(what, nth, timeout)
+
+    def clock_gap(self, kind, gap):
+        """Checkpoint (mekha, or stock stop + migrate file:), kill QEMU, wait
+        `gap` s, restore into a fresh QEMU; each clock's advance."""
+        tag = f"clocks-{kind}"
+        probe_args = self.clock_probe_args()
+        path = self.images / (f"{tag}.mekha" if kind == "mekha" else f"{tag}.migrate")
+        r = {"method": kind, "size_mib": CLOCK_MIB, "gap_s": gap, "interval_ms": CLOCK_MS, "probe_args": probe_args}
+        try:
+            vm = self.boot(tag, CLOCK_MIB, probe_args=probe_args)
+            try:
+                self.wait_clocks(vm, CLOCK_BEFORE, f"{CLOCK_BEFORE} clock samples", BOOT_TIMEOUT_S)
+                q = vm.qmp
+                if kind == "mekha":
+                    mark = q.mark()
+                    q.execute("__org.mekha_checkpoint", {"path": str(path)})
+                    done = q.wait_event(lambda e: e.name == "__org.mekha_CHECKPOINT"
+                                        and e.data.get("status") in ("completed", "failed"), mark, DONE_TIMEOUT_S)
+                    if done is None:
+                        raise RuntimeError(f"mekha checkpoint did not complete in {DONE_TIMEOUT_S} s")
+                    info = q.execute("__org.mekha_query-checkpoint")
+                    if info["status"] != "completed":
+                        raise RuntimeError(f"mekha checkpoint failed: {info.get('error')}")
+                    evs = q.events_since(mark)
+                    t_paused = next((e.qemu_t for e in evs if e.name == "STOP"), None) or next(
+                        (e.qemu_t for e in evs if e.name == "__org.mekha_CHECKPOINT"
+                         and e.data.get("status") == "paused"), None)
+                    r["checkpoint_mode"] = info.get("mode")
+                else:
+                    self.enable_events(q)
+                    mark = q.mark()
+                    q.execute("stop")
+                    q.execute("migrate", {"uri": f"file:{path}"})
+                    done = self.wait_migration(q, mark, DONE_TIMEOUT_S)
+                    if done is None or done.data["status"] != "completed":
+                        raise RuntimeError(f"stop+migrate: {done.data if done else 'no end'}: "
+                                           f"{q.execute('query-migrate')}")
+                    t_paused = next((e.qemu_t for e in q.events_since(mark) if e.name == "STOP"), None)
+                if t_paused is None:
+                    raise RuntimeError(f"{tag}: no STOP event for the checkpoint")
+            finally:
+                vm.kill()
+            t_killed = time.time()
+            original = [e for e in vm.probe_events() if e.ev == "clock"]
+            m_ck = checkpoint_mono_ns(original, t_paused)
+            seen = {e.data["mono_ns"] for e in original}
+            log(f"{tag}: checkpoint done, QEMU killed; {len(original)} clock samples; no QEMU for {gap:.0f} s")
+            time.sleep(max(0.0, t_killed + gap - time.time()))
+            vm = self.boot(tag + "-restore", CLOCK_MIB, incoming=True, probe_args=probe_args)
+            try:
+                q = vm.qmp
+                st = q.execute("query-status")
+                if st["status"] != "inmigrate":
+                    raise RuntimeError(f"{tag}: QEMU not waiting for an incoming migration: {st}")
+                if kind == "stock":
+                    self.enable_events(q)
+                mark = q.mark()
+                if kind == "mekha":
+                    q.execute("__org.mekha_restore", {"path": str(path), "time": "continue"})
+                    q.wait_event(lambda e: e.name == "__org.mekha_RESTORE"
+                                 and e.data.get("status") in ("completed", "failed"), mark, DONE_TIMEOUT_S)
+                    info = q.execute("__org.mekha_query-restore")
+                    if info["status"] != "completed":
+                        raise RuntimeError(f"{tag}: mekha restore: {info}")
+                else:
+                    q.execute("migrate-incoming", {"uri": f"file:{path}"})
+                    done = self.wait_migration(q, mark, DONE_TIMEOUT_S)
+                    if done is None or done.data["status"] != "completed":
+                        raise RuntimeError(f"{tag}: migrate-incoming: {done.data if done else 'no end'}")
+                    if q.execute("query-status")["status"] != "running":
+                        self.cont(q)
+                resumed = q.wait_event(lambda e: e.name == "RESUME", mark, 60)
+                if resumed is None:
+                    raise RuntimeError(f"{tag}: the VM did not resume: {q.execute('query-status')}")
+                r["host_gap_s"] = resumed.qemu_t - t_paused
+                if kind == "mekha":
+                    try:
+                        r["time_info"] = q.execute("__org.mekha_query-time")
+                    except QmpError as e:
+                        r["time_info"] = f"{e}"
+                self.wait_clocks(vm, CLOCK_AFTER, f"{CLOCK_AFTER} clock samples after the restore", 120,
+                                 lambda e: e.data["mono_ns"] > m_ck and e.data["mono_ns"] not in seen)
+                evs = vm.probe_events()
+            finally:
+                vm.kill()
+            if any(e.ev == "start" for e in evs):
+                raise RuntimeError(f"{tag}: the restored guest booted again")
+            r.update(clock_advance(original, [e for e in evs if e.ev == "clock"], t_paused, CLOCK_MS))
+            r["samples_before"] = len(original)
+            log(f"{tag}: advance across {gap:.0f} s: CLOCK_MONOTONIC {fmt(r['mono_ms'], 1)} ms, CLOCK_REALTIME "
+                f"{fmt(r['real_ms'], 1)} ms, TSC {fmt(r['tsc_ms'], 1)} ms; RTC - CLOCK_REALTIME "
+                f"{fmt(r['rtc_minus_real_s'], 2)} s ({fmt(r['rtc_change_s'], 2)} s from before the checkpoint)")
+        except Exception as e:  # noqa: BLE001 - reported in the table, the bench goes on
+            log(f"{tag}: failed: {e}")
+            r["error"] = str(e)
+        finally:
+            remove(path)
+        return r
+
+    def clock_gaps(self):
+        gap = self.args.clock_gap
+        return {"gap_s": gap, "interval_ms": CLOCK_MS, "size_mib": CLOCK_MIB,
+                "methods": {kind: self.clock_gap(kind, gap) for kind in CLOCK_KINDS}}
+
     # -- dd ------------------------------------------------------------------
 
     def dd_measure(self):
@@ -631,11 +845,12 @@ class Bench:
             shutil.rmtree(d, ignore_errors=True)
             d.mkdir(parents=True)
         started = time.time()
-        for mib in sizes:
+        methods = [m for m in self.args.methods if m != CLOCKS]
+        for mib in sizes if methods else ():
             for rep in range(reps):
                 self.dd.append(self.dd_measure())
                 images = {}
-                for method in self.args.methods:
+                for method in methods:
                     r, image = self.measure(mib, method, rep)
                     self.results.append(r)
                     if image is not None:
@@ -650,7 +865,10 @@ class Bench:
                     self.restores.append(self.restore(mib, kind, rep, image, probe_args))
                 for image, _ in images.values():
                     remove(image)
-        self.dd.append(self.dd_measure())
+        if methods:
+            self.dd.append(self.dd_measure())
+        if CLOCKS in self.args.methods:
+            self.clocks = self.clock_gaps()
         return time.time() - started
 
 
@@ -668,12 +886,18 @@ def main():
                     help="nice value of this script, its QEMUs and dd (default -10: less noise from other "
                          "host load; 0 to leave it)")
     ap.add_argument("--sizes", help="VM sizes in MiB, comma-separated (default 512,2048; --quick 512)")
-    ap.add_argument("--methods", default=",".join(METHODS), help=f"subset of {','.join(METHODS)}")
+    ap.add_argument("--methods", default=",".join(METHODS + [CLOCKS]),
+                    help=f"subset of {','.join(METHODS + [CLOCKS])} (default: all; {CLOCKS}: the guest clocks "
+                         f"across a restore gap, once per run, after the others)")
+    ap.add_argument("--no-clocks", action="store_true", help=f"leave out {CLOCKS}")
+    ap.add_argument("--clock-gap", type=float, default=CLOCK_GAP_S,
+                    help=f"seconds without QEMU between checkpoint and restore in {CLOCKS} "
+                         f"(default {CLOCK_GAP_S:.0f}, also with --quick)")
     args = ap.parse_args()
     args.sizes = [int(x) for x in (args.sizes or ("512" if args.quick else "512,2048")).split(",")]
-    args.methods = args.methods.split(",")
+    args.methods = [m for m in args.methods.split(",") if not (args.no_clocks and m == CLOCKS)]
     for m in args.methods:
-        if m not in METHODS:
+        if m not in METHODS + [CLOCKS]:
             ap.error(f"unknown method {m}")
     args.reps = args.reps or (1 if args.quick else 3)
     args.live_cap = args.live_cap or (20.0 if args.quick else 60.0)
@@ -714,6 +938,7 @@ def main():
         "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_start": load_start,
                  "loadavg_end": open("/proc/loadavg").read().split()[:3]},
         "results": bench.results, "restores": bench.restores, "dd": bench.dd, "controls_ms": bench.controls,
+        "clocks": bench.clocks,
     }
     report.write(bench.out, data)
     log(f"done in {elapsed / 60:.1f} min")

@@ -27,6 +27,19 @@ SPAN_COLORS = {
     "persisting": "#DD8452",
     "writing (paused)": "#C44E52",
 }
+# The clock measurement's methods, in column order.
+CLOCK_COLUMNS = (("mekha", "mekha (continue)"), ("stock", "stock QEMU"))
+CLOCK_ROWS = (
+    ("CLOCK_MONOTONIC: advance beyond one sampling interval (ms)", "mono_ms", 1),
+    ("CLOCK_REALTIME: advance beyond one sampling interval (ms)", "real_ms", 1),
+    ("TSC: advance beyond one sampling interval (ms)", "tsc_ms", 1),
+    ("RTC - CLOCK_REALTIME after restore (s)", "rtc_minus_real_s", 2),
+    ("RTC - CLOCK_REALTIME before the checkpoint (s)", "rtc_minus_real_before_s", 2),
+    ("RTC - CLOCK_REALTIME: change across the restore (s)", "rtc_change_s", 2),
+    ("host time from the checkpoint to the restored VM running (s)", "host_gap_s", 1),
+)
+CLOCK_LIMIT_MS = 100             # mekha: every clock advances at most this across the gap
+RTC_LIMIT_S = 1.0                # mekha: RTC within this of CLOCK_REALTIME after restore
 LINE_COLORS = {
     "mekha": "#2CA02C",
     "mekha-cow": "#17BECF",
@@ -248,10 +261,12 @@ def tables(data, summary):
                 lines.append(f"| {LABELS[kind]} | {f(r['running_ms'])} | {f(r['first_progress_ms'])} | "
                              f"{f(r['rss_mib'])} | {f(r['rss_1s_mib'])} | {f(r['image_mib'])} | "
                              f"{f(ratio(r['running_ms'], stock), 2)} | {r['ok']}/{r['n']} |")
+    if data.get("clocks"):
+        lines.extend(clock_table(data["clocks"]))
     lines.append("")
     lines.append("## Targets (ARCHITECTURE.md), this run")
     lines.append("")
-    lines.extend(checks(summary))
+    lines.extend(checks(summary, data.get("clocks")))
     lines.append("")
     params = [r.get("migrate_parameters") for r in data["results"] if r.get("migrate_parameters")]
     if params:
@@ -278,7 +293,35 @@ def tables(data, summary):
     return "\n".join(lines) + "\n"
 
 
-def checks(summary):
+def clock_table(clocks):
+    """The guest clocks across a restore gap: one column per method."""
+    lines = ["", f"## Guest clocks across a {f(clocks['gap_s'])} s restore gap", ""]
+    ms = clocks["methods"]
+    cols = [(k, label) for k, label in CLOCK_COLUMNS if k in ms]
+    lines.append("| clock | " + " | ".join(label for _, label in cols) + " |")
+    lines.append("|---|" + "---:|" * len(cols))
+    for label, key, digits in CLOCK_ROWS:
+        cells = ["failed" if "error" in ms[k] else f(ms[k].get(key), digits, "") for k, _ in cols]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    failed = [f"- {label} failed: {ms[k]['error']}" for k, label in cols if "error" in ms[k]]
+    if failed:
+        lines.extend(failed + [""])
+    lines.append(f"{clocks['size_mib']} MiB VM, the same workload, the probe sampling its clocks every "
+                 f"{clocks['interval_ms']} ms of CLOCK_MONOTONIC; a checkpoint (mekha's, or stock stop + "
+                 f"migrate file:), QEMU killed, {f(clocks['gap_s'])} s without QEMU, then a restore into a fresh "
+                 f"QEMU (mekha's with time continue, or stock migrate-incoming file: + cont). Advance = first "
+                 f"sample of the restored guest - last sample the checkpointed guest had taken - one sampling "
+                 f"interval: 0 when the clock went on as if no time had passed, about the gap when it jumped "
+                 f"(TSC in ms at the rate measured before the checkpoint). RTC - CLOCK_REALTIME is already off "
+                 f"by up to 2 s after boot, by chance (the RTC has whole seconds, and QEMU's RTC seconds tick "
+                 f"at the sub-second phase of QEMU's start): its change across the restore is 0 when the RTC "
+                 f"went on with the system clock (up to 1 s either way from the whole seconds), about the gap "
+                 f"when the RTC jumped to the host's time and the system clock did not.")
+    return lines
+
+
+def checks(summary, clocks=None):
     out = []
     dd = summary["dd_mbps"]
 
@@ -330,6 +373,24 @@ def checks(summary):
         (small, p0), (large, p1) = cow_pauses[0], cow_pauses[-1]
         check(p1 <= max(2 * p0, 2.0), f"copy-on-write pause flat as memory grows: {f(p0, 2)} ms at {small} MiB, "
                                       f"{f(p1, 2)} ms at {large} MiB")
+    mk = (clocks or {}).get("methods", {}).get("mekha")
+    if mk:
+        gap = f(clocks["gap_s"])
+        if "error" in mk:
+            check(False, f"mekha: every clock advances <= {CLOCK_LIMIT_MS} ms across a {gap} s gap "
+                         f"(failed: {mk['error']})")
+            check(False, f"mekha: RTC agrees with CLOCK_REALTIME within {RTC_LIMIT_S:.0f} s after the restore, "
+                         f"as before the checkpoint (failed)")
+        else:
+            adv = [mk.get(k) for k in ("mono_ms", "real_ms", "tsc_ms")]
+            check(all(a is not None and abs(a) <= CLOCK_LIMIT_MS for a in adv),
+                  f"mekha: every clock advances <= {CLOCK_LIMIT_MS} ms across a {gap} s gap (CLOCK_MONOTONIC "
+                  f"{f(adv[0], 1)}, CLOCK_REALTIME {f(adv[1], 1)}, TSC {f(adv[2], 1)} ms)")
+            d = mk.get("rtc_change_s")
+            check(d is not None and abs(d) <= RTC_LIMIT_S,
+                  f"mekha: RTC agrees with CLOCK_REALTIME within {RTC_LIMIT_S:.0f} s after the restore, as before "
+                  f"the checkpoint (RTC - CLOCK_REALTIME {f(mk.get('rtc_minus_real_before_s'), 2)} s before, "
+                  f"{f(mk.get('rtc_minus_real_s'), 2)} s after: {f(d, 2)} s)")
     return out
 
 
