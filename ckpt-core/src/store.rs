@@ -231,7 +231,9 @@ impl Store {
     }
 
     /// Exclusive `flock` on `DIR/.lock`, released when the file closes
-    /// (also when the process dies, so it never goes stale).
+    /// (also when the process dies, so it never goes stale). Tried for a
+    /// short while: a child forked while an earlier holder had the file
+    /// open keeps the lock until it execs, microseconds later.
     fn lock(&self) -> Result<File> {
         let path = self.dir.join(LOCK);
         let file = OpenOptions::new()
@@ -240,13 +242,19 @@ impl Store {
             .truncate(false)
             .open(&path)
             .map_err(|source| StoreError::NotWritable { path: self.dir.clone(), source })?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        for attempt in 0.. {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
+            if e.kind() != io::ErrorKind::WouldBlock {
+                return Err(StoreError::io("locking", &path)(e));
+            }
+            if attempt == 20 {
                 return Err(StoreError::Busy { path: self.dir.clone() });
             }
-            return Err(StoreError::io("locking", &path)(e));
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Ok(file)
     }

@@ -78,7 +78,7 @@ fn inspect_an_image() {
     let run = mekha(&["image", "inspect", s(&path)]);
     assert_eq!(run.code, 0, "{}", run.all());
     for expected in [
-        "format 1.0",
+        "format 1.1",
         "VM node1: machine pc-i440fx-10.0, QEMU 10.0.2",
         "RAM 4.1 MiB in 2 blocks: 1040 pages, 1029 zero",
         "pc.ram",
@@ -146,7 +146,7 @@ fn verify_names_the_damage() {
         (
             "newer version",
             Box::new(|p| OpenOptions::new().write(true).open(p).unwrap().write_all_at(&[2, 0], 8).unwrap()),
-            "uses format 2.0, which is newer than this mekha (1.x)".into(),
+            "uses format 2.1, which is newer than this mekha (1.x)".into(),
         ),
         ("bad magic", Box::new(|p| flip_bit(p, 3)), "is not a mekha image (bad magic)".into()),
     ];
