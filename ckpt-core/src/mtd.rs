@@ -245,15 +245,17 @@ impl MtdPlanner {
     }
 
     /// Whether the live phase is over, and why. Checked in this order:
-    /// non-dirty set empty (not in hold mode), end command, budget spent.
-    /// Once it reports an end it keeps reporting the same one.
+    /// non-dirty set empty (not in hold mode), end command, budget spent
+    /// (not in hold mode either: there the coordinator that holds the live
+    /// phase open owns the budget). Once it reports an end it keeps
+    /// reporting the same one.
     pub fn live_phase_end(&mut self, elapsed: Duration, end_requested: bool) -> Option<EndReason> {
         if self.end.is_none() {
             self.end = if self.non_dirty_count == 0 && !self.params.hold {
                 Some(EndReason::NonDirtyEmpty)
             } else if end_requested {
                 Some(EndReason::EndCommand)
-            } else if elapsed >= self.params.live_budget {
+            } else if elapsed >= self.params.live_budget && !self.params.hold {
                 Some(EndReason::BudgetSpent)
             } else {
                 None
@@ -524,7 +526,8 @@ mod tests {
     #[test]
     fn hold_mode_cycles_the_dirty_set_until_the_end_command() {
         let total = 640;
-        let p = MtdParams { hold: true, live_budget: secs(1000), ..params(10, 50) };
+        // The budget does not end a held live phase: its coordinator does.
+        let p = MtdParams { hold: true, live_budget: secs(1), ..params(10, 50) };
         let mut planner = MtdPlanner::new(total, p);
         let mut sim = Sim::new(total);
         let mut pages = Vec::new();

@@ -16,7 +16,9 @@ pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
     let reply = match name {
         "query-info" => to_json(info::query_info()),
         "checkpoint" => checkpoint::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
-        "checkpoint-end" => checkpoint::end_live_phase().map(|()| Value::Object(Default::default()))?,
+        "checkpoint-end" => checkpoint::end_live_phase(args(name, args_json)?).map(|()| empty())?,
+        "checkpoint-cancel" => checkpoint::cancel().map(|()| empty())?,
+        "checkpoint-persist" => checkpoint::release_persist().map(|()| empty())?,
         "query-checkpoint" => to_json(checkpoint::query()),
         "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
         "query-restore" => to_json(restore::query()),
@@ -29,6 +31,10 @@ pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
 
 fn args<T: DeserializeOwned>(name: &str, args_json: &str) -> Result<T, String> {
     serde_json::from_str(args_json).map_err(|e| format!("mekha: bad arguments for {name}: {e}"))
+}
+
+fn empty() -> Value {
+    Value::Object(Default::default())
 }
 
 fn to_json(value: impl serde::Serialize) -> Value {

@@ -12,10 +12,11 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
+use super::rendezvous;
 use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_time;
-use crate::qemu::{self, Bql};
+use crate::qemu;
 
 /// Waits for the instant (at once, or on the end command with `hold`),
 /// protects RAM during a short stop, copies it all; returns the device
@@ -29,30 +30,34 @@ pub(super) fn capture(
 ) -> Result<Stopped, String> {
     let start = Instant::now();
     wp.populate();
+    // Ready: the pause is protect + device state, whatever the guest does.
+    shared.update(|info| {
+        info.ready = true;
+        info.pause_estimate_ns = 2_000_000;
+    });
     if params.mtd.hold {
-        let reason = loop {
-            if shared.end_requested() {
-                break "end-command";
-            }
-            if start.elapsed() >= params.mtd.live_budget {
-                break "budget-spent";
+        while !shared.end_requested() {
+            if let Some(abandon) = shared.abandoned() {
+                return Err(abandon.message().into());
             }
             std::thread::sleep(Duration::from_millis(1));
-        };
-        shared.update(|info| info.end_reason = Some(reason.into()));
+        }
+        shared.update(|info| info.end_reason = Some("end-command".into()));
     }
     shared.update(|info| {
         info.live_ns = start.elapsed().as_nanos() as u64;
         info.status = Status::Paused;
     });
 
-    let bql = Bql::lock();
+    let end = shared.end_args();
+    let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
     qemu::ckpt::vm_stop(&bql)?;
     let stopped = Instant::now();
     let time = guest_time::capture(&bql);
     // Whatever happens now, the VM runs again before the BQL is released;
     // a failed protect leaves nothing protected.
     let result = wp.protect().map_err(|e| e.to_string()).and_then(|()| qemu::ckpt::save_devices(&bql));
+    let resumed_at = rendezvous::wait_until(end.resume_at.filter(|_| result.is_ok()));
     qemu::ckpt::vm_start(&bql);
     let pause = stopped.elapsed();
     tracking.stop(&bql);
@@ -60,6 +65,8 @@ pub(super) fn capture(
     let device_state = result?;
     shared.update(|info| {
         info.pause_ns = pause.as_nanos() as u64;
+        info.stopped_at_ns = Some(stopped_at);
+        info.resumed_at_ns = Some(resumed_at);
         info.device_state_bytes = device_state.len() as u64;
         info.status = Status::Capturing;
     });

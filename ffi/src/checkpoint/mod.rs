@@ -5,15 +5,25 @@
 //! starts a worker thread (see `worker`), which reports its progress into
 //! the shared [`Info`] that `__org.mekha_query-checkpoint` returns and
 //! sends `__org.mekha_CHECKPOINT` events when the status changes.
+//!
+//! A coordinator drives several VMs' checkpoints together: it holds the
+//! live phase open (`hold`) until every VM is `ready`, ends them all with
+//! one stop instant and one resume instant (`checkpoint-end`), and may
+//! keep the staged images in memory until it schedules their writes
+//! (`persist-hold`, `checkpoint-persist`). What must outlive a coordinator
+//! that dies lives here: a checkpoint that does not hear from its
+//! coordinator for `lease-ms` gives up (or, once staged, writes its image
+//! on its own), and a stopped VM always resumes by itself.
 
 mod cow_capture;
 mod mtd_capture;
+mod rendezvous;
 mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -31,6 +41,16 @@ pub(crate) struct Args {
     pub dirty_share: Option<u32>,
     pub clean_share: Option<u32>,
     pub hold: Option<bool>,
+    pub lease_ms: Option<u64>,
+    pub persist_hold: Option<bool>,
+}
+
+/// `__org.mekha_CheckpointEndArgs`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct EndArgs {
+    pub stop_at: Option<i64>,
+    pub resume_at: Option<i64>,
 }
 
 /// `__org.mekha_CheckpointMode`.
@@ -51,6 +71,7 @@ pub(crate) enum Status {
     Live,
     Paused,
     Capturing,
+    Staged,
     Persisting,
     Completed,
     Failed,
@@ -58,7 +79,7 @@ pub(crate) enum Status {
 
 impl Status {
     fn is_active(self) -> bool {
-        matches!(self, Status::Live | Status::Paused | Status::Capturing | Status::Persisting)
+        matches!(self, Status::Live | Status::Paused | Status::Capturing | Status::Staged | Status::Persisting)
     }
 }
 
@@ -94,12 +115,45 @@ pub(crate) struct Info {
     pub direct_io: bool,
     pub wp_faults: u64,
     pub capture_ns: u64,
+    pub ready: bool,
+    pub pause_estimate_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_at_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stopped_at_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_at_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_at_ns: Option<i64>,
 }
 
 /// What the QMP handlers and the worker share.
 pub(crate) struct Shared {
     info: Mutex<Info>,
+    /// The end command and its instants, once it came.
+    end: Mutex<Option<EndArgs>>,
     end_requested: AtomicBool,
+    cancelled: AtomicBool,
+    persist_released: AtomicBool,
+    /// The coordinator's lease: it must be heard from this often.
+    lease: Option<Duration>,
+    last_heard: Mutex<Instant>,
+}
+
+/// Why the worker must stop waiting for its coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Abandon {
+    Cancelled,
+    LeaseExpired,
+}
+
+impl Abandon {
+    pub(crate) fn message(self) -> &'static str {
+        match self {
+            Abandon::Cancelled => "cancelled by the coordinator",
+            Abandon::LeaseExpired => "the coordinator's lease expired: it was not heard from in time",
+        }
+    }
 }
 
 impl Shared {
@@ -118,6 +172,31 @@ impl Shared {
 
     fn end_requested(&self) -> bool {
         self.end_requested.load(Ordering::Relaxed)
+    }
+
+    /// The instants of the end command (none before it, or without them).
+    fn end_args(&self) -> EndArgs {
+        self.end.lock().unwrap().unwrap_or_default()
+    }
+
+    /// The coordinator spoke: renews its lease.
+    fn heard(&self) {
+        *self.last_heard.lock().unwrap() = Instant::now();
+    }
+
+    /// Whether to give up waiting for the coordinator.
+    fn abandoned(&self) -> Option<Abandon> {
+        if self.cancelled.load(Ordering::Relaxed) {
+            return Some(Abandon::Cancelled);
+        }
+        match self.lease {
+            Some(lease) if self.last_heard.lock().unwrap().elapsed() > lease => Some(Abandon::LeaseExpired),
+            _ => None,
+        }
+    }
+
+    fn persist_released(&self) -> bool {
+        self.persist_released.load(Ordering::Relaxed)
     }
 }
 
@@ -144,7 +223,15 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         ..Info::default()
     };
     qemu::emit_event(Event::MEKHA_EVENT_CHECKPOINT, &serde_json::to_value(&info).expect("encodes"));
-    let shared = Arc::new(Shared { info: Mutex::new(info), end_requested: AtomicBool::new(false) });
+    let shared = Arc::new(Shared {
+        info: Mutex::new(info),
+        end: Mutex::new(None),
+        end_requested: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
+        persist_released: AtomicBool::new(false),
+        lease: params.lease(),
+        last_heard: Mutex::new(Instant::now()),
+    });
     // The thread takes `prepared` from this slot; if the thread cannot be
     // created, it is taken back and undone here, where the BQL is held.
     let slot = Arc::new(Mutex::new(Some(prepared)));
@@ -163,21 +250,78 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     Ok(())
 }
 
-/// `__org.mekha_checkpoint-end`.
-pub(crate) fn end_live_phase() -> Result<(), String> {
-    let current = CURRENT.lock().unwrap();
-    match current.as_ref() {
-        Some(shared) if shared.info.lock().unwrap().status == Status::Live => {
-            shared.end_requested.store(true, Ordering::Relaxed);
+/// Instants further ahead than this are refused: a coordinator's clock
+/// would be badly off, or a typo would stop the VM in a week.
+const MAX_INSTANT_AHEAD: Duration = Duration::from_secs(60);
+
+/// The current checkpoint, if any, with its coordinator's lease renewed.
+fn current() -> Option<Arc<Shared>> {
+    let shared = CURRENT.lock().unwrap().clone()?;
+    shared.heard();
+    Some(shared)
+}
+
+/// `__org.mekha_checkpoint-end`: ends the live phase, at once or with the
+/// stop (and resume) at wall-clock instants.
+pub(crate) fn end_live_phase(args: EndArgs) -> Result<(), String> {
+    let now = rendezvous::wall_ns();
+    let horizon = now + MAX_INSTANT_AHEAD.as_nanos() as i64;
+    for (name, at) in [("stop-at", args.stop_at), ("resume-at", args.resume_at)] {
+        if at.is_some_and(|at| at > horizon) {
+            return Err(format!("{name} is more than {} s ahead of this host's clock", MAX_INSTANT_AHEAD.as_secs()));
+        }
+    }
+    if let (Some(stop), Some(resume)) = (args.stop_at, args.resume_at) {
+        if resume <= stop {
+            return Err("resume-at must come after stop-at".into());
+        }
+    }
+    let shared = current().ok_or("no checkpoint is running")?;
+    let status = shared.info.lock().unwrap().status;
+    if status != Status::Live || shared.end_requested() {
+        return Err("no checkpoint is in its live phase".into());
+    }
+    *shared.end.lock().unwrap() = Some(args);
+    shared.update(|info| {
+        info.stop_at_ns = args.stop_at;
+        info.resume_at_ns = args.resume_at;
+    });
+    shared.end_requested.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// `__org.mekha_checkpoint-cancel`: gives up a checkpoint that has not
+/// stopped the VM yet, or whose image waits in memory; the VM runs on and
+/// nothing is written.
+pub(crate) fn cancel() -> Result<(), String> {
+    let shared = current().ok_or("no checkpoint is running")?;
+    let status = shared.info.lock().unwrap().status;
+    match status {
+        Status::Live | Status::Staged => {
+            shared.cancelled.store(true, Ordering::Relaxed);
             Ok(())
         }
-        _ => Err("no checkpoint is in its live phase".into()),
+        Status::Paused | Status::Capturing => Err("the checkpoint has stopped the VM already: it cannot be cancelled \
+                                                   until its image is staged"
+            .into()),
+        _ => Err("no checkpoint can be cancelled now".into()),
     }
 }
 
-/// `__org.mekha_query-checkpoint`.
+/// `__org.mekha_checkpoint-persist`: a checkpoint started with
+/// persist-hold may write its staged image now.
+pub(crate) fn release_persist() -> Result<(), String> {
+    let shared = current().ok_or("no checkpoint is running")?;
+    if !shared.info.lock().unwrap().status.is_active() {
+        return Err("no checkpoint is running".into());
+    }
+    shared.persist_released.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
+/// `__org.mekha_query-checkpoint`; renews the coordinator's lease.
 pub(crate) fn query() -> Info {
-    CURRENT.lock().unwrap().as_ref().map(|s| s.info.lock().unwrap().clone()).unwrap_or_default()
+    current().map(|s| s.info.lock().unwrap().clone()).unwrap_or_default()
 }
 
 fn ms(value: Option<u64>, default: u64) -> Duration {

@@ -16,6 +16,7 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
+use super::rendezvous;
 use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_ram::GuestRam;
@@ -40,8 +41,12 @@ pub(super) fn capture(
     pause(shared, ram, planner, persist, bitmap, tracking)
 }
 
+/// How long before a stop instant the live phase ends: the last sync, the
+/// room for the pause and a pass over the stale pages fit in it.
+const PREPARE_LEAD_NS: i64 = 20_000_000;
+
 /// MTD's live phase: copies pages while the guest runs until the planner
-/// says it is over. Returns why it ended, how long it took, and the
+/// says it is over (with a stop instant, until shortly before it). Returns why it ended, how long it took, and the
 /// planner for the pause.
 fn live_phase(
     shared: &Shared,
@@ -62,7 +67,12 @@ fn live_phase(
             drop(bql);
             planner.on_sync(bitmap);
         }
-        if let Some(reason) = planner.live_phase_end(elapsed, shared.end_requested()) {
+        if let Some(abandon) = shared.abandoned() {
+            return Err(abandon.message().into());
+        }
+        let end_now = shared.end_requested()
+            && shared.end_args().stop_at.is_none_or(|at| rendezvous::wall_ns() >= at - PREPARE_LEAD_NS);
+        if let Some(reason) = planner.live_phase_end(elapsed, end_now) {
             break reason;
         }
         pages.clear();
@@ -111,7 +121,8 @@ fn pause(
     tracking: &mut Tracking,
 ) -> Result<Stopped, String> {
     let mut pages = Vec::new();
-    let bql = Bql::lock();
+    let end = shared.end_args();
+    let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
     qemu::ckpt::vm_stop(&bql)?;
     let stopped = Instant::now();
     let time = guest_time::capture(&bql);
@@ -123,6 +134,8 @@ fn pause(
         copy_pages(ram, persist, &pages, None)?;
         qemu::ckpt::save_devices(&bql)
     })();
+    // A failed pause resumes at once; a good one at the resume instant.
+    let resumed_at = rendezvous::wait_until(end.resume_at.filter(|_| result.is_ok()));
     qemu::ckpt::vm_start(&bql);
     let pause = stopped.elapsed();
     tracking.stop(&bql);
@@ -130,6 +143,8 @@ fn pause(
     let device_state = result?;
     shared.update(|info| {
         info.pause_ns = pause.as_nanos() as u64;
+        info.stopped_at_ns = Some(stopped_at);
+        info.resumed_at_ns = Some(resumed_at);
         info.final_pages = pages.len() as u64;
         info.device_state_bytes = device_state.len() as u64;
     });
@@ -209,6 +224,11 @@ fn report(shared: &Shared, planner: &MtdPlanner, persist: &Persister) {
         info.non_dirty_pages = s.non_dirty_set;
         info.stale_pages = s.stale;
         info.copied_pages = s.pages_copied;
+        // Every page copied once: the pause is as short as it gets.
+        info.ready = s.non_dirty_set == 0;
+        // The final copy at a conservative 1 GB/s (1 byte per ns), plus
+        // the device state.
+        info.pause_estimate_ns = s.final_copy_bytes + 3_000_000;
         info.staged_bytes = staging.resident_bytes();
         info.staging_peak_bytes = staging.peak_resident_bytes();
         info.written_bytes = written;

@@ -5,7 +5,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::cow::WriteProtect;
 use mekha_ckpt_core::host::Capabilities;
@@ -17,7 +17,7 @@ use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
 use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::{cow_capture, ms, mtd_capture, Args, Mode, Shared, Status};
+use super::{cow_capture, ms, mtd_capture, Abandon, Args, Mode, Shared, Status};
 use crate::guest_ram::GuestRam;
 use crate::qemu::{self, Bql, QemuThread};
 
@@ -26,6 +26,8 @@ pub(super) struct Params {
     path: PathBuf,
     pub(super) mtd: MtdParams,
     staging_budget: Option<u64>,
+    lease: Option<Duration>,
+    persist_hold: bool,
 }
 
 impl Params {
@@ -48,7 +50,25 @@ impl Params {
             Some(mib) => Some(mib << 20),
             None => None,
         };
-        Ok(Params { path: args.path.clone(), mtd, staging_budget })
+        let lease = match args.lease_ms {
+            Some(0) => return Err("lease-ms must be positive".into()),
+            // A held live phase ends only on its coordinator's command:
+            // without a lease, one that is never heard from again would
+            // hold forever.
+            None if mtd.hold => Some(mtd.live_budget),
+            ms => ms.map(Duration::from_millis),
+        };
+        Ok(Params {
+            path: args.path.clone(),
+            mtd,
+            staging_budget,
+            lease,
+            persist_hold: args.persist_hold.unwrap_or(false),
+        })
+    }
+
+    pub(super) fn lease(&self) -> Option<Duration> {
+        self.lease
     }
 }
 
@@ -204,6 +224,9 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
             Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking)?,
         };
 
+        if params.persist_hold {
+            wait_for_persist(shared)?;
+        }
         shared.update(|info| info.status = Status::Persisting);
         persist.flush_all().map_err(|e| format!("writing the image: {e}"))?;
         Ok((stopped, persist))
@@ -229,6 +252,21 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
     // The image records how it was made (the INFO section).
     let info_json = serde_json::to_value(&*shared.info.lock().unwrap()).ok();
     builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
+    Ok(())
+}
+
+/// With persist-hold: keeps the staged image in memory until the
+/// coordinator releases it, cancels it, or stops being heard from (then the
+/// image is written anyway: only the coordinator commits it).
+fn wait_for_persist(shared: &Shared) -> Result<(), String> {
+    shared.update(|info| info.status = Status::Staged);
+    while !shared.persist_released() {
+        match shared.abandoned() {
+            Some(Abandon::Cancelled) => return Err(Abandon::Cancelled.message().into()),
+            Some(Abandon::LeaseExpired) => break,
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+    }
     Ok(())
 }
 
