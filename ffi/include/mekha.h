@@ -185,6 +185,12 @@ int mekha_qemu_load_devices(const uint8_t *data, size_t len, char **err);
  */
 int mekha_qemu_incoming_finish(bool start, char **err);
 
+/*
+ * Resume a VM that a restore left paused, activating its disks, as 'cont'
+ * does.  -1 and *@err when it is neither paused nor running.
+ */
+int mekha_qemu_vm_resume(char **err);
+
 /* ---- clocks ---- */
 
 /* QEMU's clocks, read together. */

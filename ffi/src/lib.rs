@@ -15,6 +15,7 @@ mod guest_time;
 mod info;
 mod qemu;
 mod qmp;
+mod rendezvous;
 mod restore;
 
 use std::ffi::{c_char, CStr, CString};

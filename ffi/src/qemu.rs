@@ -253,6 +253,12 @@ pub(crate) mod incoming {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_incoming_finish(start, err) })
     }
+
+    /// Resumes a VM a restore left paused.
+    pub(crate) fn resume(_bql: &Bql) -> Result<(), String> {
+        // SAFETY: BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_vm_resume(err) })
+    }
 }
 
 /// QEMU's clocks and the hooks time virtualization needs.

@@ -22,6 +22,7 @@ pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
         "query-checkpoint" => to_json(checkpoint::query()),
         "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
         "query-restore" => to_json(restore::query()),
+        "resume" => restore::resume(args(name, args_json)?).map(|()| empty())?,
         "query-time" => to_json(guest_time::query()),
         "set-time" => guest_time::set(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
         _ => return Err(format!("mekha: this library does not implement command '{name}'")),

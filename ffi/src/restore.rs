@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
 use crate::qemu::{self, Bql, Event, QemuThread};
+use crate::rendezvous;
 
 /// `__org.mekha_RestoreArgs`.
 #[derive(Debug, Clone, Deserialize)]
@@ -59,6 +60,10 @@ pub(crate) struct Info {
     pub ram_bytes: u64,
     pub verified_bytes: u64,
     pub total_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_at_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_at_ns: Option<i64>,
 }
 
 static INFO: Mutex<Info> = Mutex::new(Info {
@@ -69,6 +74,8 @@ static INFO: Mutex<Info> = Mutex::new(Info {
     ram_bytes: 0,
     verified_bytes: 0,
     total_ns: 0,
+    resume_at_ns: None,
+    resumed_at_ns: None,
 });
 
 /// `__org.mekha_query-restore`.
@@ -144,6 +151,46 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
             }
         })
         .map_err(|e| format!("cannot start the restore thread: {e}"))?;
+    Ok(())
+}
+
+/// `__org.mekha_ResumeArgs`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct ResumeArgs {
+    pub at: Option<i64>,
+}
+
+/// `__org.mekha_resume`: resumes a VM restored paused, at a wall-clock
+/// instant (one for every VM of a cluster) or at once. Returns at once; a
+/// thread naps until shortly before the instant, then takes the BQL and
+/// spins to it.
+pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
+    {
+        let mut info = INFO.lock().unwrap();
+        if info.status != Status::Completed || info.resume_at_ns.is_some() {
+            return Err("no restored VM waits to be resumed".into());
+        }
+        let horizon = rendezvous::wall_ns() + 60_000_000_000;
+        if args.at.is_some_and(|at| at > horizon) {
+            return Err("at is more than 60 s ahead of this host's clock".into());
+        }
+        info.resume_at_ns = Some(args.at.unwrap_or_else(rendezvous::wall_ns));
+    }
+    std::thread::Builder::new()
+        .name("mekha-resume".into())
+        .spawn(move || {
+            let _thread = QemuThread::register();
+            let (bql, now) = rendezvous::lock_at(args.at);
+            match qemu::incoming::resume(&bql) {
+                Ok(()) => INFO.lock().unwrap().resumed_at_ns = Some(now),
+                Err(e) => {
+                    eprintln!("mekha: resuming the restored VM failed: {e}");
+                    INFO.lock().unwrap().resume_at_ns = None;
+                }
+            }
+        })
+        .map_err(|e| format!("cannot start the resume thread: {e}"))?;
     Ok(())
 }
 

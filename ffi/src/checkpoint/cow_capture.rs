@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
-use super::rendezvous;
 use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_time;
 use crate::qemu;
+use crate::rendezvous;
 
 /// Waits for the instant (at once, or on the end command with `hold`),
 /// protects RAM during a short stop, copies it all; returns the device

@@ -17,7 +17,6 @@
 
 mod cow_capture;
 mod mtd_capture;
-mod rendezvous;
 mod worker;
 
 use std::path::PathBuf;
@@ -28,6 +27,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::qemu::{self, Bql, Event};
+use crate::rendezvous;
 
 /// `__org.mekha_CheckpointArgs`.
 #[derive(Debug, Clone, Deserialize)]

@@ -16,12 +16,12 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::rendezvous;
 use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_ram::GuestRam;
 use crate::guest_time;
 use crate::qemu::{self, Bql};
+use crate::rendezvous;
 
 /// Runs the live phase and the pause; returns what the pause captured.
 pub(super) fn capture(
