@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{json_of, mekha};
+use common::{json_of, mekha, reference_checksum};
 
 use std::path::Path;
 use std::process::Command;
@@ -29,24 +29,6 @@ fn probe_vm(name: &str, memory_mib: u32, dirty_mib: u32) -> VmConfig {
         "probe.clock_ms=1000".into(),
     ];
     config
-}
-
-/// The probe's checksum after `steps` steps, computed on the host by the
-/// same probe binary: what an uninterrupted run gives.
-fn reference_checksum(steps: u64) -> String {
-    use std::io::BufRead;
-    let probe = Path::new(env!("MEKHA_TARGET_DIR")).join("x86_64-unknown-linux-gnu/release/mekha-probe");
-    let mut child = Command::new(probe)
-        .args(["--cmdline", &format!("probe.compute={steps} probe.compute_chunk={CHUNK} probe.clock_ms=0")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.map_while(Result::ok).find(|l| l.contains("\"compute_done\"")).expect("compute_done on the host");
-    let _ = child.kill();
-    let _ = child.wait();
-    let v: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
-    v["checksum"].as_str().unwrap().to_owned()
 }
 
 /// Every path under `dir`, as strings.
@@ -141,7 +123,7 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result(mode: &str) {
     assert!(!events.iter().any(|e| e.ev == "start"), "the restored guest rebooted");
     let first = events.iter().find(|e| e.ev == "compute").expect("compute after restore");
     assert!(first.u64("step").unwrap() > 0);
-    assert_eq!(done.str("checksum").unwrap(), reference_checksum(COMPUTE));
+    assert_eq!(done.str("checksum").unwrap(), reference_checksum(COMPUTE, CHUNK));
     let anomalies: Vec<_> = events.iter().filter(|e| e.ev == "dirty_anomaly").collect();
     assert!(anomalies.is_empty(), "guest memory changed across the restore: {anomalies:?}");
     assert!(restored.is_running(), "{}", restored.stderr());

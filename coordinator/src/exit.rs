@@ -13,3 +13,42 @@ pub const UNREACHABLE: i32 = 3;
 pub const NOT_MEKHA: i32 = 4;
 /// An image or checkpoint is damaged (`mekha image verify`/`inspect`).
 pub const DAMAGED: i32 = 5;
+
+/// Why a command did not succeed, and its exit code.
+#[derive(Debug)]
+pub struct CommandFailure {
+    pub code: i32,
+    pub message: String,
+}
+
+impl CommandFailure {
+    pub fn new(code: i32, message: impl Into<String>) -> CommandFailure {
+        CommandFailure { code, message: message.into() }
+    }
+}
+
+impl From<crate::qmp::QmpError> for CommandFailure {
+    fn from(e: crate::qmp::QmpError) -> CommandFailure {
+        use crate::qmp::QmpError;
+        let code = match &e {
+            QmpError::Connect { .. } | QmpError::Closed { .. } | QmpError::Protocol { .. } => UNREACHABLE,
+            e if e.is_command_not_found() => NOT_MEKHA,
+            _ => FAILURE,
+        };
+        let message = if code == NOT_MEKHA {
+            format!("{e} (this QEMU was not built with the mekha patches)")
+        } else {
+            e.to_string()
+        };
+        CommandFailure { code, message }
+    }
+}
+
+impl From<crate::ckpt::CkptError> for CommandFailure {
+    fn from(e: crate::ckpt::CkptError) -> CommandFailure {
+        match e {
+            crate::ckpt::CkptError::Qmp(q) => CommandFailure::from(q),
+            e => CommandFailure { code: FAILURE, message: e.to_string() },
+        }
+    }
+}

@@ -39,12 +39,7 @@ pub enum ImageCommand {
     },
 }
 
-/// Why the command did not succeed, and its exit code.
-#[derive(Debug)]
-pub struct CommandFailure {
-    pub code: i32,
-    pub message: String,
-}
+pub use crate::exit::CommandFailure;
 
 pub fn run(command: ImageCommand) -> Result<(), CommandFailure> {
     match command {

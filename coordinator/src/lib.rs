@@ -4,8 +4,10 @@
 //! The `mekha` command-line tool is a thin layer over this library; the
 //! system tests use the same library to talk to the VMs they boot.
 
+pub mod ckpt;
+pub mod ckpt_cmd;
+pub mod cluster;
 pub mod exit;
 pub mod image_cmd;
 pub mod info;
 pub mod qmp;
-pub mod vm_ckpt;

@@ -5,9 +5,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mekha_coordinator::qmp::{Qmp, QmpError};
-use mekha_coordinator::vm_ckpt::{self, CaptureMode, CheckpointOptions, CkptError, RestoreOptions, TimePolicy};
-use mekha_coordinator::{exit, image_cmd, info};
+use mekha_coordinator::ckpt::TimePolicy;
+use mekha_coordinator::exit::CommandFailure;
+use mekha_coordinator::qmp::Qmp;
+use mekha_coordinator::{ckpt_cmd, exit, image_cmd, info};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
 /// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
@@ -30,66 +31,14 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Checkpoint the VM behind a QMP socket into a checkpoint directory;
-    /// exits 0 once the checkpoint is committed.
-    Checkpoint {
-        /// QMP socket of the VM.
-        #[arg(long = "qmp", value_name = "SOCK")]
-        qmp: PathBuf,
-        /// Checkpoint directory (created if missing).
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// How guest RAM is captured: cow stops the VM only to
-        /// write-protect its RAM (pause independent of the dirty rate);
-        /// mtd copies while it runs and stops for the last dirty pages;
-        /// auto takes cow where RAM is private anonymous and the kernel
-        /// has userfaultfd write protection.
-        #[arg(long, value_enum, default_value_t = CaptureMode::Auto)]
-        mode: CaptureMode,
-        /// End the live phase after this long, whatever the dirty rate.
-        #[arg(long, value_name = "MS")]
-        time_budget_ms: Option<u64>,
-        /// Memory budget of the staging area in MiB (default: guest RAM).
-        #[arg(long, value_name = "MIB")]
-        staging_mib: Option<u64>,
-        /// MTD epoch: dirty-bitmap sync interval.
-        #[arg(long, value_name = "MS")]
-        epoch_ms: Option<u64>,
-        /// Print one JSON summary instead of text.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Restore the VM behind a QMP socket (QEMU started with the VM's
-    /// command line plus `-incoming defer`) from the latest committed
-    /// checkpoint of a directory, and resume it.
-    Restore {
-        /// QMP socket of the waiting QEMU.
-        #[arg(long = "qmp", value_name = "SOCK")]
-        qmp: PathBuf,
-        /// Checkpoint directory.
-        #[arg(long, value_name = "DIR")]
-        dir: PathBuf,
-        /// Leave the VM paused after the restore (resume with QMP `cont`).
-        #[arg(long)]
-        paused: bool,
-        /// How the restored VM's clocks stand to the host's: continue
-        /// (every clock resumes from the checkpoint instant), host (stock:
-        /// the RTC jumps by the gap), catch-up (continue, then run guest
-        /// time faster until it has caught up with the host).
-        #[arg(long, value_enum, default_value_t = TimePolicy::Continue)]
-        time: TimePolicy,
-        /// Catch-up rate in parts per million (default 50000: 5% faster).
-        #[arg(long, value_name = "PPM")]
-        catch_up_ppm: Option<u32>,
-        /// The guest wall clock's lag behind the host at resume, instead
-        /// of the time since the checkpoint (give every VM of a cluster
-        /// the same).
-        #[arg(long, value_name = "NS", allow_negative_numbers = true)]
-        lag_ns: Option<i64>,
-        /// Print one JSON summary instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    /// Checkpoint the VMs behind the QMP sockets together, at one
+    /// consistent instant, into a checkpoint directory; exits 0 once the
+    /// cluster checkpoint is committed.
+    Checkpoint(ckpt_cmd::CheckpointCmd),
+    /// Restore the VMs behind the QMP sockets (QEMUs started with their
+    /// VMs' command lines plus `-incoming defer`) from the latest committed
+    /// checkpoint of a directory, and resume them together.
+    Restore(ckpt_cmd::RestoreCmd),
     /// Show how a VM's clocks stand to the host's, or change its time
     /// policy (`--policy`).
     Time {
@@ -115,27 +64,7 @@ enum Command {
     },
 }
 
-/// A failure with the exit code it maps to.
-struct Failure {
-    code: i32,
-    message: String,
-}
-
-impl From<QmpError> for Failure {
-    fn from(e: QmpError) -> Failure {
-        let code = match &e {
-            QmpError::Connect { .. } | QmpError::Closed { .. } | QmpError::Protocol { .. } => exit::UNREACHABLE,
-            e if e.is_command_not_found() => exit::NOT_MEKHA,
-            _ => exit::FAILURE,
-        };
-        let message = if code == exit::NOT_MEKHA {
-            format!("{e} (this QEMU was not built with the mekha patches)")
-        } else {
-            e.to_string()
-        };
-        Failure { code, message }
-    }
-}
+type Failure = CommandFailure;
 
 async fn run_time(sock: PathBuf, policy: Option<TimePolicy>, ppm: Option<u32>, json: bool) -> Result<(), Failure> {
     let qmp = Qmp::connect(&sock).await?;
@@ -200,127 +129,6 @@ async fn run_info(sockets: Vec<PathBuf>, json: bool) -> Result<(), Failure> {
     Ok(())
 }
 
-impl From<CkptError> for Failure {
-    fn from(e: CkptError) -> Failure {
-        match e {
-            CkptError::Qmp(q) => Failure::from(q),
-            e => Failure { code: exit::FAILURE, message: e.to_string() },
-        }
-    }
-}
-
-/// Progress on a terminal (stderr), one line rewritten in place.
-fn progress_line(enabled: bool) -> impl FnMut(&serde_json::Value) {
-    move |state| {
-        if !enabled {
-            return;
-        }
-        let mib = |k: &str| state[k].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64;
-        let line = match state["status"].as_str().unwrap_or("") {
-            "loading" => format!("restore: verified {:.0} MiB", mib("verified-bytes")),
-            status if state["mode"] == "cow" => format!(
-                "checkpoint: {status:<10} copy-on-write, copied {} pages, {} guest writes waited, staged {:.0} MiB, written {:.0} MiB",
-                state["copied-pages"], state["wp-faults"], mib("staged-bytes"), mib("written-bytes")
-            ),
-            status => format!(
-                "checkpoint: {status:<10} epochs {} copied {} pages, non-dirty {} dirty {} stale {}, staged {:.0} MiB, written {:.0} MiB",
-                state["epochs"], state["copied-pages"], state["non-dirty-pages"], state["dirty-pages"],
-                state["stale-pages"], mib("staged-bytes"), mib("written-bytes")
-            ),
-        };
-        eprint!("\r\x1b[K{line}");
-    }
-}
-
-/// Runs one VM's checkpoint or restore with progress on a terminal, and
-/// prints the JSON summary when asked. Returns the summary when the
-/// caller prints text instead.
-async fn run_with_progress<S: serde::Serialize, F: std::future::Future<Output = Result<S, CkptError>>>(
-    dir: &std::path::Path,
-    generation: impl Fn(&S) -> u64,
-    json: bool,
-    run: impl FnOnce(Box<dyn FnMut(&serde_json::Value) + Send>) -> F,
-) -> Result<Option<S>, Failure> {
-    use std::io::IsTerminal;
-    let tty = !json && std::io::stderr().is_terminal();
-    let summary = run(Box::new(progress_line(tty))).await;
-    if tty {
-        eprintln!();
-    }
-    let summary = summary?;
-    if !json {
-        return Ok(Some(summary));
-    }
-    let doc = serde_json::json!({ "dir": dir, "generation": generation(&summary), "vms": [summary] });
-    println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
-    Ok(None)
-}
-
-async fn run_checkpoint(sock: PathBuf, dir: PathBuf, options: CheckpointOptions, json: bool) -> Result<(), Failure> {
-    let qmp = Qmp::connect(&sock).await?;
-    let summary = run_with_progress(
-        &dir,
-        |s: &vm_ckpt::CheckpointSummary| s.generation,
-        json,
-        |progress| vm_ckpt::checkpoint(&qmp, &dir, &options, progress),
-    )
-    .await?;
-    if let Some(summary) = summary {
-        let p = &summary.progress;
-        let ms = |k: &str| p[k].as_u64().unwrap_or(0) as f64 / 1e6;
-        let how = match p["mode"].as_str() {
-            Some("cow") => format!(
-                "copy-on-write, {} guest writes waited for a copy, copied in {:.0} ms",
-                p["wp-faults"],
-                ms("capture-ns")
-            ),
-            _ => format!(
-                "{} pages copied in the pause; live phase {:.0} ms, ended by {}",
-                p["final-pages"],
-                ms("live-ns"),
-                p["end-reason"].as_str().unwrap_or("?")
-            ),
-        };
-        println!(
-            "{}: checkpoint generation {} committed in {} ({:.0} ms; paused {:.2} ms; {how}; staging peak {} MiB)",
-            summary.vm,
-            summary.generation,
-            dir.display(),
-            ms("total-ns"),
-            ms("pause-ns"),
-            p["staging-peak-bytes"].as_u64().unwrap_or(0) >> 20,
-        );
-        if let Some(reason) = p["mode-reason"].as_str() {
-            println!("{}: copy-on-write was not possible, MTD used: {reason}", summary.vm);
-        }
-    }
-    Ok(())
-}
-
-async fn run_restore(sock: PathBuf, dir: PathBuf, options: RestoreOptions, json: bool) -> Result<(), Failure> {
-    let qmp = Qmp::connect(&sock).await?;
-    let summary = run_with_progress(
-        &dir,
-        |s: &vm_ckpt::RestoreSummary| s.generation,
-        json,
-        |progress| vm_ckpt::restore(&qmp, &dir, &options, progress),
-    )
-    .await?;
-    if let Some(summary) = summary {
-        let p = &summary.progress;
-        println!(
-            "{}: restored from generation {} in {:.0} ms ({} MiB, {}), {}",
-            summary.vm,
-            summary.generation,
-            p["total-ns"].as_u64().unwrap_or(0) as f64 / 1e6,
-            p["ram-bytes"].as_u64().unwrap_or(0) >> 20,
-            if p["lazy"] == true { "mapped lazily" } else { "read" },
-            if options.paused { "paused" } else { "running" },
-        );
-    }
-    Ok(())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
@@ -328,16 +136,9 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Info { qmp, json } => run_info(qmp, json).await,
             Command::Time { qmp, policy, catch_up_ppm, json } => run_time(qmp, policy, catch_up_ppm, json).await,
-            Command::Checkpoint { qmp, dir, mode, time_budget_ms, staging_mib, epoch_ms, json } => {
-                let options = CheckpointOptions { mode, time_budget_ms, staging_mib, epoch_ms, ..Default::default() };
-                run_checkpoint(qmp, dir, options, json).await
-            }
-            Command::Restore { qmp, dir, paused, time, catch_up_ppm, lag_ns, json } => {
-                run_restore(qmp, dir, RestoreOptions { paused, time, catch_up_ppm, lag_ns }, json).await
-            }
-            Command::Image { command } => {
-                image_cmd::run(command).map_err(|f| Failure { code: f.code, message: f.message })
-            }
+            Command::Checkpoint(cmd) => ckpt_cmd::run_checkpoint(cmd).await,
+            Command::Restore(cmd) => ckpt_cmd::run_restore(cmd).await,
+            Command::Image { command } => image_cmd::run(command),
         }
     });
     match result {

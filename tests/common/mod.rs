@@ -41,3 +41,31 @@ pub fn json_of(out: &Output) -> Value {
     );
     serde_json::from_slice(&out.stdout).expect("--json output")
 }
+
+/// The probe's checksum after `steps` steps, computed on the host by the
+/// same probe binary: what an uninterrupted run gives.
+pub fn reference_checksum(steps: u64, chunk: u64) -> String {
+    use std::io::BufRead;
+    let probe = Path::new(env!("MEKHA_TARGET_DIR")).join("x86_64-unknown-linux-gnu/release/mekha-probe");
+    let mut child = Command::new(probe)
+        .args(["--cmdline", &format!("probe.compute={steps} probe.compute_chunk={chunk} probe.clock_ms=0")])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.map_while(Result::ok).find(|l| l.contains("\"compute_done\"")).expect("compute_done on the host");
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
+    v["checksum"].as_str().unwrap().to_owned()
+}
+
+/// Runs `mekha ARGS --qmp Q1 --qmp Q2 ... --dir DIR`.
+pub fn mekha_all(artifacts: &Artifacts, args: &[&str], qmps: &[PathBuf], dir: &Path) -> Output {
+    let mut cmd = Command::new(&artifacts.mekha);
+    cmd.args(args);
+    for qmp in qmps {
+        cmd.arg("--qmp").arg(qmp);
+    }
+    cmd.arg("--dir").arg(dir).output().unwrap()
+}

@@ -51,4 +51,24 @@ impl Cluster {
         }
         Ok(Cluster { vms, netns })
     }
+
+    /// Kills every VM and starts each again with its command line plus
+    /// `-incoming defer`, on the same tap, its files in `dir/node{i}`: a
+    /// cluster waiting to be restored.
+    pub fn relaunch_incoming(&mut self, artifacts: &Artifacts, dir: &Path) -> Result<()> {
+        for vm in &mut self.vms {
+            vm.kill();
+        }
+        for (i, vm) in self.vms.iter_mut().enumerate() {
+            let mut config = vm.config.clone();
+            config.incoming = true;
+            *vm = Vm::launch(artifacts, Some(&self.netns), &dir.join(format!("node{i}")), config)?;
+        }
+        Ok(())
+    }
+
+    /// The second QMP socket of every VM (the one the mekha CLI uses).
+    pub fn cli_qmp_paths(&self) -> Vec<std::path::PathBuf> {
+        self.vms.iter().map(Vm::cli_qmp_path).collect()
+    }
 }

@@ -1,0 +1,99 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The vocabulary of checkpoints and restores: capture modes, time
+//! policies, per-VM options, errors, and the latest committed checkpoint
+//! of a directory. The protocols are in `cluster`.
+
+use std::path::Path;
+
+use mekha_ckpt_core::store::{Manifest, Store};
+
+use crate::qmp::QmpError;
+
+/// How guest RAM is captured (`__org.mekha_CheckpointMode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum CaptureMode {
+    /// Copy-on-write where the VM and host allow it, MTD otherwise.
+    #[default]
+    Auto,
+    /// MTD: copy while running, stop for the last dirty pages.
+    Mtd,
+    /// Copy-on-write: stop only to write-protect RAM.
+    Cow,
+}
+
+impl CaptureMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CaptureMode::Auto => "auto",
+            CaptureMode::Mtd => "mtd",
+            CaptureMode::Cow => "cow",
+        }
+    }
+}
+
+/// How a restored VM's clocks stand to the host's (`__org.mekha_TimePolicy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum TimePolicy {
+    /// Every guest clock resumes from the checkpoint instant.
+    #[default]
+    Continue,
+    /// Stock QEMU: the RTC jumps to the host's time.
+    Host,
+    /// Resume from the instant, then run faster until caught up with the host.
+    CatchUp,
+}
+
+impl TimePolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimePolicy::Continue => "continue",
+            TimePolicy::Host => "host",
+            TimePolicy::CatchUp => "catch-up",
+        }
+    }
+}
+
+/// How a restore runs (QMP `__org.mekha_restore` arguments).
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Leave the VM paused once restored.
+    pub paused: bool,
+    pub time: TimePolicy,
+    pub catch_up_ppm: Option<u32>,
+    /// The guest wall clock's lag behind the host at resume (one for a
+    /// whole cluster), instead of the time since the checkpoint.
+    pub lag_ns: Option<i64>,
+}
+
+/// Tuning of a checkpoint (QMP `__org.mekha_checkpoint` arguments).
+#[derive(Debug, Clone, Default)]
+pub struct CheckpointOptions {
+    pub mode: CaptureMode,
+    pub staging_mib: Option<u64>,
+    pub epoch_ms: Option<u64>,
+    pub dirty_share: Option<u32>,
+    pub clean_share: Option<u32>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CkptError {
+    #[error(transparent)]
+    Qmp(#[from] QmpError),
+    #[error("checkpoint directory: {0}")]
+    Store(#[from] mekha_ckpt_core::store::StoreError),
+    #[error("{vm}: checkpoint failed: {message}")]
+    Failed { vm: String, message: String },
+    #[error("{vm}: restore failed: {message}")]
+    RestoreFailed { vm: String, message: String },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// The latest committed checkpoint of `dir`, or a clear refusal.
+pub fn latest_checkpoint(dir: &Path) -> Result<(Store, Manifest), CkptError> {
+    let store = Store::open_existing(dir)?;
+    let manifest = store
+        .latest()?
+        .ok_or_else(|| CkptError::Refused(format!("{} holds no committed checkpoint", dir.display())))?;
+    Ok((store, manifest))
+}

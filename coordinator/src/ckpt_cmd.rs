@@ -1,0 +1,305 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! `mekha checkpoint` and `mekha restore` in attach mode: the VMs behind
+//! the given QMP sockets, checkpointed together and restarted together.
+//!
+//! Batch-scheduler habits: one JSON summary with `--json`, exit codes of
+//! [`crate::exit`], progress on a terminal only, and `--on-signal` to
+//! checkpoint when the scheduler signals (Slurm's `--signal=B:USR1@T`):
+//! SIGUSR1 checkpoints and goes on waiting, SIGTERM checkpoints and exits.
+//! Without it, SIGINT or SIGTERM during a checkpoint cancels it cleanly.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::signal::unix::{signal, SignalKind};
+
+use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy};
+use crate::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
+use crate::exit::{self, CommandFailure};
+
+/// `mekha checkpoint`.
+#[derive(Debug, clap::Args)]
+pub struct CheckpointCmd {
+    /// QMP socket of a VM (repeat for every VM of the cluster).
+    #[arg(long = "qmp", value_name = "SOCK", required = true)]
+    pub qmp: Vec<PathBuf>,
+    /// Checkpoint directory (created if missing).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// How guest RAM is captured: cow stops each VM only to write-protect
+    /// its RAM (pause independent of the dirty rate); mtd copies while it
+    /// runs and stops for the last dirty pages; auto takes cow where RAM is
+    /// private anonymous and the kernel has userfaultfd write protection.
+    #[arg(long, value_enum, default_value_t = CaptureMode::Auto)]
+    pub mode: CaptureMode,
+    /// End the live phase of every VM after this long, whatever the dirty
+    /// rates (the stop then copies more).
+    #[arg(long, value_name = "MS", default_value_t = 10_000)]
+    pub time_budget_ms: u64,
+    /// Memory budget of each VM's staging area in MiB (default: its RAM).
+    #[arg(long, value_name = "MIB")]
+    pub staging_mib: Option<u64>,
+    /// MTD epoch: dirty-bitmap sync interval.
+    #[arg(long, value_name = "MS")]
+    pub epoch_ms: Option<u64>,
+    /// How long a VM waits for a silent coordinator before it gives up
+    /// the checkpoint on its own (the VM always runs on).
+    #[arg(long, value_name = "MS", default_value_t = 5_000)]
+    pub lease_ms: u64,
+    /// Images written at once.
+    #[arg(long, value_name = "N", default_value_t = 2)]
+    pub persist_concurrency: usize,
+    /// Wait for signals: SIGUSR1 checkpoints and waits again, SIGTERM
+    /// checkpoints and exits (for Slurm's --signal).
+    #[arg(long)]
+    pub on_signal: bool,
+    /// Print one JSON summary per checkpoint instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `mekha restore`.
+#[derive(Debug, clap::Args)]
+pub struct RestoreCmd {
+    /// QMP socket of a QEMU started with its VM's command line plus
+    /// `-incoming defer` (repeat for every VM of the cluster).
+    #[arg(long = "qmp", value_name = "SOCK", required = true)]
+    pub qmp: Vec<PathBuf>,
+    /// Checkpoint directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Leave the VMs paused once restored (resume with QMP
+    /// `__org.mekha_resume` or `cont`).
+    #[arg(long)]
+    pub paused: bool,
+    /// How the restored VMs' clocks stand to the host's: continue (every
+    /// clock resumes from the checkpoint instant), host (stock: the RTC
+    /// jumps by the gap), catch-up (continue, then run guest time faster
+    /// until it has caught up with the host).
+    #[arg(long, value_enum, default_value_t = TimePolicy::Continue)]
+    pub time: TimePolicy,
+    /// Catch-up rate in parts per million (default 50000: 5% faster).
+    #[arg(long, value_name = "PPM")]
+    pub catch_up_ppm: Option<u32>,
+    /// The guest wall clocks' lag behind the host at resume, instead of
+    /// the time since the checkpoint.
+    #[arg(long, value_name = "NS", allow_negative_numbers = true)]
+    pub lag_ns: Option<i64>,
+    /// Print one JSON summary instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
+    let vms = cluster::attach(&cmd.qmp).await?;
+    let options = ClusterOptions {
+        vm: CheckpointOptions {
+            mode: cmd.mode,
+            staging_mib: cmd.staging_mib,
+            epoch_ms: cmd.epoch_ms,
+            ..Default::default()
+        },
+        time_budget: Duration::from_millis(cmd.time_budget_ms),
+        lease: Duration::from_millis(cmd.lease_ms.max(1)),
+        persist_concurrency: cmd.persist_concurrency,
+    };
+    if !cmd.on_signal {
+        let mut interrupt = Interrupt::new()?;
+        return checkpoint_once(&vms, &cmd, &options, &mut interrupt).await;
+    }
+    let mut usr1 = signal(SignalKind::user_defined1()).map_err(signal_failure)?;
+    let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
+    if !cmd.json {
+        eprintln!("mekha: waiting for SIGUSR1 (checkpoint) or SIGTERM (checkpoint and exit)");
+    }
+    loop {
+        let last = tokio::select! {
+            _ = usr1.recv() => false,
+            _ = term.recv() => true,
+        };
+        // Signals during the checkpoint wait their turn: it is never
+        // cancelled here, since the scheduler asked for it.
+        let mut never = Interrupt::never();
+        let outcome = checkpoint_once(&vms, &cmd, &options, &mut never).await;
+        if last {
+            return outcome;
+        }
+        if let Err(f) = outcome {
+            eprintln!("mekha: {}", f.message);
+        }
+    }
+}
+
+async fn checkpoint_once(
+    vms: &[Attached],
+    cmd: &CheckpointCmd,
+    options: &ClusterOptions,
+    interrupt: &mut Interrupt,
+) -> Result<(), CommandFailure> {
+    let mut progress = progress_line(!cmd.json && std::io::stderr().is_terminal(), vms);
+    let outcome = tokio::select! {
+        r = cluster::checkpoint(vms, &cmd.dir, options, &mut progress) => r,
+        _ = interrupt.wait() => {
+            cluster::cancel_all(vms).await;
+            end_progress(&cmd.json);
+            return Err(CommandFailure::new(exit::FAILURE, "interrupted: the checkpoint was cancelled; \
+                                                           every VM runs on and nothing was committed"));
+        }
+    };
+    end_progress(&cmd.json);
+    let summary = outcome?;
+    if cmd.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("JSON encodes"));
+    } else {
+        print_checkpoint(&summary);
+    }
+    Ok(())
+}
+
+pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
+    let vms = cluster::attach(&cmd.qmp).await?;
+    let options =
+        RestoreOptions { paused: cmd.paused, time: cmd.time, catch_up_ppm: cmd.catch_up_ppm, lag_ns: cmd.lag_ns };
+    let mut progress = progress_line(!cmd.json && std::io::stderr().is_terminal(), &vms);
+    let outcome = cluster::restore(&vms, &cmd.dir, &options, &mut progress).await;
+    end_progress(&cmd.json);
+    let summary = outcome?;
+    if cmd.json {
+        println!("{}", serde_json::to_string_pretty(&summary).expect("JSON encodes"));
+    } else {
+        print_restore(&summary, cmd.paused);
+    }
+    Ok(())
+}
+
+/// SIGINT or SIGTERM, or nothing ever.
+struct Interrupt(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Interrupt {
+    fn new() -> Result<Interrupt, CommandFailure> {
+        let int = signal(SignalKind::interrupt()).map_err(signal_failure)?;
+        let term = signal(SignalKind::terminate()).map_err(signal_failure)?;
+        Ok(Interrupt(Some((int, term))))
+    }
+
+    fn never() -> Interrupt {
+        Interrupt(None)
+    }
+
+    async fn wait(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => std::future::pending().await,
+        }
+    }
+}
+
+fn signal_failure(e: std::io::Error) -> CommandFailure {
+    CommandFailure::new(exit::FAILURE, format!("cannot handle signals: {e}"))
+}
+
+/// One line on a terminal, rewritten: how many VMs are where.
+fn progress_line(enabled: bool, vms: &[Attached]) -> impl FnMut(&[Value]) + Send {
+    let names: Vec<String> = vms.iter().map(|vm| vm.name.clone()).collect();
+    move |states: &[Value]| {
+        if !enabled {
+            return;
+        }
+        let mib = |k: &str| states.iter().map(|s| s[k].as_u64().unwrap_or(0)).sum::<u64>() >> 20;
+        let parts: Vec<String> = names
+            .iter()
+            .zip(states)
+            .map(|(name, s)| {
+                let status = s["status"].as_str().unwrap_or("?");
+                let ready = if s["ready"] == true && status == "live" { "(ready)" } else { "" };
+                format!("{name} {status}{ready}")
+            })
+            .collect();
+        eprint!(
+            "\r\x1b[K{}; staged {} MiB, written {} MiB",
+            parts.join(", "),
+            mib("staged-bytes"),
+            mib("written-bytes")
+        );
+    }
+}
+
+fn end_progress(json: &bool) {
+    if !*json && std::io::stderr().is_terminal() {
+        eprintln!();
+    }
+}
+
+fn us(ns: i64) -> f64 {
+    ns as f64 / 1e3
+}
+
+fn print_checkpoint(s: &ClusterCheckpoint) {
+    println!(
+        "checkpoint generation {} committed in {}: {} VM{} stopped at one instant (skew up to {:.0} us) and \
+         resumed together (skew up to {:.0} us); live phase {:.0} ms{}, committed after {:.0} ms; longest pause \
+         {:.2} ms; {} MiB written",
+        s.generation,
+        s.dir.display(),
+        s.vms.len(),
+        if s.vms.len() == 1 { "" } else { "s" },
+        us(s.stop_skew_ns),
+        us(s.resume_skew_ns),
+        s.live_ms,
+        if s.all_ready { "" } else { " (ended by the time budget)" },
+        s.latency_ms,
+        s.max_pause_ns as f64 / 1e6,
+        s.written_bytes >> 20,
+    );
+    for vm in &s.vms {
+        let p = &vm.progress;
+        let how = match p["mode"].as_str() {
+            Some("cow") => format!("copy-on-write, {} guest writes waited for a copy", p["wp-faults"]),
+            _ => format!("MTD, {} pages copied in the pause", p["final-pages"]),
+        };
+        println!(
+            "  {}: paused {:.2} ms ({how}), stop skew {:+.0} us, resume skew {:+.0} us, staging peak {} MiB",
+            vm.vm,
+            p["pause-ns"].as_u64().unwrap_or(0) as f64 / 1e6,
+            us(vm.stop_skew_ns),
+            us(vm.resume_skew_ns),
+            p["staging-peak-bytes"].as_u64().unwrap_or(0) >> 20,
+        );
+        if let Some(reason) = p["mode-reason"].as_str() {
+            println!("  {}: copy-on-write was not possible, MTD used: {reason}", vm.vm);
+        }
+    }
+}
+
+fn print_restore(s: &ClusterRestore, paused: bool) {
+    let state = if paused {
+        "loaded and left paused".to_owned()
+    } else {
+        format!("resumed together (skew up to {:.0} us)", us(s.resume_skew_ns))
+    };
+    println!(
+        "restored {} VM{} from generation {} of {}: {state}, after {:.0} ms",
+        s.vms.len(),
+        if s.vms.len() == 1 { "" } else { "s" },
+        s.generation,
+        s.dir.display(),
+        s.latency_ms
+    );
+    for vm in &s.vms {
+        let p = &vm.progress;
+        println!(
+            "  {}: {} MiB {} in {:.0} ms",
+            vm.vm,
+            p["ram-bytes"].as_u64().unwrap_or(0) >> 20,
+            if p["lazy"] == true { "mapped lazily" } else { "read" },
+            p["total-ns"].as_u64().unwrap_or(0) as f64 / 1e6
+        );
+    }
+}

@@ -1,0 +1,537 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Coordinated checkpoint and restart of a set of VMs: one consistent
+//! instant for all, one committed cluster checkpoint or none.
+//!
+//! Checkpoint protocol (every VM's library does the timing itself; the
+//! coordinator only decides):
+//! 1. prepare: every VM starts its checkpoint with its live phase held
+//!    open, a lease, and its image kept in memory once staged; a refusal
+//!    of any VM cancels the others;
+//! 2. live phase: the coordinator polls every VM (which renews its lease)
+//!    until all are `ready` — every page copied once (MTD) or RAM prepared
+//!    for protection (copy-on-write) — or the time budget is spent: the
+//!    global ending condition;
+//! 3. rendezvous: one stop instant T and one resume instant T2 on the
+//!    hosts' wall clocks go to every VM; each stops at T, copies what is
+//!    left and its devices into memory, and resumes at T2;
+//! 4. persist: the coordinator releases the staged images for writing, a
+//!    bounded number at a time per storage target, largest first (so that
+//!    the last write to finish is a small one);
+//! 5. commit: the manifest naming every image is committed atomically
+//!    once all are durable; any failure aborts the generation, and the
+//!    previous checkpoint stays the latest.
+//!
+//! If the coordinator dies midway, each VM's lease runs out: a held live
+//! phase gives up with the VM running, a staged image is written but never
+//! committed, and a stopped VM resumes at T2 by itself.
+//!
+//! Restart: every VM (a QEMU started with `-incoming defer`) restores its
+//! image paused; only when all have loaded and verified do they resume,
+//! together, at one instant — a damaged or missing image of any VM stops
+//! the restart before any VM runs.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use futures::future::join_all;
+use mekha_ckpt_core::store::Store;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
+use crate::info;
+use crate::qmp::{Qmp, QmpError};
+
+/// A VM the coordinator drives: its QMP connection and its name, by which
+/// images are matched.
+pub struct Attached {
+    pub name: String,
+    pub qmp: Qmp,
+}
+
+/// Connects to every socket and checks the VMs: reachable, patched with
+/// mekha, named, names unique.
+pub async fn attach(sockets: &[PathBuf]) -> Result<Vec<Attached>, CkptError> {
+    let connected = join_all(sockets.iter().map(|sock| async move {
+        let qmp = Qmp::connect(sock).await?;
+        let info = info::query(&qmp).await?;
+        Ok::<_, CkptError>((qmp, info))
+    }))
+    .await;
+    let mut vms = Vec::new();
+    let mut names = HashSet::new();
+    for (sock, outcome) in sockets.iter().zip(connected) {
+        let (qmp, info) = outcome?;
+        let name = info.vm_name.filter(|n| !n.is_empty()).ok_or_else(|| {
+            CkptError::Refused(format!(
+                "the VM behind {} has no name: start QEMU with -name NAME (images are matched to VMs by name)",
+                sock.display()
+            ))
+        })?;
+        if !names.insert(name.clone()) {
+            return Err(CkptError::Refused(format!("two of the QMP sockets lead to VMs named {name}")));
+        }
+        vms.push(Attached { name, qmp });
+    }
+    Ok(vms)
+}
+
+/// How the coordinator runs a cluster checkpoint, beyond each VM's tuning.
+#[derive(Debug, Clone)]
+pub struct ClusterOptions {
+    pub vm: CheckpointOptions,
+    /// Whole live phase, all VMs: past it they stop together anyway.
+    pub time_budget: Duration,
+    /// Each VM's lease: how long it waits for a silent coordinator.
+    pub lease: Duration,
+    /// Images written at once per storage target.
+    pub persist_concurrency: usize,
+}
+
+impl Default for ClusterOptions {
+    fn default() -> ClusterOptions {
+        ClusterOptions {
+            vm: CheckpointOptions::default(),
+            time_budget: Duration::from_secs(10),
+            lease: Duration::from_secs(5),
+            persist_concurrency: 2,
+        }
+    }
+}
+
+/// How often the coordinator polls its VMs (and renews their leases).
+const POLL: Duration = Duration::from_millis(20);
+/// Lead of the stop instant over "now" beyond the command's round trip:
+/// the library ends its live phase 20 ms before T to prepare the pause.
+const STOP_LEAD: Duration = Duration::from_millis(40);
+/// Slack of the resume instant over the slowest VM's pause estimate; also
+/// the time frames in flight between stopped VMs have to arrive.
+const RESUME_SLACK: Duration = Duration::from_millis(5);
+
+/// One VM's part of a committed cluster checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmCheckpoint {
+    pub vm: String,
+    pub image: PathBuf,
+    /// Stop instant reached minus T, ns (positive: late).
+    pub stop_skew_ns: i64,
+    /// Resume instant reached minus T2, ns (positive: late).
+    pub resume_skew_ns: i64,
+    /// `__org.mekha_query-checkpoint` at completion.
+    pub progress: Value,
+}
+
+/// A committed cluster checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterCheckpoint {
+    pub dir: PathBuf,
+    pub generation: u64,
+    /// The stop instant T and the resume instant T2 (wall clock, ns).
+    pub stop_at_ns: i64,
+    pub resume_at_ns: i64,
+    /// From the first command to T.
+    pub live_ms: f64,
+    /// From the first command to the committed manifest.
+    pub latency_ms: f64,
+    /// Whether every VM was ready at the end of the live phase (else the
+    /// time budget ended it).
+    pub all_ready: bool,
+    /// Largest |skew| over the VMs, ns.
+    pub stop_skew_ns: i64,
+    pub resume_skew_ns: i64,
+    /// Longest pause of a VM, ns.
+    pub max_pause_ns: u64,
+    pub written_bytes: u64,
+    pub vms: Vec<VmCheckpoint>,
+}
+
+/// What a caller sees of the progress: every VM's latest
+/// `__org.mekha_query-checkpoint`, in the order of `vms`.
+pub type Progress<'a> = &'a mut (dyn FnMut(&[Value]) + Send);
+
+/// Runs the protocol above on `vms` into a new generation of `dir`.
+pub async fn checkpoint(
+    vms: &[Attached],
+    dir: &Path,
+    options: &ClusterOptions,
+    progress: Progress<'_>,
+) -> Result<ClusterCheckpoint, CkptError> {
+    let started = Instant::now();
+    let store = Store::open(dir)?;
+    let generation = store.begin()?;
+    let mut images = Vec::new();
+    for vm in vms {
+        images.push(generation.image_path(&vm.name)?);
+    }
+    let outcome = run_checkpoint(vms, &images, options, progress, started).await;
+    let (states, rendezvous) = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = generation.abort();
+            return Err(e);
+        }
+    };
+    let number = generation.number();
+    let named: Vec<(&str, &Path)> = vms.iter().zip(&images).map(|(vm, p)| (vm.name.as_str(), p.as_path())).collect();
+    let manifest = generation.commit(&named)?;
+    // Committed: the images live under the generation's final name.
+    let images: Vec<PathBuf> = vms.iter().map(|vm| store.resolve(&manifest, &vm.name)).collect::<Result<_, _>>()?;
+
+    let (stop_at, resume_at) = rendezvous.instants;
+    let per_vm: Vec<VmCheckpoint> = vms
+        .iter()
+        .zip(images)
+        .zip(states)
+        .map(|((vm, image), state)| VmCheckpoint {
+            vm: vm.name.clone(),
+            image,
+            stop_skew_ns: state["stopped-at-ns"].as_i64().map_or(0, |t| t - stop_at),
+            resume_skew_ns: state["resumed-at-ns"].as_i64().map_or(0, |t| t - resume_at),
+            progress: state,
+        })
+        .collect();
+    Ok(ClusterCheckpoint {
+        dir: dir.to_owned(),
+        generation: number,
+        stop_at_ns: stop_at,
+        resume_at_ns: resume_at,
+        live_ms: rendezvous.live.as_secs_f64() * 1e3,
+        latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        all_ready: rendezvous.all_ready,
+        stop_skew_ns: per_vm.iter().map(|v| v.stop_skew_ns.abs()).max().unwrap_or(0),
+        resume_skew_ns: per_vm.iter().map(|v| v.resume_skew_ns.abs()).max().unwrap_or(0),
+        max_pause_ns: per_vm.iter().map(|v| v.progress["pause-ns"].as_u64().unwrap_or(0)).max().unwrap_or(0),
+        written_bytes: per_vm.iter().map(|v| v.progress["written-bytes"].as_u64().unwrap_or(0)).sum(),
+        vms: per_vm,
+    })
+}
+
+struct Rendezvous {
+    instants: (i64, i64),
+    live: Duration,
+    all_ready: bool,
+}
+
+/// Steps 1 to 4; on any failure, cancels what can be cancelled.
+async fn run_checkpoint(
+    vms: &[Attached],
+    images: &[PathBuf],
+    options: &ClusterOptions,
+    progress: Progress<'_>,
+    started: Instant,
+) -> Result<(Vec<Value>, Rendezvous), CkptError> {
+    // 1. Prepare.
+    let starts = join_all(vms.iter().zip(images).map(|(vm, image)| {
+        let args = checkpoint_args(image, options);
+        async move { vm.qmp.execute_mekha("checkpoint", args).await }
+    }))
+    .await;
+    if let Some((vm, e)) = vms.iter().zip(&starts).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
+        let message = format!("{}: the checkpoint was refused: {e}", vm.name);
+        cancel_all(vms).await;
+        return Err(CkptError::Refused(message));
+    }
+
+    // 2. Live phase, up to the global ending condition.
+    let mut round_trip = Duration::ZERO;
+    let (states, all_ready) = loop {
+        let asked = Instant::now();
+        let states = match query_all(vms).await {
+            Ok(states) => states,
+            Err(e) => {
+                cancel_all(vms).await;
+                return Err(e);
+            }
+        };
+        round_trip = round_trip.max(asked.elapsed());
+        progress(&states);
+        if let Some(e) = first_failure(vms, &states) {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+        let all_ready = states.iter().all(|s| s["ready"] == true);
+        if all_ready || started.elapsed() >= options.time_budget {
+            break (states, all_ready);
+        }
+        tokio::time::sleep(POLL).await;
+    };
+
+    // 3. Rendezvous.
+    let pause = states.iter().filter_map(|s| s["pause-estimate-ns"].as_u64()).max().unwrap_or(0);
+    let stop_at = wall_ns() + nanos(STOP_LEAD + 2 * round_trip);
+    let resume_at = stop_at + (pause as i64) * 3 / 2 + nanos(RESUME_SLACK);
+    let ends = join_all(
+        vms.iter()
+            .map(|vm| vm.qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at }))),
+    )
+    .await;
+    if let Some((vm, e)) = vms.iter().zip(&ends).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
+        // Some VMs will stop at T without it: their images are worthless.
+        let message = format!("{}: the end of the live phase was refused: {e}", vm.name);
+        cancel_all(vms).await;
+        return Err(CkptError::Refused(message));
+    }
+    let live = started.elapsed();
+
+    // 4. Wait for every image to be staged, then schedule the writes.
+    let states = wait_all(vms, progress, |s| s == "staged" || s == "completed").await?;
+    let mut order: Vec<usize> = (0..vms.len()).collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(states[i]["staged-bytes"].as_u64().unwrap_or(0)));
+    let mut waiting = order.into_iter();
+    let mut writing: Vec<usize> = Vec::new();
+    let concurrency = options.persist_concurrency.max(1);
+    let states = loop {
+        while writing.len() < concurrency {
+            let Some(i) = waiting.next() else { break };
+            if let Err(e) = vms[i].qmp.execute_mekha("checkpoint-persist", Value::Null).await {
+                cancel_all(vms).await;
+                return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)));
+            }
+            writing.push(i);
+        }
+        let states = query_all(vms).await?;
+        progress(&states);
+        if let Some(e) = first_failure(vms, &states) {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+        writing.retain(|&i| states[i]["status"] != "completed");
+        if writing.is_empty() && waiting.len() == 0 {
+            break states;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    Ok((states, Rendezvous { instants: (stop_at, resume_at), live, all_ready }))
+}
+
+fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
+    let o = &options.vm;
+    let mut args = json!({
+        "path": image,
+        "mode": o.mode.as_str(),
+        "hold": true,
+        "persist-hold": true,
+        "lease-ms": options.lease.as_millis() as u64,
+    });
+    for (key, value) in [("staging-mib", o.staging_mib), ("epoch-ms", o.epoch_ms)] {
+        if let Some(v) = value {
+            args[key] = v.into();
+        }
+    }
+    for (key, value) in [("dirty-share", o.dirty_share), ("clean-share", o.clean_share)] {
+        if let Some(v) = value {
+            args[key] = v.into();
+        }
+    }
+    args
+}
+
+/// Every VM's `query-checkpoint`, which also renews its lease.
+async fn query_all(vms: &[Attached]) -> Result<Vec<Value>, CkptError> {
+    let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("query-checkpoint", Value::Null))).await;
+    vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| unreachable_vm(&vm.name, e))).collect()
+}
+
+/// Polls until every VM's status passes `done`.
+async fn wait_all(
+    vms: &[Attached],
+    progress: Progress<'_>,
+    done: impl Fn(&str) -> bool,
+) -> Result<Vec<Value>, CkptError> {
+    loop {
+        let states = match query_all(vms).await {
+            Ok(s) => s,
+            Err(e) => {
+                cancel_all(vms).await;
+                return Err(e);
+            }
+        };
+        progress(&states);
+        if let Some(e) = first_failure(vms, &states) {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+        if states.iter().all(|s| done(s["status"].as_str().unwrap_or(""))) {
+            return Ok(states);
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn first_failure(vms: &[Attached], states: &[Value]) -> Option<CkptError> {
+    vms.iter().zip(states).find(|(_, s)| s["status"] == "failed").map(|(vm, s)| CkptError::Failed {
+        vm: vm.name.clone(),
+        message: s["error"].as_str().unwrap_or("unknown error").to_owned(),
+    })
+}
+
+/// Cancels every VM's checkpoint that can still be cancelled; the others
+/// finish on their own and are never committed.
+pub async fn cancel_all(vms: &[Attached]) {
+    join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("checkpoint-cancel", Value::Null))).await;
+}
+
+fn unreachable_vm(name: &str, e: QmpError) -> CkptError {
+    CkptError::Failed { vm: name.to_owned(), message: format!("lost contact with its QEMU: {e}") }
+}
+
+/// One VM of a restart.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmRestore {
+    pub vm: String,
+    pub image: PathBuf,
+    /// Resume instant reached minus the cluster's, ns.
+    pub resume_skew_ns: i64,
+    /// `__org.mekha_query-restore` once resumed (or loaded, if paused).
+    pub progress: Value,
+}
+
+/// A restarted cluster.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterRestore {
+    pub dir: PathBuf,
+    pub generation: u64,
+    /// The common resume instant (wall clock, ns); none when left paused.
+    pub resume_at_ns: Option<i64>,
+    pub resume_skew_ns: i64,
+    /// From the first command to every VM running (or loaded).
+    pub latency_ms: f64,
+    pub vms: Vec<VmRestore>,
+}
+
+/// Restores every VM from the latest committed checkpoint of `dir`,
+/// paused; once all loaded, resumes them at one instant (unless
+/// `options.paused`).
+pub async fn restore(
+    vms: &[Attached],
+    dir: &Path,
+    options: &RestoreOptions,
+    progress: Progress<'_>,
+) -> Result<ClusterRestore, CkptError> {
+    let started = Instant::now();
+    let (store, manifest) = latest_checkpoint(dir)?;
+    // Every VM has its image, and every image its VM, before anything runs.
+    let mut images = Vec::new();
+    for vm in vms {
+        if manifest.vm(&vm.name).is_none() {
+            return Err(CkptError::Refused(format!(
+                "{}: checkpoint generation {} of {} has no image of this VM (it has: {})",
+                vm.name,
+                manifest.generation,
+                dir.display(),
+                manifest.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", ")
+            )));
+        }
+        images.push(store.resolve(&manifest, &vm.name).map_err(|e| CkptError::Refused(format!("{}: {e}", vm.name)))?);
+    }
+    let missing: Vec<&str> =
+        manifest.vms.iter().map(|v| v.name.as_str()).filter(|n| !vms.iter().any(|vm| vm.name == *n)).collect();
+    if !missing.is_empty() {
+        return Err(CkptError::Refused(format!(
+            "checkpoint generation {} also holds {}: give every VM of the cluster (--qmp for each)",
+            manifest.generation,
+            missing.join(", ")
+        )));
+    }
+
+    let loads = join_all(vms.iter().zip(&images).map(|(vm, image)| {
+        let mut args = json!({ "path": image, "start": false, "time": options.time.as_str() });
+        if let Some(ppm) = options.catch_up_ppm {
+            args["catch-up-ppm"] = ppm.into();
+        }
+        if let Some(lag) = options.lag_ns {
+            args["lag-ns"] = lag.into();
+        }
+        async move { vm.qmp.execute_mekha("restore", args).await }
+    }))
+    .await;
+    for (vm, load) in vms.iter().zip(loads) {
+        load.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
+    }
+    let states = loop {
+        let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("query-restore", Value::Null))).await;
+        let mut states = Vec::new();
+        for (vm, a) in vms.iter().zip(answers) {
+            states.push(a.map_err(|e| unreachable_vm(&vm.name, e))?);
+        }
+        progress(&states);
+        if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
+            return Err(CkptError::RestoreFailed {
+                vm: vm.name.clone(),
+                message: format!(
+                    "{} (no VM of the cluster was resumed)",
+                    s["error"].as_str().unwrap_or("unknown error")
+                ),
+            });
+        }
+        if states.iter().all(|s| s["status"] == "completed") {
+            break states;
+        }
+        tokio::time::sleep(POLL).await;
+    };
+
+    let mut resume_at = None;
+    let mut states = states;
+    if !options.paused {
+        let mut round_trip = Duration::ZERO;
+        for vm in vms {
+            let asked = Instant::now();
+            vm.qmp.execute("query-status", Value::Null).await.map_err(|e| unreachable_vm(&vm.name, e))?;
+            round_trip = round_trip.max(asked.elapsed());
+        }
+        let at = wall_ns() + nanos(Duration::from_millis(20) + 2 * round_trip);
+        let resumes = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("resume", json!({ "at": at })))).await;
+        for (vm, r) in vms.iter().zip(resumes) {
+            r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
+        }
+        states = loop {
+            let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("query-restore", Value::Null))).await;
+            let mut states = Vec::new();
+            for (vm, a) in vms.iter().zip(answers) {
+                states.push(a.map_err(|e| unreachable_vm(&vm.name, e))?);
+            }
+            if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
+                break states;
+            }
+            if let Some((vm, _)) = vms.iter().zip(&states).find(|(_, s)| s["resume-at-ns"].is_null()) {
+                return Err(CkptError::RestoreFailed {
+                    vm: vm.name.clone(),
+                    message: "it could not be resumed (see its QEMU's stderr)".into(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        resume_at = Some(at);
+    }
+    let per_vm: Vec<VmRestore> = vms
+        .iter()
+        .zip(images)
+        .zip(states)
+        .map(|((vm, image), state)| VmRestore {
+            vm: vm.name.clone(),
+            image,
+            resume_skew_ns: match (resume_at, state["resumed-at-ns"].as_i64()) {
+                (Some(at), Some(t)) => t - at,
+                _ => 0,
+            },
+            progress: state,
+        })
+        .collect();
+    Ok(ClusterRestore {
+        dir: dir.to_owned(),
+        generation: manifest.generation,
+        resume_at_ns: resume_at,
+        resume_skew_ns: per_vm.iter().map(|v| v.resume_skew_ns.abs()).max().unwrap_or(0),
+        latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        vms: per_vm,
+    })
+}
+
+fn wall_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as i64
+}
+
+fn nanos(d: Duration) -> i64 {
+    d.as_nanos() as i64
+}

@@ -1,0 +1,281 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Coordinated checkpoint and restart of a virtual cluster with the
+//! `mekha` CLI in attach mode: three VMs on a bridge inside a network
+//! namespace, the probes exchanging sequenced TCP and UDP messages and
+//! computing; checkpointed mid-run at one instant, every QEMU killed, the
+//! cluster restarted from the images, and the job simply goes on. Then
+//! the faults: a VM that dies midway, a coordinator that disappears, a
+//! damaged image.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{json_of, mekha_all, reference_checksum};
+use mekha_coordinator::qmp::Qmp;
+use mekha_rig::{Cluster, ClusterConfig, ProbeLog};
+use serde_json::{json, Value};
+
+const BOOT: Duration = Duration::from_secs(120);
+const MSGS: u64 = 400;
+const COMPUTE: u64 = 3 << 30;
+const CHUNK: u64 = 1 << 28;
+
+fn cluster_config(vms: usize, msgs: u64) -> ClusterConfig {
+    ClusterConfig {
+        vms,
+        memory_mib: 256,
+        probe_args: [
+            format!("probe.msgs={msgs}"),
+            "probe.msg_interval_ms=20".into(),
+            format!("probe.compute={COMPUTE}"),
+            format!("probe.compute_chunk={CHUNK}"),
+            "probe.mem=16".into(),
+            "probe.rate=32".into(),
+            "probe.clock_ms=1000".into(),
+        ]
+        .to_vec(),
+    }
+}
+
+/// Messages a VM's probe has received so far, over all links.
+fn received(log: &ProbeLog) -> u64 {
+    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_checkpoint_and_restart_loses_nothing() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("cluster-ckpt");
+    let images = dir.join("images");
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_config(3, MSGS)).unwrap();
+    for vm in &cluster.vms {
+        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    }
+    // Mid-exchange: every probe has received some messages, not all.
+    let started = Instant::now();
+    while cluster.vms.iter().any(|vm| received(&vm.log()) < 20) {
+        assert!(started.elapsed() < BOOT, "the probes exchange nothing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let summary = json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &cluster.cli_qmp_paths(), &images));
+    assert_eq!(summary["generation"], 1, "{summary}");
+    assert_eq!(summary["vms"].as_array().unwrap().len(), 3, "{summary}");
+    // One instant: every VM stopped within a millisecond of T (generous
+    // for a loaded 2-CPU test host; the bench reports the real skew).
+    let skew = summary["stop_skew_ns"].as_i64().unwrap();
+    assert!(skew < 5_000_000, "stop skew {skew} ns: {summary}");
+    eprintln!(
+        "cluster checkpoint: stop skew {} us, resume skew {} us, longest pause {} us",
+        skew / 1000,
+        summary["resume_skew_ns"].as_i64().unwrap() / 1000,
+        summary["max_pause_ns"].as_u64().unwrap() / 1000
+    );
+    let verify = std::process::Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+
+    // The checkpointed cluster runs on; then every QEMU dies, and the
+    // cluster restarts from the images after a gap.
+    std::thread::sleep(Duration::from_secs(2));
+    cluster.relaunch_incoming(&artifacts, &dir.join("run2")).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    for vm in &mut cluster.vms {
+        vm.qmp().await.unwrap();
+    }
+    let restored = json_of(&mekha_all(&artifacts, &["restore", "--json"], &cluster.cli_qmp_paths(), &images));
+    assert_eq!(restored["generation"], 1, "{restored}");
+    eprintln!("cluster restart: resume skew {} us", restored["resume_skew_ns"].as_i64().unwrap() / 1000);
+
+    let reference = reference_checksum(COMPUTE, CHUNK);
+    for vm in &cluster.vms {
+        let log = vm.log();
+        let done = log.wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
+        let events = log.events();
+        assert!(!events.iter().any(|e| e.ev == "start"), "{}: the restored guest rebooted", vm.config.name);
+        let net = done.json["net"].as_array().expect("net summary");
+        assert_eq!(net.len(), 4, "{}: {net:?}", vm.config.name);
+        for link in net {
+            for counter in ["lost", "dup", "reordered", "corrupt"] {
+                assert_eq!(link[counter], 0, "{}: {counter} in {link}", vm.config.name);
+            }
+            assert_eq!((link["sent"].as_u64(), link["received"].as_u64()), (Some(MSGS), Some(MSGS)), "{link}");
+        }
+        let anomalies: Vec<_> = events.iter().filter(|e| e.ev.ends_with("_anomaly")).collect();
+        assert!(anomalies.is_empty(), "{}: {anomalies:?}", vm.config.name);
+        assert_eq!(done.json["compute"]["checksum"].as_str(), Some(reference.as_str()), "{}", vm.config.name);
+    }
+}
+
+/// A VM killed during a cluster checkpoint: the checkpoint fails naming
+/// it, nothing is committed, the previous checkpoint stays the latest and
+/// restorable, and the surviving VM runs (never left paused).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vm_dying_midway_commits_nothing() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("cluster-ckpt-vm-dies");
+    let images = dir.join("images");
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_config(2, 100_000)).unwrap();
+    for vm in &cluster.vms {
+        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    }
+    let qmps = cluster.cli_qmp_paths();
+    json_of(&mekha_all(&artifacts, &["checkpoint", "--json", "--mode", "mtd"], &qmps, &images));
+
+    // node1 dies as soon as its live phase begins.
+    let events = cluster.vms[1].qmp().await.unwrap();
+    let mut live = events.subscribe();
+    let child = std::process::Command::new(&artifacts.mekha)
+        .args(["checkpoint", "--mode", "mtd", "--qmp"])
+        .arg(&qmps[0])
+        .arg("--qmp")
+        .arg(&qmps[1])
+        .arg("--dir")
+        .arg(&images)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(30), async {
+        while let Ok(e) = live.recv().await {
+            if e.event == "__org.mekha_CHECKPOINT" && e.data["status"] == "live" {
+                return;
+            }
+        }
+    })
+    .await
+    .expect("node1's checkpoint never started");
+    cluster.vms[1].kill();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a checkpoint without node1 was committed: {stderr}");
+    assert!(stderr.contains("node1"), "the error does not name the dead VM: {stderr}");
+
+    let manifest: Value = serde_json::from_slice(&std::fs::read(images.join("MANIFEST.json")).unwrap()).unwrap();
+    assert_eq!(manifest["generation"], 1, "{manifest}");
+    let verify = std::process::Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let qmp = Qmp::connect(&qmps[0]).await.unwrap();
+    // Cancelled, or (if it had stopped already) written but never
+    // committed; either way it settles and runs.
+    wait_checkpoint_settled(&qmp).await;
+    assert_eq!(qmp.execute("query-status", Value::Null).await.unwrap()["status"], "running");
+}
+
+/// A coordinator that disappears mid-protocol: the library's lease brings
+/// every VM back on its own, in the live phase and at the rendezvous.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("cluster-ckpt-lease");
+    let cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_config(2, 100_000)).unwrap();
+    for vm in &cluster.vms {
+        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    }
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+
+    // Live phase held open, then silence: each VM gives up on its own.
+    for (i, sock) in cluster.cli_qmp_paths().iter().enumerate() {
+        let qmp = Qmp::connect(sock).await.unwrap();
+        let path = images.join(format!("held{i}.mekha"));
+        qmp.execute_mekha("checkpoint", json!({ "path": path, "hold": true, "lease-ms": 1000 })).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for sock in cluster.cli_qmp_paths() {
+        let qmp = Qmp::connect(&sock).await.unwrap();
+        let state = wait_checkpoint_settled(&qmp).await;
+        assert_eq!(state["status"], "failed", "{state}");
+        assert!(state["error"].as_str().unwrap().contains("lease expired"), "{state}");
+        assert_eq!(qmp.execute("query-status", Value::Null).await.unwrap()["status"], "running");
+    }
+    assert!(!images.join("held0.mekha").exists() && !images.join("held1.mekha").exists());
+
+    // Stopped at a rendezvous, then silence: each resumes at T2 by itself
+    // and, its image staged, writes it without being told to.
+    let mut qmps = Vec::new();
+    for (i, sock) in cluster.cli_qmp_paths().iter().enumerate() {
+        let qmp = Qmp::connect(sock).await.unwrap();
+        let path = images.join(format!("staged{i}.mekha"));
+        let args = json!({ "path": path, "hold": true, "lease-ms": 1000, "persist-hold": true, "mode": "mtd" });
+        qmp.execute_mekha("checkpoint", args).await.unwrap();
+        qmps.push(qmp);
+    }
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let (stop_at, resume_at) = (now + 300_000_000, now + 350_000_000);
+    for qmp in &qmps {
+        qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at })).await.unwrap();
+    }
+    drop(qmps);
+    for sock in cluster.cli_qmp_paths() {
+        let qmp = Qmp::connect(&sock).await.unwrap();
+        let state = wait_checkpoint_settled(&qmp).await;
+        assert_eq!(state["status"], "completed", "{state}");
+        let resumed = state["resumed-at-ns"].as_i64().unwrap();
+        assert!(resumed >= resume_at, "resumed before T2: {state}");
+        assert_eq!(qmp.execute("query-status", Value::Null).await.unwrap()["status"], "running");
+    }
+}
+
+/// Waits for the checkpoint to be completed or failed, from its events:
+/// polling query-checkpoint would renew the lease of a coordinator that
+/// is meant to be gone.
+async fn wait_checkpoint_settled(qmp: &Qmp) -> Value {
+    let mut events = qmp.subscribe();
+    let settled = |s: &Value| matches!(s["status"].as_str(), Some("completed" | "failed"));
+    let state = qmp.execute_mekha("query-checkpoint", Value::Null).await.unwrap();
+    if settled(&state) {
+        return state;
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let e = events.recv().await.expect("QMP events");
+            if e.event == "__org.mekha_CHECKPOINT" && settled(&e.data) {
+                return e.data;
+            }
+        }
+    })
+    .await
+    .expect("the checkpoint did not settle in 60 s")
+}
+
+/// A damaged image of one VM refuses the restart, naming that VM, and no
+/// VM of the cluster runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_damaged_image_refuses_the_whole_restart() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("cluster-ckpt-damaged");
+    let images = dir.join("images");
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_config(2, 100_000)).unwrap();
+    for vm in &cluster.vms {
+        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    }
+    let summary = json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &cluster.cli_qmp_paths(), &images));
+    let image = summary["vms"][1]["image"].as_str().unwrap().to_owned();
+    // Flip a bit in a non-zero page of node1's RAM.
+    let inspect =
+        std::process::Command::new(&artifacts.mekha).args(["image", "inspect", "--json", &image]).output().unwrap();
+    let inspection: Value = serde_json::from_slice(&inspect.stdout).unwrap();
+    let ram_offset = inspection["images"][0]["inspection"]["ram_blocks"][0]["file_offset"].as_u64().unwrap();
+    let data = std::fs::read(&image).unwrap();
+    let page = (0..4096u64)
+        .map(|p| ram_offset + (1 << 20) + p * 4096)
+        .find(|&off| data[off as usize..off as usize + 4096].iter().any(|&b| b != 0))
+        .expect("a non-zero page");
+    let mut data = data;
+    data[page as usize + 17] ^= 0x10;
+    std::fs::write(&image, &data).unwrap();
+
+    cluster.relaunch_incoming(&artifacts, &dir.join("run2")).unwrap();
+    for vm in &mut cluster.vms {
+        vm.qmp().await.unwrap();
+    }
+    let out = mekha_all(&artifacts, &["restore"], &cluster.cli_qmp_paths(), &images);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a damaged image was restored");
+    assert!(stderr.contains("node1"), "the error does not name the VM: {stderr}");
+    for sock in cluster.cli_qmp_paths() {
+        let qmp = Qmp::connect(&sock).await.unwrap();
+        let status = qmp.execute("query-status", Value::Null).await.unwrap();
+        assert_ne!(status["status"], "running", "a VM of a refused restart runs: {status}");
+    }
+}
