@@ -9,7 +9,7 @@
 //! Without it, SIGINT or SIGTERM during a checkpoint cancels it cleanly.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -18,26 +18,32 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy};
 use crate::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
 use crate::exit::{self, CommandFailure};
+use crate::spec::{CheckpointSpec, Spec};
 
 /// `mekha checkpoint`.
 #[derive(Debug, clap::Args)]
 pub struct CheckpointCmd {
     /// QMP socket of a VM (repeat for every VM of the cluster).
-    #[arg(long = "qmp", value_name = "SOCK", required = true)]
+    #[arg(long = "qmp", value_name = "SOCK", required_unless_present = "spec", conflicts_with = "spec")]
     pub qmp: Vec<PathBuf>,
     /// Checkpoint directory (created if missing).
-    #[arg(long, value_name = "DIR")]
-    pub dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "spec", conflicts_with = "spec")]
+    pub dir: Option<PathBuf>,
+    /// The cluster of a spec file started by `mekha up` (its VMs, its
+    /// checkpoint directory and its [checkpoint] settings, which the
+    /// options given here override).
+    #[arg(long, value_name = "FILE")]
+    pub spec: Option<PathBuf>,
     /// How guest RAM is captured: cow stops each VM only to write-protect
     /// its RAM (pause independent of the dirty rate); mtd copies while it
     /// runs and stops for the last dirty pages; auto takes cow where RAM is
     /// private anonymous and the kernel has userfaultfd write protection.
-    #[arg(long, value_enum, default_value_t = CaptureMode::Auto)]
-    pub mode: CaptureMode,
+    #[arg(long, value_enum)]
+    pub mode: Option<CaptureMode>,
     /// End the live phase of every VM after this long, whatever the dirty
-    /// rates (the stop then copies more).
-    #[arg(long, value_name = "MS", default_value_t = 10_000)]
-    pub time_budget_ms: u64,
+    /// rates (the stop then copies more; default 10000).
+    #[arg(long, value_name = "MS")]
+    pub time_budget_ms: Option<u64>,
     /// Memory budget of each VM's staging area in MiB (default: its RAM).
     #[arg(long, value_name = "MIB")]
     pub staging_mib: Option<u64>,
@@ -45,12 +51,12 @@ pub struct CheckpointCmd {
     #[arg(long, value_name = "MS")]
     pub epoch_ms: Option<u64>,
     /// How long a VM waits for a silent coordinator before it gives up
-    /// the checkpoint on its own (the VM always runs on).
-    #[arg(long, value_name = "MS", default_value_t = 5_000)]
-    pub lease_ms: u64,
-    /// Images written at once.
-    #[arg(long, value_name = "N", default_value_t = 2)]
-    pub persist_concurrency: usize,
+    /// the checkpoint on its own (the VM always runs on; default 5000).
+    #[arg(long, value_name = "MS")]
+    pub lease_ms: Option<u64>,
+    /// Images written at once (default 2).
+    #[arg(long, value_name = "N")]
+    pub persist_concurrency: Option<usize>,
     /// Wait for signals: SIGUSR1 checkpoints and waits again, SIGTERM
     /// checkpoints and exits (for Slurm's --signal).
     #[arg(long)]
@@ -93,25 +99,51 @@ pub struct RestoreCmd {
 }
 
 pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
-    let vms = cluster::attach(&cmd.qmp).await?;
-    let options = ClusterOptions {
-        vm: CheckpointOptions {
-            mode: cmd.mode,
-            staging_mib: cmd.staging_mib,
-            epoch_ms: cmd.epoch_ms,
-            ..Default::default()
-        },
-        time_budget: Duration::from_millis(cmd.time_budget_ms),
-        lease: Duration::from_millis(cmd.lease_ms.max(1)),
-        persist_concurrency: cmd.persist_concurrency,
+    let (vms, dir, defaults) = match &cmd.spec {
+        Some(path) => {
+            let spec = Spec::load(path).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
+            let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
+            (cluster::attach(&socks).await?, spec.checkpoint_dir.clone(), spec.checkpoint)
+        }
+        None => (cluster::attach(&cmd.qmp).await?, cmd.dir.clone().expect("clap requires it"), Default::default()),
     };
-    if !cmd.on_signal {
+    let options = cmd.options(&defaults);
+    checkpoint_vms(&vms, &dir, &options, cmd.json, cmd.on_signal).await
+}
+
+impl CheckpointCmd {
+    /// The options given here, else the spec's, else the defaults.
+    fn options(&self, spec: &CheckpointSpec) -> ClusterOptions {
+        let d = ClusterOptions::default();
+        ClusterOptions {
+            vm: CheckpointOptions {
+                mode: self.mode.or(spec.mode.map(Into::into)).unwrap_or_default(),
+                staging_mib: self.staging_mib.or(spec.staging_mib),
+                epoch_ms: self.epoch_ms,
+                ..Default::default()
+            },
+            time_budget: self.time_budget_ms.or(spec.time_budget_ms).map_or(d.time_budget, Duration::from_millis),
+            lease: self.lease_ms.or(spec.lease_ms).map_or(d.lease, |ms| Duration::from_millis(ms.max(1))),
+            persist_concurrency: self.persist_concurrency.or(spec.persist_concurrency).unwrap_or(d.persist_concurrency),
+        }
+    }
+}
+
+/// Checkpoints `vms` into `dir` once, or on every signal with `on_signal`.
+pub async fn checkpoint_vms(
+    vms: &[Attached],
+    dir: &Path,
+    options: &ClusterOptions,
+    json: bool,
+    on_signal: bool,
+) -> Result<(), CommandFailure> {
+    if !on_signal {
         let mut interrupt = Interrupt::new()?;
-        return checkpoint_once(&vms, &cmd, &options, &mut interrupt).await;
+        return checkpoint_once(vms, dir, options, json, &mut interrupt).await;
     }
     let mut usr1 = signal(SignalKind::user_defined1()).map_err(signal_failure)?;
     let mut term = signal(SignalKind::terminate()).map_err(signal_failure)?;
-    if !cmd.json {
+    if !json {
         eprintln!("mekha: waiting for SIGUSR1 (checkpoint) or SIGTERM (checkpoint and exit)");
     }
     loop {
@@ -122,7 +154,7 @@ pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
         // Signals during the checkpoint wait their turn: it is never
         // cancelled here, since the scheduler asked for it.
         let mut never = Interrupt::never();
-        let outcome = checkpoint_once(&vms, &cmd, &options, &mut never).await;
+        let outcome = checkpoint_once(vms, dir, options, json, &mut never).await;
         if last {
             return outcome;
         }
@@ -134,23 +166,24 @@ pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
 
 async fn checkpoint_once(
     vms: &[Attached],
-    cmd: &CheckpointCmd,
+    dir: &Path,
     options: &ClusterOptions,
+    json: bool,
     interrupt: &mut Interrupt,
 ) -> Result<(), CommandFailure> {
-    let mut progress = progress_line(!cmd.json && std::io::stderr().is_terminal(), vms);
+    let mut progress = progress_line(!json && std::io::stderr().is_terminal(), vms);
     let outcome = tokio::select! {
-        r = cluster::checkpoint(vms, &cmd.dir, options, &mut progress) => r,
+        r = cluster::checkpoint(vms, dir, options, &mut progress) => r,
         _ = interrupt.wait() => {
             cluster::cancel_all(vms).await;
-            end_progress(&cmd.json);
+            end_progress(&json);
             return Err(CommandFailure::new(exit::FAILURE, "interrupted: the checkpoint was cancelled; \
                                                            every VM runs on and nothing was committed"));
         }
     };
-    end_progress(&cmd.json);
+    end_progress(&json);
     let summary = outcome?;
-    if cmd.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("JSON encodes"));
     } else {
         print_checkpoint(&summary);
@@ -162,14 +195,24 @@ pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
     let vms = cluster::attach(&cmd.qmp).await?;
     let options =
         RestoreOptions { paused: cmd.paused, time: cmd.time, catch_up_ppm: cmd.catch_up_ppm, lag_ns: cmd.lag_ns };
-    let mut progress = progress_line(!cmd.json && std::io::stderr().is_terminal(), &vms);
-    let outcome = cluster::restore(&vms, &cmd.dir, &options, &mut progress).await;
-    end_progress(&cmd.json);
+    restore_vms(&vms, &cmd.dir, &options, cmd.json).await
+}
+
+/// Restores `vms` from the latest checkpoint of `dir` and reports.
+pub async fn restore_vms(
+    vms: &[Attached],
+    dir: &Path,
+    options: &RestoreOptions,
+    json: bool,
+) -> Result<(), CommandFailure> {
+    let mut progress = progress_line(!json && std::io::stderr().is_terminal(), vms);
+    let outcome = cluster::restore(vms, dir, options, &mut progress).await;
+    end_progress(&json);
     let summary = outcome?;
-    if cmd.json {
+    if json {
         println!("{}", serde_json::to_string_pretty(&summary).expect("JSON encodes"));
     } else {
-        print_restore(&summary, cmd.paused);
+        print_restore(&summary, options.paused);
     }
     Ok(())
 }

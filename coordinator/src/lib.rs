@@ -10,4 +10,7 @@ pub mod cluster;
 pub mod exit;
 pub mod image_cmd;
 pub mod info;
+pub mod launch;
 pub mod qmp;
+pub mod spec;
+pub mod spec_cmd;

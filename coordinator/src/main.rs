@@ -8,7 +8,7 @@ use clap::{Parser, Subcommand};
 use mekha_coordinator::ckpt::TimePolicy;
 use mekha_coordinator::exit::CommandFailure;
 use mekha_coordinator::qmp::Qmp;
-use mekha_coordinator::{ckpt_cmd, exit, image_cmd, info};
+use mekha_coordinator::{ckpt_cmd, exit, image_cmd, info, spec_cmd};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
 /// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
@@ -39,6 +39,39 @@ enum Command {
     /// VMs' command lines plus `-incoming defer`) from the latest committed
     /// checkpoint of a directory, and resume them together.
     Restore(ckpt_cmd::RestoreCmd),
+    /// Start the cluster of a spec file: its network and every VM.
+    Up {
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Restart the cluster of a spec file from its latest committed
+    /// checkpoint: every VM started again, restored, resumed together.
+    Restart {
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        /// Time policy (default: the spec's [restore] time, else continue).
+        #[arg(long, value_enum)]
+        time: Option<TimePolicy>,
+        /// Print one JSON summary instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every VM of a spec file and remove the network `up` made.
+    Down {
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+    },
+    /// Show the VMs of a spec file and its latest checkpoint.
+    Status {
+        #[arg(long, value_name = "FILE")]
+        spec: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Show how a VM's clocks stand to the host's, or change its time
     /// policy (`--policy`).
     Time {
@@ -138,6 +171,10 @@ fn main() -> ExitCode {
             Command::Time { qmp, policy, catch_up_ppm, json } => run_time(qmp, policy, catch_up_ppm, json).await,
             Command::Checkpoint(cmd) => ckpt_cmd::run_checkpoint(cmd).await,
             Command::Restore(cmd) => ckpt_cmd::run_restore(cmd).await,
+            Command::Up { spec, json } => spec_cmd::up(&spec, json).await,
+            Command::Restart { spec, time, json } => spec_cmd::restart(&spec, time, json).await,
+            Command::Down { spec } => spec_cmd::down(&spec).await,
+            Command::Status { spec, json } => spec_cmd::status(&spec, json).await,
             Command::Image { command } => image_cmd::run(command),
         }
     });

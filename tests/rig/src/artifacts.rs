@@ -12,6 +12,8 @@ pub struct Artifacts {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub mekha: PathBuf,
+    /// The guest probe, a static binary that also runs on the host.
+    pub probe: PathBuf,
 }
 
 impl Artifacts {
@@ -29,8 +31,9 @@ impl Artifacts {
             kernel: target.join("guest/vmlinuz"),
             initrd: target.join("guest/initrd.img"),
             mekha: target.join("release/mekha"),
+            probe: target.join("x86_64-unknown-linux-gnu/release/mekha-probe"),
         };
-        for path in [&artifacts.qemu, &artifacts.kernel, &artifacts.initrd, &artifacts.mekha] {
+        for path in [&artifacts.qemu, &artifacts.kernel, &artifacts.initrd, &artifacts.mekha, &artifacts.probe] {
             if !path.exists() {
                 bail!("{} is missing: run ci/build first (the README's test command does)", path.display());
             }

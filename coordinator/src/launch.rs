@@ -1,0 +1,201 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Spec mode's hands: the private network (a namespace with a bridge and
+//! one tap per NIC) and the QEMU processes, which outlive the `mekha`
+//! command that started them (own process group, output in the state
+//! directory, pid files), so that `up`, `checkpoint`, `restart`, `status`
+//! and `down` can be separate invocations of a batch script.
+
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::qmp::Qmp;
+use crate::spec::{NetworkSpec, Spec, VmSpec};
+
+/// Interface names are at most 15 bytes: taps are `mk<index>-<spec hash>`.
+fn tap_name(spec: &Spec, index: usize) -> String {
+    let hash = spec.name.bytes().fold(5381u32, |h, b| h.wrapping_mul(33) ^ u32::from(b));
+    format!("mk{index}-{:06x}", hash & 0xff_ffff)
+}
+
+fn ip(args: &[&str]) -> Result<(), String> {
+    let out = Command::new("ip").args(args).output().map_err(|e| format!("running ip (iproute2): {e}"))?;
+    if !out.status.success() {
+        return Err(format!("ip {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(())
+}
+
+fn ip_ok(args: &[&str]) -> bool {
+    Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Makes the namespace and bridge exist; returns whether the namespace
+/// was created now (then `down` deletes it).
+fn ensure_network(net: &NetworkSpec) -> Result<bool, String> {
+    let ns = net.namespace.as_str();
+    let created = !Path::new("/run/netns").join(ns).exists();
+    if created {
+        ip(&["netns", "add", ns]).map_err(|e| format!("{e} (creating network namespaces needs root)"))?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    if !ip_ok(&["-n", ns, "link", "show", &net.bridge]) {
+        ip(&["-n", ns, "link", "add", &net.bridge, "type", "bridge"])?;
+    }
+    ip(&["-n", ns, "link", "set", &net.bridge, "up"])?;
+    Ok(created)
+}
+
+fn ensure_tap(net: &NetworkSpec, tap: &str) -> Result<(), String> {
+    let ns = net.namespace.as_str();
+    if !ip_ok(&["-n", ns, "link", "show", tap]) {
+        ip(&["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+    }
+    ip(&["-n", ns, "link", "set", tap, "master", &net.bridge])?;
+    ip(&["-n", ns, "link", "set", tap, "up"])
+}
+
+fn pid_path(spec: &Spec, vm: &str) -> PathBuf {
+    spec.state_dir().join(format!("{vm}.pid"))
+}
+
+fn created_marker(spec: &Spec) -> PathBuf {
+    spec.state_dir().join("netns-created")
+}
+
+/// The pid of VM `vm`'s QEMU if it runs: the pid file's process, if it
+/// is still the QEMU with this VM's QMP socket (pids get reused).
+pub fn running_pid(spec: &Spec, vm: &str) -> Option<i32> {
+    let pid: i32 = fs::read_to_string(pid_path(spec, vm)).ok()?.trim().parse().ok()?;
+    // Reap it if it is our own exited child (a no-op otherwise).
+    // SAFETY: non-blocking wait for one pid; no status wanted.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    let sock = spec.qmp_path(vm);
+    let needle = sock.to_string_lossy();
+    String::from_utf8_lossy(&cmdline).contains(needle.as_ref()).then_some(pid)
+}
+
+/// Starts every VM's QEMU (with `-incoming defer` when `incoming`) and
+/// waits for their QMP sockets.
+pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
+    fs::create_dir_all(spec.state_dir()).map_err(|e| format!("state directory {}: {e}", spec.state_dir().display()))?;
+    if let Some(vm) = spec.vms.iter().find(|vm| running_pid(spec, &vm.name).is_some()) {
+        return Err(format!("VM {} of spec {} runs already (mekha down first)", vm.name, spec.name));
+    }
+    if let Some(net) = &spec.network {
+        if ensure_network(net)? {
+            File::create(created_marker(spec)).map_err(|e| e.to_string())?;
+        }
+    }
+    for (index, vm) in spec.vms.iter().enumerate() {
+        start_vm(spec, index, vm, incoming)?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for vm in &spec.vms {
+        let sock = spec.qmp_path(&vm.name);
+        loop {
+            if sock.exists() && Qmp::connect(&sock).await.is_ok() {
+                break;
+            }
+            if running_pid(spec, &vm.name).is_none() {
+                return Err(format!("VM {}'s QEMU exited: {}", vm.name, log_tail(spec, &vm.name)));
+            }
+            if Instant::now() > deadline {
+                return Err(format!("VM {}: no QMP socket at {} after 30 s", vm.name, sock.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(())
+}
+
+fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<(), String> {
+    let sock = spec.qmp_path(&vm.name);
+    let _ = fs::remove_file(&sock);
+    let mut cmd = match &spec.network {
+        Some(net) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &net.namespace]).arg(&spec.qemu);
+            c
+        }
+        None => Command::new(&spec.qemu),
+    };
+    cmd.args(["-name", &format!("guest={}", vm.name)])
+        .arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", sock.display()))
+        .args(&vm.args);
+    if let (Some(nic), Some(net)) = (&vm.nic, &spec.network) {
+        let tap = tap_name(spec, index);
+        ensure_tap(net, &tap)?;
+        cmd.args(["-netdev", &format!("tap,id=mk-net0,ifname={tap},script=no,downscript=no")])
+            .args(["-device", &format!("{},netdev=mk-net0,mac={}", nic.model, nic.mac)]);
+    }
+    if incoming {
+        cmd.args(["-incoming", "defer"]);
+    }
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spec.state_dir().join(format!("{}.log", vm.name)))
+        .map_err(|e| format!("VM {}: log file: {e}", vm.name))?;
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    // Its own process group: a Ctrl-C or a batch step's end that kills
+    // this command's group does not take the VMs with it.
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("VM {}: starting {}: {e}", vm.name, spec.qemu.display()))?;
+    fs::write(pid_path(spec, &vm.name), format!("{}\n", child.id())).map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The end of VM `vm`'s QEMU output, for error messages.
+pub fn log_tail(spec: &Spec, vm: &str) -> String {
+    let text = fs::read_to_string(spec.state_dir().join(format!("{vm}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(5)..].join(" | ")
+}
+
+/// Stops every VM's QEMU: QMP `quit`, then SIGKILL after `grace`.
+pub async fn stop_all(spec: &Spec, grace: Duration) {
+    for vm in &spec.vms {
+        if running_pid(spec, &vm.name).is_some() {
+            if let Ok(qmp) = Qmp::connect(spec.qmp_path(&vm.name)).await {
+                let _ = qmp.execute("quit", serde_json::Value::Null).await;
+            }
+        }
+    }
+    let deadline = Instant::now() + grace;
+    for vm in &spec.vms {
+        while let Some(pid) = running_pid(spec, &vm.name) {
+            if Instant::now() > deadline {
+                // SAFETY: plain signal to a process we started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let _ = fs::remove_file(pid_path(spec, &vm.name));
+    }
+}
+
+/// Removes the network `up` created (the namespace, with its bridge and
+/// taps); a namespace that existed before is left, without mekha's taps.
+pub fn remove_network(spec: &Spec) {
+    let Some(net) = &spec.network else { return };
+    if created_marker(spec).exists() {
+        let _ = ip(&["netns", "delete", &net.namespace]);
+        let _ = fs::remove_file(created_marker(spec));
+    } else {
+        for (index, vm) in spec.vms.iter().enumerate() {
+            if vm.nic.is_some() {
+                let _ = ip(&["-n", &net.namespace, "link", "delete", &tap_name(spec, index)]);
+            }
+        }
+    }
+}

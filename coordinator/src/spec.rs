@@ -1,0 +1,273 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! A cluster spec file (TOML): the VMs of a batch job, their QEMU
+//! arguments, their private network, where checkpoints go, and how.
+//!
+//! ```toml
+//! name = "job42"
+//! checkpoint_dir = "/scratch/job42/ckpt"     # relative paths: to this file
+//! state_dir = "/run/mekha/job42"              # sockets, logs, pids (default: <checkpoint_dir>/../<name>.state)
+//! qemu = "/usr/bin/qemu-system-x86_64"        # default: qemu-system-x86_64 on PATH
+//!
+//! [network]                                   # optional: one L2 segment for all VMs
+//! namespace = "job42"                         # network namespace the QEMUs run in (created if missing)
+//! bridge = "br0"                              # bridge inside it (created if missing)
+//!
+//! [checkpoint]                                # all optional
+//! mode = "auto"                               # auto | cow | mtd
+//! time_budget_ms = 10000
+//! staging_mib = 512
+//! lease_ms = 5000
+//! persist_concurrency = 2
+//!
+//! [restore]
+//! time = "continue"                           # continue | host | catch-up
+//!
+//! [[vm]]
+//! name = "node0"
+//! args = ["-accel", "kvm", "-m", "4096", "-drive", "file=node0.qcow2,if=virtio"]
+//! nic = { mac = "52:54:00:00:00:10" }         # a virtio-net NIC on the bridge (needs [network])
+//! ```
+//!
+//! mekha adds to each VM's arguments what it must own: `-name`, a QMP
+//! socket in the state directory, the NIC's tap, and `-incoming defer` on
+//! restart; the spec's arguments must not set those.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::ckpt::{CaptureMode, TimePolicy};
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spec {
+    pub name: String,
+    pub checkpoint_dir: PathBuf,
+    pub state_dir: Option<PathBuf>,
+    #[serde(default = "default_qemu")]
+    pub qemu: PathBuf,
+    pub network: Option<NetworkSpec>,
+    #[serde(default)]
+    pub checkpoint: CheckpointSpec,
+    #[serde(default)]
+    pub restore: RestoreSpec,
+    #[serde(rename = "vm", default)]
+    pub vms: Vec<VmSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkSpec {
+    pub namespace: String,
+    #[serde(default = "default_bridge")]
+    pub bridge: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointSpec {
+    pub mode: Option<SpecMode>,
+    pub time_budget_ms: Option<u64>,
+    pub staging_mib: Option<u64>,
+    pub lease_ms: Option<u64>,
+    pub persist_concurrency: Option<usize>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RestoreSpec {
+    pub time: Option<SpecTime>,
+    pub catch_up_ppm: Option<u32>,
+}
+
+/// [`CaptureMode`] as the spec spells it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpecMode {
+    Auto,
+    Mtd,
+    Cow,
+}
+
+impl From<SpecMode> for CaptureMode {
+    fn from(m: SpecMode) -> CaptureMode {
+        match m {
+            SpecMode::Auto => CaptureMode::Auto,
+            SpecMode::Mtd => CaptureMode::Mtd,
+            SpecMode::Cow => CaptureMode::Cow,
+        }
+    }
+}
+
+/// [`TimePolicy`] as the spec spells it.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SpecTime {
+    Continue,
+    Host,
+    CatchUp,
+}
+
+impl From<SpecTime> for TimePolicy {
+    fn from(t: SpecTime) -> TimePolicy {
+        match t {
+            SpecTime::Continue => TimePolicy::Continue,
+            SpecTime::Host => TimePolicy::Host,
+            SpecTime::CatchUp => TimePolicy::CatchUp,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmSpec {
+    pub name: String,
+    #[serde(default)]
+    pub args: Vec<String>,
+    pub nic: Option<NicSpec>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NicSpec {
+    pub mac: String,
+    /// QEMU NIC model (default virtio-net-pci).
+    #[serde(default = "default_nic_model")]
+    pub model: String,
+}
+
+fn default_qemu() -> PathBuf {
+    PathBuf::from("qemu-system-x86_64")
+}
+
+fn default_bridge() -> String {
+    "br0".into()
+}
+
+fn default_nic_model() -> String {
+    "virtio-net-pci".into()
+}
+
+/// Options mekha owns on every VM's command line.
+const RESERVED: &[&str] = &["-name", "-qmp", "-incoming", "-daemonize", "-pidfile"];
+
+impl Spec {
+    /// Reads and checks a spec; relative paths become relative to the
+    /// spec file's directory.
+    pub fn load(path: &Path) -> Result<Spec, String> {
+        let text = std::fs::read_to_string(path).map_err(|e| format!("reading spec {}: {e}", path.display()))?;
+        let mut spec: Spec = toml::from_str(&text).map_err(|e| format!("spec {}: {e}", path.display()))?;
+        let base = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let base = base.canonicalize().map_err(|e| format!("spec {}: {e}", path.display()))?;
+        spec.checkpoint_dir = base.join(&spec.checkpoint_dir);
+        spec.state_dir =
+            Some(base.join(spec.state_dir.clone().unwrap_or_else(|| {
+                spec.checkpoint_dir.parent().unwrap_or(&base).join(format!("{}.state", spec.name))
+            })));
+        if spec.qemu.components().count() > 1 {
+            spec.qemu = base.join(&spec.qemu);
+        }
+        spec.check().map_err(|e| format!("spec {}: {e}", path.display()))?;
+        Ok(spec)
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
+        if !plain(&self.name) {
+            return Err(format!("name {:?}: use letters, digits, '-', '_' and '.'", self.name));
+        }
+        if self.vms.is_empty() {
+            return Err("no [[vm]]".into());
+        }
+        let mut names = HashSet::new();
+        for vm in &self.vms {
+            if !plain(&vm.name) || vm.name.starts_with('.') {
+                return Err(format!("VM name {:?}: use letters, digits, '-', '_' and '.'", vm.name));
+            }
+            if !names.insert(vm.name.as_str()) {
+                return Err(format!("two VMs are named {}", vm.name));
+            }
+            if let Some(arg) = vm.args.iter().find(|a| RESERVED.contains(&a.as_str())) {
+                return Err(format!("VM {}: {arg} is set by mekha, remove it from args", vm.name));
+            }
+            if vm.nic.is_some() && self.network.is_none() {
+                return Err(format!("VM {} has a nic but the spec has no [network]", vm.name));
+            }
+        }
+        if let Some(net) = &self.network {
+            if !plain(&net.namespace) || net.bridge.is_empty() || net.bridge.len() > 15 {
+                return Err("network: namespace and bridge must be plain names (bridge at most 15 characters)".into());
+            }
+        }
+        Ok(())
+    }
+
+    pub fn state_dir(&self) -> &Path {
+        self.state_dir.as_deref().expect("set by load")
+    }
+
+    /// The QMP socket mekha gives VM `name`.
+    pub fn qmp_path(&self, name: &str) -> PathBuf {
+        self.state_dir().join(format!("{name}.qmp"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Spec, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, text).unwrap();
+        Spec::load(&path)
+    }
+
+    #[test]
+    fn a_full_spec_loads_with_paths_made_absolute() {
+        let spec = load(
+            r#"
+            name = "job42"
+            checkpoint_dir = "ckpt"
+            qemu = "bin/qemu"
+            [network]
+            namespace = "job42"
+            [checkpoint]
+            mode = "cow"
+            lease_ms = 3000
+            [restore]
+            time = "catch-up"
+            [[vm]]
+            name = "node0"
+            args = ["-m", "256"]
+            nic = { mac = "52:54:00:00:00:10" }
+            [[vm]]
+            name = "node1"
+            "#,
+        )
+        .unwrap();
+        assert!(spec.checkpoint_dir.is_absolute() && spec.checkpoint_dir.ends_with("ckpt"));
+        assert!(spec.state_dir().ends_with("job42.state"));
+        assert!(spec.qemu.is_absolute());
+        assert_eq!(spec.network.as_ref().unwrap().bridge, "br0");
+        assert_eq!(spec.vms[0].nic.as_ref().unwrap().model, "virtio-net-pci");
+        assert!(spec.qmp_path("node1").ends_with("job42.state/node1.qmp"));
+    }
+
+    #[test]
+    fn mistakes_are_named() {
+        let base = "name = \"j\"\ncheckpoint_dir = \"c\"\n";
+        for (extra, expected) in [
+            ("", "no [[vm]]"),
+            ("[[vm]]\nname = \"a\"\n[[vm]]\nname = \"a\"\n", "two VMs are named a"),
+            ("[[vm]]\nname = \"a\"\nargs = [\"-qmp\", \"x\"]\n", "-qmp is set by mekha"),
+            ("[[vm]]\nname = \"a\"\nnic = { mac = \"52:54:00:00:00:01\" }\n", "no [network]"),
+            ("[[vm]]\nname = \"a b\"\n", "VM name"),
+            ("[[vm]]\nname = \"a\"\nmemory = 5\n", "unknown field"),
+        ] {
+            let err = load(&format!("{base}{extra}")).unwrap_err();
+            assert!(err.contains(expected), "{err} lacks {expected}");
+        }
+    }
+}
