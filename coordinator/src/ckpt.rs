@@ -87,6 +87,8 @@ pub enum CkptError {
     RestoreFailed { vm: String, message: String },
     #[error("{0}")]
     Refused(String),
+    #[error("{0}")]
+    Unreachable(String),
 }
 
 /// The latest committed checkpoint of `dir`, or a clear refusal.

@@ -61,6 +61,10 @@ pub struct CheckpointCmd {
     /// checkpoints and exits (for Slurm's --signal).
     #[arg(long)]
     pub on_signal: bool,
+    /// An ssh option (`-o`) for `ssh://` QMP sockets, e.g.
+    /// IdentityFile=/path (repeat for several).
+    #[arg(long, value_name = "OPT")]
+    pub ssh_option: Vec<String>,
     /// Print one JSON summary per checkpoint instead of text.
     #[arg(long)]
     pub json: bool,
@@ -93,6 +97,9 @@ pub struct RestoreCmd {
     /// the time since the checkpoint.
     #[arg(long, value_name = "NS", allow_negative_numbers = true)]
     pub lag_ns: Option<i64>,
+    /// An ssh option (`-o`) for `ssh://` QMP sockets (repeat for several).
+    #[arg(long, value_name = "OPT")]
+    pub ssh_option: Vec<String>,
     /// Print one JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -103,9 +110,13 @@ pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
         Some(path) => {
             let spec = Spec::load(path).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
             let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
-            (cluster::attach(&socks).await?, spec.checkpoint_dir.clone(), spec.checkpoint)
+            (cluster::attach(&socks, &[]).await?, spec.checkpoint_dir.clone(), spec.checkpoint)
         }
-        None => (cluster::attach(&cmd.qmp).await?, cmd.dir.clone().expect("clap requires it"), Default::default()),
+        None => (
+            cluster::attach(&cmd.qmp, &cmd.ssh_option).await?,
+            cmd.dir.clone().expect("clap requires it"),
+            Default::default(),
+        ),
     };
     let options = cmd.options(&defaults);
     checkpoint_vms(&vms, &dir, &options, cmd.json, cmd.on_signal).await
@@ -192,7 +203,7 @@ async fn checkpoint_once(
 }
 
 pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
-    let vms = cluster::attach(&cmd.qmp).await?;
+    let vms = cluster::attach(&cmd.qmp, &cmd.ssh_option).await?;
     let options =
         RestoreOptions { paused: cmd.paused, time: cmd.time, catch_up_ppm: cmd.catch_up_ppm, lag_ns: cmd.lag_ns };
     restore_vms(&vms, &cmd.dir, &options, cmd.json).await

@@ -42,27 +42,33 @@ use serde_json::{json, Value};
 use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
 use crate::info;
 use crate::qmp::{Qmp, QmpError};
+use crate::transport::{self, Endpoint, Tunnel};
 
 /// A VM the coordinator drives: its QMP connection and its name, by which
 /// images are matched.
 pub struct Attached {
     pub name: String,
     pub qmp: Qmp,
+    /// The ssh forwarding a remote VM's QMP connection rides on.
+    _tunnel: Option<Tunnel>,
 }
 
-/// Connects to every socket and checks the VMs: reachable, patched with
-/// mekha, named, names unique.
-pub async fn attach(sockets: &[PathBuf]) -> Result<Vec<Attached>, CkptError> {
+/// Connects to every socket (a local path or `ssh://HOST/PATH`, see
+/// `transport`) and checks the VMs: reachable, patched with mekha, named,
+/// names unique.
+pub async fn attach(sockets: &[PathBuf], ssh_options: &[String]) -> Result<Vec<Attached>, CkptError> {
     let connected = join_all(sockets.iter().map(|sock| async move {
-        let qmp = Qmp::connect(sock).await?;
+        let endpoint = Endpoint::parse(&sock.to_string_lossy()).map_err(CkptError::Refused)?;
+        let (local, tunnel) = transport::open(&endpoint, ssh_options).await.map_err(CkptError::Unreachable)?;
+        let qmp = Qmp::connect(&local).await?;
         let info = info::query(&qmp).await?;
-        Ok::<_, CkptError>((qmp, info))
+        Ok::<_, CkptError>((qmp, info, tunnel))
     }))
     .await;
     let mut vms = Vec::new();
     let mut names = HashSet::new();
     for (sock, outcome) in sockets.iter().zip(connected) {
-        let (qmp, info) = outcome?;
+        let (qmp, info, tunnel) = outcome?;
         let name = info.vm_name.filter(|n| !n.is_empty()).ok_or_else(|| {
             CkptError::Refused(format!(
                 "the VM behind {} has no name: start QEMU with -name NAME (images are matched to VMs by name)",
@@ -72,7 +78,7 @@ pub async fn attach(sockets: &[PathBuf]) -> Result<Vec<Attached>, CkptError> {
         if !names.insert(name.clone()) {
             return Err(CkptError::Refused(format!("two of the QMP sockets lead to VMs named {name}")));
         }
-        vms.push(Attached { name, qmp });
+        vms.push(Attached { name, qmp, _tunnel: tunnel });
     }
     Ok(vms)
 }

@@ -48,6 +48,7 @@ impl From<crate::ckpt::CkptError> for CommandFailure {
     fn from(e: crate::ckpt::CkptError) -> CommandFailure {
         match e {
             crate::ckpt::CkptError::Qmp(q) => CommandFailure::from(q),
+            crate::ckpt::CkptError::Unreachable(message) => CommandFailure { code: UNREACHABLE, message },
             e => CommandFailure { code: FAILURE, message: e.to_string() },
         }
     }

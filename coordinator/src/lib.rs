@@ -14,3 +14,4 @@ pub mod launch;
 pub mod qmp;
 pub mod spec;
 pub mod spec_cmd;
+pub mod transport;

@@ -44,7 +44,7 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
     launch::stop_all(&spec, QUIT_GRACE).await;
     launch::start_all(&spec, true).await.map_err(failed)?;
     let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
-    let vms = cluster::attach(&socks).await?;
+    let vms = cluster::attach(&socks, &[]).await?;
     let options = RestoreOptions {
         paused: false,
         time: time.or(spec.restore.time.map(Into::into)).unwrap_or_default(),
@@ -107,7 +107,7 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
 
 async fn report_started(spec: &Spec, json: bool, what: &str) -> Result<(), CommandFailure> {
     let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
-    let vms = cluster::attach(&socks).await?;
+    let vms = cluster::attach(&socks, &[]).await?;
     if json {
         let doc: Vec<Value> = spec
             .vms

@@ -47,7 +47,11 @@ pub fn json_of(out: &Output) -> Value {
 pub fn reference_checksum(steps: u64, chunk: u64) -> String {
     use std::io::BufRead;
     let probe = Path::new(env!("MEKHA_TARGET_DIR")).join("x86_64-unknown-linux-gnu/release/mekha-probe");
-    let mut child = Command::new(probe)
+    // In a network namespace of its own: the probe binds its port, which a
+    // probe of another test may hold on the host.
+    let mut child = Command::new("unshare")
+        .arg("--net")
+        .arg(probe)
         .args(["--cmdline", &format!("probe.compute={steps} probe.compute_chunk={chunk} probe.clock_ms=0")])
         .stdout(std::process::Stdio::piped())
         .spawn()

@@ -10,12 +10,14 @@
 
 pub mod artifacts;
 pub mod cluster;
+pub mod hosts;
 pub mod netns;
 pub mod probe;
 pub mod vm;
 
 pub use artifacts::Artifacts;
 pub use cluster::{Cluster, ClusterConfig};
+pub use hosts::FakeHosts;
 pub use netns::Netns;
 pub use probe::{ProbeEvent, ProbeLog};
 pub use vm::{Vm, VmConfig};

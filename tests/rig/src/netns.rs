@@ -52,7 +52,8 @@ impl Netns {
         cmd
     }
 
-    fn ip(&self, args: &[&str]) -> Result<()> {
+    /// Runs `ip -n NAME ARGS`.
+    pub fn ip(&self, args: &[&str]) -> Result<()> {
         let mut all = vec!["-n", &self.name];
         all.extend_from_slice(args);
         ip(&all)

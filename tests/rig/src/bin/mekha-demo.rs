@@ -196,7 +196,10 @@ fn received(log: &ProbeLog) -> u64 {
 /// same probe binary: what an uninterrupted run gives.
 fn reference_checksum(probe: &Path) -> Result<String> {
     use std::io::BufRead;
-    let mut child = Command::new(probe)
+    // In a network namespace of its own: the probe binds its port.
+    let mut child = Command::new("unshare")
+        .arg("--net")
+        .arg(probe)
         .args(["--cmdline", &format!("probe.compute={COMPUTE} probe.compute_chunk={CHUNK} probe.clock_ms=0")])
         .stdout(std::process::Stdio::piped())
         .spawn()

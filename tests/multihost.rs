@@ -1,0 +1,120 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! A cluster spread over two "hosts" (network namespaces, each with its
+//! own bridge and an sshd; the bridges joined into one L2 segment), driven
+//! by the coordinator from the root namespace through ssh: QMP sockets as
+//! `ssh://root@HOST/PATH`. Checkpointed mid-run, every QEMU killed,
+//! restarted on its host: the job goes on with nothing lost.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{json_of, reference_checksum};
+use mekha_rig::vm::Nic;
+use mekha_rig::{FakeHosts, ProbeLog, Vm, VmConfig};
+
+const BOOT: Duration = Duration::from_secs(120);
+const MSGS: u64 = 300;
+const COMPUTE: u64 = 3 << 30;
+const CHUNK: u64 = 1 << 28;
+
+fn received(log: &ProbeLog) -> u64 {
+    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
+}
+
+fn mekha_over_ssh(
+    artifacts: &mekha_rig::Artifacts,
+    args: &[&str],
+    hosts: &FakeHosts,
+    vms: &[Vm],
+    dir: &std::path::Path,
+) -> std::process::Output {
+    let mut cmd = std::process::Command::new(&artifacts.mekha);
+    cmd.args(args);
+    for o in &hosts.ssh_options {
+        cmd.arg("--ssh-option").arg(o);
+    }
+    for (i, vm) in vms.iter().enumerate() {
+        cmd.arg("--qmp").arg(hosts.qmp_url(i, &vm.cli_qmp_path()));
+    }
+    cmd.arg("--dir").arg(dir).output().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cluster_over_two_hosts_checkpoints_and_restarts_through_ssh() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("multihost");
+    let images = dir.join("images");
+    let mut hosts = FakeHosts::create(2, &dir.join("hosts")).unwrap();
+    let ips = ["10.77.0.11", "10.77.0.12"];
+    let mut configs = Vec::new();
+    let mut vms = Vec::new();
+    for i in 0..2 {
+        let tap = hosts.hosts[i].netns.add_tap().unwrap();
+        let mut config = VmConfig::new(format!("node{i}"));
+        config.memory_mib = 256;
+        config.nic = Some(Nic { tap, mac: format!("52:54:00:77:00:{:02x}", 11 + i) });
+        config.probe_args = vec![
+            format!("mekha.id={i}"),
+            format!("mekha.ip={}/24", ips[i]),
+            format!("probe.peers={}", ips[1 - i]),
+            format!("probe.msgs={MSGS}"),
+            "probe.msg_interval_ms=20".into(),
+            format!("probe.compute={COMPUTE}"),
+            format!("probe.compute_chunk={CHUNK}"),
+            "probe.mem=16".into(),
+            "probe.rate=32".into(),
+        ];
+        vms.push(
+            Vm::launch(&artifacts, Some(&hosts.hosts[i].netns), &dir.join(format!("run1/node{i}")), config.clone())
+                .unwrap(),
+        );
+        configs.push(config);
+    }
+    for vm in &vms {
+        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    }
+    let started = Instant::now();
+    while vms.iter().any(|vm| received(&vm.log()) < 20) {
+        assert!(started.elapsed() < BOOT, "the probes exchange nothing across the hosts");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let summary = json_of(&mekha_over_ssh(&artifacts, &["checkpoint", "--json"], &hosts, &vms, &images));
+    assert_eq!(summary["vms"].as_array().unwrap().len(), 2, "{summary}");
+    eprintln!("two-host checkpoint: stop skew {} us", summary["stop_skew_ns"].as_i64().unwrap() / 1000);
+
+    // Both hosts "fail"; their VMs come back on the same hosts.
+    for vm in &mut vms {
+        vm.kill();
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let mut restarted = Vec::new();
+    for (i, config) in configs.iter().enumerate() {
+        let mut config = config.clone();
+        config.incoming = true;
+        let mut vm =
+            Vm::launch(&artifacts, Some(&hosts.hosts[i].netns), &dir.join(format!("run2/node{i}")), config).unwrap();
+        vm.qmp().await.unwrap();
+        restarted.push(vm);
+    }
+    json_of(&mekha_over_ssh(&artifacts, &["restore", "--json"], &hosts, &restarted, &images));
+
+    let reference = reference_checksum(COMPUTE, CHUNK);
+    for vm in &restarted {
+        let done = vm.log().wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
+        for link in done.json["net"].as_array().expect("net summary") {
+            for counter in ["lost", "dup", "reordered", "corrupt"] {
+                assert_eq!(link[counter], 0, "{}: {counter} in {link}", vm.config.name);
+            }
+            assert_eq!(link["received"], MSGS, "{link}");
+        }
+        assert_eq!(done.json["compute"]["checksum"].as_str(), Some(reference.as_str()));
+    }
+    // A peer ssh does not authenticate gets nowhere.
+    let mut stranger = hosts.ssh_options.clone();
+    stranger[0] = "IdentityFile=/dev/null".into();
+    hosts.ssh_options = stranger;
+    let out = mekha_over_ssh(&artifacts, &["checkpoint"], &hosts, &restarted, &dir.join("stranger"));
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+}
