@@ -335,7 +335,12 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
 
 /// Every VM's `query-checkpoint`, which also renews its lease.
 async fn query_all(vms: &[Attached]) -> Result<Vec<Value>, CkptError> {
-    let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("query-checkpoint", Value::Null))).await;
+    query_all_named(vms, "query-checkpoint").await
+}
+
+/// Every VM's answer to mekha's query `command`, asked concurrently.
+async fn query_all_named(vms: &[Attached], command: &str) -> Result<Vec<Value>, CkptError> {
+    let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha(command, Value::Null))).await;
     vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| unreachable_vm(&vm.name, e))).collect()
 }
 
@@ -456,11 +461,7 @@ pub async fn restore(
         load.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
     }
     let states = loop {
-        let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("query-restore", Value::Null))).await;
-        let mut states = Vec::new();
-        for (vm, a) in vms.iter().zip(answers) {
-            states.push(a.map_err(|e| unreachable_vm(&vm.name, e))?);
-        }
+        let states = query_all_named(vms, "query-restore").await?;
         progress(&states);
         if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
             return Err(CkptError::RestoreFailed {
@@ -492,11 +493,7 @@ pub async fn restore(
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
         }
         states = loop {
-            let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("query-restore", Value::Null))).await;
-            let mut states = Vec::new();
-            for (vm, a) in vms.iter().zip(answers) {
-                states.push(a.map_err(|e| unreachable_vm(&vm.name, e))?);
-            }
+            let states = query_all_named(vms, "query-restore").await?;
             if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
                 break states;
             }

@@ -42,26 +42,9 @@ pub fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("--json output")
 }
 
-/// The probe's checksum after `steps` steps, computed on the host by the
-/// same probe binary: what an uninterrupted run gives.
+/// What an uninterrupted run of the probe's computation gives.
 pub fn reference_checksum(steps: u64, chunk: u64) -> String {
-    use std::io::BufRead;
-    let probe = Path::new(env!("MEKHA_TARGET_DIR")).join("x86_64-unknown-linux-gnu/release/mekha-probe");
-    // In a network namespace of its own: the probe binds its port, which a
-    // probe of another test may hold on the host.
-    let mut child = Command::new("unshare")
-        .arg("--net")
-        .arg(probe)
-        .args(["--cmdline", &format!("probe.compute={steps} probe.compute_chunk={chunk} probe.clock_ms=0")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.map_while(Result::ok).find(|l| l.contains("\"compute_done\"")).expect("compute_done on the host");
-    let _ = child.kill();
-    let _ = child.wait();
-    let v: Value = serde_json::from_str(&line[line.find('{').unwrap()..]).unwrap();
-    v["checksum"].as_str().unwrap().to_owned()
+    artifacts().reference_checksum(steps, chunk).expect("the probe's reference run")
 }
 
 /// Runs `mekha ARGS --qmp Q1 --qmp Q2 ... --dir DIR`.

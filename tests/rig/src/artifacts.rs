@@ -17,6 +17,27 @@ pub struct Artifacts {
 }
 
 impl Artifacts {
+    /// The probe's checksum after `steps` steps of `chunk`, computed on the
+    /// host by the same probe binary: what an uninterrupted run gives. The
+    /// probe runs in a network namespace of its own: it binds its port,
+    /// which a probe of another test may hold on the host.
+    pub fn reference_checksum(&self, steps: u64, chunk: u64) -> Result<String> {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("unshare")
+            .arg("--net")
+            .arg(&self.probe)
+            .args(["--cmdline", &format!("probe.compute={steps} probe.compute_chunk={chunk} probe.clock_ms=0")])
+            .stdout(std::process::Stdio::piped())
+            .spawn()?;
+        let lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
+        let done = lines.map_while(std::result::Result::ok).find(|l| l.contains("\"compute_done\""));
+        let _ = child.kill();
+        let _ = child.wait();
+        let Some(done) = done else { bail!("the probe on the host reported no result") };
+        let v: serde_json::Value = serde_json::from_str(&done[done.find('{').unwrap_or(0)..])?;
+        Ok(v["checksum"].as_str().unwrap_or("?").to_owned())
+    }
+
     /// The artefacts under the workspace's target directory (or
     /// `$CARGO_TARGET_DIR`); `$MEKHA_QEMU` overrides the QEMU binary.
     pub fn locate() -> Result<Artifacts> {

@@ -70,7 +70,7 @@ fn run(artifacts: &Artifacts, spec: &Path, logs: &[ProbeLog], started: Instant) 
     std::thread::sleep(Duration::from_secs(3));
     step("mekha restart", mekha(artifacts, &["restart", "--spec"], spec)?)?;
 
-    let reference = reference_checksum(&artifacts.probe)?;
+    let reference = artifacts.reference_checksum(COMPUTE, CHUNK)?;
     for (i, log) in logs.iter().enumerate() {
         let done = log.wait_for("done", Duration::from_secs(600), |e| e.ev == "done")?;
         let starts = log.events().iter().filter(|e| e.ev == "start").count();
@@ -190,25 +190,4 @@ fn kill_all(spec: &Path) -> Result<()> {
 
 fn received(log: &ProbeLog) -> u64 {
     log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
-}
-
-/// The probe's result after COMPUTE steps, computed on the host by the
-/// same probe binary: what an uninterrupted run gives.
-fn reference_checksum(probe: &Path) -> Result<String> {
-    use std::io::BufRead;
-    // In a network namespace of its own: the probe binds its port.
-    let mut child = Command::new("unshare")
-        .arg("--net")
-        .arg(probe)
-        .args(["--cmdline", &format!("probe.compute={COMPUTE} probe.compute_chunk={CHUNK} probe.clock_ms=0")])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("running the probe on the host")?;
-    let lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-    let done = lines.map_while(Result::ok).find(|l| l.contains("\"compute_done\""));
-    let _ = child.kill();
-    let _ = child.wait();
-    let done = done.context("the probe on the host reported no result")?;
-    let v: serde_json::Value = serde_json::from_str(&done[done.find('{').unwrap_or(0)..])?;
-    Ok(v["checksum"].as_str().unwrap_or("?").to_owned())
 }
