@@ -16,7 +16,9 @@ fn the_main_job_checkpoints_and_restarts_a_cluster_end_to_end() {
     let out = std::process::Command::new(&demo).arg(&dir).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
-    for expected in ["$ mekha up", "$ mekha checkpoint", "$ mekha restart", "$ mekha down", "nothing lost, same results"] {
+    for expected in
+        ["$ mekha up", "$ mekha checkpoint", "$ mekha restart", "$ mekha down", "nothing lost, same results"]
+    {
         assert!(stdout.contains(expected), "no {expected:?} in:\n{stdout}");
     }
     // Down removed the network and the VMs.
