@@ -18,6 +18,7 @@ use super::format::{
     MAGIC, MAX_SECTIONS, SECTION_ALIGN, ZERO_PAGE_CRC,
 };
 use super::layout::{Identity, Layout, RAM_START};
+use super::net_frames::NetFrames;
 use crate::vtime::TimeRecord;
 use crate::PAGE_SIZE;
 
@@ -33,6 +34,7 @@ pub struct ImageBuilder {
     page_crcs: Vec<u32>,
     extra_sections: Vec<(SectionKind, bool, Vec<u8>)>,
     time: Option<TimeRecord>,
+    net_frames: Option<NetFrames>,
     created_unix_ns: u64,
     build_id: String,
     /// Finished or aborted: nothing left for `Drop` to clean.
@@ -78,6 +80,7 @@ impl ImageBuilder {
             layout,
             extra_sections: Vec::new(),
             time: None,
+            net_frames: None,
             created_unix_ns: now_unix_ns(),
             build_id: "unknown".to_owned(),
             settled: false,
@@ -139,8 +142,14 @@ impl ImageBuilder {
         self.time = Some(time);
     }
 
-    /// Adds a section of a kind the builder does not write itself (e.g. the
-    /// reserved NET_FRAMES, or a test's unknown kind).
+    /// Records the network frames in flight toward the VM at the
+    /// checkpoint instant (the NET_FRAMES section, written even when empty).
+    pub fn set_net_frames(&mut self, frames: NetFrames) {
+        self.net_frames = Some(frames);
+    }
+
+    /// Adds a section of a kind the builder does not write itself (e.g. a
+    /// test's unknown kind).
     pub fn add_section(&mut self, kind: SectionKind, required: bool, data: Vec<u8>) {
         assert!(
             !matches!(
@@ -151,6 +160,7 @@ impl ImageBuilder {
                     | SectionKind::Ram
                     | SectionKind::Info
                     | SectionKind::Time
+                    | SectionKind::NetFrames
             ),
             "{kind} is written by finish()"
         );
@@ -177,6 +187,10 @@ impl ImageBuilder {
         let time = self.time;
         if let Some(time) = &time {
             payloads.push((SectionKind::Time, false, time.as_bytes()));
+        }
+        let net_frames = self.net_frames.as_ref().map(NetFrames::encode);
+        if let Some(frames) = &net_frames {
+            payloads.push((SectionKind::NetFrames, false, frames));
         }
         payloads.extend(self.extra_sections.iter().map(|(kind, required, data)| (*kind, *required, data.as_slice())));
         assert!(payloads.len() < MAX_SECTIONS, "too many sections");

@@ -96,9 +96,9 @@ pub enum SectionKind {
     DeviceState,
     Ram,
     Info,
-    /// Reserved: virtual-time offsets (not written yet).
+    /// The clocks at the checkpoint instant (since 1.1).
     Time,
-    /// Reserved: network frames held back at the checkpoint (not written yet).
+    /// Network frames in flight toward the VM at the checkpoint (since 1.1).
     NetFrames,
     /// A kind this mekha does not know (from a newer writer).
     Unknown(u32),
@@ -131,10 +131,9 @@ impl SectionKind {
         }
     }
 
-    /// Whether this mekha can interpret the section. Reserved kinds are
-    /// not: a later version defines their contents.
+    /// Whether this mekha can interpret the section.
     pub fn is_known(self) -> bool {
-        !matches!(self, SectionKind::Unknown(_) | SectionKind::NetFrames)
+        !matches!(self, SectionKind::Unknown(_))
     }
 }
 

@@ -10,6 +10,7 @@ use serde::Serialize;
 use super::error::Result;
 use super::format::{Producer, ZERO_PAGE_CRC};
 use super::layout::Identity;
+use super::net_frames::NetFramesSummary;
 use super::reader::{HeaderInfo, Image};
 
 #[derive(Debug, Clone, Serialize)]
@@ -31,6 +32,8 @@ pub struct Inspection {
     pub info: Option<serde_json::Value>,
     /// The clocks at the checkpoint instant (TIME section).
     pub time: Option<TimeSummary>,
+    /// The network frames in flight toward the VM (NET_FRAMES section).
+    pub net_frames: Option<NetFramesSummary>,
     /// What could not be read but does not stop the inspection (e.g. a damaged INFO).
     pub warnings: Vec<String>,
 }
@@ -129,6 +132,10 @@ pub fn inspect_image(image: &Image) -> Result<Inspection> {
             None
         }
     };
+    let net_frames = image.net_frames().unwrap_or_else(|e| {
+        warnings.push(e.to_string());
+        None
+    });
     Ok(Inspection {
         path: image.path().to_owned(),
         file_size: image.file_len(),
@@ -143,6 +150,7 @@ pub fn inspect_image(image: &Image) -> Result<Inspection> {
         ram_end: layout.ram_end(),
         info,
         time,
+        net_frames: net_frames.map(|f| f.summary()),
         warnings,
     })
 }

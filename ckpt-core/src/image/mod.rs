@@ -2,8 +2,9 @@
 //! The on-disk image of one VM: format 1.1.
 //!
 //! An image holds one VM's RAM, one CRC32C per RAM page, QEMU's device
-//! state, its clocks at the checkpoint instant and a description of the
-//! VM, in one (sparse) file. All integers
+//! state, its clocks at the checkpoint instant, the network frames in
+//! flight toward it at that instant and a description of the VM, in one
+//! (sparse) file. All integers
 //! are little-endian; all checksums are CRC32C (Castagnoli, as computed by
 //! SSE4.2's `crc32` instruction, initial value and final xor `0xffffffff`;
 //! the CRC32C of `"123456789"` is `0xe3069283`).
@@ -26,7 +27,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `MEKHAIMG` (ASCII) |
 //! | 8 | 2 | format major version: 1 |
-//! | 10 | 2 | format minor version: 1 (1.0 had no TIME section) |
+//! | 10 | 2 | format minor version: 1 (1.0 had no TIME and no NET_FRAMES section) |
 //! | 12 | 4 | flags: none defined in 1.0; readers ignore bits they do not know |
 //! | 16 | 8 | creation time, nanoseconds since the Unix epoch |
 //! | 24 | 4 | section count `n` (at most 126) |
@@ -68,7 +69,7 @@
 //! | 4 | RAM | yes | the RAM data: offset `RAM_START` (2 MiB), length `ram_end - RAM_START`, CRC 0 |
 //! | 5 | INFO | no | UTF-8 JSON object: free-form checkpoint statistics |
 //! | 6 | TIME | no | the clocks at the checkpoint instant (since 1.1): 32 bytes, see below |
-//! | 7 | NET_FRAMES | reserved | network frames held back at the checkpoint (a later version) |
+//! | 7 | NET_FRAMES | no | the network frames in flight toward the VM at the checkpoint instant (since 1.1), see below |
 //!
 //! Kind 0 is invalid. IDENTITY, PAGE_CRCS, DEVICE_STATE and RAM must be
 //! present. JSON readers ignore fields they do not know.
@@ -84,6 +85,49 @@
 //!
 //! A restore without it (a 1.0 image) leaves QEMU's host clock on the
 //! host's time (`crate::vtime`).
+//!
+//! ## NET_FRAMES (since 1.1)
+//!
+//! The frames each netdev (a NIC's backend, e.g. a tap) had sent toward
+//! the guest's NIC when the VM stopped but the guest had not received
+//! yet: those a peer sent before the cluster's stop instant and that
+//! reached this VM's netdev only afterwards, or that waited in the NIC's
+//! queue. A restore gives them to the guest, in this order, before any
+//! newer frame. The section is a header, then one record per netdev:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | netdev count `n` |
+//! | 4 | 4 | reserved, zero |
+//! | 8 | … | `n` netdev records, back to back |
+//!
+//! A netdev record:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | frame count `f` |
+//! | 4 | 4 | virtio-net header length `h`: bytes of header the netdev put before each frame's Ethernet data (0: none) |
+//! | 8 | 2 | netdev id length `L`, 1 to 255 |
+//! | 10 | 2 | reserved, zero |
+//! | 12 | `L` | the netdev id (`-netdev ...,id=`), UTF-8 |
+//! | 12 + `L` | … | `f` frame records, oldest first, back to back |
+//!
+//! A frame record:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | length `len` in bytes, 1 to 69632 (QEMU's `NET_BUFSIZE`) |
+//! | 4 | 4 | flags: bit 0 = raw (QEMU's `QEMU_NET_PACKET_FLAG_RAW`); other bits reserved, zero |
+//! | 8 | `len` | the frame as the netdev passed it toward the NIC: `h` bytes of header, then the Ethernet frame |
+//!
+//! No padding anywhere; the section ends with the last frame record. A
+//! netdev appears at most once; mekha lists only netdevs that held
+//! frames (none held: `n` = 0, an 8-byte section). A reader refuses the section (the image is damaged) when a record runs
+//! past its end, bytes follow the last record, an id is empty or not
+//! UTF-8 or repeated, a length is out of range or a reserved bit is set.
+//! A restore gives a netdev's frames back only to a netdev of the same
+//! id whose header length is `h`; it warns about the others and drops
+//! them ([`NetFrames`]).
 //!
 //! ## RAM and pages
 //!
@@ -114,6 +158,7 @@ mod error;
 pub mod format;
 mod inspect;
 pub mod layout;
+mod net_frames;
 mod reader;
 mod verify;
 
@@ -126,6 +171,7 @@ pub use error::{ImageError, Result};
 pub use format::{page_crc, Producer, Section, SectionKind, ZERO_PAGE_CRC};
 pub use inspect::{inspect, inspect_image, BlockSummary, Inspection, SectionSummary, TimeSummary};
 pub use layout::{Identity, Layout, RamBlock};
+pub use net_frames::{NetFrame, NetFrames, NetFramesSummary, NetdevFrames, FRAME_RAW, MAX_FRAME_LEN};
 pub use reader::{HeaderInfo, Image};
 pub use verify::{verify, verify_image, BadPage, BadSection, VerifyReport, MAX_REPORTED_BAD_PAGES};
 

@@ -16,6 +16,7 @@ use super::format::{
     MAX_SECTIONS,
 };
 use super::layout::{Identity, Layout, RAM_START};
+use super::net_frames::NetFrames;
 use crate::vtime::TimeRecord;
 use crate::PAGE_SIZE;
 
@@ -181,6 +182,17 @@ impl Image {
         TimeRecord::read_from_bytes(&bytes).map(Some).map_err(|_| {
             ImageError::malformed(&self.path, format!("the TIME section is {} bytes, not 32", bytes.len()))
         })
+    }
+
+    /// The network frames in flight toward the VM at the checkpoint
+    /// (NET_FRAMES section; none in 1.0 and in images of VMs without a NIC
+    /// from before it).
+    pub fn net_frames(&self) -> Result<Option<NetFrames>> {
+        let Some(section) = self.section(SectionKind::NetFrames) else { return Ok(None) };
+        let bytes = read_checked(&self.file, &self.path, section)?;
+        NetFrames::decode(&bytes)
+            .map(Some)
+            .map_err(|e| ImageError::malformed(&self.path, format!("the NET_FRAMES section is not valid: {e}")))
     }
 
     /// The free-form statistics of the INFO section, if the image has one.

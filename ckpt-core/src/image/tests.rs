@@ -365,14 +365,52 @@ fn unknown_sections() {
     assert!(report.is_intact());
     assert_eq!(report.sections_checked, 4, "the unknown section's checksum is checked too");
 
-    for kind in [SectionKind::Unknown(1001), SectionKind::NetFrames] {
-        let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
-        builder.add_section(kind, true, b"must be understood".to_vec());
-        builder.finish(DEVICE_STATE, None).unwrap();
-        let err = open_err(&path);
-        assert!(matches!(err, ImageError::UnknownRequiredSection { .. }), "{err}");
-        assert!(err.to_string().contains(&format!("needs section {kind}, which this mekha does not know")), "{err}");
-    }
+    let kind = SectionKind::Unknown(1001);
+    let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
+    builder.add_section(kind, true, b"must be understood".to_vec());
+    builder.finish(DEVICE_STATE, None).unwrap();
+    let err = open_err(&path);
+    assert!(matches!(err, ImageError::UnknownRequiredSection { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("needs section {kind}, which this mekha does not know")), "{err}");
+}
+
+#[test]
+fn net_frames_round_trip_and_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node1.mekha");
+    ImageBuilder::create(&path, &identity()).unwrap().finish(DEVICE_STATE, None).unwrap();
+    assert_eq!(Image::open(&path).unwrap().net_frames().unwrap(), None, "no NET_FRAMES section: None");
+
+    let mut frames = NetFrames::default();
+    frames.push("net0", 12, 0, &[0x5a; 98]);
+    frames.push("net0", 12, FRAME_RAW, &[0xa5; 60]);
+    let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
+    builder.set_net_frames(frames.clone());
+    builder.finish(DEVICE_STATE, None).unwrap();
+    let image = Image::open(&path).unwrap();
+    assert_eq!(image.net_frames().unwrap(), Some(frames.clone()));
+    let section = *image.section(SectionKind::NetFrames).unwrap();
+    assert!(!section.required, "a reader that cannot give frames back may still restore");
+    assert_eq!(verify(&path).unwrap().sections_checked, 4, "the NET_FRAMES section is checked by verify");
+    let summary = inspect(&path).unwrap().net_frames.unwrap();
+    assert_eq!((summary.frames, summary.bytes, summary.netdevs), (2, 158, vec![("net0".to_string(), 2)]));
+
+    // An empty hold is written too: the checkpoint held nothing.
+    let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
+    builder.set_net_frames(NetFrames::default());
+    builder.finish(DEVICE_STATE, None).unwrap();
+    assert_eq!(Image::open(&path).unwrap().net_frames().unwrap(), Some(NetFrames::default()));
+
+    // A flipped bit in it is damage, named.
+    let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
+    builder.set_net_frames(frames);
+    builder.finish(DEVICE_STATE, None).unwrap();
+    let file = OpenOptions::new().write(true).open(&path).unwrap();
+    file.write_all_at(&[0xff], section.offset + 40).unwrap();
+    let err = Image::open(&path).unwrap().net_frames().unwrap_err();
+    assert!(err.is_damage() && err.to_string().contains("NET_FRAMES"), "{err}");
+    assert!(!verify(&path).unwrap().is_intact());
+    assert!(inspect(&path).unwrap().warnings.iter().any(|w| w.contains("NET_FRAMES")));
 }
 
 #[test]
