@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define MEKHA_ABI_VERSION 3
+#define MEKHA_ABI_VERSION 4
 
 /* ---- QEMU -> library ------------------------------------------------- */
 
@@ -161,6 +161,8 @@ int mekha_qemu_dirty_log_fetch(const char *block, uint64_t *bitmap,
 int mekha_qemu_vm_stop(char **err);
 /* Resume the vCPUs. */
 void mekha_qemu_vm_start(void);
+/* True while the VM runs (someone may resume it while the BQL is free). */
+bool mekha_qemu_vm_is_running(void);
 
 /* Receives a byte buffer valid only during the call. */
 typedef void (*MekhaBytesFn)(const uint8_t *data, size_t len, void *opaque);
@@ -190,6 +192,74 @@ int mekha_qemu_incoming_finish(bool start, char **err);
  * does.  -1 and *@err when it is neither paused nor running.
  */
 int mekha_qemu_vm_resume(char **err);
+
+/* ---- network frames toward the guests (all BQL held) ---- */
+
+/*
+ * A hold filter sits on the netdev (the backend peer) of every NIC, at the
+ * tail of its filters.  It passes frames toward the guest through until it
+ * holds; while it holds it queues every one, and the netdev keeps reading
+ * (a tap's kernel queue drains into it, the VM stopped or not).  Released,
+ * it passes its frames on in order, each once the NIC took the previous one,
+ * and queues the netdev's newer frames behind them until it is empty: no
+ * frame is purged, dropped or reordered on the way.
+ */
+
+/* The netdev of a NIC, as its frames need it; valid only during the call. */
+typedef struct MekhaNetdev {
+    const char *id;        /* the netdev's id, e.g. "net0" */
+    uint32_t vnet_hdr_len; /* bytes of virtio-net header before each frame */
+    const char *error;     /* why no hold filter is on it, or NULL */
+} MekhaNetdev;
+
+/* Called once per NIC's netdev; return non-zero to stop the walk. */
+typedef int (*MekhaNetdevFn)(const MekhaNetdev *netdev, void *opaque);
+
+/*
+ * Attach a hold filter to the netdev of every NIC that has none, as
+ * object-add of a filter would (QOM id "mekha-hold-<netdev>"), then call
+ * @fn for each NIC's netdev, with the error when it cannot be held
+ * (vhost, multiqueue).  Filters stay attached.  Returns the first
+ * non-zero value @fn returned, or 0.
+ */
+int mekha_qemu_net_hold_attach(MekhaNetdevFn fn, void *opaque);
+
+/*
+ * Hold: queue every frame toward a guest from now on, up to @max_bytes
+ * per netdev (0: no bound; frames beyond are dropped and counted), and
+ * the frames the NICs had queued already, ahead of them.
+ */
+void mekha_qemu_net_hold_begin(uint64_t max_bytes);
+
+/* A frame the netdev sent with QEMU_NET_PACKET_FLAG_RAW. */
+#define MEKHA_NET_FRAME_RAW (1u << 0)
+
+/*
+ * Called once per queued frame, netdev by netdev, oldest first; @data is
+ * valid only during the call.  Return non-zero to stop the walk.
+ */
+typedef int (*MekhaNetFrameFn)(const MekhaNetdev *netdev, uint32_t flags,
+                               const uint8_t *data, size_t len, void *opaque);
+
+/* Walk the frames the hold filters queue; returns what @fn stopped with. */
+int mekha_qemu_net_hold_foreach(MekhaNetFrameFn fn, void *opaque);
+
+/*
+ * Queue a frame toward the guest in the holding filter of netdev @netdev
+ * (MEKHA_NET_FRAME_* @flags): behind the frames injected since the hold
+ * began, ahead of those the netdev sent.  -1 when that netdev has no hold
+ * filter or it does not hold.
+ */
+int mekha_qemu_net_hold_inject(const char *netdev, uint32_t flags,
+                               const uint8_t *data, size_t len);
+
+/*
+ * Stop holding: every hold filter passes its frames on as the guests take
+ * them, from the main loop (the caller may keep guest RAM write-protected
+ * until it lets go of the BQL).  Returns the frames dropped over
+ * @max_bytes since the hold began.
+ */
+uint64_t mekha_qemu_net_hold_release(void);
 
 /* ---- clocks ---- */
 

@@ -13,6 +13,7 @@ mod checkpoint;
 mod guest_ram;
 mod guest_time;
 mod info;
+mod net_hold;
 mod qemu;
 mod qmp;
 mod rendezvous;
@@ -65,8 +66,11 @@ pub unsafe extern "C" fn mekha_qmp_command(
 /// Called by QEMU from the main loop with the BQL held.
 #[no_mangle]
 pub unsafe extern "C" fn mekha_vm_run_state(running: bool) {
-    if let Err(panic) = catch_unwind(|| guest_time::on_run_state(running)) {
-        eprintln!("mekha: internal error in the run-state hook: {}", panic_message(&panic));
+    let hooks: [fn(bool); 2] = [guest_time::on_run_state, net_hold::on_run_state];
+    for hook in hooks {
+        if let Err(panic) = catch_unwind(|| hook(running)) {
+            eprintln!("mekha: internal error in the run-state hook: {}", panic_message(&panic));
+        }
     }
 }
 

@@ -220,6 +220,13 @@ pub(crate) mod ckpt {
         unsafe { boundary::mekha_qemu_vm_start() };
     }
 
+    /// Whether the VM runs (someone may have resumed it while the BQL was
+    /// free).
+    pub(crate) fn vm_is_running(_bql: &Bql) -> bool {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_vm_is_running() }
+    }
+
     /// Saves every device's state (VM stopped).
     pub(crate) fn save_devices(_bql: &Bql) -> Result<Vec<u8>, String> {
         unsafe extern "C" fn sink(data: *const u8, len: usize, opaque: *mut c_void) {
@@ -258,6 +265,90 @@ pub(crate) mod incoming {
     pub(crate) fn resume(_bql: &Bql) -> Result<(), String> {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_vm_resume(err) })
+    }
+}
+
+/// The hold filters on the NICs' netdevs; every function wants the BQL.
+pub(crate) mod net {
+    use super::*;
+    use mekha_ckpt_core::image::{NetFrames, FRAME_RAW};
+
+    /// A NIC's netdev.
+    #[derive(Debug, Clone)]
+    pub(crate) struct Netdev {
+        pub id: String,
+        /// Bytes of virtio-net header before each frame's Ethernet data.
+        pub vnet_hdr_len: u32,
+        /// Why no hold filter is on it.
+        pub error: Option<String>,
+    }
+
+    unsafe fn netdev(n: *const boundary::MekhaNetdev) -> Netdev {
+        // SAFETY: QEMU passes a valid netdev description for the call.
+        let n = unsafe { &*n };
+        Netdev {
+            id: unsafe { c_str(n.id) }.unwrap_or_default(),
+            vnet_hdr_len: n.vnet_hdr_len,
+            error: unsafe { c_str(n.error) },
+        }
+    }
+
+    /// Attaches a hold filter to every NIC's netdev lacking one; describes
+    /// every NIC's netdev.
+    pub(crate) fn attach(_bql: &Bql) -> Vec<Netdev> {
+        unsafe extern "C" fn collect(n: *const boundary::MekhaNetdev, opaque: *mut c_void) -> c_int {
+            // SAFETY: opaque is our Vec; n is valid for the call.
+            unsafe { (*(opaque as *mut Vec<Netdev>)).push(netdev(n)) };
+            0
+        }
+        let mut out = Vec::new();
+        // SAFETY: BQL held; `collect` matches MekhaNetdevFn and `out` outlives the walk.
+        unsafe { boundary::mekha_qemu_net_hold_attach(Some(collect), &mut out as *mut Vec<Netdev> as *mut c_void) };
+        out
+    }
+
+    /// Every hold filter holds, with at most `max_bytes` per netdev.
+    pub(crate) fn hold_begin(_bql: &Bql, max_bytes: u64) {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_net_hold_begin(max_bytes) };
+    }
+
+    /// A copy of the frames the hold filters queue, per netdev, in order.
+    pub(crate) fn held(_bql: &Bql) -> NetFrames {
+        unsafe extern "C" fn collect(
+            n: *const boundary::MekhaNetdev,
+            flags: u32,
+            data: *const u8,
+            len: usize,
+            opaque: *mut c_void,
+        ) -> c_int {
+            // SAFETY: QEMU passes valid data for the call; opaque is ours.
+            let (frames, n, data) =
+                unsafe { (&mut *(opaque as *mut NetFrames), netdev(n), std::slice::from_raw_parts(data, len)) };
+            let raw = if flags & boundary::MEKHA_NET_FRAME_RAW != 0 { FRAME_RAW } else { 0 };
+            frames.push(&n.id, n.vnet_hdr_len, raw, data);
+            0
+        }
+        let mut frames = NetFrames::default();
+        // SAFETY: BQL held; `collect` matches MekhaNetFrameFn and `frames` outlives the walk.
+        unsafe { boundary::mekha_qemu_net_hold_foreach(Some(collect), &mut frames as *mut NetFrames as *mut c_void) };
+        frames
+    }
+
+    /// Queues a frame toward the guest in the hold of `netdev`, behind the
+    /// frames injected before and ahead of those the netdev sent; false
+    /// when it has no hold filter or does not hold.
+    pub(crate) fn inject(_bql: &Bql, netdev: &str, flags: u32, data: &[u8]) -> bool {
+        let Ok(id) = std::ffi::CString::new(netdev) else { return false };
+        let flags = if flags & FRAME_RAW != 0 { boundary::MEKHA_NET_FRAME_RAW } else { 0 };
+        // SAFETY: BQL held; valid string and buffer for the call.
+        unsafe { boundary::mekha_qemu_net_hold_inject(id.as_ptr(), flags, data.as_ptr(), data.len()) == 0 }
+    }
+
+    /// Stops holding; returns the frames dropped for want of room.
+    pub(crate) fn release(_bql: &Bql) -> u64 {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_net_hold_release() }
     }
 }
 

@@ -47,6 +47,24 @@ pub(crate) fn spin_until(at: Option<i64>) -> i64 {
     }
 }
 
+/// Waits until wall-clock `at` with the BQL free, so that QEMU's main loop
+/// runs meanwhile (it reads the frames that reach a stopped VM into its
+/// hold), then takes the BQL back and spins to the instant. With no
+/// instant, or one closer than the spin lead, keeps the BQL and returns
+/// at once or spins. Returns the BQL and the wall-clock time on return.
+pub(crate) fn wait_unlocked(bql: Bql, at: Option<i64>) -> (Bql, i64) {
+    match at {
+        Some(at) if at - SPIN_LEAD.as_nanos() as i64 > wall_ns() => {
+            drop(bql);
+            lock_at(Some(at))
+        }
+        _ => {
+            let now = spin_until(at);
+            (bql, now)
+        }
+    }
+}
+
 /// Waits without spinning until wall-clock `at` minus the spin lead, then
 /// spins to it; for waits of any length with the BQL held (the VM stopped).
 pub(crate) fn wait_until(at: Option<i64>) -> i64 {

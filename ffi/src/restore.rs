@@ -6,7 +6,9 @@
 //! image against this VM; a worker thread verifies every page's checksum
 //! and fills guest RAM — by mapping the image's pages (`MAP_PRIVATE`: the
 //! guest's writes stay in memory, the file is never changed) or by reading
-//! them — and the main loop then loads the device state and resumes.
+//! them — and the main loop then loads the device state, queues the
+//! network frames that were in flight toward the VM at the checkpoint
+//! (`net_hold`), and resumes.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -21,6 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
+use crate::net_hold;
 use crate::qemu::{self, Bql, Event, QemuThread};
 use crate::rendezvous;
 
@@ -64,6 +67,8 @@ pub(crate) struct Info {
     pub resume_at_ns: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_at_ns: Option<i64>,
+    pub net_injected_frames: u64,
+    pub net_dropped_frames: u64,
 }
 
 static INFO: Mutex<Info> = Mutex::new(Info {
@@ -76,6 +81,8 @@ static INFO: Mutex<Info> = Mutex::new(Info {
     total_ns: 0,
     resume_at_ns: None,
     resumed_at_ns: None,
+    net_injected_frames: 0,
+    net_dropped_frames: 0,
 });
 
 /// `__org.mekha_query-restore`.
@@ -116,6 +123,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     let ram = GuestRam::current(&bql)?;
     let image = Image::open(&args.path).map_err(|e| e.to_string())?;
     let record = image.time().map_err(|e| e.to_string())?;
+    let net_frames = image.net_frames().map_err(|e| e.to_string())?.unwrap_or_default();
     let compat = check_compatible(image.identity(), ram.identity()).map_err(|m| m.to_string())?;
     for warning in &compat.warnings {
         eprintln!("mekha: restore of {}: {warning}", args.path.display());
@@ -134,6 +142,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     };
     let start_vm = args.start.unwrap_or(true);
     let ram = Arc::new(ram);
+    let image_path = args.path.display().to_string();
     std::thread::Builder::new()
         .name("mekha-restore".into())
         .spawn(move || {
@@ -143,8 +152,17 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                     // SAFETY: main-loop calls run with the BQL held.
                     let bql = unsafe { Bql::assume_held() };
                     guest_time::prepare_restore(&bql, record, time);
-                    let outcome = qemu::incoming::load_devices(&bql, &device_state)
-                        .and_then(|()| qemu::incoming::finish(&bql, start_vm));
+                    let outcome = qemu::incoming::load_devices(&bql, &device_state).and_then(|()| {
+                        // The frames in flight at the checkpoint go to the
+                        // guest first, once it runs.
+                        let injected = net_hold::restore(&bql, &net_frames, &image_path);
+                        {
+                            let mut info = INFO.lock().unwrap();
+                            info.net_injected_frames = injected.frames;
+                            info.net_dropped_frames = injected.dropped;
+                        }
+                        qemu::incoming::finish(&bql, start_vm).inspect_err(|_| net_hold::abandon_restore(&bql))
+                    });
                     finish(outcome, started);
                 }),
                 Err(e) => finish(Err(e), started),

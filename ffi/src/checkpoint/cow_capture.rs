@@ -5,7 +5,16 @@
 //!
 //! While RAM is protected, any QEMU thread writing guest memory — a vCPU,
 //! a device model holding the BQL — waits for this thread. So from the
-//! restart to the end of the copy this thread takes no QEMU lock.
+//! restart to the end of the copy this thread takes no QEMU lock, and RAM
+//! is protected only once this thread holds the BQL for good: between the
+//! stop and the resume instant it leaves the BQL free (QEMU's main loop
+//! then reads the network frames that reach the stopped VM into the hold),
+//! and a main-loop writer blocked on a protected page would deadlock it.
+//! Nothing writes guest RAM while the VM is stopped, so RAM protected at
+//! the resume holds what it held at the stop. A NIC whose frames are not
+//! held would queue one that reached it meanwhile, and deliver it into
+//! protected RAM from this very thread when the VM starts: with such a
+//! NIC the BQL stays taken, as if nothing were held.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +24,7 @@ use mekha_ckpt_core::persist::Persister;
 use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_time;
+use crate::net_hold;
 use crate::qemu;
 use crate::rendezvous;
 
@@ -27,6 +37,7 @@ pub(super) fn capture(
     mut wp: WriteProtect,
     persist: &mut Persister,
     tracking: &mut Tracking,
+    net_held: bool,
 ) -> Result<Stopped, String> {
     let start = Instant::now();
     wp.populate();
@@ -51,14 +62,34 @@ pub(super) fn capture(
 
     let end = shared.end_args();
     let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
-    qemu::ckpt::vm_stop(&bql)?;
+    net_hold::begin(&bql);
+    if let Err(e) = qemu::ckpt::vm_stop(&bql) {
+        net_hold::release(&bql);
+        return Err(e);
+    }
     let stopped = Instant::now();
     let time = guest_time::capture(&bql);
-    // Whatever happens now, the VM runs again before the BQL is released;
-    // a failed protect leaves nothing protected.
-    let result = wp.protect().map_err(|e| e.to_string()).and_then(|()| qemu::ckpt::save_devices(&bql));
-    let resumed_at = rendezvous::wait_until(end.resume_at.filter(|_| result.is_ok()));
+    // Whatever happens now, the VM runs again before this thread lets go
+    // of the BQL for good, and the frames held meanwhile are released; a
+    // failed protect leaves nothing protected.
+    let devices = qemu::ckpt::save_devices(&bql);
+    let resume_at = end.resume_at.filter(|_| devices.is_ok());
+    let (bql, resumed_at) = if net_held {
+        rendezvous::wait_unlocked(bql, resume_at)
+    } else {
+        let now = rendezvous::wait_until(resume_at);
+        (bql, now)
+    };
+    let result = devices.and_then(|state| {
+        if qemu::ckpt::vm_is_running(&bql) {
+            return Err("the VM was resumed by someone else during the checkpoint's pause".into());
+        }
+        wp.protect().map_err(|e| e.to_string())?;
+        Ok(state)
+    });
+    let net_frames = net_hold::snapshot(&bql);
     qemu::ckpt::vm_start(&bql);
+    let net_dropped = net_hold::release(&bql);
     let pause = stopped.elapsed();
     tracking.stop(&bql);
     drop(bql);
@@ -68,11 +99,12 @@ pub(super) fn capture(
         info.stopped_at_ns = Some(stopped_at);
         info.resumed_at_ns = Some(resumed_at);
         info.device_state_bytes = device_state.len() as u64;
+        info.set_net(&net_frames, net_dropped);
         info.status = Status::Capturing;
     });
 
     wp.capture(persist, |stats, persist| report(shared, stats, persist)).map_err(|e| e.to_string())?;
-    Ok(Stopped { device_state, time })
+    Ok(Stopped { device_state, time, net_frames })
 }
 
 fn report(shared: &Shared, stats: &CowStats, persist: &Persister) {

@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use mekha_ckpt_core::image::NetFrames;
 use serde::{Deserialize, Serialize};
 
 use crate::qemu::{self, Bql, Event};
@@ -125,6 +126,18 @@ pub(crate) struct Info {
     pub resume_at_ns: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_at_ns: Option<i64>,
+    pub net_held_frames: u64,
+    pub net_held_bytes: u64,
+    pub net_dropped_frames: u64,
+}
+
+impl Info {
+    /// Records what the hold kept during the pause.
+    pub(crate) fn set_net(&mut self, held: &NetFrames, dropped: u64) {
+        self.net_held_frames = held.frame_count();
+        self.net_held_bytes = held.byte_count();
+        self.net_dropped_frames = dropped;
+    }
 }
 
 /// What the QMP handlers and the worker share.

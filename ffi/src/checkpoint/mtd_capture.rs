@@ -20,6 +20,7 @@ use super::worker::{Params, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_ram::GuestRam;
 use crate::guest_time;
+use crate::net_hold;
 use crate::qemu::{self, Bql};
 use crate::rendezvous;
 
@@ -111,7 +112,8 @@ fn live_phase(
 }
 
 /// Stops the VM, copies the last stale pages and the device state into
-/// memory with the clocks, restarts the VM.
+/// memory with the clocks, waits for the resume instant with the network
+/// frames toward the guest held, restarts the VM.
 fn pause(
     shared: &Shared,
     ram: &GuestRam,
@@ -123,10 +125,15 @@ fn pause(
     let mut pages = Vec::new();
     let end = shared.end_args();
     let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
-    qemu::ckpt::vm_stop(&bql)?;
+    net_hold::begin(&bql);
+    if let Err(e) = qemu::ckpt::vm_stop(&bql) {
+        net_hold::release(&bql);
+        return Err(e);
+    }
     let stopped = Instant::now();
     let time = guest_time::capture(&bql);
-    // Whatever happens now, the VM runs again before the BQL is released.
+    // Whatever happens now, the VM runs again before this thread lets go
+    // of the BQL for good, and the frames held meanwhile are released.
     let result = (|| {
         ram.sync_dirty(&bql, bitmap)?;
         planner.on_sync(bitmap);
@@ -134,9 +141,14 @@ fn pause(
         copy_pages(ram, persist, &pages, None)?;
         qemu::ckpt::save_devices(&bql)
     })();
-    // A failed pause resumes at once; a good one at the resume instant.
-    let resumed_at = rendezvous::wait_until(end.resume_at.filter(|_| result.is_ok()));
+    // A failed pause resumes at once; a good one at the resume instant,
+    // the main loop reading the frames that arrive meanwhile into the
+    // hold (RAM and devices are captured: anything the main loop does to
+    // the stopped VM now is after the instant).
+    let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| result.is_ok()));
+    let net_frames = net_hold::snapshot(&bql);
     qemu::ckpt::vm_start(&bql);
+    let net_dropped = net_hold::release(&bql);
     let pause = stopped.elapsed();
     tracking.stop(&bql);
     drop(bql);
@@ -147,9 +159,10 @@ fn pause(
         info.resumed_at_ns = Some(resumed_at);
         info.final_pages = pages.len() as u64;
         info.device_state_bytes = device_state.len() as u64;
+        info.set_net(&net_frames, net_dropped);
     });
     report(shared, &planner, persist);
-    Ok(Stopped { device_state, time })
+    Ok(Stopped { device_state, time, net_frames })
 }
 
 /// Copies guest pages into staging, draining staging to disk when its

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::cow::WriteProtect;
 use mekha_ckpt_core::host::Capabilities;
-use mekha_ckpt_core::image::ImageBuilder;
+use mekha_ckpt_core::image::{ImageBuilder, NetFrames};
 use mekha_ckpt_core::mtd::MtdParams;
 use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::Staging;
@@ -19,6 +19,7 @@ use mekha_ckpt_core::PAGE_SIZE;
 
 use super::{cow_capture, ms, mtd_capture, Abandon, Args, Mode, Shared, Status};
 use crate::guest_ram::GuestRam;
+use crate::net_hold;
 use crate::qemu::{self, Bql, QemuThread};
 
 /// Validated checkpoint parameters.
@@ -98,6 +99,8 @@ pub(super) struct Prepared {
     capture: Capture,
     /// Why auto mode chose MTD.
     mode_reason: Option<String>,
+    /// Every NIC's frames toward the guest are held during the pause.
+    net_held: bool,
 }
 
 /// How RAM is captured, with what it needs.
@@ -121,7 +124,9 @@ impl Prepared {
             },
         };
         qemu::ckpt::begin(bql)?;
-        let mut prepared = Prepared { ram, tracking: Tracking(true), bitmap: Vec::new(), capture, mode_reason };
+        let net_held = net_hold::prepare(bql);
+        let mut prepared =
+            Prepared { ram, tracking: Tracking(true), bitmap: Vec::new(), capture, mode_reason, net_held };
         if let Err(e) = prepared.ram.sync_dirty(bql, &mut prepared.bitmap) {
             prepared.cancel(bql);
             return Err(e);
@@ -163,10 +168,12 @@ fn register_cow(ram: &GuestRam) -> Result<WriteProtect, String> {
     unsafe { WriteProtect::register(&regions, false) }.map_err(|e| e.to_string())
 }
 
-/// What the pause captured besides RAM: the devices and the clocks.
+/// What the pause captured besides RAM: the devices, the clocks and the
+/// network frames in flight toward the guest.
 pub(super) struct Stopped {
     pub device_state: Vec<u8>,
     pub time: TimeRecord,
+    pub net_frames: NetFrames,
 }
 
 /// Thread entry: runs the checkpoint and records its outcome.
@@ -206,7 +213,7 @@ impl Drop for Tracking {
 }
 
 fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<(), String> {
-    let Prepared { ram, mut tracking, mut bitmap, capture, .. } = prepared;
+    let Prepared { ram, mut tracking, mut bitmap, capture, net_held, .. } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
 
@@ -221,7 +228,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
 
         let stopped = match capture {
             Capture::Mtd => mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking)?,
-            Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking)?,
+            Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking, net_held)?,
         };
 
         if params.persist_hold {
@@ -249,6 +256,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
     });
     builder.set_build_id(env!("MEKHA_BUILD_ID"));
     builder.set_time(stopped.time);
+    builder.set_net_frames(stopped.net_frames);
     // The image records how it was made (the INFO section).
     let info_json = serde_json::to_value(&*shared.info.lock().unwrap()).ok();
     builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
