@@ -1,0 +1,370 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Network frames in flight at a coordinated checkpoint: two VMs on a
+//! bridge exchange sequenced UDP and TCP messages at a high rate and are
+//! checkpointed together, both stopping at one instant T and resuming at
+//! T2. Frames one VM sent before T that had not reached the other's guest
+//! are held from T to T2, saved in the receiver's image and given to its
+//! guest: no message is lost, duplicated or reordered, neither in the VMs
+//! that go on after the checkpoint nor in the VMs restored from the images.
+//!
+//! Between the two VMs' own QEMUs frames spend microseconds in flight, and
+//! both main loops stop reading their taps shortly before T (each
+//! checkpoint thread takes its QEMU's big lock then, to stop at T
+//! exactly): which frames fly at T is chance. So the link toward one VM
+//! has a latency, as between hosts: a delay line in the namespace gives
+//! it 5 ms, and frames toward that VM are always in flight at T.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use mekha_coordinator::qmp::Qmp;
+use mekha_rig::{Cluster, ClusterConfig, Netns, ProbeLog, Vm};
+use serde_json::{json, Value};
+
+const VMS: usize = 2;
+/// Messages per stream: at one per millisecond the exchange spans the
+/// checkpoint and a good while after it, in both worlds.
+const MSGS: u64 = 20_000;
+const MSG_INTERVAL_MS: u64 = 1;
+const BOOT: Duration = Duration::from_secs(240);
+/// Time for the probes to finish their exchange after a checkpoint or a
+/// restore (TCG guests, two on two host cores).
+const EXCHANGE: Duration = Duration::from_secs(300);
+/// The stop instant's distance from the command, and the pause.
+const STOP_AHEAD_NS: i64 = 100_000_000;
+const PAUSE_NS: i64 = 30_000_000;
+
+/// The latency of the link toward the last VM.
+const LINK_DELAY: Duration = Duration::from_millis(5);
+
+fn wall_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
+}
+
+/// Runs `command` on every VM until `done` holds for all replies; fails
+/// on a reply that `failed` names.
+async fn poll_all(
+    qmps: &[Qmp],
+    command: &str,
+    timeout: Duration,
+    done: impl Fn(&Value) -> bool,
+    failed: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut replies = Vec::new();
+        for qmp in qmps {
+            replies.push(qmp.execute_mekha(command, Value::Null).await.unwrap());
+        }
+        if let Some(bad) = replies.iter().find(|r| failed(r)) {
+            panic!("{command}: {bad}");
+        }
+        if replies.iter().all(&done) {
+            return replies;
+        }
+        assert!(Instant::now() < deadline, "{command} not done within {timeout:?}: {replies:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Waits until the probe reported `net_done` for each of its streams (one
+/// per peer and protocol), and checks every message of each arrived once,
+/// in order and intact, and that the probe saw no anomaly at all.
+fn check_exchange(log: &ProbeLog, what: &str, netns: &Netns) -> Vec<Value> {
+    let deadline = Instant::now() + EXCHANGE;
+    let streams = 2 * (VMS - 1);
+    let done = loop {
+        let done: Vec<Value> = log.events().into_iter().filter(|e| e.ev == "net_done").map(|e| e.json).collect();
+        if done.len() >= streams {
+            break done;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {} of {streams} streams done within {EXCHANGE:?} in {}:\n{}",
+            done.len(),
+            log.path().display(),
+            log.tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    for link in &done {
+        for counter in ["lost", "dup", "reordered", "corrupt"] {
+            assert_eq!(link[counter], 0, "{what}: {counter} in {link}; the links' counters:\n{}", link_stats(netns));
+        }
+        assert_eq!((link["sent"].as_u64(), link["received"].as_u64()), (Some(MSGS), Some(MSGS)), "{what}: {link}");
+        assert_eq!((&link["complete"], &link["clean"]), (&json!(true), &json!(true)), "{what}: {link}");
+    }
+    let anomalies: Vec<Value> =
+        log.events().into_iter().filter(|e| e.ev == "net_anomaly" || e.ev == "error").map(|e| e.json).collect();
+    assert!(anomalies.is_empty(), "{what}: {anomalies:?}");
+    done
+}
+
+/// The counters of the namespace's links (where a frame was dropped).
+fn link_stats(netns: &Netns) -> String {
+    let out = netns.command("ip").args(["-s", "link", "show"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Messages received per stream in the probe's latest `net` events.
+fn received(log: &ProbeLog, proto: &str) -> u64 {
+    log.events()
+        .iter()
+        .filter(|e| e.ev == "net" && e.str("proto") == Some(proto))
+        .filter_map(|e| e.u64("received"))
+        .max()
+        .unwrap_or(0)
+}
+
+/// A link with latency inside the cluster's namespace: `tap` moves to a
+/// bridge of its own, joined to the cluster's bridge by two taps of this
+/// process, which copy frames toward `tap` `delay` late (and back at
+/// once), in order, never dropping one.
+struct DelayLine {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl DelayLine {
+    fn insert(netns: &Netns, tap: &str, delay: Duration) -> DelayLine {
+        let ip = |args: &[&str]| {
+            let out = netns.command("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ip(&["link", "add", "br1", "type", "bridge"]);
+        ip(&["link", "set", "br1", "up"]);
+        ip(&["link", "set", tap, "master", "br1"]);
+        let [near, far] = open_taps(netns.name(), ["dl0", "dl1"]);
+        for (dev, bridge) in [("dl0", "br0"), ("dl1", "br1")] {
+            ip(&["link", "set", dev, "master", bridge]);
+            ip(&["link", "set", dev, "up"]);
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
+        let (near_w, far_w) = (near.try_clone().unwrap(), far.try_clone().unwrap());
+        let s = stop.clone();
+        let toward = std::thread::spawn(move || {
+            relay(near, &s, |frame| tx.send((Instant::now() + delay, frame.to_vec())).is_ok())
+        });
+        let s = stop.clone();
+        let late = std::thread::spawn(move || {
+            let mut far_w = far_w;
+            while let Ok((due, frame)) = rx.recv() {
+                std::thread::sleep(due.saturating_duration_since(Instant::now()));
+                if s.load(Ordering::Relaxed) {
+                    return;
+                }
+                let _ = far_w.write(&frame);
+            }
+        });
+        let s = stop.clone();
+        let back = std::thread::spawn(move || {
+            let mut near_w = near_w;
+            relay(far, &s, |frame| {
+                let _ = near_w.write(frame);
+                true
+            })
+        });
+        DelayLine { stop, threads: vec![toward, late, back] }
+    }
+}
+
+impl Drop for DelayLine {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Reads frames from `tap` and hands each to `forward` until `stop` (or
+/// until `forward` says no).
+fn relay(mut tap: File, stop: &AtomicBool, mut forward: impl FnMut(&[u8]) -> bool) {
+    let mut buf = vec![0u8; 65536];
+    while !stop.load(Ordering::Relaxed) {
+        let mut pfd = libc::pollfd { fd: tap.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one valid pollfd.
+        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
+            continue;
+        }
+        match tap.read(&mut buf) {
+            Ok(n) if n > 0 => {
+                if !forward(&buf[..n]) {
+                    return;
+                }
+            }
+            _ => return,
+        }
+    }
+}
+
+/// Creates taps (no packet information) in namespace `netns`, owned by
+/// this process: a thread enters the namespace to create them.
+fn open_taps<const N: usize>(netns: &str, names: [&str; N]) -> [File; N] {
+    let path = format!("/run/netns/{netns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                let ns = File::open(&path).unwrap();
+                // SAFETY: this thread alone moves to the namespace, and ends.
+                assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
+                names.map(|name| {
+                    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
+                    let mut ifr = [0u8; 40];
+                    ifr[..name.len()].copy_from_slice(name.as_bytes());
+                    ifr[16..18].copy_from_slice(&((libc::IFF_TAP | libc::IFF_NO_PI) as i16).to_ne_bytes());
+                    // SAFETY: TUNSETIFF reads a struct ifreq (40 bytes) we own.
+                    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
+                    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
+                    tun
+                })
+            })
+            .join()
+            .unwrap()
+    })
+}
+
+fn image(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("node{i}.mekha"))
+}
+
+/// One cluster at a time: four TCG VMs on two cores would slow both.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cow_checkpoint_holds_the_frames_in_flight() {
+    if !mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
+        eprintln!("skipped: this host has no userfaultfd write protection");
+        return;
+    }
+    frames_in_flight_are_neither_lost_nor_duplicated("cow").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn mtd_checkpoint_holds_the_frames_in_flight() {
+    frames_in_flight_are_neither_lost_nor_duplicated("mtd").await;
+}
+
+async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let artifacts = common::artifacts();
+    let dir = common::test_dir(&format!("net-hold-{mode}"));
+    let images = dir.join("images");
+    std::fs::create_dir_all(&images).unwrap();
+    let config = ClusterConfig {
+        vms: VMS,
+        memory_mib: 256,
+        probe_args: vec![format!("probe.msgs={MSGS}"), format!("probe.msg_interval_ms={MSG_INTERVAL_MS}")],
+    };
+    let mut cluster = Cluster::launch(&artifacts, &dir, &config).unwrap();
+    let late_vm = VMS - 1;
+    let tap = cluster.vms[late_vm].config.nic.as_ref().unwrap().tap.clone();
+    let _delay_line = DelayLine::insert(&cluster.netns, &tap, LINK_DELAY);
+    let mut qmps = Vec::new();
+    for vm in &mut cluster.vms {
+        qmps.push(vm.qmp().await.unwrap());
+    }
+
+    // The exchange runs at full rate both ways.
+    for vm in &cluster.vms {
+        let log = vm.log();
+        log.wait_for("UDP messages", BOOT, |e| {
+            e.ev == "net" && e.str("proto") == Some("udp") && e.u64("received").unwrap_or(0) > 2000
+        })
+        .unwrap();
+    }
+
+    // A coordinated checkpoint, through QMP as a coordinator does it.
+    for (i, qmp) in qmps.iter().enumerate() {
+        let args = json!({ "path": image(&images, i), "mode": mode, "hold": true, "time-budget-ms": 60000 });
+        qmp.execute_mekha("checkpoint", args).await.unwrap();
+    }
+    let failed = |r: &Value| r["status"] == "failed";
+    poll_all(&qmps, "query-checkpoint", Duration::from_secs(60), |r| r["ready"] == true, failed).await;
+    let stop_at = wall_ns() + STOP_AHEAD_NS;
+    let resume_at = stop_at + PAUSE_NS;
+    for qmp in &qmps {
+        qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at })).await.unwrap();
+    }
+    let at_checkpoint: Vec<u64> = cluster.vms.iter().map(|vm| received(&vm.log(), "udp")).collect();
+    let infos =
+        poll_all(&qmps, "query-checkpoint", Duration::from_secs(120), |r| r["status"] == "completed", failed).await;
+    let held: Vec<u64> = infos.iter().map(|i| i["net-held-frames"].as_u64().unwrap()).collect();
+    for (i, info) in infos.iter().enumerate() {
+        eprintln!(
+            "node{i}: {} frames ({} bytes) held, {} dropped; mode {}, stopped {} ns after T, resumed {} ns after T2, \
+             pause {} us; ~{} UDP messages received before the checkpoint",
+            info["net-held-frames"],
+            info["net-held-bytes"],
+            info["net-dropped-frames"],
+            info["mode"],
+            info["stopped-at-ns"].as_i64().unwrap() - stop_at,
+            info["resumed-at-ns"].as_i64().unwrap() - resume_at,
+            info["pause-ns"].as_u64().unwrap() / 1000,
+            at_checkpoint[i],
+        );
+        assert_eq!(info["net-dropped-frames"], 0, "{info}");
+    }
+    // The peer sends a message per millisecond each over UDP and TCP:
+    // several were on the delayed link at T.
+    assert!(held[late_vm] > 0, "nothing was in flight toward node{late_vm} at T: {infos:?}");
+
+    // (a) The checkpointed VMs go on: every message arrives once, in order.
+    for vm in &cluster.vms {
+        check_exchange(&vm.log(), &format!("{} after the checkpoint", vm.config.name), &cluster.netns);
+    }
+
+    // (b) Both die; fresh QEMUs on the same taps restore the images paused
+    // and resume together: the probes go on from the checkpoint instant.
+    for vm in &mut cluster.vms {
+        vm.kill();
+    }
+    let mut restored_qmps = Vec::new();
+    for i in 0..VMS {
+        let mut config = cluster.vms[i].config.clone();
+        config.incoming = true;
+        cluster.vms[i] =
+            Vm::launch(&artifacts, Some(&cluster.netns), &dir.join(format!("node{i}-restored")), config).unwrap();
+        restored_qmps.push(cluster.vms[i].qmp().await.unwrap());
+    }
+    for (i, qmp) in restored_qmps.iter().enumerate() {
+        qmp.execute_mekha("restore", json!({ "path": image(&images, i), "start": false })).await.unwrap();
+    }
+    let restores =
+        poll_all(&restored_qmps, "query-restore", Duration::from_secs(120), |r| r["status"] == "completed", failed)
+            .await;
+    let at = wall_ns() + 300_000_000;
+    for qmp in &restored_qmps {
+        qmp.execute_mekha("resume", json!({ "at": at })).await.unwrap();
+    }
+    for (i, restore) in restores.iter().enumerate() {
+        eprintln!(
+            "node{i} restored: {} frames injected, {} dropped",
+            restore["net-injected-frames"], restore["net-dropped-frames"]
+        );
+        assert_eq!(restore["net-injected-frames"].as_u64(), Some(held[i]), "{restore}");
+        assert_eq!(restore["net-dropped-frames"], 0, "{restore}");
+    }
+    for vm in &cluster.vms {
+        let log = vm.log();
+        check_exchange(&log, &format!("{} restored", vm.config.name), &cluster.netns);
+        assert!(!log.events().iter().any(|e| e.ev == "start"), "{} rebooted", vm.config.name);
+    }
+    for vm in &mut cluster.vms {
+        assert!(vm.is_running(), "{} died: {}", vm.config.name, vm.stderr());
+    }
+    eprintln!("{}", link_stats(&cluster.netns));
+    eprintln!(
+        "{} messages checked in each world ({MSGS} per stream, UDP and TCP both ways); frames held per VM: {held:?}",
+        2 * VMS as u64 * MSGS
+    );
+}
