@@ -63,7 +63,9 @@ impl Vm {
             Some(ns) => ns.command(&artifacts.qemu),
             None => Command::new(&artifacts.qemu),
         };
-        let append = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1"]
+        // no_timer_check: on a loaded host a TCG guest may fail the
+        // IO-APIC timer check at boot and panic.
+        let append = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "no_timer_check"]
             .into_iter()
             .map(str::to_owned)
             .chain(config.probe_args.iter().cloned())

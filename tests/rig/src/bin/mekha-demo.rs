@@ -122,7 +122,7 @@ fn default_spec(artifacts: &Artifacts, dir: &Path) -> String {
     for i in 0..VMS {
         let peers: Vec<&str> = ips.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, ip)| ip.as_str()).collect();
         let append = format!(
-            "console=ttyS0 quiet loglevel=3 panic=-1 mekha.id={i} mekha.ip={}/24 probe.peers={} probe.msgs={MSGS} \
+            "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check mekha.id={i} mekha.ip={}/24 probe.peers={} probe.msgs={MSGS} \
              probe.msg_interval_ms=20 probe.compute={COMPUTE} probe.compute_chunk={CHUNK} probe.mem=32 probe.rate=64",
             ips[i],
             peers.join(",")
