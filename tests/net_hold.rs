@@ -20,7 +20,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -78,7 +78,7 @@ async fn poll_all(
 /// Waits until the probe reported `net_done` for each of its streams (one
 /// per peer and protocol), and checks every message of each arrived once,
 /// in order and intact, and that the probe saw no anomaly at all.
-fn check_exchange(log: &ProbeLog, what: &str, netns: &Netns) -> Vec<Value> {
+fn check_exchange(log: &ProbeLog, what: &str, diagnose: impl Fn() -> String) -> Vec<Value> {
     let deadline = Instant::now() + EXCHANGE;
     let streams = 2 * (VMS - 1);
     let done = loop {
@@ -97,7 +97,7 @@ fn check_exchange(log: &ProbeLog, what: &str, netns: &Netns) -> Vec<Value> {
     };
     for link in &done {
         for counter in ["lost", "dup", "reordered", "corrupt"] {
-            assert_eq!(link[counter], 0, "{what}: {counter} in {link}; the links' counters:\n{}", link_stats(netns));
+            assert_eq!(link[counter], 0, "{what}: {counter} in {link}; the links' counters:\n{}", diagnose());
         }
         assert_eq!((link["sent"].as_u64(), link["received"].as_u64()), (Some(MSGS), Some(MSGS)), "{what}: {link}");
         assert_eq!((&link["complete"], &link["clean"]), (&json!(true), &json!(true)), "{what}: {link}");
@@ -130,6 +130,8 @@ fn received(log: &ProbeLog, proto: &str) -> u64 {
 /// once), in order, never dropping one.
 struct DelayLine {
     stop: Arc<AtomicBool>,
+    /// Frames the line failed to pass on (none, or the test means nothing).
+    lost: Arc<AtomicU64>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -147,14 +149,19 @@ impl DelayLine {
             ip(&["link", "set", dev, "master", bridge]);
             ip(&["link", "set", dev, "up"]);
         }
+        // Room for a burst while a relay thread waits for a host CPU.
+        for dev in ["dl0", "dl1", tap] {
+            ip(&["link", "set", dev, "txqueuelen", "10000"]);
+        }
         let stop = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(AtomicU64::new(0));
         let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
         let (near_w, far_w) = (near.try_clone().unwrap(), far.try_clone().unwrap());
         let s = stop.clone();
         let toward = std::thread::spawn(move || {
             relay(near, &s, |frame| tx.send((Instant::now() + delay, frame.to_vec())).is_ok())
         });
-        let s = stop.clone();
+        let (s, l) = (stop.clone(), lost.clone());
         let late = std::thread::spawn(move || {
             let mut far_w = far_w;
             while let Ok((due, frame)) = rx.recv() {
@@ -162,18 +169,26 @@ impl DelayLine {
                 if s.load(Ordering::Relaxed) {
                     return;
                 }
-                let _ = far_w.write(&frame);
+                if far_w.write(&frame).ok() != Some(frame.len()) {
+                    l.fetch_add(1, Ordering::Relaxed);
+                }
             }
         });
-        let s = stop.clone();
+        let (s, l) = (stop.clone(), lost.clone());
         let back = std::thread::spawn(move || {
             let mut near_w = near_w;
             relay(far, &s, |frame| {
-                let _ = near_w.write(frame);
+                if near_w.write(frame).ok() != Some(frame.len()) {
+                    l.fetch_add(1, Ordering::Relaxed);
+                }
                 true
             })
         });
-        DelayLine { stop, threads: vec![toward, late, back] }
+        DelayLine { stop, lost, threads: vec![toward, late, back] }
+    }
+
+    fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
     }
 }
 
@@ -268,7 +283,7 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
     let mut cluster = Cluster::launch(&artifacts, &dir, &config).unwrap();
     let late_vm = VMS - 1;
     let tap = cluster.vms[late_vm].config.nic.as_ref().unwrap().tap.clone();
-    let _delay_line = DelayLine::insert(&cluster.netns, &tap, LINK_DELAY);
+    let delay_line = DelayLine::insert(&cluster.netns, &tap, LINK_DELAY);
     let mut qmps = Vec::new();
     for vm in &mut cluster.vms {
         qmps.push(vm.qmp().await.unwrap());
@@ -319,8 +334,9 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
     assert!(held[late_vm] > 0, "nothing was in flight toward node{late_vm} at T: {infos:?}");
 
     // (a) The checkpointed VMs go on: every message arrives once, in order.
+    let diagnose = || format!("delay line: {} frames lost\n{}", delay_line.lost(), link_stats(&cluster.netns));
     for vm in &cluster.vms {
-        check_exchange(&vm.log(), &format!("{} after the checkpoint", vm.config.name), &cluster.netns);
+        check_exchange(&vm.log(), &format!("{} after the checkpoint", vm.config.name), diagnose);
     }
 
     // (b) Both die; fresh QEMUs on the same taps restore the images paused
@@ -356,13 +372,14 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
     }
     for vm in &cluster.vms {
         let log = vm.log();
-        check_exchange(&log, &format!("{} restored", vm.config.name), &cluster.netns);
+        check_exchange(&log, &format!("{} restored", vm.config.name), diagnose);
         assert!(!log.events().iter().any(|e| e.ev == "start"), "{} rebooted", vm.config.name);
     }
     for vm in &mut cluster.vms {
         assert!(vm.is_running(), "{} died: {}", vm.config.name, vm.stderr());
     }
-    eprintln!("{}", link_stats(&cluster.netns));
+    eprintln!("{}", diagnose());
+    assert_eq!(delay_line.lost(), 0, "the delay line failed to pass frames on");
     eprintln!(
         "{} messages checked in each world ({MSGS} per stream, UDP and TCP both ways); frames held per VM: {held:?}",
         2 * VMS as u64 * MSGS
