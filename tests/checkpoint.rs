@@ -163,6 +163,48 @@ async fn copy_on_write_is_refused_for_shared_ram_and_auto_uses_mtd() {
     assert!(vm.is_running(), "{}", vm.stderr());
 }
 
+/// A checkpoint holds RAM and devices, not disks: a VM the guest can
+/// write a disk of is refused, naming the disk (read-only disks are fine),
+/// unless the caller says it snapshots its disks itself.
+#[tokio::test(flavor = "multi_thread")]
+async fn writable_disks_are_refused_unless_allowed() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("checkpoint-disks");
+    let images = dir.join("images");
+    std::fs::create_dir_all(&dir).unwrap();
+    for name in ["rw.raw", "ro.raw"] {
+        std::fs::File::create(dir.join(name)).unwrap().set_len(16 << 20).unwrap();
+    }
+    let mut config = probe_vm("ck-disks", 256, 8);
+    let drive = |id: &str, file: &str, extra: &str| {
+        format!("if=none,id={id},format=raw,file={}{extra}", dir.join(file).display())
+    };
+    config.extra_args = [
+        "-drive".into(),
+        drive("d0", "rw.raw", ""),
+        "-device".into(),
+        "virtio-blk-pci,drive=d0,id=disk-rw".into(),
+        "-drive".into(),
+        drive("d1", "ro.raw", ",readonly=on"),
+        "-device".into(),
+        "virtio-blk-pci,drive=d1,id=disk-ro".into(),
+    ]
+    .to_vec();
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run"), config).unwrap();
+    vm.qmp().await.unwrap();
+    vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+
+    let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &images);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a VM with a writable disk was checkpointed");
+    assert!(stderr.contains("writable disks") && stderr.contains("disk-rw"), "{stderr}");
+    assert!(!stderr.contains("disk-ro"), "a read-only disk was named: {stderr}");
+    let summary =
+        json_of(&mekha(&artifacts, &["checkpoint", "--json", "--allow-writable-disks"], &vm.cli_qmp_path(), &images));
+    assert_eq!(summary["generation"], 1, "{summary}");
+    assert!(vm.is_running(), "{}", vm.stderr());
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     let artifacts = common::artifacts();

@@ -73,6 +73,8 @@ pub struct CheckpointOptions {
     pub epoch_ms: Option<u64>,
     pub dirty_share: Option<u32>,
     pub clean_share: Option<u32>,
+    /// Checkpoint VMs with writable disks (the caller snapshots them).
+    pub allow_writable_disks: bool,
 }
 
 #[derive(Debug, thiserror::Error)]

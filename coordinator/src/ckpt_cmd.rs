@@ -57,6 +57,11 @@ pub struct CheckpointCmd {
     /// Images written at once (default 2).
     #[arg(long, value_name = "N")]
     pub persist_concurrency: Option<usize>,
+    /// Checkpoint VMs with writable disks anyway: the images hold RAM and
+    /// devices, not disk contents, so snapshot the disks yourself at the
+    /// checkpoint (refused by default).
+    #[arg(long)]
+    pub allow_writable_disks: bool,
     /// Wait for signals: SIGUSR1 checkpoints and waits again, SIGTERM
     /// checkpoints and exits (for Slurm's --signal).
     #[arg(long)]
@@ -131,6 +136,7 @@ impl CheckpointCmd {
                 mode: self.mode.or(spec.mode.map(Into::into)).unwrap_or_default(),
                 staging_mib: self.staging_mib.or(spec.staging_mib),
                 epoch_ms: self.epoch_ms,
+                allow_writable_disks: self.allow_writable_disks || spec.allow_writable_disks.unwrap_or(false),
                 ..Default::default()
             },
             time_budget: self.time_budget_ms.or(spec.time_budget_ms).map_or(d.time_budget, Duration::from_millis),

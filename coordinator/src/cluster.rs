@@ -319,6 +319,7 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
         "hold": true,
         "persist-hold": true,
         "lease-ms": options.lease.as_millis() as u64,
+        "allow-writable-disks": o.allow_writable_disks,
     });
     for (key, value) in [("staging-mib", o.staging_mib), ("epoch-ms", o.epoch_ms)] {
         if let Some(v) = value {

@@ -72,6 +72,7 @@ pub struct CheckpointSpec {
     pub staging_mib: Option<u64>,
     pub lease_ms: Option<u64>,
     pub persist_concurrency: Option<usize>,
+    pub allow_writable_disks: Option<bool>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

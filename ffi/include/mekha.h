@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define MEKHA_ABI_VERSION 4
+#define MEKHA_ABI_VERSION 5
 
 /* ---- QEMU -> library ------------------------------------------------- */
 
@@ -89,6 +89,22 @@ typedef int (*MekhaRamBlockFn)(const MekhaRamBlock *block, void *opaque);
  * @fn returned, or 0.  Safe from any thread (takes the RCU read lock).
  */
 int mekha_qemu_foreach_ram_block(MekhaRamBlockFn fn, void *opaque);
+
+/* A disk of the VM: a block backend attached to a device. */
+typedef struct MekhaDisk {
+    const char *device;  /* the device's id or QOM path */
+    const char *node;    /* the root node's name, "" without a medium */
+    bool writable;       /* the guest can write it */
+    bool inserted;       /* a medium is present */
+} MekhaDisk;
+
+typedef int (*MekhaDiskFn)(const MekhaDisk *disk, void *opaque);
+
+/*
+ * Call @fn for each disk; stop early and return its value when non-zero.
+ * BQL held; the strings are valid during the call only.
+ */
+int mekha_qemu_foreach_disk(MekhaDiskFn fn, void *opaque);
 
 /* Facts about this QEMU process; the strings live as long as the process. */
 typedef struct MekhaVmIdentity {

@@ -45,6 +45,35 @@ pub(crate) fn ram_blocks() -> Vec<RamBlock> {
     blocks
 }
 
+/// A disk of the VM (`MekhaDisk`).
+#[derive(Debug, Clone)]
+pub(crate) struct Disk {
+    pub device: String,
+    pub node: String,
+    pub writable: bool,
+    pub inserted: bool,
+}
+
+/// The VM's disks (block backends attached to devices).
+pub(crate) fn disks(_bql: &Bql) -> Vec<Disk> {
+    unsafe extern "C" fn collect(disk: *const boundary::MekhaDisk, opaque: *mut c_void) -> c_int {
+        // SAFETY: QEMU passes a valid disk for the duration of the call
+        // and our own Vec as opaque.
+        let (disk, out) = unsafe { (&*disk, &mut *(opaque as *mut Vec<Disk>)) };
+        out.push(Disk {
+            device: unsafe { c_str(disk.device) }.unwrap_or_default(),
+            node: unsafe { c_str(disk.node) }.unwrap_or_default(),
+            writable: disk.writable,
+            inserted: disk.inserted,
+        });
+        0
+    }
+    let mut disks = Vec::new();
+    // SAFETY: `collect` matches MekhaDiskFn, `disks` outlives the walk, BQL held.
+    unsafe { boundary::mekha_qemu_foreach_disk(Some(collect), &mut disks as *mut Vec<Disk> as *mut c_void) };
+    disks
+}
+
 /// What identifies this QEMU process and its VM.
 #[derive(Debug, Clone)]
 pub(crate) struct VmIdentity {

@@ -44,6 +44,7 @@ pub(crate) struct Args {
     pub hold: Option<bool>,
     pub lease_ms: Option<u64>,
     pub persist_hold: Option<bool>,
+    pub allow_writable_disks: Option<bool>,
 }
 
 /// `__org.mekha_CheckpointEndArgs`.
@@ -224,6 +225,8 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         }
     }
     let params = worker::Params::from_args(&args)?;
+    // SAFETY: QMP handlers run in the main loop with the BQL held.
+    check_disks(unsafe { &Bql::assume_held() }, args.allow_writable_disks.unwrap_or(false))?;
     worker::check_target(&args.path)?;
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
@@ -261,6 +264,27 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     }
     *current = Some(shared);
     Ok(())
+}
+
+/// A checkpoint holds RAM and devices, not disk contents: restarting a VM
+/// whose disk was written after the instant would pair RAM from before with
+/// a disk from after, and corrupt what the guest has on it. So writable
+/// disks are refused unless the caller snapshots them itself.
+fn check_disks(bql: &Bql, allow_writable: bool) -> Result<(), String> {
+    let writable: Vec<String> = qemu::disks(bql)
+        .into_iter()
+        .filter(|d| d.writable && d.inserted)
+        .map(|d| if d.node.is_empty() { d.device } else { format!("{} ({})", d.device, d.node) })
+        .collect();
+    if writable.is_empty() || allow_writable {
+        return Ok(());
+    }
+    Err(format!(
+        "the VM has writable disks: {}. A checkpoint holds RAM and devices, not disk contents, so a restart would \
+         pair the RAM of the checkpoint instant with disks written after it. Attach them read-only, or snapshot \
+         them yourself at the checkpoint and pass allow-writable-disks",
+        writable.join(", ")
+    ))
 }
 
 /// Instants further ahead than this are refused: a coordinator's clock
