@@ -24,7 +24,7 @@
 //!
 //! [[vm]]
 //! name = "node0"
-//! args = ["-accel", "kvm", "-m", "4096", "-drive", "file=node0.qcow2,if=virtio"]
+//! args = ["-accel", "kvm", "-m", "4096", "-drive", "file=node0.img,if=virtio,readonly=on"]
 //! nic = { mac = "52:54:00:00:00:10" }         # a virtio-net NIC on the bridge (needs [network])
 //! ```
 //!
