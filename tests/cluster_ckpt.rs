@@ -279,3 +279,50 @@ async fn a_damaged_image_refuses_the_whole_restart() {
         assert_ne!(status["status"], "running", "a VM of a refused restart runs: {status}");
     }
 }
+
+/// Batch schedulers' habit (Slurm's --signal): with --on-signal, SIGUSR1
+/// takes a checkpoint and waits again, SIGTERM takes one and exits 0,
+/// printing one JSON summary per checkpoint.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_on_sigusr1_and_on_sigterm_then_exits() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("cluster-ckpt-signals");
+    let images = dir.join("images");
+    let cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_config(1, 0)).unwrap();
+    cluster.vms[0].log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    let child = std::process::Command::new(&artifacts.mekha)
+        .args(["checkpoint", "--on-signal", "--json", "--qmp"])
+        .arg(&cluster.cli_qmp_paths()[0])
+        .arg("--dir")
+        .arg(&images)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let generation = || -> u64 {
+        std::fs::read(images.join("MANIFEST.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+            .and_then(|m| m["generation"].as_u64())
+            .unwrap_or(0)
+    };
+    let wait_generation = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while generation() < n {
+            assert!(Instant::now() < deadline, "no checkpoint generation {n}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    // The handlers are installed once it runs; give it a moment.
+    std::thread::sleep(Duration::from_secs(1));
+    // SAFETY: plain signals to our child.
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    wait_generation(1);
+    unsafe { libc::kill(pid, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(generation(), 2);
+    let summaries = String::from_utf8_lossy(&out.stdout).matches("\"generation\"").count();
+    assert_eq!(summaries, 2, "{}", String::from_utf8_lossy(&out.stdout));
+}
