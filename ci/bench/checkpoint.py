@@ -386,15 +386,7 @@ class Bench:
     def run_mekha(self, vm, steady, tag, mode="mtd"):
         path = self.images / f"{tag}.mekha"
         q = vm.qmp
-        mark = q.mark()
-        _, t0, _ = q.timed("__org.mekha_checkpoint", {"path": str(path), "mode": mode})
-        done = q.wait_event(lambda e: e.name == "__org.mekha_CHECKPOINT"
-                            and e.data.get("status") in ("completed", "failed"), mark, DONE_TIMEOUT_S)
-        if done is None:
-            raise RuntimeError(f"mekha checkpoint did not complete in {DONE_TIMEOUT_S} s")
-        info = q.execute("__org.mekha_query-checkpoint")
-        if info["status"] != "completed":
-            raise RuntimeError(f"mekha checkpoint failed: {info.get('error')}")
+        mark, t0, done, info = mekha_checkpoint(q, {"path": str(path), "mode": mode})
         evs = q.events_since(mark)
         status_t = {}
         status_info = {}
@@ -729,15 +721,7 @@ class Bench:
                 self.wait_clocks(vm, CLOCK_BEFORE, f"{CLOCK_BEFORE} clock samples", BOOT_TIMEOUT_S)
                 q = vm.qmp
                 if kind == "mekha":
-                    mark = q.mark()
-                    q.execute("__org.mekha_checkpoint", {"path": str(path)})
-                    done = q.wait_event(lambda e: e.name == "__org.mekha_CHECKPOINT"
-                                        and e.data.get("status") in ("completed", "failed"), mark, DONE_TIMEOUT_S)
-                    if done is None:
-                        raise RuntimeError(f"mekha checkpoint did not complete in {DONE_TIMEOUT_S} s")
-                    info = q.execute("__org.mekha_query-checkpoint")
-                    if info["status"] != "completed":
-                        raise RuntimeError(f"mekha checkpoint failed: {info.get('error')}")
+                    mark, _, _, info = mekha_checkpoint(q, {"path": str(path)})
                     evs = q.events_since(mark)
                     t_paused = next((e.qemu_t for e in evs if e.name == "STOP"), None) or next(
                         (e.qemu_t for e in evs if e.name == "__org.mekha_CHECKPOINT"
@@ -870,6 +854,22 @@ class Bench:
         if CLOCKS in self.args.methods:
             self.clocks = self.clock_gaps()
         return time.time() - started
+
+
+def mekha_checkpoint(q, args):
+    """Runs __org.mekha_checkpoint with `args` to completion; returns the
+    event mark before it, the host time it was sent, the completion event
+    and the final query-checkpoint. Raises if it fails or hangs."""
+    mark = q.mark()
+    _, t0, _ = q.timed("__org.mekha_checkpoint", args)
+    done = q.wait_event(lambda e: e.name == "__org.mekha_CHECKPOINT"
+                        and e.data.get("status") in ("completed", "failed"), mark, DONE_TIMEOUT_S)
+    if done is None:
+        raise RuntimeError(f"mekha checkpoint did not complete in {DONE_TIMEOUT_S} s")
+    info = q.execute("__org.mekha_query-checkpoint")
+    if info["status"] != "completed":
+        raise RuntimeError(f"mekha checkpoint failed: {info.get('error')}")
+    return mark, t0, done, info
 
 
 def fmt(v, digits=0):

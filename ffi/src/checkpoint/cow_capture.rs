@@ -21,10 +21,8 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
-use super::worker::{Params, Stopped, Tracking};
+use super::worker::{self, Params, Resumed, StopWindow, Stopped, Tracking};
 use super::{Shared, Status};
-use crate::guest_time;
-use crate::net_hold;
 use crate::qemu;
 use crate::rendezvous;
 
@@ -60,15 +58,7 @@ pub(super) fn capture(
         info.status = Status::Paused;
     });
 
-    let end = shared.end_args();
-    let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
-    net_hold::begin(&bql);
-    if let Err(e) = qemu::ckpt::vm_stop(&bql) {
-        net_hold::release(&bql);
-        return Err(e);
-    }
-    let stopped = Instant::now();
-    let time = guest_time::capture(&bql);
+    let StopWindow { bql, end, stopped_at, stopped, time } = worker::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released; a
     // failed protect leaves nothing protected.
@@ -87,12 +77,7 @@ pub(super) fn capture(
         wp.protect().map_err(|e| e.to_string())?;
         Ok(state)
     });
-    let net_frames = net_hold::snapshot(&bql);
-    qemu::ckpt::vm_start(&bql);
-    let net_dropped = net_hold::release(&bql);
-    let pause = stopped.elapsed();
-    tracking.stop(&bql);
-    drop(bql);
+    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking);
     let device_state = result?;
     shared.update(|info| {
         info.pause_ns = pause.as_nanos() as u64;

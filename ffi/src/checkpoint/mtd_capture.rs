@@ -16,11 +16,9 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::worker::{Params, Stopped, Tracking};
+use super::worker::{self, Params, Resumed, StopWindow, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_ram::GuestRam;
-use crate::guest_time;
-use crate::net_hold;
 use crate::qemu::{self, Bql};
 use crate::rendezvous;
 
@@ -123,15 +121,7 @@ fn pause(
     tracking: &mut Tracking,
 ) -> Result<Stopped, String> {
     let mut pages = Vec::new();
-    let end = shared.end_args();
-    let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
-    net_hold::begin(&bql);
-    if let Err(e) = qemu::ckpt::vm_stop(&bql) {
-        net_hold::release(&bql);
-        return Err(e);
-    }
-    let stopped = Instant::now();
-    let time = guest_time::capture(&bql);
+    let StopWindow { bql, end, stopped_at, stopped, time } = worker::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released.
     let result = (|| {
@@ -146,12 +136,7 @@ fn pause(
     // hold (RAM and devices are captured: anything the main loop does to
     // the stopped VM now is after the instant).
     let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| result.is_ok()));
-    let net_frames = net_hold::snapshot(&bql);
-    qemu::ckpt::vm_start(&bql);
-    let net_dropped = net_hold::release(&bql);
-    let pause = stopped.elapsed();
-    tracking.stop(&bql);
-    drop(bql);
+    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking);
     let device_state = result?;
     shared.update(|info| {
         info.pause_ns = pause.as_nanos() as u64;

@@ -17,10 +17,11 @@ use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
 use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::{cow_capture, ms, mtd_capture, Abandon, Args, Mode, Shared, Status};
+use super::{cow_capture, ms, mtd_capture, Abandon, Args, EndArgs, Mode, Shared, Status};
 use crate::guest_ram::GuestRam;
 use crate::net_hold;
 use crate::qemu::{self, Bql, QemuThread};
+use crate::{guest_time, rendezvous};
 
 /// Validated checkpoint parameters.
 pub(super) struct Params {
@@ -174,6 +175,53 @@ pub(super) struct Stopped {
     pub device_state: Vec<u8>,
     pub time: TimeRecord,
     pub net_frames: NetFrames,
+}
+
+/// The VM stopped at the rendezvous instant: the BQL this thread holds,
+/// when the stop came, and the clocks at it.
+pub(super) struct StopWindow {
+    pub bql: Bql,
+    pub end: EndArgs,
+    pub stopped_at: i64,
+    pub stopped: Instant,
+    pub time: TimeRecord,
+}
+
+/// Takes the BQL at the stop instant, holds the network frames toward the
+/// guest from just before the stop, stops the VM and reads its clocks.
+/// Both capture modes stop this way.
+pub(super) fn stop_vm(shared: &Shared) -> Result<StopWindow, String> {
+    let end = shared.end_args();
+    let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
+    net_hold::begin(&bql);
+    if let Err(e) = qemu::ckpt::vm_stop(&bql) {
+        net_hold::release(&bql);
+        return Err(e);
+    }
+    let stopped = Instant::now();
+    let time = guest_time::capture(&bql);
+    Ok(StopWindow { bql, end, stopped_at, stopped, time })
+}
+
+/// What resuming the VM gave: the frames held for the image, and how long
+/// the VM was stopped.
+pub(super) struct Resumed {
+    pub net_frames: NetFrames,
+    pub net_dropped: u64,
+    pub pause: Duration,
+}
+
+/// Copies the held frames for the image, resumes the VM stopped at
+/// `stopped`, releases the frames to it, ends dirty logging, and lets go
+/// of the BQL (the stop window's, or the one a wait handed back).
+pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking) -> Resumed {
+    let net_frames = net_hold::snapshot(&bql);
+    qemu::ckpt::vm_start(&bql);
+    let net_dropped = net_hold::release(&bql);
+    let pause = stopped.elapsed();
+    tracking.stop(&bql);
+    drop(bql);
+    Resumed { net_frames, net_dropped, pause }
 }
 
 /// Thread entry: runs the checkpoint and records its outcome.
