@@ -19,6 +19,26 @@ use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy};
 use crate::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
 use crate::exit::{self, CommandFailure};
 use crate::spec::{CheckpointSpec, Spec};
+use crate::transport::Reach;
+
+/// How remote QMP sockets are reached (see `transport`).
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ReachArgs {
+    /// An ssh option (`-o`) for `ssh://` QMP sockets, e.g.
+    /// IdentityFile=/path (repeat for several).
+    #[arg(long, value_name = "OPT")]
+    pub ssh_option: Vec<String>,
+    /// TLS directory for `mekha://` QMP sockets (ca.pem, client.pem,
+    /// client-key.pem; default $MEKHA_TLS_DIR or /etc/mekha/tls).
+    #[arg(long, value_name = "DIR")]
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl ReachArgs {
+    pub fn reach(&self) -> Reach {
+        Reach { ssh_options: self.ssh_option.clone(), tls_dir: self.tls_dir.clone() }
+    }
+}
 
 /// `mekha checkpoint`.
 #[derive(Debug, clap::Args)]
@@ -66,10 +86,8 @@ pub struct CheckpointCmd {
     /// checkpoints and exits (for Slurm's --signal).
     #[arg(long)]
     pub on_signal: bool,
-    /// An ssh option (`-o`) for `ssh://` QMP sockets, e.g.
-    /// IdentityFile=/path (repeat for several).
-    #[arg(long, value_name = "OPT")]
-    pub ssh_option: Vec<String>,
+    #[command(flatten)]
+    pub reach: ReachArgs,
     /// Print one JSON summary per checkpoint instead of text.
     #[arg(long)]
     pub json: bool,
@@ -102,9 +120,8 @@ pub struct RestoreCmd {
     /// the time since the checkpoint.
     #[arg(long, value_name = "NS", allow_negative_numbers = true)]
     pub lag_ns: Option<i64>,
-    /// An ssh option (`-o`) for `ssh://` QMP sockets (repeat for several).
-    #[arg(long, value_name = "OPT")]
-    pub ssh_option: Vec<String>,
+    #[command(flatten)]
+    pub reach: ReachArgs,
     /// Print one JSON summary instead of text.
     #[arg(long)]
     pub json: bool,
@@ -114,11 +131,12 @@ pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
     let (vms, dir, defaults) = match &cmd.spec {
         Some(path) => {
             let spec = Spec::load(path).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
-            let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
-            (cluster::attach(&socks, &[]).await?, spec.checkpoint_dir.clone(), spec.checkpoint)
+            let mut reach = spec.reach();
+            reach.tls_dir = cmd.reach.tls_dir.clone().or(reach.tls_dir);
+            (cluster::attach(&spec.qmp_endpoints(), &reach).await?, spec.checkpoint_dir.clone(), spec.checkpoint)
         }
         None => (
-            cluster::attach(&cmd.qmp, &cmd.ssh_option).await?,
+            cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?,
             cmd.dir.clone().expect("clap requires it"),
             Default::default(),
         ),
@@ -209,7 +227,7 @@ async fn checkpoint_once(
 }
 
 pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
-    let vms = cluster::attach(&cmd.qmp, &cmd.ssh_option).await?;
+    let vms = cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?;
     let options =
         RestoreOptions { paused: cmd.paused, time: cmd.time, catch_up_ppm: cmd.catch_up_ppm, lag_ns: cmd.lag_ns };
     restore_vms(&vms, &cmd.dir, &options, cmd.json).await

@@ -14,9 +14,10 @@
 //! 3. rendezvous: one stop instant T and one resume instant T2 on the
 //!    hosts' wall clocks go to every VM; each stops at T, copies what is
 //!    left and its devices into memory, and resumes at T2;
-//! 4. persist: the coordinator releases the staged images for writing, a
-//!    bounded number at a time per storage target, largest first (so that
-//!    the last write to finish is a small one);
+//! 4. persist: once each storage target (as the VMs' hosts report it) is
+//!    known to have room for its staged images, the coordinator releases
+//!    them for writing, a bounded number at a time per target, largest
+//!    first (see `schedule`);
 //! 5. commit: the manifest naming every image is committed atomically
 //!    once all are durable; any failure aborts the generation, and the
 //!    previous checkpoint stays the latest.
@@ -30,7 +31,7 @@
 //! together, at one instant — a damaged or missing image of any VM stops
 //! the restart before any VM runs.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -39,36 +40,46 @@ use mekha_ckpt_core::store::Store;
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::agent::{AgentClient, Request};
 use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
 use crate::info;
+use crate::schedule::{PendingImage, PersistSchedule};
+use crate::storage::{self, StorageReport};
 use crate::qmp::{Qmp, QmpError};
-use crate::transport::{self, Endpoint, Tunnel};
+use crate::transport::{self, Endpoint, Reach, Tunnel};
 
 /// A VM the coordinator drives: its QMP connection and its name, by which
 /// images are matched.
 pub struct Attached {
     pub name: String,
     pub qmp: Qmp,
+    /// The agent of the VM's host, when reached through one: it reports
+    /// the host's storage.
+    pub agent: Option<AgentClient>,
     /// The ssh forwarding a remote VM's QMP connection rides on.
     _tunnel: Option<Tunnel>,
 }
 
-/// Connects to every socket (a local path or `ssh://HOST/PATH`, see
-/// `transport`) and checks the VMs: reachable, patched with mekha, named,
-/// names unique.
-pub async fn attach(sockets: &[PathBuf], ssh_options: &[String]) -> Result<Vec<Attached>, CkptError> {
+/// Connects to every socket (a local path, `ssh://HOST/PATH` or
+/// `mekha://HOST/PATH`, see `transport`) and checks the VMs: reachable,
+/// patched with mekha, named, names unique.
+pub async fn attach(sockets: &[PathBuf], reach: &Reach) -> Result<Vec<Attached>, CkptError> {
     let connected = join_all(sockets.iter().map(|sock| async move {
         let endpoint = Endpoint::parse(&sock.to_string_lossy()).map_err(CkptError::Refused)?;
-        let (local, tunnel) = transport::open(&endpoint, ssh_options).await.map_err(CkptError::Unreachable)?;
-        let qmp = Qmp::connect(&local).await?;
+        let (stream, tunnel) = transport::connect(&endpoint, reach).await.map_err(CkptError::Unreachable)?;
+        let qmp = Qmp::over(stream, sock.clone()).await?;
         let info = info::query(&qmp).await?;
-        Ok::<_, CkptError>((qmp, info, tunnel))
+        let agent = match &endpoint {
+            Endpoint::Agent { address, .. } => Some(reach.agent(address).map_err(CkptError::Unreachable)?),
+            _ => None,
+        };
+        Ok::<_, CkptError>((qmp, info, agent, tunnel))
     }))
     .await;
     let mut vms = Vec::new();
     let mut names = HashSet::new();
     for (sock, outcome) in sockets.iter().zip(connected) {
-        let (qmp, info, tunnel) = outcome?;
+        let (qmp, info, agent, tunnel) = outcome?;
         let name = info.vm_name.filter(|n| !n.is_empty()).ok_or_else(|| {
             CkptError::Refused(format!(
                 "the VM behind {} has no name: start QEMU with -name NAME (images are matched to VMs by name)",
@@ -78,7 +89,7 @@ pub async fn attach(sockets: &[PathBuf], ssh_options: &[String]) -> Result<Vec<A
         if !names.insert(name.clone()) {
             return Err(CkptError::Refused(format!("two of the QMP sockets lead to VMs named {name}")));
         }
-        vms.push(Attached { name, qmp, _tunnel: tunnel });
+        vms.push(Attached { name, qmp, agent, _tunnel: tunnel });
     }
     Ok(vms)
 }
@@ -165,12 +176,18 @@ pub async fn checkpoint(
 ) -> Result<ClusterCheckpoint, CkptError> {
     let started = Instant::now();
     let store = Store::open(dir)?;
+    // Prepare, for the storage: room for about what the last checkpoint
+    // of these VMs took (it stays until this one is committed).
+    let storage = storage_of(vms, dir).await?;
+    let previous = store.latest().ok().flatten();
+    let last_size = |i: usize| previous.as_ref().and_then(|m| m.vm(&vms[i].name)).map_or(0, |v| v.size);
+    check_space(&storage, last_size, "the last checkpoint of its VMs took")?;
     let generation = store.begin()?;
     let mut images = Vec::new();
     for vm in vms {
         images.push(generation.image_path(&vm.name)?);
     }
-    let outcome = run_checkpoint(vms, &images, options, progress, started).await;
+    let outcome = run_checkpoint(vms, &images, dir, options, progress, started).await;
     let (states, rendezvous) = match outcome {
         Ok(r) => r,
         Err(e) => {
@@ -223,6 +240,7 @@ struct Rendezvous {
 async fn run_checkpoint(
     vms: &[Attached],
     images: &[PathBuf],
+    dir: &Path,
     options: &ClusterOptions,
     progress: Progress<'_>,
     started: Instant,
@@ -280,21 +298,33 @@ async fn run_checkpoint(
     }
     let live = started.elapsed();
 
-    // 4. Wait for every image to be staged, then schedule the writes.
+    // 4. Wait for every image to be staged; check that each storage target
+    // has room for its images (if not, nothing is written and the VMs,
+    // already running, lose nothing); then schedule the writes.
     let states = wait_all(vms, progress, |s| s == "staged" || s == "completed").await?;
-    let mut order: Vec<usize> = (0..vms.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(states[i]["staged-bytes"].as_u64().unwrap_or(0)));
-    let mut waiting = order.into_iter();
-    let mut writing: Vec<usize> = Vec::new();
-    let concurrency = options.persist_concurrency.max(1);
+    let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
+    let storage = match storage_of(vms, dir).await {
+        Ok(s) => s,
+        Err(e) => {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+    };
+    // Headers, extent index and device state beyond the staged pages.
+    let with_overhead = |i: usize| staged(i) + staged(i) / 64 + (1 << 20);
+    if let Err(e) = check_space(&storage, with_overhead, "the staged images need") {
+        cancel_all(vms).await;
+        return Err(e);
+    }
+    let pending: Vec<PendingImage> =
+        (0..vms.len()).map(|i| PendingImage { target: storage[i].target.clone(), bytes: staged(i) }).collect();
+    let mut schedule = PersistSchedule::new(&pending, options.persist_concurrency);
     let states = loop {
-        while writing.len() < concurrency {
-            let Some(i) = waiting.next() else { break };
+        for i in schedule.start() {
             if let Err(e) = vms[i].qmp.execute_mekha("checkpoint-persist", Value::Null).await {
                 cancel_all(vms).await;
                 return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)));
             }
-            writing.push(i);
         }
         let states = query_all(vms).await?;
         progress(&states);
@@ -302,13 +332,68 @@ async fn run_checkpoint(
             cancel_all(vms).await;
             return Err(e);
         }
-        writing.retain(|&i| states[i]["status"] != "completed");
-        if writing.is_empty() && waiting.len() == 0 {
+        let written: Vec<usize> = schedule.writing().filter(|&i| states[i]["status"] == "completed").collect();
+        for i in written {
+            schedule.finished(i);
+        }
+        if schedule.done() {
             break states;
         }
         tokio::time::sleep(POLL).await;
     };
     Ok((states, Rendezvous { instants: (stop_at, resume_at), live, all_ready }))
+}
+
+/// Each VM's view of `dir`'s storage: from its host's agent, or seen from
+/// here (a local VM, or one reached by ssh: the directory is shared).
+async fn storage_of(vms: &[Attached], dir: &Path) -> Result<Vec<StorageReport>, CkptError> {
+    let mut seen: HashMap<Option<String>, StorageReport> = HashMap::new();
+    let mut reports = Vec::new();
+    for vm in vms {
+        let key = vm.agent.as_ref().map(|a| a.address().to_owned());
+        if !seen.contains_key(&key) {
+            let report = match &vm.agent {
+                None => storage::probe(dir).map_err(CkptError::Refused)?,
+                Some(agent) => {
+                    let value =
+                        agent.call(&Request::Storage { dir: dir.to_owned() }).await.map_err(CkptError::Unreachable)?;
+                    serde_json::from_value(value)
+                        .map_err(|e| CkptError::Unreachable(format!("agent {}: {e}", agent.address())))?
+                }
+            };
+            seen.insert(key.clone(), report);
+        }
+        reports.push(seen[&key].clone());
+    }
+    Ok(reports)
+}
+
+/// Refuses when a storage target has less free space than its VMs need
+/// (`need(i)` bytes for VM `i`).
+fn check_space(storage: &[StorageReport], need: impl Fn(usize) -> u64, what: &str) -> Result<(), CkptError> {
+    let mut targets: Vec<(&StorageReport, u64)> = Vec::new();
+    for (i, report) in storage.iter().enumerate() {
+        match targets.iter_mut().find(|(r, _)| r.target == report.target) {
+            Some((first, total)) => {
+                *total += need(i);
+                if report.free_bytes < first.free_bytes {
+                    *first = report;
+                }
+            }
+            None => targets.push((report, need(i))),
+        }
+    }
+    match targets.into_iter().find(|(r, total)| r.free_bytes < *total) {
+        Some((r, total)) => Err(CkptError::Refused(format!(
+            "not enough space for the checkpoint in {} (storage {}): {what} {} MiB, {} MiB are free; \
+             nothing was written, every VM runs on, the previous checkpoint stays",
+            r.dir.display(),
+            r.target,
+            total.div_ceil(1 << 20),
+            r.free_bytes >> 20
+        ))),
+        None => Ok(()),
+    }
 }
 
 fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {

@@ -28,41 +28,65 @@ fn ip(args: &[&str]) -> Result<(), String> {
     Ok(())
 }
 
-fn ip_ok(args: &[&str]) -> bool {
-    Command::new("ip").args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+/// `ip` inside the spec's namespace, or in this one when it names none.
+fn ip_in(net: &NetworkSpec, args: &[&str]) -> Result<(), String> {
+    match &net.namespace {
+        Some(ns) => ip(&[&["-n", ns.as_str()], args].concat()),
+        None => ip(args),
+    }
 }
 
-/// Makes the namespace and bridge exist; returns whether the namespace
-/// was created now (then `down` deletes it).
-fn ensure_network(net: &NetworkSpec) -> Result<bool, String> {
-    let ns = net.namespace.as_str();
-    let created = !Path::new("/run/netns").join(ns).exists();
-    if created {
-        ip(&["netns", "add", ns]).map_err(|e| format!("{e} (creating network namespaces needs root)"))?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+fn ip_in_ok(net: &NetworkSpec, args: &[&str]) -> bool {
+    let mut cmd = Command::new("ip");
+    if let Some(ns) = &net.namespace {
+        cmd.args(["-n", ns]);
     }
-    if !ip_ok(&["-n", ns, "link", "show", &net.bridge]) {
-        ip(&["-n", ns, "link", "add", &net.bridge, "type", "bridge"])?;
+    cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
+}
+
+/// Makes the namespace and bridge exist; returns what was created now
+/// (and `down` removes).
+fn ensure_network(net: &NetworkSpec) -> Result<Created, String> {
+    let mut created = Created::Nothing;
+    if let Some(ns) = &net.namespace {
+        if !Path::new("/run/netns").join(ns).exists() {
+            ip(&["netns", "add", ns]).map_err(|e| format!("{e} (creating network namespaces needs root)"))?;
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+            created = Created::Namespace;
+        }
     }
-    ip(&["-n", ns, "link", "set", &net.bridge, "up"])?;
+    if !ip_in_ok(net, &["link", "show", &net.bridge]) {
+        ip_in(net, &["link", "add", &net.bridge, "type", "bridge"])?;
+        if created == Created::Nothing {
+            created = Created::Bridge;
+        }
+    }
+    ip_in(net, &["link", "set", &net.bridge, "up"])?;
     Ok(created)
 }
 
+/// What `up` made of the network, recorded in the state directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Created {
+    Nothing,
+    Namespace,
+    Bridge,
+}
+
 fn ensure_tap(net: &NetworkSpec, tap: &str) -> Result<(), String> {
-    let ns = net.namespace.as_str();
-    if !ip_ok(&["-n", ns, "link", "show", tap]) {
-        ip(&["-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"])?;
+    if !ip_in_ok(net, &["link", "show", tap]) {
+        ip_in(net, &["tuntap", "add", "dev", tap, "mode", "tap"])?;
     }
-    ip(&["-n", ns, "link", "set", tap, "master", &net.bridge])?;
-    ip(&["-n", ns, "link", "set", tap, "up"])
+    ip_in(net, &["link", "set", tap, "master", &net.bridge])?;
+    ip_in(net, &["link", "set", tap, "up"])
 }
 
 fn pid_path(spec: &Spec, vm: &str) -> PathBuf {
     spec.state_dir().join(format!("{vm}.pid"))
 }
 
-fn created_marker(spec: &Spec) -> PathBuf {
-    spec.state_dir().join("netns-created")
+fn created_marker(spec: &Spec, what: Created) -> PathBuf {
+    spec.state_dir().join(if what == Created::Bridge { "bridge-created" } else { "netns-created" })
 }
 
 /// The pid of VM `vm`'s QEMU if it runs: the pid file's process, if it
@@ -86,8 +110,9 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
         return Err(format!("VM {} of spec {} runs already (mekha down first)", vm.name, spec.name));
     }
     if let Some(net) = &spec.network {
-        if ensure_network(net)? {
-            File::create(created_marker(spec)).map_err(|e| e.to_string())?;
+        let created = ensure_network(net)?;
+        if created != Created::Nothing {
+            File::create(created_marker(spec, created)).map_err(|e| e.to_string())?;
         }
     }
     for (index, vm) in spec.vms.iter().enumerate() {
@@ -115,10 +140,10 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
 fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<(), String> {
     let sock = spec.qmp_path(&vm.name);
     let _ = fs::remove_file(&sock);
-    let mut cmd = match &spec.network {
-        Some(net) => {
+    let mut cmd = match spec.network.as_ref().and_then(|n| n.namespace.as_ref()) {
+        Some(ns) => {
             let mut c = Command::new("ip");
-            c.args(["netns", "exec", &net.namespace]).arg(&spec.qemu);
+            c.args(["netns", "exec", ns]).arg(&spec.qemu);
             c
         }
         None => Command::new(&spec.qemu),
@@ -185,17 +210,25 @@ pub async fn stop_all(spec: &Spec, grace: Duration) {
 }
 
 /// Removes the network `up` created (the namespace, with its bridge and
-/// taps); a namespace that existed before is left, without mekha's taps.
+/// taps, or the bridge); what existed before is left, without mekha's taps.
 pub fn remove_network(spec: &Spec) {
     let Some(net) = &spec.network else { return };
-    if created_marker(spec).exists() {
-        let _ = ip(&["netns", "delete", &net.namespace]);
-        let _ = fs::remove_file(created_marker(spec));
-    } else {
-        for (index, vm) in spec.vms.iter().enumerate() {
-            if vm.nic.is_some() {
-                let _ = ip(&["-n", &net.namespace, "link", "delete", &tap_name(spec, index)]);
+    let (namespace, bridge) = (created_marker(spec, Created::Namespace), created_marker(spec, Created::Bridge));
+    match &net.namespace {
+        Some(ns) if namespace.exists() => {
+            let _ = ip(&["netns", "delete", ns]);
+        }
+        _ => {
+            for (index, vm) in spec.vms.iter().enumerate() {
+                if vm.nic.is_some() {
+                    let _ = ip_in(net, &["link", "delete", &tap_name(spec, index)]);
+                }
+            }
+            if bridge.exists() {
+                let _ = ip_in(net, &["link", "delete", &net.bridge]);
             }
         }
     }
+    let _ = fs::remove_file(namespace);
+    let _ = fs::remove_file(bridge);
 }

@@ -4,6 +4,7 @@
 //! The `mekha` command-line tool is a thin layer over this library; the
 //! system tests use the same library to talk to the VMs they boot.
 
+pub mod agent;
 pub mod ckpt;
 pub mod ckpt_cmd;
 pub mod cluster;
@@ -12,6 +13,9 @@ pub mod image_cmd;
 pub mod info;
 pub mod launch;
 pub mod qmp;
+pub mod schedule;
 pub mod spec;
 pub mod spec_cmd;
+pub mod storage;
+pub mod tls;
 pub mod transport;

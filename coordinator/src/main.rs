@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! `mekha`: coordinated checkpoint-restart for clusters of QEMU VMs.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -8,7 +9,7 @@ use clap::{Parser, Subcommand};
 use mekha_coordinator::ckpt::TimePolicy;
 use mekha_coordinator::exit::CommandFailure;
 use mekha_coordinator::qmp::Qmp;
-use mekha_coordinator::{ckpt_cmd, exit, image_cmd, info, spec_cmd};
+use mekha_coordinator::{agent, ckpt_cmd, exit, image_cmd, info, spec_cmd, tls};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
 /// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
@@ -95,6 +96,39 @@ enum Command {
         #[command(subcommand)]
         command: image_cmd::ImageCommand,
     },
+    /// Serve this host to a coordinator over mutually authenticated TLS:
+    /// launch a spec's VMs here, report storage, forward QMP sockets.
+    /// Anyone holding a client certificate of the CA controls VMs here.
+    Agent {
+        /// Address and port to listen on.
+        #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::DEFAULT_PORT)))]
+        listen: SocketAddr,
+        /// TLS directory: ca.pem, agent.pem, agent-key.pem (default
+        /// $MEKHA_TLS_DIR or /etc/mekha/tls).
+        #[arg(long, value_name = "DIR")]
+        tls_dir: Option<PathBuf>,
+    },
+    /// Certificates for agents and the coordinator.
+    Tls {
+        #[command(subcommand)]
+        command: TlsCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// Make a cluster CA (or reuse the one in DIR), the coordinator's
+    /// client certificate, and for each --agent a directory DIR/NAME/ to
+    /// copy to that host (its `mekha agent --tls-dir`).
+    Init {
+        /// Where (default $MEKHA_TLS_DIR or /etc/mekha/tls).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Host name or IP address the coordinator dials an agent by
+        /// (repeat for each host).
+        #[arg(long, value_name = "NAME")]
+        agent: Vec<String>,
+    },
 }
 
 type Failure = CommandFailure;
@@ -176,6 +210,18 @@ fn main() -> ExitCode {
             Command::Down { spec } => spec_cmd::down(&spec).await,
             Command::Status { spec, json } => spec_cmd::status(&spec, json).await,
             Command::Image { command } => image_cmd::run(command),
+            Command::Agent { listen, tls_dir } => {
+                let dir = tls_dir.unwrap_or_else(tls::default_dir);
+                agent::serve(listen, &dir).await.map_err(|e| Failure::new(exit::FAILURE, e))
+            }
+            Command::Tls { command: TlsCommand::Init { dir, agent } } => {
+                let dir = dir.unwrap_or_else(tls::default_dir);
+                let written = tls::init(&dir, &agent).map_err(|e| Failure::new(exit::FAILURE, e))?;
+                for path in written {
+                    println!("{}", path.display());
+                }
+                Ok(())
+            }
         }
     });
     match result {

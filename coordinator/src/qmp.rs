@@ -13,8 +13,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::unix::OwnedWriteHalf;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot, Mutex as AsyncMutex};
 
@@ -54,10 +53,17 @@ pub struct Event {
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
 
+/// A byte stream a QMP monitor speaks over: its Unix socket, or a
+/// forwarding of it (see `transport`).
+pub trait Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> Stream for T {}
+
+type BoxedStream = Box<dyn Stream>;
+
 /// A QMP connection that has completed capability negotiation.
 pub struct Qmp {
     path: PathBuf,
-    writer: AsyncMutex<OwnedWriteHalf>,
+    writer: AsyncMutex<WriteHalf<BoxedStream>>,
     pending: Pending,
     next_id: AtomicU64,
     events: broadcast::Sender<Event>,
@@ -71,7 +77,13 @@ impl Qmp {
         let path = path.as_ref().to_path_buf();
         let stream =
             UnixStream::connect(&path).await.map_err(|source| QmpError::Connect { path: path.clone(), source })?;
-        let (read, write) = stream.into_split();
+        Qmp::over(Box::new(stream), path).await
+    }
+
+    /// Speaks QMP over `stream`, a monitor's socket or a forwarding of
+    /// it; `path` names it in errors.
+    pub async fn over(stream: Box<dyn Stream>, path: PathBuf) -> Result<Qmp, QmpError> {
+        let (read, write) = tokio::io::split(stream);
         let mut lines = BufReader::new(read).lines();
         let protocol = |message: String| QmpError::Protocol { path: path.clone(), message };
 
@@ -151,7 +163,7 @@ impl Qmp {
 }
 
 async fn read_loop(
-    mut lines: tokio::io::Lines<BufReader<tokio::net::unix::OwnedReadHalf>>,
+    mut lines: tokio::io::Lines<BufReader<ReadHalf<BoxedStream>>>,
     pending: Pending,
     events: broadcast::Sender<Event>,
 ) {

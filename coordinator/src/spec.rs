@@ -8,8 +8,11 @@
 //! state_dir = "/run/mekha/job42"              # sockets, logs, pids (default: <checkpoint_dir>/../<name>.state)
 //! qemu = "/usr/bin/qemu-system-x86_64"        # default: qemu-system-x86_64 on PATH
 //!
+//! tls_dir = "/etc/mekha/tls"                  # for agents (default: $MEKHA_TLS_DIR or /etc/mekha/tls)
+//!
 //! [network]                                   # optional: one L2 segment for all VMs
-//! namespace = "job42"                         # network namespace the QEMUs run in (created if missing)
+//! namespace = "job42"                         # network namespace the QEMUs run in (created if missing;
+//!                                             # none: the host's own)
 //! bridge = "br0"                              # bridge inside it (created if missing)
 //!
 //! [checkpoint]                                # all optional
@@ -26,20 +29,31 @@
 //! name = "node0"
 //! args = ["-accel", "kvm", "-m", "4096", "-drive", "file=node0.img,if=virtio,readonly=on"]
 //! nic = { mac = "52:54:00:00:00:10" }         # a virtio-net NIC on the bridge (needs [network])
+//! host = "n1"                                 # optional: runs on that [[host]] (default: here)
+//!
+//! [[host]]                                    # another host, reached through its `mekha agent`
+//! name = "n1"
+//! agent = "n1.cluster:7441"                   # HOST[:PORT]; its TLS certificate must name HOST
 //! ```
 //!
 //! mekha adds to each VM's arguments what it must own: `-name`, a QMP
 //! socket in the state directory, the NIC's tap, and `-incoming defer` on
 //! restart; the spec's arguments must not set those.
+//!
+//! On another host, a VM's agent runs it with the same paths (QEMU, disks,
+//! checkpoint directory: a filesystem all hosts share, as batch clusters
+//! have), its state in `STATE_DIR/HOST/`, and its NIC on that host's
+//! bridge: joining the hosts' bridges into one segment (a physical uplink,
+//! VXLAN) is the site's network, not mekha's.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::ckpt::{CaptureMode, TimePolicy};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Spec {
     pub name: String,
@@ -47,6 +61,7 @@ pub struct Spec {
     pub state_dir: Option<PathBuf>,
     #[serde(default = "default_qemu")]
     pub qemu: PathBuf,
+    pub tls_dir: Option<PathBuf>,
     pub network: Option<NetworkSpec>,
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
@@ -54,17 +69,27 @@ pub struct Spec {
     pub restore: RestoreSpec,
     #[serde(rename = "vm", default)]
     pub vms: Vec<VmSpec>,
+    #[serde(rename = "host", default)]
+    pub hosts: Vec<HostSpec>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+/// A host other than this one, and its agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostSpec {
+    pub name: String,
+    pub agent: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSpec {
-    pub namespace: String,
+    pub namespace: Option<String>,
     #[serde(default = "default_bridge")]
     pub bridge: String,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointSpec {
     pub mode: Option<SpecMode>,
@@ -75,7 +100,7 @@ pub struct CheckpointSpec {
     pub allow_writable_disks: Option<bool>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RestoreSpec {
     pub time: Option<SpecTime>,
@@ -83,7 +108,7 @@ pub struct RestoreSpec {
 }
 
 /// [`CaptureMode`] as the spec spells it.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SpecMode {
     Auto,
@@ -102,7 +127,7 @@ impl From<SpecMode> for CaptureMode {
 }
 
 /// [`TimePolicy`] as the spec spells it.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum SpecTime {
     Continue,
@@ -120,16 +145,17 @@ impl From<SpecTime> for TimePolicy {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VmSpec {
     pub name: String,
     #[serde(default)]
     pub args: Vec<String>,
     pub nic: Option<NicSpec>,
+    pub host: Option<String>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NicSpec {
     pub mac: String,
@@ -169,6 +195,7 @@ impl Spec {
         if spec.qemu.components().count() > 1 {
             spec.qemu = base.join(&spec.qemu);
         }
+        spec.tls_dir = spec.tls_dir.map(|d| base.join(d));
         spec.check().map_err(|e| format!("spec {}: {e}", path.display()))?;
         Ok(spec)
     }
@@ -195,13 +222,82 @@ impl Spec {
             if vm.nic.is_some() && self.network.is_none() {
                 return Err(format!("VM {} has a nic but the spec has no [network]", vm.name));
             }
+            if let Some(host) = &vm.host {
+                if !self.hosts.iter().any(|h| &h.name == host) {
+                    return Err(format!("VM {} runs on host {host}, which no [[host]] names", vm.name));
+                }
+            }
+        }
+        let mut hosts = HashSet::new();
+        for host in &self.hosts {
+            if !plain(&host.name) || host.name.starts_with('.') {
+                return Err(format!("host name {:?}: use letters, digits, '-', '_' and '.'", host.name));
+            }
+            if !hosts.insert(host.name.as_str()) {
+                return Err(format!("two [[host]] are named {}", host.name));
+            }
         }
         if let Some(net) = &self.network {
-            if !plain(&net.namespace) || net.bridge.is_empty() || net.bridge.len() > 15 {
+            let bad_namespace = net.namespace.as_deref().is_some_and(|n| !plain(n));
+            if bad_namespace || !plain(&net.bridge) || net.bridge.len() > 15 {
                 return Err("network: namespace and bridge must be plain names (bridge at most 15 characters)".into());
             }
         }
         Ok(())
+    }
+
+    /// The host VM `vm` runs on; `None`: this one.
+    pub fn host_of(&self, vm: &VmSpec) -> Option<&HostSpec> {
+        vm.host.as_ref().and_then(|name| self.hosts.iter().find(|h| &h.name == name))
+    }
+
+    /// The part of the spec one host runs (`None`: this one): its VMs, and
+    /// on another host its own state directory, `STATE_DIR/HOST`.
+    pub fn for_host(&self, host: Option<&HostSpec>) -> Spec {
+        let mut part = self.clone();
+        part.vms.retain(|vm| vm.host.as_deref() == host.map(|h| h.name.as_str()));
+        part.hosts.clear();
+        if let Some(h) = host {
+            part.state_dir = Some(self.state_dir().join(&h.name));
+        }
+        part
+    }
+
+    /// Every host with VMs (`None`: this one), each with its part.
+    pub fn parts(&self) -> Vec<(Option<&HostSpec>, Spec)> {
+        let mut parts = Vec::new();
+        if self.vms.iter().any(|vm| vm.host.is_none()) {
+            parts.push((None, self.for_host(None)));
+        }
+        for host in &self.hosts {
+            if self.vms.iter().any(|vm| vm.host.as_deref() == Some(host.name.as_str())) {
+                parts.push((Some(host), self.for_host(Some(host))));
+            }
+        }
+        parts
+    }
+
+    /// Every VM's [`qmp_endpoint`](Self::qmp_endpoint), in spec order.
+    pub fn qmp_endpoints(&self) -> Vec<PathBuf> {
+        self.vms.iter().map(|vm| self.qmp_endpoint(vm)).collect()
+    }
+
+    /// How the coordinator reaches the spec's agents.
+    pub fn reach(&self) -> crate::transport::Reach {
+        crate::transport::Reach { ssh_options: Vec::new(), tls_dir: self.tls_dir.clone() }
+    }
+
+    /// Where the coordinator reaches VM `vm`'s QMP socket: a path here, or
+    /// `mekha://AGENT/PATH` on another host.
+    pub fn qmp_endpoint(&self, vm: &VmSpec) -> PathBuf {
+        match self.host_of(vm) {
+            None => self.qmp_path(&vm.name),
+            Some(host) => PathBuf::from(format!(
+                "mekha://{}{}",
+                host.agent,
+                self.for_host(Some(host)).qmp_path(&vm.name).display()
+            )),
+        }
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -245,6 +341,10 @@ mod tests {
             nic = { mac = "52:54:00:00:00:10" }
             [[vm]]
             name = "node1"
+            host = "n2"
+            [[host]]
+            name = "n2"
+            agent = "10.0.0.2:7441"
             "#,
         )
         .unwrap();
@@ -254,6 +354,17 @@ mod tests {
         assert_eq!(spec.network.as_ref().unwrap().bridge, "br0");
         assert_eq!(spec.vms[0].nic.as_ref().unwrap().model, "virtio-net-pci");
         assert!(spec.qmp_path("node1").ends_with("job42.state/node1.qmp"));
+        let state = spec.state_dir().display().to_string();
+        assert_eq!(spec.qmp_endpoint(&spec.vms[0]), spec.qmp_path("node0"));
+        assert_eq!(spec.qmp_endpoint(&spec.vms[1]).to_string_lossy(), format!("mekha://10.0.0.2:7441{state}/n2/node1.qmp"));
+        let parts = spec.parts();
+        assert_eq!(parts.len(), 2);
+        assert_eq!(parts[1].1.vms.len(), 1);
+        assert_eq!(parts[1].1.vms[0].name, "node1");
+        assert_eq!(parts[1].0.unwrap().name, "n2");
+        // What an agent receives reads back as the same spec.
+        let sent: Spec = serde_json::from_str(&serde_json::to_string(&parts[1].1).unwrap()).unwrap();
+        assert_eq!(sent.state_dir(), parts[1].1.state_dir());
     }
 
     #[test]
@@ -266,6 +377,7 @@ mod tests {
             ("[[vm]]\nname = \"a\"\nnic = { mac = \"52:54:00:00:00:01\" }\n", "no [network]"),
             ("[[vm]]\nname = \"a b\"\n", "VM name"),
             ("[[vm]]\nname = \"a\"\nmemory = 5\n", "unknown field"),
+            ("[[vm]]\nname = \"a\"\nhost = \"h\"\n", "no [[host]] names"),
         ] {
             let err = load(&format!("{base}{extra}")).unwrap_err();
             assert!(err.contains(expected), "{err} lacks {expected}");

@@ -1,20 +1,25 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Spec mode: `mekha up|restart|down|status --spec FILE` (and
 //! `mekha checkpoint --spec FILE`, in `ckpt_cmd`) for batch jobs that own
-//! their VMs from start to end.
+//! their VMs from start to end. VMs of this host are started here; those
+//! of other hosts by the hosts' `mekha agent`s, each with its part of the
+//! spec.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
+use futures::future::join_all;
 use serde_json::{json, Value};
 
+use crate::agent::Request;
 use crate::ckpt::{RestoreOptions, TimePolicy};
 use crate::ckpt_cmd::restore_vms;
 use crate::cluster;
 use crate::exit::{self, CommandFailure};
 use crate::launch;
-use crate::qmp::Qmp;
-use crate::spec::Spec;
+use crate::spec::{HostSpec, Spec};
+use crate::storage::{self, StorageReport};
+use crate::transport::Reach;
 
 /// How long `down` and `restart` wait for QEMU to quit before killing it.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
@@ -27,10 +32,11 @@ fn failed(message: String) -> CommandFailure {
     CommandFailure::new(exit::FAILURE, message)
 }
 
-/// `mekha up`: the network, then every VM.
+/// `mekha up`: the network, then every VM, on every host. If a host
+/// cannot start its VMs, the VMs already started are stopped again.
 pub async fn up(path: &Path, json: bool) -> Result<(), CommandFailure> {
     let spec = load(path)?;
-    launch::start_all(&spec, false).await.map_err(failed)?;
+    start_everywhere(&spec, false).await?;
     report_started(&spec, json, "up").await
 }
 
@@ -41,10 +47,9 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
     let spec = load(path)?;
     // Refuse before anything is stopped if there is nothing to restart.
     crate::ckpt::latest_checkpoint(&spec.checkpoint_dir)?;
-    launch::stop_all(&spec, QUIT_GRACE).await;
-    launch::start_all(&spec, true).await.map_err(failed)?;
-    let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
-    let vms = cluster::attach(&socks, &[]).await?;
+    stop_everywhere(&spec, false).await.map_err(failed)?;
+    start_everywhere(&spec, true).await?;
+    let vms = cluster::attach(&spec.qmp_endpoints(), &spec.reach()).await?;
     let options = RestoreOptions {
         paused: false,
         time: time.or(spec.restore.time.map(Into::into)).unwrap_or_default(),
@@ -58,45 +63,153 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
 /// `up` created goes. Checkpoints stay.
 pub async fn down(path: &Path) -> Result<(), CommandFailure> {
     let spec = load(path)?;
-    launch::stop_all(&spec, QUIT_GRACE).await;
-    launch::remove_network(&spec);
-    Ok(())
+    stop_everywhere(&spec, true).await.map_err(failed)
 }
 
-/// `mekha status`: every VM's process, run state and latest checkpoint
-/// activity, and the latest committed checkpoint.
+/// Starts every host's part; on a failure, stops what did start.
+async fn start_everywhere(spec: &Spec, incoming: bool) -> Result<(), CommandFailure> {
+    let reach = spec.reach();
+    let parts = spec.parts();
+    let started = join_all(parts.iter().map(|(host, part)| start_part(&reach, *host, part, incoming))).await;
+    let errors: Vec<String> = started.into_iter().filter_map(Result::err).collect();
+    if errors.is_empty() {
+        return Ok(());
+    }
+    let _ = stop_everywhere(spec, false).await;
+    let unreachable = errors.iter().all(|e| e.starts_with("agent "));
+    let code = if unreachable { exit::UNREACHABLE } else { exit::FAILURE };
+    Err(CommandFailure::new(code, format!("{} (the VMs that had started were stopped)", errors.join("; "))))
+}
+
+/// Stops every host's part (and, with `network`, removes what `up` made
+/// of its network); goes on past a host it cannot reach.
+async fn stop_everywhere(spec: &Spec, network: bool) -> Result<(), String> {
+    let reach = spec.reach();
+    let parts = spec.parts();
+    let stopped = join_all(parts.iter().map(|(host, part)| stop_part(&reach, *host, part, network))).await;
+    let errors: Vec<String> = stopped.into_iter().filter_map(Result::err).collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
+}
+
+async fn start_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, incoming: bool) -> Result<(), String> {
+    match host {
+        None => launch::start_all(part, incoming).await,
+        Some(h) => {
+            let request = Request::Launch { spec: Box::new(part.clone()), incoming };
+            reach.agent(&h.agent)?.call(&request).await.map(drop).map_err(|e| format!("host {}: {e}", h.name))
+        }
+    }
+}
+
+async fn stop_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, network: bool) -> Result<(), String> {
+    match host {
+        None => {
+            launch::stop_all(part, QUIT_GRACE).await;
+            if network {
+                launch::remove_network(part);
+            }
+            Ok(())
+        }
+        Some(h) => {
+            let grace_ms = QUIT_GRACE.as_millis() as u64;
+            let request = Request::Stop { spec: Box::new(part.clone()), grace_ms, network };
+            reach.agent(&h.agent)?.call(&request).await.map(drop).map_err(|e| format!("host {}: {e}", h.name))
+        }
+    }
+}
+
+/// Every VM's pid on one host (`None`: not running), or why the host
+/// cannot say.
+async fn pids_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec) -> Result<Vec<Option<i32>>, String> {
+    match host {
+        None => Ok(part.vms.iter().map(|vm| launch::running_pid(part, &vm.name)).collect()),
+        Some(h) => {
+            let request = Request::Status { spec: Box::new(part.clone()) };
+            let pids = reach.agent(&h.agent)?.call(&request).await?;
+            Ok(part.vms.iter().map(|vm| pids[&vm.name].as_i64().map(|p| p as i32)).collect())
+        }
+    }
+}
+
+/// The checkpoint directory's storage as one host sees it.
+async fn storage_part(reach: &Reach, host: Option<&HostSpec>, dir: &Path) -> Result<StorageReport, String> {
+    match host {
+        None => storage::probe(dir),
+        Some(h) => {
+            let report = reach.agent(&h.agent)?.call(&Request::Storage { dir: dir.to_owned() }).await?;
+            serde_json::from_value(report).map_err(|e| format!("agent {}: {e}", h.agent))
+        }
+    }
+}
+
+/// `mekha status`: every VM's host, process, run state and latest
+/// checkpoint activity; each host's view of the checkpoint storage; the
+/// latest committed checkpoint.
 pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
     let spec = load(path)?;
+    let reach = spec.reach();
     let mut vms = Vec::new();
-    for vm in &spec.vms {
-        let pid = launch::running_pid(&spec, &vm.name);
-        let (run_state, checkpoint) = match pid {
-            Some(_) => match Qmp::connect(spec.qmp_path(&vm.name)).await {
-                Ok(qmp) => (
-                    qmp.execute("query-status", Value::Null).await.ok().map(|s| s["status"].clone()),
-                    qmp.execute_mekha("query-checkpoint", Value::Null).await.ok().map(|s| s["status"].clone()),
-                ),
-                Err(_) => (None, None),
-            },
-            None => (None, None),
-        };
-        vms.push(json!({ "name": vm.name, "pid": pid, "state": run_state, "checkpoint": checkpoint }));
+    let mut storage = Vec::new();
+    for (host, part) in spec.parts() {
+        let host_name = host.map_or_else(storage::host_name, |h| h.name.clone());
+        let pids = pids_part(&reach, host, &part).await;
+        let report = storage_part(&reach, host, &spec.checkpoint_dir).await;
+        storage.push(match report {
+            Ok(r) => json!({ "host": host_name, "report": r }),
+            Err(e) => json!({ "host": host_name, "error": e }),
+        });
+        for (i, vm) in part.vms.iter().enumerate() {
+            let pid = pids.as_ref().ok().and_then(|p| p[i]);
+            let (mut run_state, mut checkpoint) = (Value::Null, Value::Null);
+            if pid.is_some() {
+                let endpoint = spec.qmp_endpoint(vm);
+                if let Ok(attached) = cluster::attach(std::slice::from_ref(&endpoint), &reach).await {
+                    let qmp = &attached[0].qmp;
+                    run_state = qmp.execute("query-status", Value::Null).await.map_or(Value::Null, |s| s["status"].clone());
+                    checkpoint =
+                        qmp.execute_mekha("query-checkpoint", Value::Null).await.map_or(Value::Null, |s| s["status"].clone());
+                }
+            }
+            vms.push(json!({
+                "name": vm.name, "host": host_name, "pid": pid, "state": run_state, "checkpoint": checkpoint,
+                "error": pids.as_ref().err(),
+            }));
+        }
     }
     let latest = crate::ckpt::latest_checkpoint(&spec.checkpoint_dir).ok().map(|(_, m)| m);
     if json {
-        let doc = json!({ "spec": spec.name, "vms": vms, "latest_checkpoint": latest });
+        let doc = json!({ "spec": spec.name, "vms": vms, "storage": storage, "latest_checkpoint": latest });
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));
         return Ok(());
     }
     println!("cluster {} ({} VMs)", spec.name, spec.vms.len());
     for vm in &vms {
-        let state = match (&vm["pid"], &vm["state"]) {
-            (Value::Null, _) => "not running".to_owned(),
-            (pid, Value::String(s)) => format!("{s} (pid {pid})"),
-            (pid, _) => format!("not answering over QMP (pid {pid})"),
+        let state = match (&vm["pid"], &vm["state"], &vm["error"]) {
+            (_, _, Value::String(e)) => format!("unknown: {e}"),
+            (Value::Null, _, _) => "not running".to_owned(),
+            (pid, Value::String(s), _) => format!("{s} (pid {pid})"),
+            (pid, _, _) => format!("not answering over QMP (pid {pid})"),
         };
         let ckpt = vm["checkpoint"].as_str().filter(|s| *s != "none").map(|s| format!(", last checkpoint {s}"));
-        println!("  {}: {state}{}", vm["name"].as_str().unwrap_or("?"), ckpt.unwrap_or_default());
+        let name = vm["name"].as_str().unwrap_or("?");
+        println!("  {name} on {}: {state}{}", vm["host"].as_str().unwrap_or("?"), ckpt.unwrap_or_default());
+    }
+    for s in &storage {
+        let host = s["host"].as_str().unwrap_or("?");
+        match serde_json::from_value::<StorageReport>(s["report"].clone()) {
+            Ok(r) => println!(
+                "  storage seen from {host}: {} ({}), {} MiB free of {} MiB",
+                r.target,
+                r.fs_type,
+                r.free_bytes >> 20,
+                r.total_bytes >> 20
+            ),
+            Err(_) => println!("  storage seen from {host}: unknown: {}", s["error"].as_str().unwrap_or("?")),
+        }
     }
     match latest {
         Some(m) => println!("latest checkpoint: generation {} in {}", m.generation, spec.checkpoint_dir.display()),
@@ -106,19 +219,18 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
 }
 
 async fn report_started(spec: &Spec, json: bool, what: &str) -> Result<(), CommandFailure> {
-    let socks: Vec<PathBuf> = spec.vms.iter().map(|vm| spec.qmp_path(&vm.name)).collect();
-    let vms = cluster::attach(&socks, &[]).await?;
+    let vms = cluster::attach(&spec.qmp_endpoints(), &spec.reach()).await?;
     if json {
         let doc: Vec<Value> = spec
             .vms
             .iter()
-            .map(|vm| json!({ "name": vm.name, "qmp": spec.qmp_path(&vm.name), "pid": launch::running_pid(spec, &vm.name) }))
+            .map(|vm| json!({ "name": vm.name, "host": vm.host, "qmp": spec.qmp_endpoint(vm) }))
             .collect();
         println!("{}", serde_json::to_string_pretty(&json!({ "spec": spec.name, "vms": doc })).expect("JSON encodes"));
     } else {
         println!("{what}: cluster {} with {} VMs; state in {}", spec.name, vms.len(), spec.state_dir().display());
-        for vm in &vms {
-            println!("  {}: QMP {}", vm.name, spec.qmp_path(&vm.name).display());
+        for vm in &spec.vms {
+            println!("  {}: QMP {}", vm.name, spec.qmp_endpoint(vm).display());
         }
     }
     Ok(())

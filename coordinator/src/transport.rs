@@ -1,13 +1,15 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! How the coordinator reaches a VM's QMP socket: a local path, or
+//! How the coordinator reaches a VM's QMP socket: a local path;
 //! `ssh://[USER@]HOST[:PORT]/PATH` on another host, through OpenSSH's
-//! forwarding of the remote Unix socket to a local one.
+//! forwarding of the remote Unix socket to a local one; or
+//! `mekha://HOST[:PORT]/PATH` through that host's `mekha agent`.
 //!
 //! ssh does the authentication and the encryption (keys, known hosts,
 //! agents: whatever the user's ssh setup says, plus `-o` options given
 //! with `--ssh-option`); nothing new listens on the network, and no peer
 //! that ssh did not authenticate can reach a QMP monitor. The forwarding
-//! lives as long as the [`Tunnel`].
+//! lives as long as the [`Tunnel`]. An agent authenticates both ends with
+//! the cluster's TLS certificates (see `tls`).
 //!
 //! Images are written by each VM's QEMU on its own host, at the path the
 //! coordinator gives: the checkpoint directory must be the same path on
@@ -17,18 +19,34 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
+
+use crate::agent::AgentClient;
+use crate::qmp::Stream;
 
 /// Where a VM's QMP socket is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Local(PathBuf),
     Ssh { destination: String, port: Option<u16>, socket: PathBuf },
+    /// `address` is the agent's `HOST[:PORT]`.
+    Agent { address: String, socket: PathBuf },
 }
 
 impl Endpoint {
-    /// `ssh://[USER@]HOST[:PORT]/ABSOLUTE/PATH`, or a local path.
+    /// `ssh://[USER@]HOST[:PORT]/ABSOLUTE/PATH`,
+    /// `mekha://HOST[:PORT]/ABSOLUTE/PATH`, or a local path.
     pub fn parse(text: &str) -> Result<Endpoint, String> {
+        if let Some(rest) = text.strip_prefix("mekha://") {
+            let bad = || format!("{text}: expected mekha://HOST[:PORT]/ABSOLUTE/PATH/OF/QMP.sock");
+            let slash = rest.find('/').ok_or_else(bad)?;
+            let (address, socket) = rest.split_at(slash);
+            if address.is_empty() || socket.len() < 2 {
+                return Err(bad());
+            }
+            return Ok(Endpoint::Agent { address: address.to_owned(), socket: PathBuf::from(socket) });
+        }
         let Some(rest) = text.strip_prefix("ssh://") else { return Ok(Endpoint::Local(PathBuf::from(text))) };
         let bad = || format!("{text}: expected ssh://[USER@]HOST[:PORT]/ABSOLUTE/PATH/OF/QMP.sock");
         let slash = rest.find('/').ok_or_else(bad)?;
@@ -55,6 +73,7 @@ impl std::fmt::Display for Endpoint {
                 write!(f, "ssh://{destination}:{p}{}", socket.display())
             }
             Endpoint::Ssh { destination, port: None, socket } => write!(f, "ssh://{destination}{}", socket.display()),
+            Endpoint::Agent { address, socket } => write!(f, "mekha://{address}{}", socket.display()),
         }
     }
 }
@@ -81,13 +100,44 @@ impl Drop for Tunnel {
 /// How long ssh may take to authenticate and set up the forwarding.
 const SSH_SETUP: Duration = Duration::from_secs(20);
 
-/// The local socket to connect to for `endpoint`, with the tunnel that
-/// carries it when the endpoint is remote.
-pub async fn open(endpoint: &Endpoint, ssh_options: &[String]) -> Result<(PathBuf, Option<Tunnel>), String> {
-    let (destination, port, socket) = match endpoint {
-        Endpoint::Local(path) => return Ok((path.clone(), None)),
-        Endpoint::Ssh { destination, port, socket } => (destination, port, socket),
+/// What remote endpoints need: ssh's options, the TLS directory for agents.
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    pub ssh_options: Vec<String>,
+    /// Default: `tls::default_dir()`.
+    pub tls_dir: Option<PathBuf>,
+}
+
+impl Reach {
+    pub fn tls_dir(&self) -> PathBuf {
+        self.tls_dir.clone().unwrap_or_else(crate::tls::default_dir)
+    }
+
+    /// A client for the agent at `address`, with this reach's certificates.
+    pub fn agent(&self, address: &str) -> Result<AgentClient, String> {
+        AgentClient::new(address, crate::tls::client_config(&self.tls_dir())?)
+    }
+}
+
+/// A byte stream to the QMP monitor at `endpoint`, with the tunnel that
+/// carries it when ssh does.
+pub async fn connect(endpoint: &Endpoint, reach: &Reach) -> Result<(Box<dyn Stream>, Option<Tunnel>), String> {
+    let unix = |path: PathBuf| async move {
+        UnixStream::connect(&path).await.map_err(|e| format!("cannot connect to QMP socket {}: {e}", path.display()))
     };
+    match endpoint {
+        Endpoint::Local(path) => Ok((Box::new(unix(path.clone()).await?), None)),
+        Endpoint::Agent { address, socket } => Ok((reach.agent(address)?.open_qmp(socket).await?, None)),
+        Endpoint::Ssh { .. } => {
+            let (local, tunnel) = open_tunnel(endpoint, &reach.ssh_options).await?;
+            Ok((Box::new(unix(local).await?), Some(tunnel)))
+        }
+    }
+}
+
+/// ssh forwarding `endpoint`'s socket to a local one.
+async fn open_tunnel(endpoint: &Endpoint, ssh_options: &[String]) -> Result<(PathBuf, Tunnel), String> {
+    let Endpoint::Ssh { destination, port, socket } = endpoint else { unreachable!("an ssh endpoint") };
     let dir = tempfile::Builder::new().prefix("mekha-ssh-").tempdir().map_err(|e| format!("{endpoint}: {e}"))?;
     let local = dir.path().join("qmp.sock");
     let mut cmd = Command::new("ssh");
@@ -109,7 +159,7 @@ pub async fn open(endpoint: &Endpoint, ssh_options: &[String]) -> Result<(PathBu
     let started = Instant::now();
     loop {
         if local.exists() {
-            return Ok((local, Some(Tunnel { child, dir })));
+            return Ok((local, Tunnel { child, dir }));
         }
         if let Ok(Some(status)) = child.try_wait() {
             let mut message = String::new();
@@ -146,5 +196,13 @@ mod tests {
         }
         let e = Endpoint::parse("ssh://u@h:22/a/b.sock").unwrap();
         assert_eq!(e.to_string(), "ssh://u@h:22/a/b.sock");
+        assert_eq!(
+            Endpoint::parse("mekha://node7:7441/run/vm1.qmp").unwrap(),
+            Endpoint::Agent { address: "node7:7441".into(), socket: "/run/vm1.qmp".into() }
+        );
+        assert_eq!(Endpoint::parse("mekha://node7/a.qmp").unwrap().to_string(), "mekha://node7/a.qmp");
+        for bad in ["mekha://node7", "mekha:///x", "mekha://node7/"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -1,0 +1,122 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The coordinator's side of the agent protocol.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use super::{Reply, Request, DEFAULT_PORT, MAX_LINE};
+use crate::qmp::Stream;
+
+/// How long connecting and authenticating may take.
+const CONNECT: Duration = Duration::from_secs(10);
+
+/// One agent, by `HOST[:PORT]`.
+#[derive(Clone)]
+pub struct AgentClient {
+    address: String,
+    host: String,
+    port: u16,
+    config: Arc<ClientConfig>,
+}
+
+impl AgentClient {
+    /// `HOST[:PORT]` (`[V6ADDR]:PORT` for IPv6); the agent's certificate
+    /// must name HOST.
+    pub fn new(address: &str, config: Arc<ClientConfig>) -> Result<AgentClient, String> {
+        let bad = || format!("agent address {address:?}: expected HOST[:PORT]");
+        let (host, port) = match address.rsplit_once(':') {
+            Some((h, p)) if !h.contains(':') || (h.starts_with('[') && h.ends_with(']')) => {
+                (h.trim_start_matches('[').trim_end_matches(']'), p.parse::<u16>().map_err(|_| bad())?)
+            }
+            _ if address.contains(':') && !address.starts_with('[') => (address, DEFAULT_PORT),
+            _ => (address.trim_start_matches('[').trim_end_matches(']'), DEFAULT_PORT),
+        };
+        if host.is_empty() {
+            return Err(bad());
+        }
+        Ok(AgentClient { address: address.to_owned(), host: host.to_owned(), port, config })
+    }
+
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, String> {
+        let name = ServerName::try_from(self.host.clone()).map_err(|e| format!("agent {}: {e}", self.address))?;
+        let connect = async {
+            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
+            let _ = tcp.set_nodelay(true);
+            TlsConnector::from(self.config.clone())
+                .connect(name, tcp)
+                .await
+                .map_err(|e| format!("TLS: {e}"))
+        };
+        tokio::time::timeout(CONNECT, connect)
+            .await
+            .map_err(|_| format!("agent {}: no answer within {} s", self.address, CONNECT.as_secs()))?
+            .map_err(|e| format!("agent {}: {e}", self.address))
+    }
+
+    /// Sends `request`; the reply's line is read, and what follows it stays
+    /// in the returned reader.
+    async fn exchange(&self, request: &Request) -> Result<(Value, BufReader<TlsStream<TcpStream>>), String> {
+        let mut tls = self.connect().await?;
+        let mut line = serde_json::to_vec(request).expect("JSON encodes");
+        line.push(b'\n');
+        let failed = |e: std::io::Error| format!("agent {}: {e}", self.address);
+        tls.write_all(&line).await.map_err(failed)?;
+        tls.flush().await.map_err(failed)?;
+        let mut reader = BufReader::new(tls);
+        let mut answer = Vec::new();
+        (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut answer).await.map_err(failed)?;
+        if answer.is_empty() {
+            // The agent closed: most often it refused our certificate.
+            return Err(format!("agent {} closed the connection (does it accept this client certificate?)", self.address));
+        }
+        match serde_json::from_slice(&answer) {
+            Ok(Reply::Ok(value)) => Ok((value, reader)),
+            Ok(Reply::Error(message)) => Err(format!("agent {}: {message}", self.address)),
+            Err(e) => Err(format!("agent {}: bad reply: {e}", self.address)),
+        }
+    }
+
+    /// Runs one request; `{"ok": VALUE}` gives VALUE.
+    pub async fn call(&self, request: &Request) -> Result<Value, String> {
+        Ok(self.exchange(request).await?.0)
+    }
+
+    /// A stream to the QMP socket at `socket` on the agent's host.
+    pub async fn open_qmp(&self, socket: &Path) -> Result<Box<dyn Stream>, String> {
+        let (_, reader) = self.exchange(&Request::Qmp { socket: socket.to_owned() }).await?;
+        // The monitor's greeting may already sit in the reader's buffer.
+        Ok(Box::new(reader))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn addresses_parse() {
+        let dir = tempfile::tempdir().unwrap();
+        crate::tls::init(dir.path(), &[]).unwrap();
+        let config = crate::tls::client_config(dir.path()).unwrap();
+        let parse = |a: &str| AgentClient::new(a, config.clone()).map(|c| (c.host, c.port));
+        assert_eq!(parse("node7").unwrap(), ("node7".into(), DEFAULT_PORT));
+        assert_eq!(parse("node7:99").unwrap(), ("node7".into(), 99));
+        assert_eq!(parse("10.0.0.1:99").unwrap(), ("10.0.0.1".into(), 99));
+        assert_eq!(parse("[fd00::1]:99").unwrap(), ("fd00::1".into(), 99));
+        assert_eq!(parse("fd00::1").unwrap(), ("fd00::1".into(), DEFAULT_PORT));
+        assert!(parse("node7:x").is_err() && parse(":1").is_err());
+    }
+}

@@ -1,0 +1,161 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The agent's side: accept, authenticate, run one request per connection.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UnixStream};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use super::{Reply, Request, MAX_LINE};
+use crate::{launch, storage, tls};
+
+/// How long a peer may take to authenticate and send its request.
+const HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Listens on `listen` until the process ends; TLS files from `tls_dir`.
+pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
+    let acceptor = TlsAcceptor::from(tls::server_config(tls_dir)?);
+    let listener = TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
+    eprintln!("mekha agent: listening on {listen} (mutual TLS, {})", tls_dir.display());
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                // Out of descriptors and the like: wait, do not spin.
+                eprintln!("mekha agent: accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            if let Err(e) = handle(acceptor, tcp, peer).await {
+                eprintln!("mekha agent: {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
+    let _ = tcp.set_nodelay(true);
+    // A peer without a certificate the CA signed ends here.
+    let tls = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp))
+        .await
+        .map_err(|_| "no TLS handshake within 10 s".to_owned())?
+        .map_err(|e| format!("refused: {e}"))?;
+    let who = format!("{peer} (authenticated)");
+    let mut stream = BufReader::new(tls);
+    let mut line = Vec::new();
+    let read = tokio::time::timeout(HANDSHAKE, (&mut stream).take(MAX_LINE as u64).read_until(b'\n', &mut line))
+        .await
+        .map_err(|_| format!("{who}: no request within 10 s"))?;
+    read.map_err(|e| format!("{who}: {e}"))?;
+    let request: Request = match serde_json::from_slice(&line) {
+        Ok(r) => r,
+        Err(e) => return answer(&mut stream, Reply::Error(format!("bad request: {e}"))).await,
+    };
+    match request {
+        Request::Qmp { socket } => forward_qmp(stream, &socket).await.map_err(|e| format!("{who}: {e}")),
+        request => {
+            eprintln!("mekha agent: {who}: {}", describe(&request));
+            let reply = match run(request).await {
+                Ok(value) => Reply::Ok(value),
+                Err(message) => Reply::Error(message),
+            };
+            answer(&mut stream, reply).await
+        }
+    }
+}
+
+fn describe(request: &Request) -> String {
+    match request {
+        Request::Hello => "hello".into(),
+        Request::Storage { dir } => format!("storage {}", dir.display()),
+        Request::Launch { spec, incoming } => format!(
+            "launch {} ({}){}",
+            spec.name,
+            spec.vms.iter().map(|v| v.name.as_str()).collect::<Vec<_>>().join(", "),
+            if *incoming { ", incoming" } else { "" }
+        ),
+        Request::Stop { spec, .. } => format!("stop {}", spec.name),
+        Request::Status { spec } => format!("status {}", spec.name),
+        Request::Qmp { socket } => format!("qmp {}", socket.display()),
+    }
+}
+
+async fn answer(stream: &mut BufReader<TlsStream<TcpStream>>, reply: Reply) -> Result<(), String> {
+    let mut line = serde_json::to_vec(&reply).expect("JSON encodes");
+    line.push(b'\n');
+    let stream = stream.get_mut();
+    stream.write_all(&line).await.map_err(|e| e.to_string())?;
+    stream.shutdown().await.map_err(|e| e.to_string())
+}
+
+async fn run(request: Request) -> Result<Value, String> {
+    match request {
+        Request::Hello => Ok(json!({ "version": env!("CARGO_PKG_VERSION"), "host": storage::host_name() })),
+        Request::Storage { dir } => Ok(json!(storage::probe(&dir)?)),
+        Request::Launch { spec, incoming } => {
+            launch::start_all(&spec, incoming).await?;
+            Ok(pids(&spec))
+        }
+        Request::Stop { spec, grace_ms, network } => {
+            launch::stop_all(&spec, Duration::from_millis(grace_ms)).await;
+            if network {
+                launch::remove_network(&spec);
+            }
+            Ok(Value::Null)
+        }
+        Request::Status { spec } => Ok(pids(&spec)),
+        Request::Qmp { .. } => unreachable!("forwarded, not run"),
+    }
+}
+
+fn pids(spec: &crate::spec::Spec) -> Value {
+    spec.vms.iter().map(|vm| (vm.name.clone(), json!(launch::running_pid(spec, &vm.name)))).collect()
+}
+
+/// Connects to a local QMP socket and joins it to the connection. Only a
+/// socket that greets as a QMP monitor is forwarded: the agent is no
+/// general gateway to the host's Unix sockets.
+async fn forward_qmp(mut stream: BufReader<TlsStream<TcpStream>>, socket: &Path) -> Result<(), String> {
+    let unix = match UnixStream::connect(socket).await {
+        Ok(u) => u,
+        Err(e) => {
+            let message = format!("cannot connect to QMP socket {}: {e}", socket.display());
+            return answer(&mut stream, Reply::Error(message)).await;
+        }
+    };
+    let mut monitor = BufReader::new(unix);
+    let mut greeting = Vec::new();
+    let got = tokio::time::timeout(HANDSHAKE, (&mut monitor).take(64 << 10).read_until(b'\n', &mut greeting)).await;
+    let is_qmp = serde_json::from_slice::<Value>(&greeting).is_ok_and(|g| g.get("QMP").is_some());
+    if !matches!(got, Ok(Ok(n)) if n > 0) || !is_qmp {
+        let message = format!(
+            "{} is not a QMP monitor, or another client holds it (no greeting within 10 s)",
+            socket.display()
+        );
+        return answer(&mut stream, Reply::Error(message)).await;
+    }
+    let mut line = serde_json::to_vec(&Reply::Ok(Value::Null)).expect("JSON encodes");
+    line.push(b'\n');
+    line.extend_from_slice(&greeting);
+    let tls = stream.get_mut();
+    tls.write_all(&line).await.map_err(|e| e.to_string())?;
+    // Whatever either side buffered beyond its first line goes on first.
+    let pending_tls = stream.buffer().to_vec();
+    let pending_monitor = monitor.buffer().to_vec();
+    let mut tls = stream.into_inner();
+    let mut unix = monitor.into_inner();
+    unix.write_all(&pending_tls).await.map_err(|e| e.to_string())?;
+    tls.write_all(&pending_monitor).await.map_err(|e| e.to_string())?;
+    // Ends when either side closes: a coordinator that dies drops its
+    // monitor connection, as if it had been local.
+    let _ = tokio::io::copy_bidirectional(&mut tls, &mut unix).await;
+    Ok(())
+}
