@@ -115,18 +115,21 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
             File::create(created_marker(spec, created)).map_err(|e| e.to_string())?;
         }
     }
+    let mut children = Vec::new();
     for (index, vm) in spec.vms.iter().enumerate() {
-        start_vm(spec, index, vm, incoming)?;
+        children.push(start_vm(spec, index, vm, incoming)?);
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    for vm in &spec.vms {
+    // Our own children: their exit shows here at once (a pid file's
+    // cmdline check could race with the exec).
+    for (vm, child) in spec.vms.iter().zip(&mut children) {
         let sock = spec.qmp_path(&vm.name);
         loop {
             if sock.exists() && Qmp::connect(&sock).await.is_ok() {
                 break;
             }
-            if running_pid(spec, &vm.name).is_none() {
-                return Err(format!("VM {}'s QEMU exited: {}", vm.name, log_tail(spec, &vm.name)));
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("VM {}'s QEMU exited ({status}): {}", vm.name, log_tail(spec, &vm.name)));
             }
             if Instant::now() > deadline {
                 return Err(format!("VM {}: no QMP socket at {} after 30 s", vm.name, sock.display()));
@@ -137,7 +140,7 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
     Ok(())
 }
 
-fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<(), String> {
+fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<std::process::Child, String> {
     let sock = spec.qmp_path(&vm.name);
     let _ = fs::remove_file(&sock);
     let mut cmd = match spec.network.as_ref().and_then(|n| n.namespace.as_ref()) {
@@ -177,7 +180,7 @@ fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<()
         .spawn()
         .map_err(|e| format!("VM {}: starting {}: {e}", vm.name, spec.qemu.display()))?;
     fs::write(pid_path(spec, &vm.name), format!("{}\n", child.id())).map_err(|e| e.to_string())?;
-    Ok(())
+    Ok(child)
 }
 
 /// The end of VM `vm`'s QEMU output, for error messages.

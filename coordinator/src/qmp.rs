@@ -69,6 +69,15 @@ pub struct Qmp {
     events: broadcast::Sender<Event>,
     greeting: Value,
     timeout: Duration,
+    /// The task reading the monitor: aborted on drop, which closes the
+    /// connection (QEMU serves one client per monitor at a time).
+    reader: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Qmp {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
 }
 
 impl Qmp {
@@ -100,7 +109,7 @@ impl Qmp {
 
         let pending: Pending = Arc::default();
         let (events, _) = broadcast::channel(1024);
-        tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
+        let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
         let qmp = Qmp {
             path,
             writer: AsyncMutex::new(write),
@@ -109,6 +118,7 @@ impl Qmp {
             events,
             greeting,
             timeout: Duration::from_secs(60),
+            reader,
         };
         qmp.execute("qmp_capabilities", Value::Null).await?;
         Ok(qmp)

@@ -72,7 +72,16 @@ impl AgentClient {
         let mut tls = self.connect().await?;
         let mut line = serde_json::to_vec(request).expect("JSON encodes");
         line.push(b'\n');
-        let failed = |e: std::io::Error| format!("agent {}: {e}", self.address);
+        let failed = |e: std::io::Error| {
+            // TLS 1.3: the agent judges our certificate after the
+            // handshake, so its refusal arrives as an alert on the read.
+            let hint = if e.to_string().contains("alert") {
+                " (the agent refused this client certificate: is it signed by the agent's CA?)"
+            } else {
+                ""
+            };
+            format!("agent {}: {e}{hint}", self.address)
+        };
         tls.write_all(&line).await.map_err(failed)?;
         tls.flush().await.map_err(failed)?;
         let mut reader = BufReader::new(tls);

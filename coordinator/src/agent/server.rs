@@ -59,10 +59,10 @@ async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Resu
         Ok(r) => r,
         Err(e) => return answer(&mut stream, Reply::Error(format!("bad request: {e}"))).await,
     };
+    eprintln!("mekha agent: {who}: {}", describe(&request));
     match request {
         Request::Qmp { socket } => forward_qmp(stream, &socket).await.map_err(|e| format!("{who}: {e}")),
         request => {
-            eprintln!("mekha agent: {who}: {}", describe(&request));
             let reply = match run(request).await {
                 Ok(value) => Reply::Ok(value),
                 Err(message) => Reply::Error(message),

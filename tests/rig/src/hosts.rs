@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Several "hosts" on one machine, for multi-host tests: each a network
-//! namespace with its own bridge for VMs and an sshd listening on an
-//! address that the root namespace reaches over a veth pair. The hosts'
+//! namespace with its own bridge for VMs, an sshd and (on demand) a
+//! `mekha agent` listening on an address that the root namespace reaches
+//! over a veth pair. The hosts'
 //! bridges are joined by veth pairs, so that their VMs share one L2
 //! segment, as VMs of one cluster spread over hosts would. Traffic stays
 //! inside these namespaces and the veths to them.
@@ -15,7 +16,8 @@ use anyhow::{bail, Context, Result};
 use crate::netns::{Netns, BRIDGE};
 
 pub struct FakeHost {
-    // Field order is drop order: sshd before its namespace.
+    // Field order is drop order: the daemons before their namespace.
+    agent: Option<Child>,
     sshd: Child,
     pub netns: Netns,
     /// The sshd's address, reachable from the root namespace.
@@ -24,10 +26,15 @@ pub struct FakeHost {
 
 impl Drop for FakeHost {
     fn drop(&mut self) {
-        let _ = self.sshd.kill();
-        let _ = self.sshd.wait();
+        for daemon in self.agent.iter_mut().chain([&mut self.sshd]) {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+        }
     }
 }
+
+/// The port the fake hosts' agents listen on.
+pub const AGENT_PORT: u16 = 7441;
 
 pub struct FakeHosts {
     pub hosts: Vec<FakeHost>,
@@ -116,7 +123,7 @@ impl FakeHosts {
                 .stderr(std::fs::File::create(dir.join(format!("sshd-{i}.log")))?)
                 .spawn()
                 .context("starting sshd")?;
-            fake.hosts.push(FakeHost { sshd, netns, address });
+            fake.hosts.push(FakeHost { agent: None, sshd, netns, address });
         }
         // One L2 segment: a veth pair between consecutive hosts' bridges.
         for i in 1..n {
@@ -131,6 +138,42 @@ impl FakeHosts {
             fake.wait_for_sshd(host)?;
         }
         Ok(fake)
+    }
+
+    /// Starts `mekha agent` on every host, on its address, with the TLS
+    /// directory `tls/ADDRESS` (what `mekha tls init --agent ADDRESS`
+    /// makes); its output goes to `logs/agent-I.log`.
+    pub fn start_agents(&mut self, mekha: &Path, tls: &Path, logs: &Path) -> Result<()> {
+        for (i, host) in self.hosts.iter_mut().enumerate() {
+            let agent = host
+                .netns
+                .command(mekha)
+                .args(["agent", "--listen", &format!("{}:{AGENT_PORT}", host.address)])
+                .arg("--tls-dir")
+                .arg(tls.join(&host.address))
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(logs.join(format!("agent-{i}.log")))?)
+                .spawn()
+                .context("starting mekha agent")?;
+            host.agent = Some(agent);
+        }
+        for host in &self.hosts {
+            let deadline = Instant::now() + Duration::from_secs(15);
+            let address = format!("{}:{AGENT_PORT}", host.address);
+            while std::net::TcpStream::connect(&address).is_err() {
+                if Instant::now() > deadline {
+                    bail!("mekha agent on {address} does not listen");
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        Ok(())
+    }
+
+    /// `HOST:PORT` of host `i`'s agent.
+    pub fn agent_address(&self, i: usize) -> String {
+        format!("{}:{AGENT_PORT}", self.hosts[i].address)
     }
 
     /// `ssh://root@ADDRESS/PATH` of a socket on host `i`.

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod hosts;
 pub mod netns;
 pub mod probe;
+pub mod spec;
 pub mod vm;
 
 pub use artifacts::Artifacts;
@@ -20,4 +21,5 @@ pub use cluster::{Cluster, ClusterConfig};
 pub use hosts::FakeHosts;
 pub use netns::Netns;
 pub use probe::{ProbeEvent, ProbeLog};
+pub use spec::SpecVm;
 pub use vm::{Vm, VmConfig};

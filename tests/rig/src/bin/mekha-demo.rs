@@ -16,7 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use mekha_rig::{Artifacts, ProbeLog};
+use mekha_rig::{Artifacts, ProbeLog, SpecVm};
 
 const VMS: usize = 3;
 const MSGS: u64 = 400;
@@ -121,43 +121,23 @@ fn default_spec(artifacts: &Artifacts, dir: &Path) -> String {
     );
     for i in 0..VMS {
         let peers: Vec<&str> = ips.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, ip)| ip.as_str()).collect();
-        let append = format!(
-            "console=ttyS0 quiet loglevel=3 panic=-1 no_timer_check mekha.id={i} mekha.ip={}/24 probe.peers={} probe.msgs={MSGS} \
-             probe.msg_interval_ms=20 probe.compute={COMPUTE} probe.compute_chunk={CHUNK} probe.mem=32 probe.rate=64",
-            ips[i],
-            peers.join(",")
-        );
-        let args = [
-            "-accel",
-            "tcg",
-            "-nodefaults",
-            "-display",
-            "none",
-            "-no-reboot",
-            "-no-user-config",
-            "-m",
-            "256",
-            "-smp",
-            "1",
-            "-kernel",
-            &artifacts.kernel.display().to_string(),
-            "-initrd",
-            &artifacts.initrd.display().to_string(),
-            "-append",
-            &append,
-            "-chardev",
-            &format!("file,id=serial0,path={},append=on", dir.join(format!("node{i}.serial")).display()),
-            "-serial",
-            "chardev:serial0",
-        ]
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
-        out += &format!(
-            "\n[[vm]]\nname = \"node{i}\"\nargs = [{args}]\nnic = {{ mac = \"52:54:00:77:00:{:02x}\" }}\n",
-            11 + i
-        );
+        let vm = SpecVm {
+            name: format!("node{i}"),
+            memory_mib: 256,
+            probe_args: format!(
+                "mekha.id={i} mekha.ip={}/24 probe.peers={} probe.msgs={MSGS} probe.msg_interval_ms=20 \
+                 probe.compute={COMPUTE} probe.compute_chunk={CHUNK} probe.mem=32 probe.rate=64",
+                ips[i],
+                peers.join(",")
+            )
+            .split(' ')
+            .map(str::to_owned)
+            .collect(),
+            serial: dir.join(format!("node{i}.serial")),
+            mac: format!("52:54:00:77:00:{:02x}", 11 + i),
+            host: None,
+        };
+        out += &vm.toml(artifacts);
     }
     out
 }

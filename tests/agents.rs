@@ -1,0 +1,212 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! Spec mode across hosts: two "hosts" (network namespaces, each with its
+//! own bridge and a `mekha agent`; the bridges joined into one segment),
+//! the coordinator in the root namespace with a client certificate from
+//! `mekha tls init`. `mekha up` has each agent start its host's VM; a
+//! checkpoint onto a full filesystem is refused with the VMs running; a
+//! peer with a certificate of another CA gets nowhere; then checkpoint,
+//! every QEMU killed, `mekha restart`: the job goes on with nothing lost;
+//! `mekha down`.
+
+mod common;
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::{json_of, reference_checksum};
+use mekha_rig::netns::BRIDGE;
+use mekha_rig::{FakeHosts, ProbeLog, SpecVm};
+
+const BOOT: Duration = Duration::from_secs(120);
+const MSGS: u64 = 300;
+const COMPUTE: u64 = 3 << 30;
+const CHUNK: u64 = 1 << 28;
+
+fn received(log: &ProbeLog) -> u64 {
+    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
+}
+
+fn mekha(artifacts: &mekha_rig::Artifacts, args: &[&str]) -> Output {
+    Command::new(&artifacts.mekha).args(args).output().unwrap()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn pid_of(state: &Path, host: &str, vm: &str) -> i32 {
+    std::fs::read_to_string(state.join(host).join(format!("{vm}.pid"))).unwrap().trim().parse().unwrap()
+}
+
+/// Unmounts on drop, panics included.
+struct Tmpfs(PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_spec_over_two_hosts_runs_through_their_agents() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("agents");
+    let mut hosts = FakeHosts::create(2, &dir.join("hosts")).unwrap();
+    let tls = dir.join("tls");
+    let addresses: Vec<String> = hosts.hosts.iter().map(|h| h.address.clone()).collect();
+    let mut init = vec!["tls", "init", "--dir", tls.to_str().unwrap()];
+    for a in &addresses {
+        init.extend(["--agent", a]);
+    }
+    let out = mekha(&artifacts, &init);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A small filesystem for the full-disk case, mounted before the agents
+    // start: each "host" has its own mount namespace, copied at its start.
+    let tiny = dir.join("tiny");
+    std::fs::create_dir_all(&tiny).unwrap();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&tiny).status();
+    assert!(mounted.unwrap().success());
+    let tiny = Tmpfs(tiny);
+    hosts.start_agents(&artifacts.mekha, &tls, &dir).unwrap();
+
+    let ips = ["10.78.0.11", "10.78.0.12"];
+    let state = dir.join("state");
+    let mut spec = format!(
+        "name = \"agents\"\ncheckpoint_dir = \"ckpt\"\nstate_dir = \"state\"\nqemu = {:?}\ntls_dir = \"tls\"\n\n\
+         [network]\nbridge = \"{BRIDGE}\"\n\n[checkpoint]\nmode = \"auto\"\n",
+        artifacts.qemu.display().to_string()
+    );
+    for (i, address) in addresses.iter().enumerate() {
+        spec += &format!("\n[[host]]\nname = \"h{i}\"\nagent = \"{}\"\n", hosts.agent_address(i));
+        let vm = SpecVm {
+            name: format!("node{i}"),
+            memory_mib: 256,
+            probe_args: vec![
+                format!("mekha.id={i}"),
+                format!("mekha.ip={}/24", ips[i]),
+                format!("probe.peers={}", ips[1 - i]),
+                format!("probe.msgs={MSGS}"),
+                "probe.msg_interval_ms=20".into(),
+                format!("probe.compute={COMPUTE}"),
+                format!("probe.compute_chunk={CHUNK}"),
+                "probe.mem=16".into(),
+                "probe.rate=32".into(),
+            ],
+            serial: dir.join(format!("node{i}.serial")),
+            mac: format!("52:54:00:78:00:{:02x}", 11 + i),
+            host: Some(format!("h{i}")),
+        };
+        spec += &vm.toml(&artifacts);
+        assert!(!address.is_empty());
+    }
+    let spec_path = dir.join("cluster.toml");
+    std::fs::write(&spec_path, spec).unwrap();
+    let spec_arg = spec_path.to_str().unwrap();
+
+    let up = mekha(&artifacts, &["up", "--spec", spec_arg, "--json"]);
+    let up = json_of(&up);
+    assert!(up["vms"][1]["qmp"].as_str().unwrap().starts_with("mekha://"), "{up}");
+    // Each agent started its VM on its own host (in its namespace).
+    for (i, host) in hosts.hosts.iter().enumerate() {
+        let pid = pid_of(&state, &format!("h{i}"), &format!("node{i}"));
+        let vm_ns = std::fs::metadata(format!("/proc/{pid}/ns/net")).unwrap().ino();
+        let host_ns = std::fs::metadata(format!("/run/netns/{}", host.netns.name())).unwrap().ino();
+        assert_eq!(vm_ns, host_ns, "node{i} does not run on host h{i}");
+    }
+    let logs: Vec<ProbeLog> = (0..2).map(|i| ProbeLog::new(dir.join(format!("node{i}.serial")))).collect();
+    for log in &logs {
+        log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    }
+    let started = Instant::now();
+    while logs.iter().any(|log| received(log) < 20) {
+        assert!(started.elapsed() < BOOT, "the probes exchange nothing across the hosts");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let status = json_of(&mekha(&artifacts, &["status", "--spec", spec_arg, "--json"]));
+    for vm in status["vms"].as_array().unwrap() {
+        assert_eq!(vm["state"], "running", "{status}");
+    }
+    let storage = status["storage"].as_array().unwrap();
+    assert_eq!(storage.len(), 2, "{status}");
+    // The fake hosts share this machine's disk: one storage target.
+    assert_eq!(storage[0]["report"]["target"], storage[1]["report"]["target"], "{status}");
+    assert!(storage[0]["report"]["free_bytes"].as_u64().unwrap() > 0);
+
+    // A full filesystem: refused once the images' size is known, before
+    // anything is written; the VMs run on.
+    let endpoints: Vec<String> = status["vms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!("mekha://{}{}/h{i}/node{i}.qmp", hosts.agent_address(i), state.display()))
+        .collect();
+    let attach = |tls_dir: &Path, ckpt: &Path| {
+        let mut cmd = Command::new(&artifacts.mekha);
+        cmd.args(["checkpoint", "--tls-dir"]).arg(tls_dir).arg("--dir").arg(ckpt);
+        for e in &endpoints {
+            cmd.args(["--qmp", e]);
+        }
+        cmd.output().unwrap()
+    };
+    let full = attach(&tls, &tiny.0);
+    assert_eq!(full.status.code(), Some(1), "{}", stderr(&full));
+    assert!(stderr(&full).contains("not enough space"), "{}", stderr(&full));
+    assert!(!tiny.0.join("MANIFEST.json").exists());
+    drop(tiny);
+
+    // A client certificate of another CA (trusting the agents' CA): the
+    // agents refuse it.
+    let stranger = dir.join("stranger-tls");
+    let out = mekha(&artifacts, &["tls", "init", "--dir", stranger.to_str().unwrap()]);
+    assert!(out.status.success());
+    std::fs::copy(tls.join("ca.pem"), stranger.join("ca.pem")).unwrap();
+    let refused = attach(&stranger, &dir.join("stranger-ckpt"));
+    assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
+    eprintln!("a stranger's checkpoint: {}", stderr(&refused).trim());
+    assert!(!dir.join("stranger-ckpt/MANIFEST.json").exists());
+
+    let status = json_of(&mekha(&artifacts, &["status", "--spec", spec_arg, "--json"]));
+    for vm in status["vms"].as_array().unwrap() {
+        assert_eq!(vm["state"], "running", "after the refusals: {status}");
+    }
+
+    let summary = json_of(&mekha(&artifacts, &["checkpoint", "--spec", spec_arg, "--json"]));
+    assert_eq!(summary["vms"].as_array().unwrap().len(), 2, "{summary}");
+    eprintln!("checkpoint through agents: stop skew {} us", summary["stop_skew_ns"].as_i64().unwrap() / 1000);
+
+    // Both hosts "fail".
+    std::thread::sleep(Duration::from_secs(1));
+    for i in 0..2 {
+        // SAFETY: a plain signal to a QEMU this test had started.
+        unsafe { libc::kill(pid_of(&state, &format!("h{i}"), &format!("node{i}")), libc::SIGKILL) };
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let restart = json_of(&mekha(&artifacts, &["restart", "--spec", spec_arg, "--json"]));
+    assert_eq!(restart["vms"].as_array().unwrap().len(), 2, "{restart}");
+
+    let reference = reference_checksum(COMPUTE, CHUNK);
+    for (i, log) in logs.iter().enumerate() {
+        let done = log.wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
+        assert_eq!(log.events().iter().filter(|e| e.ev == "start").count(), 1, "node{i} rebooted");
+        for link in done.json["net"].as_array().expect("net summary") {
+            for counter in ["lost", "dup", "reordered", "corrupt"] {
+                assert_eq!(link[counter], 0, "node{i}: {counter} in {link}");
+            }
+            assert_eq!(link["received"], MSGS, "{link}");
+        }
+        assert_eq!(done.json["compute"]["checksum"].as_str(), Some(reference.as_str()), "node{i}");
+    }
+
+    let down = mekha(&artifacts, &["down", "--spec", spec_arg]);
+    assert!(down.status.success(), "{}", stderr(&down));
+    let status = json_of(&mekha(&artifacts, &["status", "--spec", spec_arg, "--json"]));
+    for vm in status["vms"].as_array().unwrap() {
+        assert!(vm["pid"].is_null(), "still running after down: {status}");
+    }
+    // The hosts' bridges existed before `up`: they stay.
+    hosts.hosts[0].netns.ip(&["link", "show", BRIDGE]).unwrap();
+}
