@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{json_of, mekha, reference_checksum};
+use common::{json_of, mekha, reference_checksum, wait_checkpoint_settled};
 
 use std::path::Path;
 use std::process::Command;
@@ -223,18 +223,29 @@ async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not-a-dir"), "{}", String::from_utf8_lossy(&out.stderr));
 
     // A full disk fails the checkpoint cleanly: the VM runs on, nothing is
-    // committed, no partial file is left.
+    // committed, no partial file is left. The coordinator refuses before
+    // writing, once the staged image's size is known; a VM's own write
+    // that meets ENOSPC (space taken meanwhile) fails as cleanly.
     let small = dir.join("small-disk");
     std::fs::create_dir_all(&small).unwrap();
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=48m", "tmpfs"]).arg(&small).status().unwrap();
     assert!(mounted.success());
     let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &small);
-    let full_disk_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let refused_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    let refused_leftovers: Vec<_> = walk(&small);
+    let image = small.join("direct.mekha");
+    qmp.execute_mekha("checkpoint", serde_json::json!({ "path": image })).await.unwrap();
+    let written = wait_checkpoint_settled(&qmp).await;
     let leftovers: Vec<_> = walk(&small);
     let _ = Command::new("umount").arg(&small).status();
-    assert_eq!(out.status.code(), Some(1), "{full_disk_stderr}");
-    assert!(full_disk_stderr.contains("No space left"), "{full_disk_stderr}");
-    assert!(leftovers.iter().all(|p| !p.ends_with(".mekha") && !p.ends_with(".partial")), "{leftovers:?}");
+    assert_eq!(out.status.code(), Some(1), "{refused_stderr}");
+    assert!(refused_stderr.contains("not enough space"), "{refused_stderr}");
+    assert!(!refused_leftovers.iter().any(|p| p.ends_with("MANIFEST.json")), "{refused_leftovers:?}");
+    assert_eq!(written["status"], "failed", "{written}");
+    assert!(written["error"].as_str().unwrap_or("").contains("No space left"), "{written}");
+    for files in [&refused_leftovers, &leftovers] {
+        assert!(files.iter().all(|p| !p.ends_with(".mekha") && !p.ends_with(".partial")), "{files:?}");
+    }
     let status = qmp.execute("query-status", Value::Null).await.unwrap();
     assert_eq!(status["status"], "running");
 

@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{json_of, mekha_all, reference_checksum};
+use common::{json_of, mekha_all, reference_checksum, wait_checkpoint_settled};
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Cluster, ClusterConfig, ProbeLog};
 use serde_json::{json, Value};
@@ -216,27 +216,6 @@ async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
     }
 }
 
-/// Waits for the checkpoint to be completed or failed, from its events:
-/// polling query-checkpoint would renew the lease of a coordinator that
-/// is meant to be gone.
-async fn wait_checkpoint_settled(qmp: &Qmp) -> Value {
-    let mut events = qmp.subscribe();
-    let settled = |s: &Value| matches!(s["status"].as_str(), Some("completed" | "failed"));
-    let state = qmp.execute_mekha("query-checkpoint", Value::Null).await.unwrap();
-    if settled(&state) {
-        return state;
-    }
-    tokio::time::timeout(Duration::from_secs(60), async {
-        loop {
-            let e = events.recv().await.expect("QMP events");
-            if e.event == "__org.mekha_CHECKPOINT" && settled(&e.data) {
-                return e.data;
-            }
-        }
-    })
-    .await
-    .expect("the checkpoint did not settle in 60 s")
-}
 
 /// A damaged image of one VM refuses the restart, naming that VM, and no
 /// VM of the cluster runs.

@@ -356,7 +356,7 @@ async fn storage_of(vms: &[Attached], dir: &Path) -> Result<Vec<StorageReport>, 
                 None => storage::probe(dir).map_err(CkptError::Refused)?,
                 Some(agent) => {
                     let value =
-                        agent.call(&Request::Storage { dir: dir.to_owned() }).await.map_err(CkptError::Unreachable)?;
+                        agent.call(&Request::Storage { dir: dir.to_owned() }).await.map_err(|e| CkptError::Unreachable(e.into()))?;
                     serde_json::from_value(value)
                         .map_err(|e| CkptError::Unreachable(format!("agent {}: {e}", agent.address())))?
                 }
@@ -386,7 +386,7 @@ fn check_space(storage: &[StorageReport], need: impl Fn(usize) -> u64, what: &st
     match targets.into_iter().find(|(r, total)| r.free_bytes < *total) {
         Some((r, total)) => Err(CkptError::Refused(format!(
             "not enough space for the checkpoint in {} (storage {}): {what} {} MiB, {} MiB are free; \
-             nothing was written, every VM runs on, the previous checkpoint stays",
+             nothing was written, every VM runs on, the previous checkpoint (if any) stays",
             r.dir.display(),
             r.target,
             total.div_ceil(1 << 20),

@@ -7,7 +7,8 @@ pub const OK: i32 = 0;
 pub const FAILURE: i32 = 1;
 /// Bad command line (clap's own code).
 pub const USAGE: i32 = 2;
-/// A VM could not be reached over QMP.
+/// A VM could not be reached over QMP (or ssh, or its host's agent did not
+/// answer or refused our certificate).
 pub const UNREACHABLE: i32 = 3;
 /// A VM's QEMU does not have the mekha patches.
 pub const NOT_MEKHA: i32 = 4;

@@ -47,7 +47,7 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
     let spec = load(path)?;
     // Refuse before anything is stopped if there is nothing to restart.
     crate::ckpt::latest_checkpoint(&spec.checkpoint_dir)?;
-    stop_everywhere(&spec, false).await.map_err(failed)?;
+    stop_everywhere(&spec, false).await?;
     start_everywhere(&spec, true).await?;
     let vms = cluster::attach(&spec.qmp_endpoints(), &spec.reach()).await?;
     let options = RestoreOptions {
@@ -63,7 +63,7 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
 /// `up` created goes. Checkpoints stay.
 pub async fn down(path: &Path) -> Result<(), CommandFailure> {
     let spec = load(path)?;
-    stop_everywhere(&spec, true).await.map_err(failed)
+    stop_everywhere(&spec, true).await
 }
 
 /// Starts every host's part; on a failure, stops what did start.
@@ -71,41 +71,45 @@ async fn start_everywhere(spec: &Spec, incoming: bool) -> Result<(), CommandFail
     let reach = spec.reach();
     let parts = spec.parts();
     let started = join_all(parts.iter().map(|(host, part)| start_part(&reach, *host, part, incoming))).await;
-    let errors: Vec<String> = started.into_iter().filter_map(Result::err).collect();
-    if errors.is_empty() {
-        return Ok(());
-    }
+    let Some(failure) = combine(started.into_iter().filter_map(Result::err).collect()) else { return Ok(()) };
     let _ = stop_everywhere(spec, false).await;
-    let unreachable = errors.iter().all(|e| e.starts_with("agent "));
-    let code = if unreachable { exit::UNREACHABLE } else { exit::FAILURE };
-    Err(CommandFailure::new(code, format!("{} (the VMs that had started were stopped)", errors.join("; "))))
+    Err(CommandFailure::new(failure.code, format!("{} (the VMs that had started were stopped)", failure.message)))
 }
 
 /// Stops every host's part (and, with `network`, removes what `up` made
 /// of its network); goes on past a host it cannot reach.
-async fn stop_everywhere(spec: &Spec, network: bool) -> Result<(), String> {
+async fn stop_everywhere(spec: &Spec, network: bool) -> Result<(), CommandFailure> {
     let reach = spec.reach();
     let parts = spec.parts();
     let stopped = join_all(parts.iter().map(|(host, part)| stop_part(&reach, *host, part, network))).await;
-    let errors: Vec<String> = stopped.into_iter().filter_map(Result::err).collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(errors.join("; "))
-    }
+    combine(stopped.into_iter().filter_map(Result::err).collect()).map_or(Ok(()), Err)
 }
 
-async fn start_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, incoming: bool) -> Result<(), String> {
+/// Several hosts' failures as one: unreachable if every one is.
+fn combine(failures: Vec<CommandFailure>) -> Option<CommandFailure> {
+    let code = if failures.iter().all(|f| f.code == exit::UNREACHABLE) { exit::UNREACHABLE } else { exit::FAILURE };
+    let message = failures.into_iter().map(|f| f.message).collect::<Vec<_>>().join("; ");
+    (!message.is_empty()).then(|| CommandFailure::new(code, message))
+}
+
+/// A request to host `host`'s agent.
+async fn call_agent(reach: &Reach, host: &HostSpec, request: &Request) -> Result<Value, CommandFailure> {
+    let fail = |code, e: String| CommandFailure::new(code, format!("host {}: {e}", host.name));
+    let agent = reach.agent(&host.agent).map_err(|e| fail(exit::UNREACHABLE, e))?;
+    agent.call(request).await.map_err(|e| {
+        let code = if e.is_unreachable() { exit::UNREACHABLE } else { exit::FAILURE };
+        fail(code, e.to_string())
+    })
+}
+
+async fn start_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, incoming: bool) -> Result<(), CommandFailure> {
     match host {
-        None => launch::start_all(part, incoming).await,
-        Some(h) => {
-            let request = Request::Launch { spec: Box::new(part.clone()), incoming };
-            reach.agent(&h.agent)?.call(&request).await.map(drop).map_err(|e| format!("host {}: {e}", h.name))
-        }
+        None => launch::start_all(part, incoming).await.map_err(failed),
+        Some(h) => call_agent(reach, h, &Request::Launch { spec: Box::new(part.clone()), incoming }).await.map(drop),
     }
 }
 
-async fn stop_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, network: bool) -> Result<(), String> {
+async fn stop_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, network: bool) -> Result<(), CommandFailure> {
     match host {
         None => {
             launch::stop_all(part, QUIT_GRACE).await;
@@ -116,8 +120,7 @@ async fn stop_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, network:
         }
         Some(h) => {
             let grace_ms = QUIT_GRACE.as_millis() as u64;
-            let request = Request::Stop { spec: Box::new(part.clone()), grace_ms, network };
-            reach.agent(&h.agent)?.call(&request).await.map(drop).map_err(|e| format!("host {}: {e}", h.name))
+            call_agent(reach, h, &Request::Stop { spec: Box::new(part.clone()), grace_ms, network }).await.map(drop)
         }
     }
 }
@@ -129,7 +132,7 @@ async fn pids_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec) -> Resul
         None => Ok(part.vms.iter().map(|vm| launch::running_pid(part, &vm.name)).collect()),
         Some(h) => {
             let request = Request::Status { spec: Box::new(part.clone()) };
-            let pids = reach.agent(&h.agent)?.call(&request).await?;
+            let pids = call_agent(reach, h, &request).await.map_err(|f| f.message)?;
             Ok(part.vms.iter().map(|vm| pids[&vm.name].as_i64().map(|p| p as i32)).collect())
         }
     }
@@ -140,7 +143,7 @@ async fn storage_part(reach: &Reach, host: Option<&HostSpec>, dir: &Path) -> Res
     match host {
         None => storage::probe(dir),
         Some(h) => {
-            let report = reach.agent(&h.agent)?.call(&Request::Storage { dir: dir.to_owned() }).await?;
+            let report = call_agent(reach, h, &Request::Storage { dir: dir.to_owned() }).await.map_err(|f| f.message)?;
             serde_json::from_value(report).map_err(|e| format!("agent {}: {e}", h.agent))
         }
     }

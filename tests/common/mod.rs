@@ -5,8 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::time::Duration;
 
 use mekha_rig::Artifacts;
+use mekha_coordinator::qmp::Qmp;
 use serde_json::Value;
 
 /// A fresh directory for one test's VMs (QMP sockets, serial logs, QEMU's
@@ -55,4 +57,26 @@ pub fn mekha_all(artifacts: &Artifacts, args: &[&str], qmps: &[PathBuf], dir: &P
         cmd.arg("--qmp").arg(qmp);
     }
     cmd.arg("--dir").arg(dir).output().unwrap()
+}
+
+/// Waits for the checkpoint to be completed or failed, from its events:
+/// polling query-checkpoint would renew the lease of a coordinator that
+/// is meant to be gone.
+pub async fn wait_checkpoint_settled(qmp: &Qmp) -> Value {
+    let mut events = qmp.subscribe();
+    let settled = |s: &Value| matches!(s["status"].as_str(), Some("completed" | "failed"));
+    let state = qmp.execute_mekha("query-checkpoint", Value::Null).await.unwrap();
+    if settled(&state) {
+        return state;
+    }
+    tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let e = events.recv().await.expect("QMP events");
+            if e.event == "__org.mekha_CHECKPOINT" && settled(&e.data) {
+                return e.data;
+            }
+        }
+    })
+    .await
+    .expect("the checkpoint did not settle in 60 s")
 }

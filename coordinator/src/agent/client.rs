@@ -16,6 +16,30 @@ use tokio_rustls::TlsConnector;
 use super::{Reply, Request, DEFAULT_PORT, MAX_LINE};
 use crate::qmp::Stream;
 
+/// Why an agent request did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// No authenticated exchange with the agent (down, unreachable,
+    /// refused our certificate or presented a wrong one).
+    #[error("agent {address}: {message}")]
+    Unreachable { address: String, message: String },
+    /// The agent answered with an error.
+    #[error("agent {address}: {message}")]
+    Failed { address: String, message: String },
+}
+
+impl AgentError {
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, AgentError::Unreachable { .. })
+    }
+}
+
+impl From<AgentError> for String {
+    fn from(e: AgentError) -> String {
+        e.to_string()
+    }
+}
+
 /// How long connecting and authenticating may take.
 const CONNECT: Duration = Duration::from_secs(10);
 
@@ -50,8 +74,12 @@ impl AgentClient {
         &self.address
     }
 
-    async fn connect(&self) -> Result<TlsStream<TcpStream>, String> {
-        let name = ServerName::try_from(self.host.clone()).map_err(|e| format!("agent {}: {e}", self.address))?;
+    fn unreachable(&self, message: impl std::fmt::Display) -> AgentError {
+        AgentError::Unreachable { address: self.address.clone(), message: message.to_string() }
+    }
+
+    async fn connect(&self) -> Result<TlsStream<TcpStream>, AgentError> {
+        let name = ServerName::try_from(self.host.clone()).map_err(|e| self.unreachable(e))?;
         let connect = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
@@ -62,13 +90,13 @@ impl AgentClient {
         };
         tokio::time::timeout(CONNECT, connect)
             .await
-            .map_err(|_| format!("agent {}: no answer within {} s", self.address, CONNECT.as_secs()))?
-            .map_err(|e| format!("agent {}: {e}", self.address))
+            .map_err(|_| self.unreachable(format!("no answer within {} s", CONNECT.as_secs())))?
+            .map_err(|e| self.unreachable(e))
     }
 
     /// Sends `request`; the reply's line is read, and what follows it stays
     /// in the returned reader.
-    async fn exchange(&self, request: &Request) -> Result<(Value, BufReader<TlsStream<TcpStream>>), String> {
+    async fn exchange(&self, request: &Request) -> Result<(Value, BufReader<TlsStream<TcpStream>>), AgentError> {
         let mut tls = self.connect().await?;
         let mut line = serde_json::to_vec(request).expect("JSON encodes");
         line.push(b'\n');
@@ -80,7 +108,7 @@ impl AgentClient {
             } else {
                 ""
             };
-            format!("agent {}: {e}{hint}", self.address)
+            self.unreachable(format!("{e}{hint}"))
         };
         tls.write_all(&line).await.map_err(failed)?;
         tls.flush().await.map_err(failed)?;
@@ -89,22 +117,22 @@ impl AgentClient {
         (&mut reader).take(MAX_LINE as u64).read_until(b'\n', &mut answer).await.map_err(failed)?;
         if answer.is_empty() {
             // The agent closed: most often it refused our certificate.
-            return Err(format!("agent {} closed the connection (does it accept this client certificate?)", self.address));
+            return Err(self.unreachable("closed the connection (does it accept this client certificate?)"));
         }
         match serde_json::from_slice(&answer) {
             Ok(Reply::Ok(value)) => Ok((value, reader)),
-            Ok(Reply::Error(message)) => Err(format!("agent {}: {message}", self.address)),
-            Err(e) => Err(format!("agent {}: bad reply: {e}", self.address)),
+            Ok(Reply::Error(message)) => Err(AgentError::Failed { address: self.address.clone(), message }),
+            Err(e) => Err(self.unreachable(format!("bad reply: {e}"))),
         }
     }
 
     /// Runs one request; `{"ok": VALUE}` gives VALUE.
-    pub async fn call(&self, request: &Request) -> Result<Value, String> {
+    pub async fn call(&self, request: &Request) -> Result<Value, AgentError> {
         Ok(self.exchange(request).await?.0)
     }
 
     /// A stream to the QMP socket at `socket` on the agent's host.
-    pub async fn open_qmp(&self, socket: &Path) -> Result<Box<dyn Stream>, String> {
+    pub async fn open_qmp(&self, socket: &Path) -> Result<Box<dyn Stream>, AgentError> {
         let (_, reader) = self.exchange(&Request::Qmp { socket: socket.to_owned() }).await?;
         // The monitor's greeting may already sit in the reader's buffer.
         Ok(Box::new(reader))

@@ -20,7 +20,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use client::AgentClient;
+pub use client::{AgentClient, AgentError};
 pub use server::serve;
 
 use crate::spec::Spec;
@@ -33,8 +33,6 @@ pub const DEFAULT_PORT: u16 = 7441;
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "kebab-case")]
 pub enum Request {
-    /// Version and host name.
-    Hello,
     /// `storage::probe` of a checkpoint directory.
     Storage { dir: PathBuf },
     /// Starts the spec's VMs (`-incoming defer` if `incoming`).

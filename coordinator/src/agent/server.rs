@@ -74,7 +74,6 @@ async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Resu
 
 fn describe(request: &Request) -> String {
     match request {
-        Request::Hello => "hello".into(),
         Request::Storage { dir } => format!("storage {}", dir.display()),
         Request::Launch { spec, incoming } => format!(
             "launch {} ({}){}",
@@ -98,7 +97,6 @@ async fn answer(stream: &mut BufReader<TlsStream<TcpStream>>, reply: Reply) -> R
 
 async fn run(request: Request) -> Result<Value, String> {
     match request {
-        Request::Hello => Ok(json!({ "version": env!("CARGO_PKG_VERSION"), "host": storage::host_name() })),
         Request::Storage { dir } => Ok(json!(storage::probe(&dir)?)),
         Request::Launch { spec, incoming } => {
             launch::start_all(&spec, incoming).await?;
