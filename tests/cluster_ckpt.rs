@@ -216,7 +216,6 @@ async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
     }
 }
 
-
 /// A damaged image of one VM refuses the restart, naming that VM, and no
 /// VM of the cluster runs.
 #[tokio::test(flavor = "multi_thread")]

@@ -43,9 +43,9 @@ use serde_json::{json, Value};
 use crate::agent::{AgentClient, Request};
 use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
 use crate::info;
+use crate::qmp::{Qmp, QmpError};
 use crate::schedule::{PendingImage, PersistSchedule};
 use crate::storage::{self, StorageReport};
-use crate::qmp::{Qmp, QmpError};
 use crate::transport::{self, Endpoint, Reach, Tunnel};
 
 /// A VM the coordinator drives: its QMP connection and its name, by which
@@ -355,8 +355,10 @@ async fn storage_of(vms: &[Attached], dir: &Path) -> Result<Vec<StorageReport>, 
             let report = match &vm.agent {
                 None => storage::probe(dir).map_err(CkptError::Refused)?,
                 Some(agent) => {
-                    let value =
-                        agent.call(&Request::Storage { dir: dir.to_owned() }).await.map_err(|e| CkptError::Unreachable(e.into()))?;
+                    let value = agent
+                        .call(&Request::Storage { dir: dir.to_owned() })
+                        .await
+                        .map_err(|e| CkptError::Unreachable(e.into()))?;
                     serde_json::from_value(value)
                         .map_err(|e| CkptError::Unreachable(format!("agent {}: {e}", agent.address())))?
                 }

@@ -356,7 +356,10 @@ mod tests {
         assert!(spec.qmp_path("node1").ends_with("job42.state/node1.qmp"));
         let state = spec.state_dir().display().to_string();
         assert_eq!(spec.qmp_endpoint(&spec.vms[0]), spec.qmp_path("node0"));
-        assert_eq!(spec.qmp_endpoint(&spec.vms[1]).to_string_lossy(), format!("mekha://10.0.0.2:7441{state}/n2/node1.qmp"));
+        assert_eq!(
+            spec.qmp_endpoint(&spec.vms[1]).to_string_lossy(),
+            format!("mekha://10.0.0.2:7441{state}/n2/node1.qmp")
+        );
         let parts = spec.parts();
         assert_eq!(parts.len(), 2);
         assert_eq!(parts[1].1.vms.len(), 1);

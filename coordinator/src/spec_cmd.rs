@@ -143,7 +143,8 @@ async fn storage_part(reach: &Reach, host: Option<&HostSpec>, dir: &Path) -> Res
     match host {
         None => storage::probe(dir),
         Some(h) => {
-            let report = call_agent(reach, h, &Request::Storage { dir: dir.to_owned() }).await.map_err(|f| f.message)?;
+            let report =
+                call_agent(reach, h, &Request::Storage { dir: dir.to_owned() }).await.map_err(|f| f.message)?;
             serde_json::from_value(report).map_err(|e| format!("agent {}: {e}", h.agent))
         }
     }
@@ -172,9 +173,12 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
                 let endpoint = spec.qmp_endpoint(vm);
                 if let Ok(attached) = cluster::attach(std::slice::from_ref(&endpoint), &reach).await {
                     let qmp = &attached[0].qmp;
-                    run_state = qmp.execute("query-status", Value::Null).await.map_or(Value::Null, |s| s["status"].clone());
-                    checkpoint =
-                        qmp.execute_mekha("query-checkpoint", Value::Null).await.map_or(Value::Null, |s| s["status"].clone());
+                    run_state =
+                        qmp.execute("query-status", Value::Null).await.map_or(Value::Null, |s| s["status"].clone());
+                    checkpoint = qmp
+                        .execute_mekha("query-checkpoint", Value::Null)
+                        .await
+                        .map_or(Value::Null, |s| s["status"].clone());
                 }
             }
             vms.push(json!({

@@ -11,8 +11,24 @@ use serde::{Deserialize, Serialize};
 /// Filesystems whose bytes go to a server several hosts share: one target
 /// whichever host writes.
 const SHARED_FILESYSTEMS: &[&str] = &[
-    "nfs", "nfs4", "cifs", "smb3", "ceph", "fuse.ceph", "lustre", "gpfs", "beegfs", "glusterfs", "fuse.glusterfs",
-    "9p", "virtiofs", "ocfs2", "gfs2", "fuse.sshfs", "orangefs", "pvfs2",
+    "nfs",
+    "nfs4",
+    "cifs",
+    "smb3",
+    "ceph",
+    "fuse.ceph",
+    "lustre",
+    "gpfs",
+    "beegfs",
+    "glusterfs",
+    "fuse.glusterfs",
+    "9p",
+    "virtiofs",
+    "ocfs2",
+    "gfs2",
+    "fuse.sshfs",
+    "orangefs",
+    "pvfs2",
 ];
 
 /// One checkpoint directory as seen from the host that writes into it.

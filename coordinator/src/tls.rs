@@ -143,7 +143,8 @@ pub fn init(dir: &Path, agents: &[String]) -> Result<Vec<PathBuf>, String> {
         }
         let agent_dir = dir.join(name);
         fs::create_dir_all(&agent_dir).map_err(|e| format!("{}: {e}", agent_dir.display()))?;
-        let (cert, key) = leaf(vec![name.clone()], &format!("mekha agent {name}"), ExtendedKeyUsagePurpose::ServerAuth)?;
+        let (cert, key) =
+            leaf(vec![name.clone()], &format!("mekha agent {name}"), ExtendedKeyUsagePurpose::ServerAuth)?;
         write_public(&agent_dir.join(CA), &ca_pem, &mut written)?;
         write_public(&agent_dir.join(AGENT), &cert, &mut written)?;
         write_private(&agent_dir.join(AGENT_KEY), &key, &mut written)?;

@@ -29,9 +29,16 @@ use crate::qmp::Stream;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
     Local(PathBuf),
-    Ssh { destination: String, port: Option<u16>, socket: PathBuf },
+    Ssh {
+        destination: String,
+        port: Option<u16>,
+        socket: PathBuf,
+    },
     /// `address` is the agent's `HOST[:PORT]`.
-    Agent { address: String, socket: PathBuf },
+    Agent {
+        address: String,
+        socket: PathBuf,
+    },
 }
 
 impl Endpoint {

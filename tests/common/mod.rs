@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use mekha_rig::Artifacts;
 use mekha_coordinator::qmp::Qmp;
+use mekha_rig::Artifacts;
 use serde_json::Value;
 
 /// A fresh directory for one test's VMs (QMP sockets, serial logs, QEMU's

@@ -83,10 +83,7 @@ impl AgentClient {
         let connect = async {
             let tcp = TcpStream::connect((self.host.as_str(), self.port)).await.map_err(|e| e.to_string())?;
             let _ = tcp.set_nodelay(true);
-            TlsConnector::from(self.config.clone())
-                .connect(name, tcp)
-                .await
-                .map_err(|e| format!("TLS: {e}"))
+            TlsConnector::from(self.config.clone()).connect(name, tcp).await.map_err(|e| format!("TLS: {e}"))
         };
         tokio::time::timeout(CONNECT, connect)
             .await

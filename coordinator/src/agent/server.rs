@@ -134,10 +134,8 @@ async fn forward_qmp(mut stream: BufReader<TlsStream<TcpStream>>, socket: &Path)
     let got = tokio::time::timeout(HANDSHAKE, (&mut monitor).take(64 << 10).read_until(b'\n', &mut greeting)).await;
     let is_qmp = serde_json::from_slice::<Value>(&greeting).is_ok_and(|g| g.get("QMP").is_some());
     if !matches!(got, Ok(Ok(n)) if n > 0) || !is_qmp {
-        let message = format!(
-            "{} is not a QMP monitor, or another client holds it (no greeting within 10 s)",
-            socket.display()
-        );
+        let message =
+            format!("{} is not a QMP monitor, or another client holds it (no greeting within 10 s)", socket.display());
         return answer(&mut stream, Reply::Error(message)).await;
     }
     let mut line = serde_json::to_vec(&Reply::Ok(Value::Null)).expect("JSON encodes");
