@@ -465,11 +465,24 @@ fn first_failure(vms: &[Attached], states: &[Value]) -> Option<CkptError> {
     })
 }
 
-/// Cancels every VM's checkpoint that can still be cancelled; the others
-/// finish on their own and are never committed.
+/// Cancels every VM's checkpoint that can still be cancelled, and waits
+/// (boundedly) for those to end, so that the next checkpoint finds them
+/// idle; the others finish on their own and are never committed.
 pub async fn cancel_all(vms: &[Attached]) {
-    join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("checkpoint-cancel", Value::Null))).await;
+    let cancels = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("checkpoint-cancel", Value::Null))).await;
+    let deadline = Instant::now() + CANCEL_SETTLE;
+    for (vm, _) in vms.iter().zip(cancels).filter(|(_, c)| c.is_ok()) {
+        while Instant::now() < deadline {
+            match vm.qmp.execute_mekha("query-checkpoint", Value::Null).await {
+                Ok(s) if matches!(s["status"].as_str(), Some("live" | "staged")) => tokio::time::sleep(POLL).await,
+                _ => break,
+            }
+        }
+    }
 }
+
+/// How long [`cancel_all`] waits for cancelled checkpoints to end.
+const CANCEL_SETTLE: Duration = Duration::from_secs(10);
 
 fn unreachable_vm(name: &str, e: QmpError) -> CkptError {
     CkptError::Failed { vm: name.to_owned(), message: format!("lost contact with its QEMU: {e}") }
@@ -625,4 +638,34 @@ fn wall_ns() -> i64 {
 
 fn nanos(d: Duration) -> i64 {
     d.as_nanos() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(target: &str, free_mib: u64) -> StorageReport {
+        StorageReport {
+            dir: "/ckpt".into(),
+            target: target.into(),
+            fs_type: "ext4".into(),
+            shared: false,
+            free_bytes: free_mib << 20,
+            total_bytes: 1 << 40,
+        }
+    }
+
+    #[test]
+    fn space_is_counted_per_storage_target() {
+        let need = |_| 60 << 20;
+        // Two VMs writing to one disk need 120 MiB of its 100.
+        let err = check_space(&[report("a:8:1", 100), report("a:8:1", 100)], need, "needs").unwrap_err();
+        assert!(err.to_string().contains("storage a:8:1): needs 120 MiB, 100 MiB are free"), "{err}");
+        // On two disks, 60 MiB each fits.
+        check_space(&[report("a:8:1", 100), report("b:8:1", 100)], need, "needs").unwrap();
+        // Hosts seeing one shared target differently: the least free counts.
+        let err = check_space(&[report("nfs:fs:/x", 200), report("nfs:fs:/x", 90)], need, "needs").unwrap_err();
+        assert!(err.to_string().contains("90 MiB are free"), "{err}");
+        check_space(&[report("a:8:1", 0)], |_| 0, "needs").unwrap();
+    }
 }

@@ -103,8 +103,9 @@ pub fn running_pid(spec: &Spec, vm: &str) -> Option<i32> {
 }
 
 /// Starts every VM's QEMU (with `-incoming defer` when `incoming`) and
-/// waits for their QMP sockets.
-pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
+/// waits for their QMP sockets. A long-lived caller (the agent) keeps the
+/// children to reap them when they exit; a `mekha` command just exits.
+pub async fn start_all(spec: &Spec, incoming: bool) -> Result<Vec<std::process::Child>, String> {
     fs::create_dir_all(spec.state_dir()).map_err(|e| format!("state directory {}: {e}", spec.state_dir().display()))?;
     if let Some(vm) = spec.vms.iter().find(|vm| running_pid(spec, &vm.name).is_some()) {
         return Err(format!("VM {} of spec {} runs already (mekha down first)", vm.name, spec.name));
@@ -137,7 +138,7 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<(), String> {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
-    Ok(())
+    Ok(children)
 }
 
 fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<std::process::Child, String> {

@@ -104,7 +104,7 @@ async fn call_agent(reach: &Reach, host: &HostSpec, request: &Request) -> Result
 
 async fn start_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, incoming: bool) -> Result<(), CommandFailure> {
     match host {
-        None => launch::start_all(part, incoming).await.map_err(failed),
+        None => launch::start_all(part, incoming).await.map(drop).map_err(failed),
         Some(h) => call_agent(reach, h, &Request::Launch { spec: Box::new(part.clone()), incoming }).await.map(drop),
     }
 }

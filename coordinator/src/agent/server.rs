@@ -3,6 +3,8 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Child;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::{json, Value};
@@ -17,9 +19,21 @@ use crate::{launch, storage, tls};
 /// How long a peer may take to authenticate and send its request.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// The QEMUs this agent started: reaped when they exit (a guest powered
+/// off, a VM killed), so that no zombie stays behind for the agent's life.
+type Children = Arc<Mutex<Vec<Child>>>;
+
 /// Listens on `listen` until the process ends; TLS files from `tls_dir`.
 pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
     let acceptor = TlsAcceptor::from(tls::server_config(tls_dir)?);
+    let children: Children = Arc::default();
+    let reaped = children.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            reaped.lock().unwrap().retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        }
+    });
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
     eprintln!("mekha agent: listening on {listen} (mutual TLS, {})", tls_dir.display());
     loop {
@@ -33,15 +47,16 @@ pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
             }
         };
         let acceptor = acceptor.clone();
+        let children = children.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(acceptor, tcp, peer).await {
+            if let Err(e) = handle(acceptor, tcp, peer, children).await {
                 eprintln!("mekha agent: {peer}: {e}");
             }
         });
     }
 }
 
-async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Result<(), String> {
+async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, children: Children) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     // A peer without a certificate the CA signed ends here.
     let tls = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp))
@@ -63,7 +78,7 @@ async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr) -> Resu
     match request {
         Request::Qmp { socket } => forward_qmp(stream, &socket).await.map_err(|e| format!("{who}: {e}")),
         request => {
-            let reply = match run(request).await {
+            let reply = match run(request, &children).await {
                 Ok(value) => Reply::Ok(value),
                 Err(message) => Reply::Error(message),
             };
@@ -95,11 +110,12 @@ async fn answer(stream: &mut BufReader<TlsStream<TcpStream>>, reply: Reply) -> R
     stream.shutdown().await.map_err(|e| e.to_string())
 }
 
-async fn run(request: Request) -> Result<Value, String> {
+async fn run(request: Request, children: &Children) -> Result<Value, String> {
     match request {
         Request::Storage { dir } => Ok(json!(storage::probe(&dir)?)),
         Request::Launch { spec, incoming } => {
-            launch::start_all(&spec, incoming).await?;
+            let started = launch::start_all(&spec, incoming).await?;
+            children.lock().unwrap().extend(started);
             Ok(pids(&spec))
         }
         Request::Stop { spec, grace_ms, network } => {
