@@ -24,10 +24,6 @@ const MSGS: u64 = 300;
 const COMPUTE: u64 = 3 << 30;
 const CHUNK: u64 = 1 << 28;
 
-fn received(log: &ProbeLog) -> u64 {
-    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
-}
-
 fn mekha(artifacts: &mekha_rig::Artifacts, args: &[&str]) -> Output {
     Command::new(&artifacts.mekha).args(args).output().unwrap()
 }
@@ -120,7 +116,7 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
         log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     }
     let started = Instant::now();
-    while logs.iter().any(|log| received(log) < 20) {
+    while logs.iter().any(|log| log.received() < 20) {
         assert!(started.elapsed() < BOOT, "the probes exchange nothing across the hosts");
         std::thread::sleep(Duration::from_millis(200));
     }

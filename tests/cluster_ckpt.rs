@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use common::{json_of, mekha_all, reference_checksum, wait_checkpoint_settled};
 use mekha_coordinator::qmp::Qmp;
-use mekha_rig::{Cluster, ClusterConfig, ProbeLog};
+use mekha_rig::{Cluster, ClusterConfig};
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(120);
@@ -39,10 +39,6 @@ fn cluster_config(vms: usize, msgs: u64) -> ClusterConfig {
 }
 
 /// Messages a VM's probe has received so far, over all links.
-fn received(log: &ProbeLog) -> u64 {
-    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn cluster_checkpoint_and_restart_loses_nothing() {
     let artifacts = common::artifacts();
@@ -54,7 +50,7 @@ async fn cluster_checkpoint_and_restart_loses_nothing() {
     }
     // Mid-exchange: every probe has received some messages, not all.
     let started = Instant::now();
-    while cluster.vms.iter().any(|vm| received(&vm.log()) < 20) {
+    while cluster.vms.iter().any(|vm| vm.log().received() < 20) {
         assert!(started.elapsed() < BOOT, "the probes exchange nothing");
         std::thread::sleep(Duration::from_millis(200));
     }

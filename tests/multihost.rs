@@ -11,16 +11,12 @@ use std::time::{Duration, Instant};
 
 use common::{json_of, reference_checksum};
 use mekha_rig::vm::Nic;
-use mekha_rig::{FakeHosts, ProbeLog, Vm, VmConfig};
+use mekha_rig::{FakeHosts, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(120);
 const MSGS: u64 = 300;
 const COMPUTE: u64 = 3 << 30;
 const CHUNK: u64 = 1 << 28;
-
-fn received(log: &ProbeLog) -> u64 {
-    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
-}
 
 fn mekha_over_ssh(
     artifacts: &mekha_rig::Artifacts,
@@ -75,7 +71,7 @@ async fn a_cluster_over_two_hosts_checkpoints_and_restarts_through_ssh() {
         vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     }
     let started = Instant::now();
-    while vms.iter().any(|vm| received(&vm.log()) < 20) {
+    while vms.iter().any(|vm| vm.log().received() < 20) {
         assert!(started.elapsed() < BOOT, "the probes exchange nothing across the hosts");
         std::thread::sleep(Duration::from_millis(200));
     }

@@ -49,6 +49,11 @@ impl ProbeLog {
         String::from_utf8_lossy(&text).lines().filter_map(parse_line).collect()
     }
 
+    /// Messages received so far on the probe's busiest link.
+    pub fn received(&self) -> u64 {
+        self.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
+    }
+
     /// The last `n` lines of the console, for failure messages.
     pub fn tail(&self, n: usize) -> String {
         let text = std::fs::read(&self.path).unwrap_or_default();

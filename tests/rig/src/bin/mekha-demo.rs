@@ -54,13 +54,13 @@ fn run(artifacts: &Artifacts, spec: &Path, logs: &[ProbeLog], started: Instant) 
     for log in logs {
         log.wait_for("the probe computing", Duration::from_secs(120), |e| e.ev == "compute")?;
     }
-    while logs.iter().any(|log| received(log) < 30) {
+    while logs.iter().any(|log| log.received() < 30) {
         if started.elapsed() > Duration::from_secs(240) {
             bail!("the probes exchange no messages");
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    println!("the job runs: probes mid-exchange ({} messages received so far by node0)", received(&logs[0]));
+    println!("the job runs: probes mid-exchange ({} messages received so far by node0)", logs[0].received());
     step("mekha status", mekha(artifacts, &["status", "--spec"], spec)?)?;
     step("mekha checkpoint", mekha(artifacts, &["checkpoint", "--spec"], spec)?)?;
 
@@ -168,6 +168,3 @@ fn kill_all(spec: &Path) -> Result<()> {
     Ok(())
 }
 
-fn received(log: &ProbeLog) -> u64 {
-    log.events().iter().filter(|e| e.ev == "net").filter_map(|e| e.u64("received")).max().unwrap_or(0)
-}
