@@ -23,12 +23,7 @@ pub struct SpecVm {
 impl SpecVm {
     /// `[[vm]]` with this build's kernel and guest, under TCG, one NIC.
     pub fn toml(&self, artifacts: &Artifacts) -> String {
-        let append = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "no_timer_check"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(self.probe_args.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let append = crate::vm::kernel_append(&self.probe_args);
         let args: Vec<String> = [
             "-accel",
             "tcg",

@@ -45,6 +45,18 @@ impl VmConfig {
     }
 }
 
+/// The guest kernel's command line around the probe's words.
+pub fn kernel_append(probe_args: &[String]) -> String {
+    // no_timer_check: on a loaded host a TCG guest may fail the IO-APIC
+    // timer check at boot and panic.
+    ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "no_timer_check"]
+        .into_iter()
+        .map(str::to_owned)
+        .chain(probe_args.iter().cloned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// A running QEMU, killed on drop.
 pub struct Vm {
     pub config: VmConfig,
@@ -63,14 +75,7 @@ impl Vm {
             Some(ns) => ns.command(&artifacts.qemu),
             None => Command::new(&artifacts.qemu),
         };
-        // no_timer_check: on a loaded host a TCG guest may fail the
-        // IO-APIC timer check at boot and panic.
-        let append = ["console=ttyS0", "quiet", "loglevel=3", "panic=-1", "no_timer_check"]
-            .into_iter()
-            .map(str::to_owned)
-            .chain(config.probe_args.iter().cloned())
-            .collect::<Vec<_>>()
-            .join(" ");
+        let append = kernel_append(&config.probe_args);
         cmd.args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config"])
             .args(["-name", &format!("guest={}", config.name)])
             .args(["-m", &config.memory_mib.to_string(), "-smp", "1"])
