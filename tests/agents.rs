@@ -15,14 +15,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{json_of, reference_checksum};
+use common::{assert_pair_job_went_on, json_of, pair_probe_args, reference_checksum, PAIR_CHUNK, PAIR_COMPUTE};
 use mekha_rig::netns::BRIDGE;
 use mekha_rig::{FakeHosts, ProbeLog, SpecVm};
 
 const BOOT: Duration = Duration::from_secs(120);
-const MSGS: u64 = 300;
-const COMPUTE: u64 = 3 << 30;
-const CHUNK: u64 = 1 << 28;
 
 fn mekha(artifacts: &mekha_rig::Artifacts, args: &[&str]) -> Output {
     Command::new(&artifacts.mekha).args(args).output().unwrap()
@@ -79,17 +76,7 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
         let vm = SpecVm {
             name: format!("node{i}"),
             memory_mib: 256,
-            probe_args: vec![
-                format!("mekha.id={i}"),
-                format!("mekha.ip={}/24", ips[i]),
-                format!("probe.peers={}", ips[1 - i]),
-                format!("probe.msgs={MSGS}"),
-                "probe.msg_interval_ms=20".into(),
-                format!("probe.compute={COMPUTE}"),
-                format!("probe.compute_chunk={CHUNK}"),
-                "probe.mem=16".into(),
-                "probe.rate=32".into(),
-            ],
+            probe_args: pair_probe_args(i, ips),
             serial: dir.join(format!("node{i}.serial")),
             mac: format!("52:54:00:78:00:{:02x}", 11 + i),
             host: Some(format!("h{i}")),
@@ -184,17 +171,10 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     let restart = json_of(&mekha(&artifacts, &["restart", "--spec", spec_arg, "--json"]));
     assert_eq!(restart["vms"].as_array().unwrap().len(), 2, "{restart}");
 
-    let reference = reference_checksum(COMPUTE, CHUNK);
+    let reference = reference_checksum(PAIR_COMPUTE, PAIR_CHUNK);
     for (i, log) in logs.iter().enumerate() {
-        let done = log.wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
+        assert_pair_job_went_on(log, &format!("node{i}"), &reference);
         assert_eq!(log.events().iter().filter(|e| e.ev == "start").count(), 1, "node{i} rebooted");
-        for link in done.json["net"].as_array().expect("net summary") {
-            for counter in ["lost", "dup", "reordered", "corrupt"] {
-                assert_eq!(link[counter], 0, "node{i}: {counter} in {link}");
-            }
-            assert_eq!(link["received"], MSGS, "{link}");
-        }
-        assert_eq!(done.json["compute"]["checksum"].as_str(), Some(reference.as_str()), "node{i}");
     }
 
     let down = mekha(&artifacts, &["down", "--spec", spec_arg]);

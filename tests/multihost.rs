@@ -9,14 +9,11 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{json_of, reference_checksum};
+use common::{assert_pair_job_went_on, json_of, pair_probe_args, reference_checksum, PAIR_CHUNK, PAIR_COMPUTE};
 use mekha_rig::vm::Nic;
 use mekha_rig::{FakeHosts, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(120);
-const MSGS: u64 = 300;
-const COMPUTE: u64 = 3 << 30;
-const CHUNK: u64 = 1 << 28;
 
 fn mekha_over_ssh(
     artifacts: &mekha_rig::Artifacts,
@@ -50,17 +47,7 @@ async fn a_cluster_over_two_hosts_checkpoints_and_restarts_through_ssh() {
         let mut config = VmConfig::new(format!("node{i}"));
         config.memory_mib = 256;
         config.nic = Some(Nic { tap, mac: format!("52:54:00:77:00:{:02x}", 11 + i) });
-        config.probe_args = vec![
-            format!("mekha.id={i}"),
-            format!("mekha.ip={}/24", ips[i]),
-            format!("probe.peers={}", ips[1 - i]),
-            format!("probe.msgs={MSGS}"),
-            "probe.msg_interval_ms=20".into(),
-            format!("probe.compute={COMPUTE}"),
-            format!("probe.compute_chunk={CHUNK}"),
-            "probe.mem=16".into(),
-            "probe.rate=32".into(),
-        ];
+        config.probe_args = pair_probe_args(i, ips);
         vms.push(
             Vm::launch(&artifacts, Some(&hosts.hosts[i].netns), &dir.join(format!("run1/node{i}")), config.clone())
                 .unwrap(),
@@ -96,16 +83,9 @@ async fn a_cluster_over_two_hosts_checkpoints_and_restarts_through_ssh() {
     }
     json_of(&mekha_over_ssh(&artifacts, &["restore", "--json"], &hosts, &restarted, &images));
 
-    let reference = reference_checksum(COMPUTE, CHUNK);
+    let reference = reference_checksum(PAIR_COMPUTE, PAIR_CHUNK);
     for vm in &restarted {
-        let done = vm.log().wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
-        for link in done.json["net"].as_array().expect("net summary") {
-            for counter in ["lost", "dup", "reordered", "corrupt"] {
-                assert_eq!(link[counter], 0, "{}: {counter} in {link}", vm.config.name);
-            }
-            assert_eq!(link["received"], MSGS, "{link}");
-        }
-        assert_eq!(done.json["compute"]["checksum"].as_str(), Some(reference.as_str()));
+        assert_pair_job_went_on(&vm.log(), &vm.config.name, &reference);
     }
     // A peer ssh does not authenticate gets nowhere.
     let mut stranger = hosts.ssh_options.clone();

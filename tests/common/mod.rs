@@ -44,6 +44,41 @@ pub fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("--json output")
 }
 
+/// The job of the two-host tests: each VM exchanges `PAIR_MSGS` TCP and
+/// UDP messages with the other and computes.
+pub const PAIR_MSGS: u64 = 300;
+pub const PAIR_COMPUTE: u64 = 3 << 30;
+pub const PAIR_CHUNK: u64 = 1 << 28;
+
+/// Probe arguments of VM `i` of that job, at `ips[i]`.
+pub fn pair_probe_args(i: usize, ips: [&str; 2]) -> Vec<String> {
+    vec![
+        format!("mekha.id={i}"),
+        format!("mekha.ip={}/24", ips[i]),
+        format!("probe.peers={}", ips[1 - i]),
+        format!("probe.msgs={PAIR_MSGS}"),
+        "probe.msg_interval_ms=20".into(),
+        format!("probe.compute={PAIR_COMPUTE}"),
+        format!("probe.compute_chunk={PAIR_CHUNK}"),
+        "probe.mem=16".into(),
+        "probe.rate=32".into(),
+    ]
+}
+
+/// Waits for the end of VM `vm`'s part of that job and checks that it went
+/// on across the restart: every message received, none lost, duplicated,
+/// reordered or corrupted, and the computation's checksum = `reference`.
+pub fn assert_pair_job_went_on(log: &mekha_rig::ProbeLog, vm: &str, reference: &str) {
+    let done = log.wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
+    for link in done.json["net"].as_array().expect("net summary") {
+        for counter in ["lost", "dup", "reordered", "corrupt"] {
+            assert_eq!(link[counter], 0, "{vm}: {counter} in {link}");
+        }
+        assert_eq!(link["received"], PAIR_MSGS, "{vm}: {link}");
+    }
+    assert_eq!(done.json["compute"]["checksum"].as_str(), Some(reference), "{vm}");
+}
+
 /// What an uninterrupted run of the probe's computation gives.
 pub fn reference_checksum(steps: u64, chunk: u64) -> String {
     artifacts().reference_checksum(steps, chunk).expect("the probe's reference run")

@@ -167,4 +167,3 @@ fn kill_all(spec: &Path) -> Result<()> {
     }
     Ok(())
 }
-
