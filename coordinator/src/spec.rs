@@ -164,6 +164,25 @@ pub struct NicSpec {
     pub model: String,
 }
 
+/// Names mekha puts in file and interface names.
+fn plain(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+}
+
+/// Names of VMs or hosts: plain, not hidden files, unique.
+fn check_names<'a>(names: impl Iterator<Item = &'a str>, what: &str, plural: &str) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for name in names {
+        if !plain(name) || name.starts_with('.') {
+            return Err(format!("{what} name {name:?}: use letters, digits, '-', '_' and '.'"));
+        }
+        if !seen.insert(name) {
+            return Err(format!("two {plural} are named {name}"));
+        }
+    }
+    Ok(())
+}
+
 fn default_qemu() -> PathBuf {
     PathBuf::from("qemu-system-x86_64")
 }
@@ -201,21 +220,15 @@ impl Spec {
     }
 
     fn check(&self) -> Result<(), String> {
-        let plain = |s: &str| !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c));
         if !plain(&self.name) {
             return Err(format!("name {:?}: use letters, digits, '-', '_' and '.'", self.name));
         }
         if self.vms.is_empty() {
             return Err("no [[vm]]".into());
         }
-        let mut names = HashSet::new();
+        check_names(self.vms.iter().map(|vm| vm.name.as_str()), "VM", "VMs")?;
+        check_names(self.hosts.iter().map(|h| h.name.as_str()), "host", "[[host]]")?;
         for vm in &self.vms {
-            if !plain(&vm.name) || vm.name.starts_with('.') {
-                return Err(format!("VM name {:?}: use letters, digits, '-', '_' and '.'", vm.name));
-            }
-            if !names.insert(vm.name.as_str()) {
-                return Err(format!("two VMs are named {}", vm.name));
-            }
             if let Some(arg) = vm.args.iter().find(|a| RESERVED.contains(&a.as_str())) {
                 return Err(format!("VM {}: {arg} is set by mekha, remove it from args", vm.name));
             }
@@ -226,15 +239,6 @@ impl Spec {
                 if !self.hosts.iter().any(|h| &h.name == host) {
                     return Err(format!("VM {} runs on host {host}, which no [[host]] names", vm.name));
                 }
-            }
-        }
-        let mut hosts = HashSet::new();
-        for host in &self.hosts {
-            if !plain(&host.name) || host.name.starts_with('.') {
-                return Err(format!("host name {:?}: use letters, digits, '-', '_' and '.'", host.name));
-            }
-            if !hosts.insert(host.name.as_str()) {
-                return Err(format!("two [[host]] are named {}", host.name));
             }
         }
         if let Some(net) = &self.network {
