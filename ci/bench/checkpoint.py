@@ -309,6 +309,16 @@ class Bench:
         return Vm(self.art, self.vms_dir / tag, f"bench-{mib}", mib, probe_args or self.probe_args(),
                   extra_args=extra, incoming=incoming)
 
+    def boot_incoming(self, tag, mib, probe_args):
+        """A VM started with -incoming defer, checked to wait for its state
+        (killed again if it does not)."""
+        vm = self.boot(tag, mib, incoming=True, probe_args=probe_args)
+        st = vm.qmp.execute("query-status")
+        if st["status"] != "inmigrate":
+            vm.kill()
+            raise RuntimeError(f"{tag}: QEMU not waiting for an incoming migration: {st}")
+        return vm
+
     def settle(self, vm):
         """Waits for the workload to run steadily; returns the steady rate
         (steps per host second over the last STEADY_S) and the noise floor."""
@@ -649,12 +659,9 @@ class Bench:
     def restore(self, mib, kind, rep, image, probe_args):
         tag = f"{mib}-{rep}-restore-{kind}"
         drop_cache(image)
-        vm = self.boot(tag, mib, incoming=True, probe_args=probe_args)
+        vm = self.boot_incoming(tag, mib, probe_args)
         try:
             q = vm.qmp
-            st = q.execute("query-status")
-            if st["status"] != "inmigrate":
-                raise RuntimeError(f"{tag}: QEMU not waiting for an incoming migration: {st}")
             if kind == "stock-incoming":
                 self.enable_events(q)
             mark = q.mark()
@@ -747,12 +754,9 @@ class Bench:
             seen = {e.data["mono_ns"] for e in original}
             log(f"{tag}: checkpoint done, QEMU killed; {len(original)} clock samples; no QEMU for {gap:.0f} s")
             time.sleep(max(0.0, t_killed + gap - time.time()))
-            vm = self.boot(tag + "-restore", CLOCK_MIB, incoming=True, probe_args=probe_args)
+            vm = self.boot_incoming(tag + "-restore", CLOCK_MIB, probe_args)
             try:
                 q = vm.qmp
-                st = q.execute("query-status")
-                if st["status"] != "inmigrate":
-                    raise RuntimeError(f"{tag}: QEMU not waiting for an incoming migration: {st}")
                 if kind == "stock":
                     self.enable_events(q)
                 mark = q.mark()
