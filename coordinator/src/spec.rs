@@ -261,9 +261,7 @@ impl Spec {
         let mut part = self.clone();
         part.vms.retain(|vm| vm.host.as_deref() == host.map(|h| h.name.as_str()));
         part.hosts.clear();
-        if let Some(h) = host {
-            part.state_dir = Some(self.state_dir().join(&h.name));
-        }
+        part.state_dir = Some(self.host_state_dir(host));
         part
     }
 
@@ -296,11 +294,19 @@ impl Spec {
     pub fn qmp_endpoint(&self, vm: &VmSpec) -> PathBuf {
         match self.host_of(vm) {
             None => self.qmp_path(&vm.name),
-            Some(host) => PathBuf::from(format!(
-                "mekha://{}{}",
-                host.agent,
-                self.for_host(Some(host)).qmp_path(&vm.name).display()
-            )),
+            Some(host) => {
+                let socket = qmp_socket(&self.host_state_dir(Some(host)), &vm.name);
+                PathBuf::from(format!("mekha://{}{}", host.agent, socket.display()))
+            }
+        }
+    }
+
+    /// Where a host's part keeps its state: `STATE_DIR/HOST` on another
+    /// host, the state directory itself here.
+    fn host_state_dir(&self, host: Option<&HostSpec>) -> PathBuf {
+        match host {
+            Some(h) => self.state_dir().join(&h.name),
+            None => self.state_dir().to_owned(),
         }
     }
 
@@ -310,8 +316,13 @@ impl Spec {
 
     /// The QMP socket mekha gives VM `name`.
     pub fn qmp_path(&self, name: &str) -> PathBuf {
-        self.state_dir().join(format!("{name}.qmp"))
+        qmp_socket(self.state_dir(), name)
     }
+}
+
+/// VM `name`'s QMP socket in state directory `dir`.
+fn qmp_socket(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.qmp"))
 }
 
 #[cfg(test)]
