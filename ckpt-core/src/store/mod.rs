@@ -18,6 +18,10 @@
 //! behind (a `.partial` directory, a generation directory no manifest
 //! names, a `MANIFEST.json.tmp`) is removed by the next [`Store::begin`].
 //! Generation numbers never repeat, even after such a crash.
+//!
+//! A VM whose host does not share this directory keeps its image in the
+//! same-named directory on its own host, driven from here (see [`part`]);
+//! the manifest here names it with that host.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -27,6 +31,10 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{now_unix_ns, sync_dir, Image, ImageError};
+
+pub mod part;
+
+pub use part::{PartsMarker, PARTS_MARKER};
 
 pub const MANIFEST: &str = "MANIFEST.json";
 const MANIFEST_TMP: &str = "MANIFEST.json.tmp";
@@ -57,6 +65,10 @@ pub struct ManifestVm {
     pub size: u64,
     /// The image's header checksum when committed (identifies the exact image).
     pub header_crc32c: u32,
+    /// The host keeping the image in its own copy of the directory, when
+    /// that host does not share the directory (see [`part`]); none: here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
 }
 
 impl Manifest {
@@ -115,6 +127,17 @@ pub enum StoreError {
 
     #[error("checkpoint generation {generation} has no VM {name} (it has: {known})")]
     UnknownVm { name: String, generation: u64, known: String },
+
+    #[error("checkpoint directory {} holds this host's images of cluster checkpoints committed on {committer}: \
+             use another directory here", path.display())]
+    HoldsParts { path: PathBuf, committer: String },
+
+    #[error("checkpoint directory {} holds committed checkpoints of its own (a MANIFEST.json): \
+             it cannot also keep this host's part of a checkpoint committed on another host", path.display())]
+    HoldsManifest { path: PathBuf },
+
+    #[error("VM {name}: image {} is not the one checkpoint generation {generation} committed: {reason}", path.display())]
+    NotCommitted { name: String, path: PathBuf, generation: u64, reason: String },
 }
 
 impl StoreError {
@@ -205,10 +228,36 @@ impl Store {
         }
     }
 
+    /// Checks that `vm`'s image in this directory is the one its manifest
+    /// committed: there, a valid image, of the recorded length and header.
+    pub fn check_image(&self, generation: u64, vm: &ManifestVm) -> Result<()> {
+        let inside = Path::new(&vm.image).components().all(|c| matches!(c, Component::Normal(_)));
+        let path = self.dir.join(&vm.image);
+        let refuse = |reason: String| StoreError::NotCommitted { name: vm.name.clone(), path: path.clone(), generation, reason };
+        if !inside || vm.image.is_empty() {
+            return Err(refuse("it is not inside the checkpoint directory".into()));
+        }
+        let image = Image::open(&path).map_err(|e| refuse(e.to_string()))?;
+        if image.file_len() != vm.size {
+            return Err(refuse(format!("it has {} bytes, the manifest recorded {}", image.file_len(), vm.size)));
+        }
+        if image.header().header_crc32c != vm.header_crc32c {
+            return Err(refuse(format!(
+                "its header checksum is {:#010x}, the manifest recorded {:#010x}",
+                image.header().header_crc32c,
+                vm.header_crc32c
+            )));
+        }
+        Ok(())
+    }
+
     /// Starts the next generation: takes the directory's lock, removes what
     /// crashed runs left behind and creates `gen-<N>.partial/`.
     pub fn begin(&self) -> Result<Generation> {
         let lock = self.lock()?;
+        if let Some(marker) = PartsMarker::read(&self.dir)? {
+            return Err(StoreError::HoldsParts { path: self.dir.clone(), committer: marker.committer });
+        }
         let previous = self.latest()?.map(|m| m.generation);
         let committed = previous.unwrap_or(0);
 
@@ -331,7 +380,17 @@ impl Generation {
     /// Makes this generation the latest checkpoint. Every image must be in
     /// this generation's directory and open as a valid image.
     pub fn commit<N: AsRef<str>, P: AsRef<Path>>(self, vms: &[(N, P)]) -> Result<Manifest> {
-        Ok(self.commit_until(vms, None)?.expect("a commit without a stop runs to the end"))
+        self.commit_with_parts(vms, Vec::new())
+    }
+
+    /// [`commit`](Self::commit), the manifest also naming `parts`: images
+    /// other hosts sealed under this generation's number (see [`part`]).
+    pub fn commit_with_parts<N: AsRef<str>, P: AsRef<Path>>(
+        self,
+        vms: &[(N, P)],
+        parts: Vec<ManifestVm>,
+    ) -> Result<Manifest> {
+        Ok(self.commit_until(vms, parts, None)?.expect("a commit without a stop runs to the end"))
     }
 
     /// Removes this generation's directory.
@@ -340,41 +399,22 @@ impl Generation {
         sync_dir(&self.store.dir).map_err(StoreError::io("syncing", &self.store.dir))
     }
 
-    /// [`commit`](Self::commit), stopping before `stop` as if the process
-    /// died there (`Ok(None)`).
+    /// [`commit_with_parts`](Self::commit_with_parts), stopping before
+    /// `stop` as if the process died there (`Ok(None)`).
     fn commit_until<N: AsRef<str>, P: AsRef<Path>>(
         self,
         vms: &[(N, P)],
+        parts: Vec<ManifestVm>,
         stop: Option<Step>,
     ) -> Result<Option<Manifest>> {
         let final_name = generation_name(self.number);
-        let mut entries: Vec<ManifestVm> = Vec::with_capacity(vms.len());
-        for (name, path) in vms {
-            let (name, path) = (name.as_ref(), path.as_ref());
-            check_vm_name(name)?;
-            if entries.iter().any(|e| e.name == name) {
-                return Err(StoreError::DuplicateVm { name: name.to_owned() });
+        let mut entries = seal_images(&self.path, &final_name, vms)?;
+        for part in parts {
+            if entries.iter().any(|e| e.name == part.name) {
+                return Err(StoreError::DuplicateVm { name: part.name });
             }
-            let file_name = match path.file_name() {
-                Some(f) if path.parent() == Some(self.path.as_path()) => f.to_string_lossy().into_owned(),
-                _ => {
-                    return Err(StoreError::OutsideGeneration {
-                        name: name.to_owned(),
-                        path: path.to_owned(),
-                        dir: self.path.clone(),
-                    })
-                }
-            };
-            let image = Image::open(path).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
-            image.file().sync_all().map_err(StoreError::io("syncing", path))?;
-            entries.push(ManifestVm {
-                name: name.to_owned(),
-                image: format!("{final_name}/{file_name}"),
-                size: image.file_len(),
-                header_crc32c: image.header().header_crc32c,
-            });
+            entries.push(part);
         }
-        sync_dir(&self.path).map_err(StoreError::io("syncing", &self.path))?;
         let dir = &self.store.dir;
         if stop == Some(Step::RenameDir) {
             return Ok(None);
@@ -404,6 +444,41 @@ impl Generation {
         }
         Ok(Some(manifest))
     }
+}
+
+/// Syncs the images of a generation written in `dir`, checks that each is
+/// there and valid, and returns their manifest entries as they will be
+/// named once `dir` is renamed to `final_name`.
+fn seal_images<N: AsRef<str>, P: AsRef<Path>>(dir: &Path, final_name: &str, vms: &[(N, P)]) -> Result<Vec<ManifestVm>> {
+    let mut entries: Vec<ManifestVm> = Vec::with_capacity(vms.len());
+    for (name, path) in vms {
+        let (name, path) = (name.as_ref(), path.as_ref());
+        check_vm_name(name)?;
+        if entries.iter().any(|e| e.name == name) {
+            return Err(StoreError::DuplicateVm { name: name.to_owned() });
+        }
+        let file_name = match path.file_name() {
+            Some(f) if path.parent() == Some(dir) => f.to_string_lossy().into_owned(),
+            _ => {
+                return Err(StoreError::OutsideGeneration {
+                    name: name.to_owned(),
+                    path: path.to_owned(),
+                    dir: dir.to_owned(),
+                })
+            }
+        };
+        let image = Image::open(path).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
+        image.file().sync_all().map_err(StoreError::io("syncing", path))?;
+        entries.push(ManifestVm {
+            name: name.to_owned(),
+            image: format!("{final_name}/{file_name}"),
+            size: image.file_len(),
+            header_crc32c: image.header().header_crc32c,
+            host: None,
+        });
+    }
+    sync_dir(dir).map_err(StoreError::io("syncing", dir))?;
+    Ok(entries)
 }
 
 /// `gen-000007`: six digits keep a listing in order for the first million.
@@ -478,26 +553,31 @@ mod tests {
     }
 
     /// Writes one image per VM into `generation`; returns the commit list.
-    fn write_images(generation: &Generation, names: &[&str]) -> Vec<(String, PathBuf)> {
+    pub(super) fn write_images(generation: &Generation, names: &[&str]) -> Vec<(String, PathBuf)> {
+        write_images_in(generation.path(), generation.number(), names)
+    }
+
+    /// Writes one image per VM into directory `dir` of generation `number`.
+    pub(super) fn write_images_in(dir: &Path, number: u64, names: &[&str]) -> Vec<(String, PathBuf)> {
         names
             .iter()
             .map(|&name| {
-                let path = generation.image_path(name).unwrap();
+                let path = dir.join(format!("{name}.{IMAGE_EXTENSION}"));
                 let mut builder = ImageBuilder::create(&path, &identity(name)).unwrap();
-                builder.write_page(3, &[generation.number() as u8; 4096]).unwrap();
+                builder.write_page(3, &[number as u8; 4096]).unwrap();
                 builder.finish(b"device state", None).unwrap();
                 (name.to_owned(), path)
             })
             .collect()
     }
 
-    fn checkpoint(store: &Store, names: &[&str]) -> Manifest {
+    pub(super) fn checkpoint(store: &Store, names: &[&str]) -> Manifest {
         let generation = store.begin().unwrap();
         let vms = write_images(&generation, names);
         generation.commit(&vms).unwrap()
     }
 
-    fn listing(dir: &Path) -> Vec<String> {
+    pub(super) fn listing(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> =
             fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         names.retain(|n| n != LOCK);
@@ -646,7 +726,7 @@ mod tests {
 
             let generation = store.begin().unwrap();
             let vms = write_images(&generation, &["node1", "node2"]);
-            assert_eq!(generation.commit_until(&vms, Some(stop)).unwrap(), None);
+            assert_eq!(generation.commit_until(&vms, Vec::new(), Some(stop)).unwrap(), None);
             assert_eq!(listing(tmp.path()), left_behind, "crash before {stop:?}");
             assert_restorable(&store, survivor);
 
