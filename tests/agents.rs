@@ -4,9 +4,11 @@
 //! the coordinator in the root namespace with a client certificate from
 //! `mekha tls init`. `mekha up` has each agent start its host's VM; a
 //! checkpoint onto a full filesystem is refused with the VMs running; a
-//! peer with a certificate of another CA gets nowhere; then checkpoint,
+//! peer with a certificate of another CA gets nowhere; then checkpoints,
 //! every QEMU killed, `mekha restart`: the job goes on with nothing lost;
-//! `mekha down`.
+//! `mekha down`. Host h0 has a disk of its own for the checkpoint
+//! directory (h1 shares this machine's): h0 keeps its VM's images there,
+//! named by the manifest committed here.
 
 mod common;
 
@@ -62,6 +64,8 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=16m", "tmpfs"]).arg(&tiny).status();
     assert!(mounted.unwrap().success());
     let tiny = Tmpfs(tiny);
+    let ckpt = dir.join("ckpt");
+    hosts.give_own_storage(0, &ckpt);
     hosts.start_agents(&artifacts.mekha, &tls, &dir).unwrap();
 
     let ips = ["10.78.0.11", "10.78.0.12"];
@@ -114,8 +118,9 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     }
     let storage = status["storage"].as_array().unwrap();
     assert_eq!(storage.len(), 2, "{status}");
-    // The fake hosts share this machine's disk: one storage target.
-    assert_eq!(storage[0]["report"]["target"], storage[1]["report"]["target"], "{status}");
+    // h0 has its own filesystem for the checkpoint directory, h1 sees
+    // this machine's: two storage targets.
+    assert_ne!(storage[0]["report"]["target"], storage[1]["report"]["target"], "{status}");
     assert!(storage[0]["report"]["free_bytes"].as_u64().unwrap() > 0);
 
     // A full filesystem: refused once the images' size is known, before
@@ -157,9 +162,36 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
         assert_eq!(vm["state"], "running", "after the refusals: {status}");
     }
 
-    let summary = json_of(&mekha(&artifacts, &["checkpoint", "--spec", spec_arg, "--json"]));
-    assert_eq!(summary["vms"].as_array().unwrap().len(), 2, "{summary}");
-    eprintln!("checkpoint through agents: stop skew {} us", summary["stop_skew_ns"].as_i64().unwrap() / 1000);
+    // Two checkpoints: h0 keeps both generations (the latest and the one
+    // before, as the directory here does).
+    let mut generations = Vec::new();
+    for _ in 0..2 {
+        let summary = json_of(&mekha(&artifacts, &["checkpoint", "--spec", spec_arg, "--json"]));
+        assert_eq!(summary["vms"].as_array().unwrap().len(), 2, "{summary}");
+        eprintln!("checkpoint through agents: stop skew {} us", summary["stop_skew_ns"].as_i64().unwrap() / 1000);
+        generations.push(format!("gen-{:06}", summary["generation"].as_u64().unwrap()));
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(ckpt.join("MANIFEST.json")).unwrap()).unwrap();
+    let host_of =
+        |vm: &str| manifest["vms"].as_array().unwrap().iter().find(|v| v["name"] == vm).unwrap()["host"].clone();
+    assert_eq!(host_of("node0"), hosts.agent_address(0).as_str(), "{manifest}");
+    assert!(host_of("node1").is_null(), "{manifest}");
+    let latest = &generations[1];
+    assert!(!ckpt.join(latest).join("node0.mekha").exists(), "h0's image was written here");
+    assert!(ckpt.join(latest).join("node1.mekha").exists());
+    // h0's view of the directory, through its QEMU's mount namespace.
+    let on_h0 = PathBuf::from(format!("/proc/{}/root{}", pid_of(&state, "h0", "node0"), ckpt.display()));
+    let mut listing: Vec<String> =
+        std::fs::read_dir(&on_h0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    listing.retain(|n| n != ".lock");
+    listing.sort();
+    assert_eq!(listing, ["PARTS.json", &generations[0], latest], "h0's copy of the checkpoint directory");
+    assert!(on_h0.join(latest).join("node0.mekha").exists());
+    // Verified here, an image kept on h0 is not taken for a damaged one.
+    let verify = mekha(&artifacts, &["image", "verify", ckpt.to_str().unwrap()]);
+    assert_eq!(verify.status.code(), Some(1), "{}", stderr(&verify));
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("on host"), "{verify:?}");
 
     // Both hosts "fail".
     std::thread::sleep(Duration::from_secs(1));
@@ -168,6 +200,17 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
         unsafe { libc::kill(pid_of(&state, &format!("h{i}"), &format!("node{i}")), libc::SIGKILL) };
     }
     std::thread::sleep(Duration::from_secs(2));
+    // h0's image gone: the restart is refused, naming its VM, before any
+    // VM loads anything.
+    let on_h0 = PathBuf::from(format!("/proc/{}/root{}", hosts.agent_pid(0).unwrap(), ckpt.display()));
+    let image = on_h0.join(latest).join("node0.mekha");
+    let away = image.with_extension("away");
+    std::fs::rename(&image, &away).unwrap();
+    let refused = mekha(&artifacts, &["restart", "--spec", spec_arg]);
+    assert_eq!(refused.status.code(), Some(1), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("node0"), "{}", stderr(&refused));
+    eprintln!("restart without h0's image: {}", stderr(&refused).trim());
+    std::fs::rename(&away, &image).unwrap();
     let restart = json_of(&mekha(&artifacts, &["restart", "--spec", spec_arg, "--json"]));
     assert_eq!(restart["vms"].as_array().unwrap().len(), 2, "{restart}");
 

@@ -43,6 +43,7 @@ use serde_json::{json, Value};
 use crate::agent::{AgentClient, Request};
 use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
 use crate::info;
+use crate::parts::{self, Parts};
 use crate::qmp::{Qmp, QmpError};
 use crate::schedule::{PendingImage, PersistSchedule};
 use crate::storage::{self, StorageReport};
@@ -179,25 +180,43 @@ pub async fn checkpoint(
     // Prepare, for the storage: room for about what the last checkpoint
     // of these VMs took (it stays until this one is committed).
     let storage = storage_of(vms, dir).await?;
+    let here = storage::probe(dir).map_err(CkptError::Refused)?;
+    let parts = Parts::of(vms, &storage, &here);
     let previous = store.latest().ok().flatten();
     let last_size = |i: usize| previous.as_ref().and_then(|m| m.vm(&vms[i].name)).map_or(0, |v| v.size);
     check_space(&storage, last_size, "the last checkpoint of its VMs took")?;
     let generation = store.begin()?;
+    let number = generation.number();
+    if let Err(e) = parts.begin(dir, number, previous.as_ref().map(|m| m.generation)).await {
+        let _ = generation.abort();
+        return Err(e);
+    }
+    // The same path on every host: here, or in a host's own copy of `dir`.
     let mut images = Vec::new();
     for vm in vms {
         images.push(generation.image_path(&vm.name)?);
     }
     let outcome = run_checkpoint(vms, &images, dir, options, progress, started).await;
-    let (states, rendezvous) = match outcome {
+    let sealed = match outcome {
+        Ok(r) => parts.seal(vms, dir, number).await.map(|sealed| (r, sealed)),
+        Err(e) => Err(e),
+    };
+    let ((states, rendezvous), sealed) = match sealed {
         Ok(r) => r,
         Err(e) => {
+            parts.abort(dir, number).await;
             let _ = generation.abort();
             return Err(e);
         }
     };
-    let number = generation.number();
-    let named: Vec<(&str, &Path)> = vms.iter().zip(&images).map(|(vm, p)| (vm.name.as_str(), p.as_path())).collect();
-    let manifest = generation.commit(&named)?;
+    let named: Vec<(&str, &Path)> = vms
+        .iter()
+        .zip(&images)
+        .enumerate()
+        .filter(|(i, _)| !parts.holds(*i))
+        .map(|(_, (vm, p))| (vm.name.as_str(), p.as_path()))
+        .collect();
+    let manifest = generation.commit_with_parts(&named, sealed)?;
     // Committed: the images live under the generation's final name.
     let images: Vec<PathBuf> = vms.iter().map(|vm| store.resolve(&manifest, &vm.name)).collect::<Result<_, _>>()?;
 
@@ -523,7 +542,8 @@ pub async fn restore(
 ) -> Result<ClusterRestore, CkptError> {
     let started = Instant::now();
     let (store, manifest) = latest_checkpoint(dir)?;
-    // Every VM has its image, and every image its VM, before anything runs.
+    // Every VM has its image, every image its VM, and each is the one
+    // committed, before anything runs.
     let mut images = Vec::new();
     for vm in vms {
         if manifest.vm(&vm.name).is_none() {
@@ -546,6 +566,7 @@ pub async fn restore(
             missing.join(", ")
         )));
     }
+    parts::check_images(vms, &store, &manifest).await?;
 
     let loads = join_all(vms.iter().zip(&images).map(|(vm, image)| {
         let mut args = json!({ "path": image, "start": false, "time": options.time.as_str() });

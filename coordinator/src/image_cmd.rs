@@ -88,17 +88,24 @@ fn target(path: &Path) -> Result<Target, CommandFailure> {
 
 impl Member {
     fn label(&self) -> String {
-        match &self.vm {
-            Some(vm) => format!("VM {vm} ({})", self.path.display()),
-            None => self.path.display().to_string(),
+        match (&self.vm, self.kept_on()) {
+            (Some(vm), Some(host)) => format!("VM {vm} (on host {host}: {})", self.path.display()),
+            (Some(vm), None) => format!("VM {vm} ({})", self.path.display()),
+            (None, _) => self.path.display().to_string(),
         }
     }
 
+    /// The host keeping this image in its own copy of the directory.
+    fn kept_on(&self) -> Option<&str> {
+        self.recorded.as_ref().and_then(|r| r.host.as_deref())
+    }
+
     /// The exit code an error opening this image calls for. An image the
-    /// manifest names but that is missing is a damaged checkpoint.
+    /// manifest names but that is missing is a damaged checkpoint, unless
+    /// another host keeps it (verify it there).
     fn code_for(&self, e: &ImageError) -> i32 {
         let missing = matches!(e, ImageError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
-        if e.is_damage() || (missing && self.recorded.is_some()) {
+        if e.is_damage() || (missing && self.recorded.is_some() && self.kept_on().is_none()) {
             exit::DAMAGED
         } else {
             exit::FAILURE

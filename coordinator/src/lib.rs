@@ -12,6 +12,7 @@ pub mod exit;
 pub mod image_cmd;
 pub mod info;
 pub mod launch;
+pub mod parts;
 pub mod qmp;
 pub mod schedule;
 pub mod spec;

@@ -233,7 +233,8 @@ impl Store {
     pub fn check_image(&self, generation: u64, vm: &ManifestVm) -> Result<()> {
         let inside = Path::new(&vm.image).components().all(|c| matches!(c, Component::Normal(_)));
         let path = self.dir.join(&vm.image);
-        let refuse = |reason: String| StoreError::NotCommitted { name: vm.name.clone(), path: path.clone(), generation, reason };
+        let refuse =
+            |reason: String| StoreError::NotCommitted { name: vm.name.clone(), path: path.clone(), generation, reason };
         if !inside || vm.image.is_empty() {
             return Err(refuse("it is not inside the checkpoint directory".into()));
         }

@@ -23,8 +23,8 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    generation_name, remove_if_present, seal_images, GenEntry, ManifestVm, Result, Store, StoreError,
-    IMAGE_EXTENSION, MANIFEST,
+    generation_name, remove_if_present, seal_images, GenEntry, ManifestVm, Result, Store, StoreError, IMAGE_EXTENSION,
+    MANIFEST,
 };
 use crate::image::sync_dir;
 

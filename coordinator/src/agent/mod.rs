@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! `mekha agent`: the thin per-host helper for what neither ssh to a QMP
 //! socket nor a manager's own transport covers — launching a spec's VMs on
-//! its host, reporting the host's storage — over mutually authenticated TLS
+//! its host, reporting the host's storage, keeping its part of a cluster
+//! checkpoint when it does not share the checkpoint directory (see
+//! `mekha_ckpt_core::store::part`) — over mutually authenticated TLS
 //! (see `tls`). It also forwards QMP sockets, so the coordinator needs
 //! nothing else to reach that host's VMs.
 //!
@@ -18,6 +20,7 @@ mod server;
 
 use std::path::PathBuf;
 
+use mekha_ckpt_core::store::ManifestVm;
 use serde::{Deserialize, Serialize};
 
 pub use client::{AgentClient, AgentError};
@@ -44,6 +47,15 @@ pub enum Request {
     Status { spec: Box<Spec> },
     /// Turns the connection into the QMP socket's byte stream.
     Qmp { socket: PathBuf },
+    /// Starts this host's part of checkpoint generation `generation` in
+    /// `dir`, keeping of the earlier ones only those in `keep`.
+    PartBegin { dir: PathBuf, generation: u64, keep: Vec<u64>, committer: String },
+    /// Seals this host's part: answers the manifest entries of `vms`.
+    PartSeal { dir: PathBuf, generation: u64, vms: Vec<String> },
+    /// Drops this host's unfinished part.
+    PartAbort { dir: PathBuf, generation: u64 },
+    /// Checks that the images of `vms` kept here are the committed ones.
+    PartCheck { dir: PathBuf, generation: u64, vms: Vec<ManifestVm> },
 }
 
 /// An agent's answer.

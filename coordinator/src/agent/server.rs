@@ -7,6 +7,7 @@ use std::process::Child;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mekha_ckpt_core::store::{Store, StoreError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UnixStream};
@@ -99,6 +100,10 @@ fn describe(request: &Request) -> String {
         Request::Stop { spec, .. } => format!("stop {}", spec.name),
         Request::Status { spec } => format!("status {}", spec.name),
         Request::Qmp { socket } => format!("qmp {}", socket.display()),
+        Request::PartBegin { dir, generation, .. } => format!("begin part {generation} in {}", dir.display()),
+        Request::PartSeal { dir, generation, .. } => format!("seal part {generation} in {}", dir.display()),
+        Request::PartAbort { dir, generation } => format!("abort part {generation} in {}", dir.display()),
+        Request::PartCheck { dir, generation, .. } => format!("check part {generation} in {}", dir.display()),
     }
 }
 
@@ -127,6 +132,33 @@ async fn run(request: Request, children: &Children) -> Result<Value, String> {
         }
         Request::Status { spec } => Ok(pids(&spec)),
         Request::Qmp { .. } => unreachable!("forwarded, not run"),
+        part => tokio::task::spawn_blocking(move || run_part(part)).await.map_err(|e| e.to_string())?,
+    }
+}
+
+/// The store operations on this host's part of a checkpoint (they sync
+/// files: off the reactor).
+fn run_part(request: Request) -> Result<Value, String> {
+    let text = |e: StoreError| e.to_string();
+    match request {
+        Request::PartBegin { dir, generation, keep, committer } => {
+            Store::open(&dir).and_then(|s| s.begin_part(generation, &keep, &committer)).map_err(text)?;
+            Ok(Value::Null)
+        }
+        Request::PartSeal { dir, generation, vms } => {
+            let sealed = Store::open_existing(&dir).and_then(|s| s.seal_part(generation, &vms)).map_err(text)?;
+            Ok(json!(sealed))
+        }
+        Request::PartAbort { dir, generation } => {
+            Store::open_existing(&dir).and_then(|s| s.abort_part(generation)).map_err(text)?;
+            Ok(Value::Null)
+        }
+        Request::PartCheck { dir, generation, vms } => {
+            let store = Store::open_existing(&dir).map_err(text)?;
+            vms.iter().try_for_each(|vm| store.check_image(generation, vm)).map_err(text)?;
+            Ok(Value::Null)
+        }
+        other => Err(format!("not a part request: {}", describe(&other))),
     }
 }
 

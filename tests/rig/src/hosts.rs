@@ -22,6 +22,9 @@ pub struct FakeHost {
     pub netns: Netns,
     /// The sshd's address, reachable from the root namespace.
     pub address: String,
+    /// A directory this host sees as a filesystem of its own (see
+    /// [`FakeHosts::give_own_storage`]).
+    own_storage: Option<PathBuf>,
 }
 
 impl Drop for FakeHost {
@@ -123,7 +126,7 @@ impl FakeHosts {
                 .stderr(std::fs::File::create(dir.join(format!("sshd-{i}.log")))?)
                 .spawn()
                 .context("starting sshd")?;
-            fake.hosts.push(FakeHost { agent: None, sshd, netns, address });
+            fake.hosts.push(FakeHost { agent: None, sshd, netns, address, own_storage: None });
         }
         // One L2 segment: a veth pair between consecutive hosts' bridges.
         for i in 1..n {
@@ -145,9 +148,20 @@ impl FakeHosts {
     /// makes); its output goes to `logs/agent-I.log`.
     pub fn start_agents(&mut self, mekha: &Path, tls: &Path, logs: &Path) -> Result<()> {
         for (i, host) in self.hosts.iter_mut().enumerate() {
-            let agent = host
-                .netns
-                .command(mekha)
+            let mut command = match &host.own_storage {
+                // `ip netns exec` runs its command in a mount namespace of
+                // its own (a slave of the root one): a tmpfs mounted there
+                // is seen by the agent and the QEMUs it starts only.
+                Some(dir) => {
+                    let mut c = host.netns.command("sh");
+                    c.args(["-c", r#"mkdir -p "$0" && mount -t tmpfs -o size=1g mekha-own "$0" && exec "$@""#])
+                        .arg(dir)
+                        .arg(mekha);
+                    c
+                }
+                None => host.netns.command(mekha),
+            };
+            let agent = command
                 .args(["agent", "--listen", &format!("{}:{AGENT_PORT}", host.address)])
                 .arg("--tls-dir")
                 .arg(tls.join(&host.address))
@@ -169,6 +183,18 @@ impl FakeHosts {
             }
         }
         Ok(())
+    }
+
+    /// Makes host `i` (whose agent is not started yet) and the VMs its
+    /// agent starts see `dir` as an empty filesystem of their own, as a
+    /// host with a local disk where the others have theirs.
+    pub fn give_own_storage(&mut self, i: usize, dir: &Path) {
+        self.hosts[i].own_storage = Some(dir.to_owned());
+    }
+
+    /// Host `i`'s agent process, once started.
+    pub fn agent_pid(&self, i: usize) -> Option<u32> {
+        self.hosts[i].agent.as_ref().map(Child::id)
     }
 
     /// `HOST:PORT` of host `i`'s agent.
