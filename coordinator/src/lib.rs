@@ -12,6 +12,8 @@ pub mod exit;
 pub mod image_cmd;
 pub mod info;
 pub mod launch;
+#[cfg(feature = "libvirt")]
+pub mod libvirt;
 pub mod parts;
 pub mod qmp;
 pub mod schedule;

@@ -1,8 +1,11 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! How the coordinator reaches a VM's QMP socket: a local path;
+//! How the coordinator reaches a VM's QMP monitor: a local socket path;
 //! `ssh://[USER@]HOST[:PORT]/PATH` on another host, through OpenSSH's
-//! forwarding of the remote Unix socket to a local one; or
-//! `mekha://HOST[:PORT]/PATH` through that host's `mekha agent`.
+//! forwarding of the remote Unix socket to a local one;
+//! `mekha://HOST[:PORT]/PATH` through that host's `mekha agent`; or
+//! `URI#DOMAIN`, a libvirt domain's monitor through libvirt's remote API
+//! (`qemu:///system#vm1`, `qemu+ssh://HOST/system#vm1`,
+//! `qemu+tls://HOST/system#vm1`; see `libvirt`).
 //!
 //! ssh does the authentication and the encryption (keys, known hosts,
 //! agents: whatever the user's ssh setup says, plus `-o` options given
@@ -39,12 +42,21 @@ pub enum Endpoint {
         address: String,
         socket: PathBuf,
     },
+    /// A domain of the libvirt at `uri`.
+    Libvirt {
+        uri: String,
+        domain: String,
+    },
 }
 
 impl Endpoint {
     /// `ssh://[USER@]HOST[:PORT]/ABSOLUTE/PATH`,
-    /// `mekha://HOST[:PORT]/ABSOLUTE/PATH`, or a local path.
+    /// `mekha://HOST[:PORT]/ABSOLUTE/PATH`, `LIBVIRT-URI#DOMAIN`, or a
+    /// local path.
     pub fn parse(text: &str) -> Result<Endpoint, String> {
+        if let Some(libvirt) = parse_libvirt(text) {
+            return libvirt;
+        }
         if let Some(rest) = text.strip_prefix("mekha://") {
             let bad = || format!("{text}: expected mekha://HOST[:PORT]/ABSOLUTE/PATH/OF/QMP.sock");
             let slash = rest.find('/').ok_or_else(bad)?;
@@ -72,6 +84,24 @@ impl Endpoint {
     }
 }
 
+/// `URI#DOMAIN` for a URI of libvirt's QEMU driver (`qemu:///system`,
+/// `qemu+ssh://HOST/system`, `qemu+tls://HOST/system`, ...); `None` for
+/// any other text.
+fn parse_libvirt(text: &str) -> Option<Result<Endpoint, String>> {
+    let (scheme, _) = text.split_once("://")?;
+    if scheme != "qemu" && !scheme.starts_with("qemu+") {
+        return None;
+    }
+    Some(match text.rsplit_once('#') {
+        Some((uri, domain)) if !domain.is_empty() && !text.contains('\0') => {
+            Ok(Endpoint::Libvirt { uri: uri.to_owned(), domain: domain.to_owned() })
+        }
+        _ => Err(format!(
+            "{text}: expected a libvirt URI and a domain name, URI#DOMAIN (e.g. qemu+ssh://node7/system#vm1)"
+        )),
+    })
+}
+
 impl std::fmt::Display for Endpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -81,6 +111,7 @@ impl std::fmt::Display for Endpoint {
             }
             Endpoint::Ssh { destination, port: None, socket } => write!(f, "ssh://{destination}{}", socket.display()),
             Endpoint::Agent { address, socket } => write!(f, "mekha://{address}{}", socket.display()),
+            Endpoint::Libvirt { uri, domain } => write!(f, "{uri}#{domain}"),
         }
     }
 }
@@ -135,6 +166,12 @@ pub async fn connect(endpoint: &Endpoint, reach: &Reach) -> Result<(Box<dyn Stre
     match endpoint {
         Endpoint::Local(path) => Ok((Box::new(unix(path.clone()).await?), None)),
         Endpoint::Agent { address, socket } => Ok((reach.agent(address)?.open_qmp(socket).await?, None)),
+        #[cfg(feature = "libvirt")]
+        Endpoint::Libvirt { uri, domain } => Ok((crate::libvirt::open(uri, domain).await?, None)),
+        #[cfg(not(feature = "libvirt"))]
+        Endpoint::Libvirt { .. } => {
+            Err(format!("{endpoint}: this mekha was built without libvirt (feature \"libvirt\")"))
+        }
         Endpoint::Ssh { .. } => {
             let (local, tunnel) = open_tunnel(endpoint, &reach.ssh_options).await?;
             Ok((Box::new(unix(local).await?), Some(tunnel)))
@@ -211,5 +248,20 @@ mod tests {
         for bad in ["mekha://node7", "mekha:///x", "mekha://node7/"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
+        let e = Endpoint::parse("qemu+ssh://root@node7/system?keyfile=/k#vm1").unwrap();
+        assert_eq!(
+            e,
+            Endpoint::Libvirt { uri: "qemu+ssh://root@node7/system?keyfile=/k".into(), domain: "vm1".into() }
+        );
+        assert_eq!(e.to_string(), "qemu+ssh://root@node7/system?keyfile=/k#vm1");
+        assert_eq!(
+            Endpoint::parse("qemu:///system#a#b").unwrap(),
+            Endpoint::Libvirt { uri: "qemu:///system#a".into(), domain: "b".into() }
+        );
+        for bad in ["qemu:///system", "qemu+tls://node7/system#"] {
+            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+        }
+        // Not libvirt: a socket whose file name has a '#'.
+        assert_eq!(Endpoint::parse("/run/a#b.qmp").unwrap(), Endpoint::Local("/run/a#b.qmp".into()));
     }
 }

@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod cluster;
 pub mod hosts;
+pub mod libvirt;
 pub mod netns;
 pub mod probe;
 pub mod spec;
