@@ -15,9 +15,11 @@ mod common;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_pair_job_went_on, json_of, pair_probe_args, reference_checksum, PAIR_CHUNK, PAIR_COMPUTE};
+use common::{
+    assert_pair_job_went_on, json_of, pair_probe_args, reference_checksum, wait_mid_exchange, PAIR_CHUNK, PAIR_COMPUTE,
+};
 use mekha_rig::netns::BRIDGE;
 use mekha_rig::{FakeHosts, ProbeLog, SpecVm};
 
@@ -103,14 +105,7 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
         assert_eq!(vm_ns, host_ns, "node{i} does not run on host h{i}");
     }
     let logs: Vec<ProbeLog> = (0..2).map(|i| ProbeLog::new(dir.join(format!("node{i}.serial")))).collect();
-    for log in &logs {
-        log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
-    }
-    let started = Instant::now();
-    while logs.iter().any(|log| log.received() < 20) {
-        assert!(started.elapsed() < BOOT, "the probes exchange nothing across the hosts");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_mid_exchange(&logs, BOOT);
 
     let status = json_of(&mekha(&artifacts, &["status", "--spec", spec_arg, "--json"]));
     for vm in status["vms"].as_array().unwrap() {

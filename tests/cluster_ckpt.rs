@@ -11,7 +11,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{json_of, mekha_all, reference_checksum, wait_checkpoint_settled};
+use common::{json_of, mekha_all, reference_checksum, wait_checkpoint_settled, wait_mid_exchange};
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Cluster, ClusterConfig};
 use serde_json::{json, Value};
@@ -45,15 +45,7 @@ async fn cluster_checkpoint_and_restart_loses_nothing() {
     let dir = common::test_dir("cluster-ckpt");
     let images = dir.join("images");
     let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_config(3, MSGS)).unwrap();
-    for vm in &cluster.vms {
-        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
-    }
-    // Mid-exchange: every probe has received some messages, not all.
-    let started = Instant::now();
-    while cluster.vms.iter().any(|vm| vm.log().received() < 20) {
-        assert!(started.elapsed() < BOOT, "the probes exchange nothing");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_mid_exchange(&cluster.vms.iter().map(|vm| vm.log()).collect::<Vec<_>>(), BOOT);
 
     let summary = json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &cluster.cli_qmp_paths(), &images));
     assert_eq!(summary["generation"], 1, "{summary}");

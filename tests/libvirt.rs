@@ -13,10 +13,11 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::{
-    assert_pair_job_went_on, json_of, mekha_all, pair_probe_args, reference_checksum, PAIR_CHUNK, PAIR_COMPUTE,
+    assert_pair_job_went_on, json_of, mekha_all, pair_probe_args, reference_checksum, wait_mid_exchange, PAIR_CHUNK,
+    PAIR_COMPUTE,
 };
 use mekha_coordinator::qmp::Qmp;
 use mekha_coordinator::transport::{self, Endpoint, Reach};
@@ -63,14 +64,7 @@ async fn libvirt_domains_checkpoint_and_restore_through_libvirts_remote_api() {
         libvirtd.create(&domain(i).xml(&artifacts, false), false).unwrap();
     }
     let logs: Vec<ProbeLog> = serials.iter().map(|s| ProbeLog::new(s.clone())).collect();
-    for log in &logs {
-        log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
-    }
-    let started = Instant::now();
-    while logs.iter().any(|log| log.received() < 20) {
-        assert!(started.elapsed() < BOOT, "the probes exchange nothing");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_mid_exchange(&logs, BOOT);
 
     let endpoints: Vec<PathBuf> = names.iter().map(|n| PathBuf::from(format!("{uri}#{n}"))).collect();
     // A second client of node0's QEMU, through libvirt: the events it relays.

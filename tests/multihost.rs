@@ -7,9 +7,11 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{assert_pair_job_went_on, json_of, pair_probe_args, reference_checksum, PAIR_CHUNK, PAIR_COMPUTE};
+use common::{
+    assert_pair_job_went_on, json_of, pair_probe_args, reference_checksum, wait_mid_exchange, PAIR_CHUNK, PAIR_COMPUTE,
+};
 use mekha_rig::vm::Nic;
 use mekha_rig::{FakeHosts, Vm, VmConfig};
 
@@ -54,14 +56,7 @@ async fn a_cluster_over_two_hosts_checkpoints_and_restarts_through_ssh() {
         );
         configs.push(config);
     }
-    for vm in &vms {
-        vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
-    }
-    let started = Instant::now();
-    while vms.iter().any(|vm| vm.log().received() < 20) {
-        assert!(started.elapsed() < BOOT, "the probes exchange nothing across the hosts");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    wait_mid_exchange(&vms.iter().map(|vm| vm.log()).collect::<Vec<_>>(), BOOT);
 
     let summary = json_of(&mekha_over_ssh(&artifacts, &["checkpoint", "--json"], &hosts, &vms, &images));
     assert_eq!(summary["vms"].as_array().unwrap().len(), 2, "{summary}");

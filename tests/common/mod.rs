@@ -65,6 +65,19 @@ pub fn pair_probe_args(i: usize, ips: [&str; 2]) -> Vec<String> {
     ]
 }
 
+/// Waits until every probe computes and has received some of its
+/// messages (not all): the job is mid-exchange.
+pub fn wait_mid_exchange(logs: &[mekha_rig::ProbeLog], boot: Duration) {
+    for log in logs {
+        log.wait_for("compute", boot, |e| e.ev == "compute").unwrap();
+    }
+    let started = std::time::Instant::now();
+    while logs.iter().any(|log| log.received() < 20) {
+        assert!(started.elapsed() < boot, "the probes exchange nothing");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
 /// Waits for the end of VM `vm`'s part of that job and checks that it went
 /// on across the restart: every message received, none lost, duplicated,
 /// reordered or corrupted, and the computation's checksum = `reference`.
