@@ -93,7 +93,8 @@ struct Bridge {
 }
 
 impl Bridge {
-    /// Runs one QMP command line; `None` when libvirt is gone.
+    /// Runs one QMP command line; `None` when libvirt or the domain's QEMU
+    /// is gone (as a monitor socket closes when QEMU exits).
     fn execute(&self, command: &str) -> Option<Value> {
         let mut request: Value = match serde_json::from_str(command) {
             Ok(v) => v,
@@ -109,7 +110,7 @@ impl Bridge {
                 Ok(reply) => with_id(reply, id),
                 Err(e) => error_reply(id, &format!("libvirt returned a malformed reply: {e}")),
             }),
-            Err(_) if !self.conn.is_alive().unwrap_or(false) => None,
+            Err(_) if !self.conn.is_alive().unwrap_or(false) || !self.dom.is_active().unwrap_or(false) => None,
             Err(e) => Some(error_reply(id, &format!("libvirt: {}", e.message()))),
         }
     }
