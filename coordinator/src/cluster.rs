@@ -39,12 +39,13 @@ use futures::future::join_all;
 use mekha_ckpt_core::store::Store;
 use serde::Serialize;
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
 use crate::agent::{AgentClient, Request};
 use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
 use crate::info;
 use crate::parts::{self, Parts};
-use crate::qmp::{Qmp, QmpError};
+use crate::qmp::{Event, Qmp, QmpError, MEKHA_PREFIX};
 use crate::schedule::{PendingImage, PersistSchedule};
 use crate::storage::{self, StorageReport};
 use crate::transport::{self, Endpoint, Reach, Tunnel};
@@ -123,6 +124,9 @@ const POLL: Duration = Duration::from_millis(20);
 /// Lead of the stop instant over "now" beyond the command's round trip:
 /// the library ends its live phase 20 ms before T to prepare the pause.
 const STOP_LEAD: Duration = Duration::from_millis(40);
+/// Lead of a restart's resume instant beyond twice the commands' round
+/// trip: the library naps until 0.5 ms before the instant.
+const RESUME_LEAD: Duration = Duration::from_millis(10);
 /// Slack of the resume instant over the slowest VM's pause estimate; also
 /// the time frames in flight between stopped VMs have to arrive.
 const RESUME_SLACK: Duration = Duration::from_millis(5);
@@ -507,6 +511,26 @@ fn unreachable_vm(name: &str, e: QmpError) -> CkptError {
     CkptError::Failed { vm: name.to_owned(), message: format!("lost contact with its QEMU: {e}") }
 }
 
+/// Waits for event `name` from any of the VMs, at most `limit`.
+async fn next_event(events: &mut [broadcast::Receiver<Event>], name: &str, limit: Duration) {
+    if events.is_empty() {
+        return tokio::time::sleep(limit).await;
+    }
+    let waits = events.iter_mut().map(|rx| {
+        Box::pin(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(e) if e.event == name => return,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    // The connection is gone: the next query says so.
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending::<()>().await,
+                }
+            }
+        })
+    });
+    let _ = tokio::time::timeout(limit, futures::future::select_all(waits)).await;
+}
+
 /// One VM of a restart.
 #[derive(Debug, Clone, Serialize)]
 pub struct VmRestore {
@@ -568,6 +592,9 @@ pub async fn restore(
     }
     parts::check_images(vms, &store, &manifest).await?;
 
+    // Each VM's events wake the waits below as soon as it reports; the
+    // polls stay, at their pace, for what an event would not tell.
+    let mut events: Vec<broadcast::Receiver<Event>> = vms.iter().map(|vm| vm.qmp.subscribe()).collect();
     let loads = join_all(vms.iter().zip(&images).map(|(vm, image)| {
         let mut args = json!({ "path": image, "start": false, "time": options.time.as_str() });
         if let Some(ppm) = options.catch_up_ppm {
@@ -582,8 +609,12 @@ pub async fn restore(
     for (vm, load) in vms.iter().zip(loads) {
         load.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
     }
+    let restored_event = format!("{MEKHA_PREFIX}RESTORE");
+    let mut round_trip;
     let states = loop {
+        let asked = Instant::now();
         let states = query_all_named(vms, "query-restore").await?;
+        round_trip = asked.elapsed();
         progress(&states);
         if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
             return Err(CkptError::RestoreFailed {
@@ -597,19 +628,15 @@ pub async fn restore(
         if states.iter().all(|s| s["status"] == "completed") {
             break states;
         }
-        tokio::time::sleep(POLL).await;
+        next_event(&mut events, &restored_event, POLL).await;
     };
 
     let mut resume_at = None;
     let mut states = states;
     if !options.paused {
-        let mut round_trip = Duration::ZERO;
-        for vm in vms {
-            let asked = Instant::now();
-            vm.qmp.execute("query-status", Value::Null).await.map_err(|e| unreachable_vm(&vm.name, e))?;
-            round_trip = round_trip.max(asked.elapsed());
-        }
-        let at = wall_ns() + nanos(Duration::from_millis(20) + 2 * round_trip);
+        // The resume commands go out together, as the last queries did:
+        // twice their round trip, and a margin for the nap to end.
+        let at = wall_ns() + nanos(RESUME_LEAD + 2 * round_trip);
         let resumes = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("resume", json!({ "at": at })))).await;
         for (vm, r) in vms.iter().zip(resumes) {
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
@@ -625,7 +652,7 @@ pub async fn restore(
                     message: "it could not be resumed (see its QEMU's stderr)".into(),
                 });
             }
-            tokio::time::sleep(Duration::from_millis(5)).await;
+            next_event(&mut events, "RESUME", POLL).await;
         };
         resume_at = Some(at);
     }
