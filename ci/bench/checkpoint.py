@@ -57,12 +57,9 @@ Ctrl-C and on errors; images are deleted once measured.
 """
 
 import argparse
-import atexit
-import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -71,6 +68,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import report  # noqa: E402
+from common import drop_cache, fmt, log, remove  # noqa: E402
+import common  # noqa: E402
 from qmp import QmpError  # noqa: E402
 from vm import Artifacts, Vm, kill_all  # noqa: E402
 
@@ -95,10 +94,6 @@ CLOCK_GAP_S = 30.0               # default --clock-gap: no QEMU between checkpoi
 CLOCK_BEFORE = 4                 # clock samples of the original guest before its checkpoint, at least
 CLOCK_AFTER = 3                  # clock samples of the restored guest, at least
 CLOCK_KINDS = ("mekha", "stock")
-
-
-def log(msg):
-    print(f"[bench-checkpoint {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 # ---------------------------------------------------------------------------
@@ -256,26 +251,9 @@ def fsync_ms(path):
     return (time.time() - t) * 1000.0
 
 
-def drop_cache(path):
-    """Makes the next read of `path` come from the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-
-
 def file_mib(path):
     st = os.stat(path)
     return st.st_size / 2**20, st.st_blocks * 512 / 2**20
-
-
-def remove(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 # ---------------------------------------------------------------------------
@@ -876,10 +854,6 @@ def mekha_checkpoint(q, args):
     return mark, t0, done, info
 
 
-def fmt(v, digits=0):
-    return "-" if v is None else f"{v:.{digits}f}"
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="512 MiB only, 1 repetition, live migration capped at 20 s")
@@ -908,39 +882,16 @@ def main():
     if shutil.which("qemu-img") is None:
         raise SystemExit("qemu-img not found (Debian package qemu-utils)")
 
-    atexit.register(kill_all)
-
-    def on_signal(signum, _frame):
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    # The readers timestamp lines: let them run promptly.
-    sys.setswitchinterval(0.0005)
-
-    if args.nice:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-        except OSError as e:
-            log(f"cannot set the nice value to {args.nice}: {e}")
+    common.setup_process("bench-checkpoint", args.nice, kill_all)
     bench = Bench(args)
     bench.out.mkdir(parents=True, exist_ok=True)
     log(f"output in {bench.out}; {args.reps} repetition(s); live migration capped at {args.live_cap:.0f} s")
-    load_start = open("/proc/loadavg").read().split()[:3]
-    try:
-        elapsed = bench.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        raise SystemExit(130)
-    finally:
-        kill_all()
-        shutil.rmtree(bench.images, ignore_errors=True)
+    elapsed, host = common.run(bench.run, kill_all, bench.images)
     data = {
         "quick": args.quick, "reps": args.reps, "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "live_cap_s": args.live_cap, "elapsed_s": elapsed,
         "workload": {"hot_mib": HOT_MIB, "rate": 0, "steady_s": STEADY_S, "tail_s": TAIL_S},
-        "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_start": load_start,
-                 "loadavg_end": open("/proc/loadavg").read().split()[:3]},
+        "host": host,
         "results": bench.results, "restores": bench.restores, "dd": bench.dd, "controls_ms": bench.controls,
         "clocks": bench.clocks,
     }

@@ -57,7 +57,6 @@ and on errors; images are deleted once measured.
 """
 
 import argparse
-import atexit
 import json
 import os
 import shutil
@@ -71,7 +70,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cluster_report  # noqa: E402
-from checkpoint import drop_cache, fmt, remove  # noqa: E402
+import common  # noqa: E402
+from common import drop_cache, fmt, log, remove  # noqa: E402
 from qmp import QmpError  # noqa: E402
 from vm import Artifacts, Vm, kill_all  # noqa: E402
 
@@ -96,10 +96,6 @@ NS_PREFIX = "mekha-b"            # this bench's namespaces: mekha-b<pid>
 BRIDGE = "br0"
 METHODS = ("mekha", "stock")
 PROTOS = ("tcp", "udp")
-
-
-def log(msg):
-    print(f"[bench-cluster {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
 def spread(values):
@@ -885,41 +881,20 @@ def main():
 
     bench = Bench(args)
     bench.out.mkdir(parents=True, exist_ok=True)
-
-    def on_signal(signum, _frame):
-        log(f"signal {signum}: stopping (QEMUs killed, namespace deleted)")
-        raise SystemExit(128 + signum)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGHUP, on_signal)
-    atexit.register(bench.cleanup)
-    # The readers timestamp lines and events: let them run promptly.
-    sys.setswitchinterval(0.0005)
-    if args.nice:
-        try:
-            os.setpriority(os.PRIO_PROCESS, 0, args.nice)
-        except OSError as e:
-            log(f"cannot set the nice value to {args.nice}: {e}")
-
+    common.setup_process("bench-cluster", args.nice, bench.cleanup)
     log(f"output in {bench.out}; N = {','.join(map(str, args.sizes))}; {args.reps} repetition(s)")
-    load_start = open("/proc/loadavg").read().split()[:3]
-    try:
+
+    def measure():
         bench.setup()
-        elapsed = bench.run()
-    except KeyboardInterrupt:
-        log("interrupted")
-        raise SystemExit(130)
-    finally:
-        bench.cleanup()
-        shutil.rmtree(bench.images, ignore_errors=True)
+        return bench.run()
+    elapsed, host = common.run(measure, bench.cleanup, bench.images)
     data = {
         "quick": args.quick, "reps": args.reps, "sizes": args.sizes, "nice": os.getpriority(os.PRIO_PROCESS, 0),
         "elapsed_s": elapsed,
         "workload": {"memory_mib": MEM_MIB, "dirty_mib": DIRTY_MIB, "dirty_rate_mib_s": DIRTY_RATE,
                      "compute_chunk": COMPUTE_CHUNK, "msgs": MSGS, "msg_interval_ms": MSG_INTERVAL_MS,
                      "min_rx": MIN_RX, "steady_s": STEADY_S, "after_s": AFTER_S},
-        "host": {"cpus": os.cpu_count(), "kernel": os.uname().release, "loadavg_start": load_start,
-                 "loadavg_end": open("/proc/loadavg").read().split()[:3]},
+        "host": host,
         "runs": bench.runs,
     }
     cluster_report.write(bench.out, data)
