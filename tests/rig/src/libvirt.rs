@@ -151,10 +151,12 @@ impl Libvirtd {
     }
 }
 
-/// A domain as a site would write it for a rig guest: TCG, direct kernel
-/// boot with the probe's arguments, the serial console appended to
-/// `serial`, one virtio NIC on `bridge`; with `incoming`, QEMU waits for
-/// its state (`-incoming defer`, passed through libvirt's QEMU namespace).
+/// A domain as a site would write it for a rig guest: TCG, q35 with what
+/// virt-install adds by default (an xHCI controller, a virtio balloon, a
+/// guest-agent channel), direct kernel boot with the probe's arguments,
+/// the serial console appended to `serial`, one virtio NIC on `bridge`;
+/// with `incoming`, QEMU waits for its state (`-incoming defer`, passed
+/// through libvirt's QEMU namespace).
 pub struct Domain<'a> {
     pub name: &'a str,
     pub memory_mib: u32,
@@ -179,7 +181,7 @@ impl Domain<'_> {
   <memory unit='MiB'>{memory}</memory>
   <vcpu>1</vcpu>
   <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
+    <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>{kernel}</kernel>
     <initrd>{initrd}</initrd>
     <cmdline>{cmdline}</cmdline>
@@ -191,8 +193,9 @@ impl Domain<'_> {
   <seclabel type='none'/>
   <devices>
     <emulator>{qemu}</emulator>
-    <controller type='usb' model='none'/>
-    <memballoon model='none'/>
+    <controller type='usb' model='qemu-xhci'/>
+    <memballoon model='virtio'/>
+    <channel type='unix'><target type='virtio' name='org.qemu.guest_agent.0'/></channel>
     <serial type='file'><source path='{serial}' append='on'/><target port='0'/></serial>
     <interface type='bridge'>
       <source bridge='{bridge}'/>
