@@ -6,6 +6,7 @@
 //! and `down` can be separate invocations of a batch script.
 
 use std::fs::{self, File, OpenOptions};
+use std::io::Write;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -165,10 +166,14 @@ fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<st
     if incoming {
         cmd.args(["-incoming", "defer"]);
     }
-    let log = OpenOptions::new()
+    let mut log = OpenOptions::new()
         .create(true)
         .append(true)
         .open(spec.state_dir().join(format!("{}.log", vm.name)))
+        .map_err(|e| format!("VM {}: log file: {e}", vm.name))?;
+    // The log keeps every run's output; a mark starts each.
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs();
+    writeln!(log, "{LOG_MARK} at unix time {started}{}", if incoming { ", -incoming defer" } else { "" })
         .map_err(|e| format!("VM {}: log file: {e}", vm.name))?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
     // Its own process group: a Ctrl-C or a batch step's end that kills
@@ -184,10 +189,22 @@ fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<st
     Ok(child)
 }
 
-/// The end of VM `vm`'s QEMU output, for error messages.
+/// Starts the lines `start_vm` writes into a VM's log before its QEMU's.
+const LOG_MARK: &str = "--- mekha: QEMU started";
+
+/// The end of VM `vm`'s QEMU output since its last start, for error
+/// messages.
 pub fn log_tail(spec: &Spec, vm: &str) -> String {
     let text = fs::read_to_string(spec.state_dir().join(format!("{vm}.log"))).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
+    last_run_tail(&text)
+}
+
+fn last_run_tail(log: &str) -> String {
+    let run = log.rfind(LOG_MARK).map_or(log, |at| log[at..].split_once('\n').map_or("", |(_, rest)| rest));
+    let lines: Vec<&str> = run.lines().collect();
+    if lines.is_empty() {
+        return "(no output)".into();
+    }
     lines[lines.len().saturating_sub(5)..].join(" | ")
 }
 
@@ -235,4 +252,21 @@ pub fn remove_network(spec: &Spec) {
     }
     let _ = fs::remove_file(namespace);
     let _ = fs::remove_file(bridge);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_tail_shows_the_last_run_only() {
+        let log = format!(
+            "{LOG_MARK} at unix time 1\nold error\n{LOG_MARK} at unix time 2, -incoming defer\n\
+             a\nb\nc\nd\ne\nf: cannot open image\n"
+        );
+        assert_eq!(last_run_tail(&log), "b | c | d | e | f: cannot open image");
+        assert_eq!(last_run_tail(&format!("{LOG_MARK} at unix time 3\n")), "(no output)");
+        // A log from before the marks: its last lines.
+        assert_eq!(last_run_tail("x\ny\n"), "x | y");
+    }
 }
