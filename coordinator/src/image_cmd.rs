@@ -114,18 +114,7 @@ impl Member {
 
     /// Where the image differs from what the manifest recorded at commit.
     fn manifest_problems(&self, file_size: u64, header_crc32c: u32) -> Vec<String> {
-        let Some(recorded) = &self.recorded else { return Vec::new() };
-        let mut problems = Vec::new();
-        if recorded.size != file_size {
-            problems.push(format!("the file has {file_size} bytes but the manifest recorded {}", recorded.size));
-        }
-        if recorded.header_crc32c != header_crc32c {
-            problems.push(format!(
-                "header checksum {header_crc32c:#010x} differs from the manifest's {:#010x} (not the image that was committed)",
-                recorded.header_crc32c
-            ));
-        }
-        problems
+        self.recorded.as_ref().map_or_else(Vec::new, |r| r.mismatches(file_size, header_crc32c))
     }
 }
 

@@ -77,6 +77,29 @@ impl Manifest {
     }
 }
 
+impl ManifestVm {
+    /// Whether `image` names a file inside the checkpoint directory.
+    fn image_is_inside(&self) -> bool {
+        !self.image.is_empty() && Path::new(&self.image).components().all(|c| matches!(c, Component::Normal(_)))
+    }
+
+    /// Where an image (its file's length, its header checksum) differs
+    /// from what this entry recorded at commit.
+    pub fn mismatches(&self, file_size: u64, header_crc32c: u32) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.size != file_size {
+            problems.push(format!("the file has {file_size} bytes but the manifest recorded {}", self.size));
+        }
+        if self.header_crc32c != header_crc32c {
+            problems.push(format!(
+                "header checksum {header_crc32c:#010x} differs from the manifest's {:#010x} (not the image that was committed)",
+                self.header_crc32c
+            ));
+        }
+        problems
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{action} {}: {source}", path.display())]
@@ -205,8 +228,7 @@ impl Store {
             return Err(bad(format!("unknown format {}", manifest.format)));
         }
         for vm in &manifest.vms {
-            let inside = Path::new(&vm.image).components().all(|c| matches!(c, Component::Normal(_)));
-            if !inside || vm.image.is_empty() {
+            if !vm.image_is_inside() {
                 return Err(bad(format!(
                     "VM {}'s image {:?} is not inside the checkpoint directory",
                     vm.name, vm.image
@@ -231,25 +253,17 @@ impl Store {
     /// Checks that `vm`'s image in this directory is the one its manifest
     /// committed: there, a valid image, of the recorded length and header.
     pub fn check_image(&self, generation: u64, vm: &ManifestVm) -> Result<()> {
-        let inside = Path::new(&vm.image).components().all(|c| matches!(c, Component::Normal(_)));
         let path = self.dir.join(&vm.image);
         let refuse =
             |reason: String| StoreError::NotCommitted { name: vm.name.clone(), path: path.clone(), generation, reason };
-        if !inside || vm.image.is_empty() {
+        if !vm.image_is_inside() {
             return Err(refuse("it is not inside the checkpoint directory".into()));
         }
         let image = Image::open(&path).map_err(|e| refuse(e.to_string()))?;
-        if image.file_len() != vm.size {
-            return Err(refuse(format!("it has {} bytes, the manifest recorded {}", image.file_len(), vm.size)));
+        match vm.mismatches(image.file_len(), image.header().header_crc32c) {
+            problems if problems.is_empty() => Ok(()),
+            problems => Err(refuse(problems.join("; "))),
         }
-        if image.header().header_crc32c != vm.header_crc32c {
-            return Err(refuse(format!(
-                "its header checksum is {:#010x}, the manifest recorded {:#010x}",
-                image.header().header_crc32c,
-                vm.header_crc32c
-            )));
-        }
-        Ok(())
     }
 
     /// Starts the next generation: takes the directory's lock, removes what
