@@ -183,8 +183,7 @@ pub async fn checkpoint(
     let store = Store::open(dir)?;
     // Prepare, for the storage: room for about what the last checkpoint
     // of these VMs took (it stays until this one is committed).
-    let storage = storage_of(vms, dir).await?;
-    let here = storage::probe(dir).map_err(CkptError::Refused)?;
+    let (here, storage) = storage_of(vms, dir).await?;
     let parts = Parts::of(vms, &storage, &here);
     let previous = store.latest().ok().flatten();
     let last_size = |i: usize| previous.as_ref().and_then(|m| m.vm(&vms[i].name)).map_or(0, |v| v.size);
@@ -327,7 +326,7 @@ async fn run_checkpoint(
     let states = wait_all(vms, progress, |s| s == "staged" || s == "completed").await?;
     let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
     let storage = match storage_of(vms, dir).await {
-        Ok(s) => s,
+        Ok((_, s)) => s,
         Err(e) => {
             cancel_all(vms).await;
             return Err(e);
@@ -367,16 +366,18 @@ async fn run_checkpoint(
     Ok((states, Rendezvous { instants: (stop_at, resume_at), live, all_ready }))
 }
 
-/// Each VM's view of `dir`'s storage: from its host's agent, or seen from
-/// here (a local VM, or one reached by ssh: the directory is shared).
-async fn storage_of(vms: &[Attached], dir: &Path) -> Result<Vec<StorageReport>, CkptError> {
+/// This host's view of `dir`'s storage, and each VM's: from its host's
+/// agent, or this host's (a local VM, or one reached by ssh or libvirt:
+/// the directory is shared).
+async fn storage_of(vms: &[Attached], dir: &Path) -> Result<(StorageReport, Vec<StorageReport>), CkptError> {
+    let here = storage::probe(dir).map_err(CkptError::Refused)?;
     let mut seen: HashMap<Option<String>, StorageReport> = HashMap::new();
     let mut reports = Vec::new();
     for vm in vms {
         let key = vm.agent.as_ref().map(|a| a.address().to_owned());
         if !seen.contains_key(&key) {
             let report = match &vm.agent {
-                None => storage::probe(dir).map_err(CkptError::Refused)?,
+                None => here.clone(),
                 Some(agent) => {
                     let value = agent
                         .call(&Request::Storage { dir: dir.to_owned() })
@@ -390,7 +391,7 @@ async fn storage_of(vms: &[Attached], dir: &Path) -> Result<Vec<StorageReport>, 
         }
         reports.push(seen[&key].clone());
     }
-    Ok(reports)
+    Ok((here, reports))
 }
 
 /// Refuses when a storage target has less free space than its VMs need
