@@ -21,7 +21,7 @@ use virt::connect::Connect;
 use virt::domain::Domain;
 use virt::sys;
 
-use crate::qmp::Stream;
+use crate::qmp::{json_line, Stream};
 
 /// Room for replies the client has not read yet (a query-qmp-schema
 /// reply is about 200 KiB).
@@ -45,7 +45,7 @@ pub async fn open(uri: &str, domain: &str) -> Result<Box<dyn Stream>, String> {
         };
         let bridge = Bridge { conn, dom, events: None.into() };
         let greeting = json!({ "QMP": { "version": bridge.qemu_version(), "capabilities": [] } });
-        let _ = events.send(line(&greeting));
+        let _ = events.send(json_line(&greeting));
         if let Err(e) = bridge.register_events(events) {
             bridge.close();
             return Err(format!("libvirt {uri}: domain {name}: {e}"));
@@ -71,7 +71,7 @@ pub async fn open(uri: &str, domain: &str) -> Result<Box<dyn Stream>, String> {
             let Ok(reply) = tokio::task::spawn_blocking(move || b.execute(&command)).await else { break };
             match reply {
                 Some(reply) => {
-                    let _ = lines.send(line(&reply));
+                    let _ = lines.send(json_line(&reply));
                 }
                 None => break,
             }
@@ -178,7 +178,7 @@ unsafe extern "C" fn on_event(
         "data": data,
         "timestamp": { "seconds": seconds, "microseconds": micros },
     });
-    let _ = lines.send(line(&event));
+    let _ = lines.send(json_line(&event));
 }
 
 unsafe extern "C" fn drop_sender(opaque: *mut c_void) {
@@ -225,10 +225,4 @@ fn with_id(mut reply: Value, id: Value) -> Value {
 
 fn error_reply(id: Value, desc: &str) -> Value {
     with_id(json!({ "error": { "class": "GenericError", "desc": desc } }), id)
-}
-
-fn line(value: &Value) -> Vec<u8> {
-    let mut bytes = serde_json::to_vec(value).expect("JSON encodes");
-    bytes.push(b'\n');
-    bytes
 }

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
@@ -49,6 +49,13 @@ pub struct Event {
     pub data: Value,
     #[serde(default)]
     pub timestamp: Value,
+}
+
+/// `value` as one line of JSON, as QMP (and the agent protocol) send it.
+pub fn json_line(value: &impl Serialize) -> Vec<u8> {
+    let mut line = serde_json::to_vec(value).expect("JSON encodes");
+    line.push(b'\n');
+    line
 }
 
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
@@ -148,9 +155,7 @@ impl Qmp {
         }
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id, tx);
-        let mut line = serde_json::to_vec(&request).expect("JSON encodes");
-        line.push(b'\n');
-        let sent = self.writer.lock().await.write_all(&line).await;
+        let sent = self.writer.lock().await.write_all(&json_line(&request)).await;
         if sent.is_err() {
             self.pending.lock().unwrap().remove(&id);
             return Err(QmpError::Closed { path: self.path.clone() });

@@ -14,7 +14,7 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use super::{Reply, Request, DEFAULT_PORT, MAX_LINE};
-use crate::qmp::Stream;
+use crate::qmp::{json_line, Stream};
 
 /// Why an agent request did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -95,8 +95,7 @@ impl AgentClient {
     /// in the returned reader.
     async fn exchange(&self, request: &Request) -> Result<(Value, BufReader<TlsStream<TcpStream>>), AgentError> {
         let mut tls = self.connect().await?;
-        let mut line = serde_json::to_vec(request).expect("JSON encodes");
-        line.push(b'\n');
+        let line = json_line(request);
         let failed = |e: std::io::Error| {
             // TLS 1.3: the agent judges our certificate after the
             // handshake, so its refusal arrives as an alert on the read.

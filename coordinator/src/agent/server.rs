@@ -15,6 +15,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
 use super::{Reply, Request, MAX_LINE};
+use crate::qmp::json_line;
 use crate::{launch, storage, tls};
 
 /// How long a peer may take to authenticate and send its request.
@@ -108,8 +109,7 @@ fn describe(request: &Request) -> String {
 }
 
 async fn answer(stream: &mut BufReader<TlsStream<TcpStream>>, reply: Reply) -> Result<(), String> {
-    let mut line = serde_json::to_vec(&reply).expect("JSON encodes");
-    line.push(b'\n');
+    let line = json_line(&reply);
     let stream = stream.get_mut();
     stream.write_all(&line).await.map_err(|e| e.to_string())?;
     stream.shutdown().await.map_err(|e| e.to_string())
@@ -186,8 +186,7 @@ async fn forward_qmp(mut stream: BufReader<TlsStream<TcpStream>>, socket: &Path)
             format!("{} is not a QMP monitor, or another client holds it (no greeting within 10 s)", socket.display());
         return answer(&mut stream, Reply::Error(message)).await;
     }
-    let mut line = serde_json::to_vec(&Reply::Ok(Value::Null)).expect("JSON encodes");
-    line.push(b'\n');
+    let mut line = json_line(&Reply::Ok(Value::Null));
     line.extend_from_slice(&greeting);
     let tls = stream.get_mut();
     tls.write_all(&line).await.map_err(|e| e.to_string())?;
