@@ -175,8 +175,8 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     let latest = &generations[1];
     assert!(!ckpt.join(latest).join("node0.mekha").exists(), "h0's image was written here");
     assert!(ckpt.join(latest).join("node1.mekha").exists());
-    // h0's view of the directory, through its QEMU's mount namespace.
-    let on_h0 = PathBuf::from(format!("/proc/{}/root{}", pid_of(&state, "h0", "node0"), ckpt.display()));
+    // h0's view of the directory, through its agent's mount namespace.
+    let on_h0 = PathBuf::from(format!("/proc/{}/root{}", hosts.agent_pid(0).unwrap(), ckpt.display()));
     let mut listing: Vec<String> =
         std::fs::read_dir(&on_h0).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
     listing.retain(|n| n != ".lock");
@@ -197,7 +197,6 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     std::thread::sleep(Duration::from_secs(2));
     // h0's image gone: the restart is refused, naming its VM, before any
     // VM loads anything.
-    let on_h0 = PathBuf::from(format!("/proc/{}/root{}", hosts.agent_pid(0).unwrap(), ckpt.display()));
     let image = on_h0.join(latest).join("node0.mekha");
     let away = image.with_extension("away");
     std::fs::rename(&image, &away).unwrap();

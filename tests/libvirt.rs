@@ -61,7 +61,7 @@ async fn libvirt_domains_checkpoint_and_restore_through_libvirts_remote_api() {
         bridge: BRIDGE,
     };
     for i in 0..2 {
-        libvirtd.create(&domain(i).xml(&artifacts, false), false).unwrap();
+        libvirtd.create(&domain(i), &artifacts, false).unwrap();
     }
     let logs: Vec<ProbeLog> = serials.iter().map(|s| ProbeLog::new(s.clone())).collect();
     wait_mid_exchange(&logs, BOOT);
@@ -100,7 +100,7 @@ async fn libvirt_domains_checkpoint_and_restore_through_libvirts_remote_api() {
     // Created again as a site would to receive a state: paused, QEMU
     // waiting for it.
     for i in 0..2 {
-        libvirtd.create(&domain(i).xml(&artifacts, true), true).unwrap();
+        libvirtd.create(&domain(i), &artifacts, true).unwrap();
     }
     let restore = json_of(&mekha_all(&artifacts, &["restore", "--json"], &endpoints, &images));
     assert_eq!(restore["vms"].as_array().unwrap().len(), 2, "{restore}");

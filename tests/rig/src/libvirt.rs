@@ -127,18 +127,18 @@ impl Libvirtd {
         Ok(Command::new("virsh").args(["-q", "-c", &self.uri()]).args(args).output()?)
     }
 
-    /// `virsh create` of `xml` (paused if asked).
-    pub fn create(&self, xml: &str, paused: bool) -> Result<()> {
-        let name = xml.split("<name>").nth(1).and_then(|s| s.split('<').next()).unwrap_or("domain").to_owned();
-        let path = self.dir.join(format!("{name}.xml"));
-        std::fs::write(&path, xml)?;
+    /// `virsh create` of `domain`; with `incoming`, paused with its QEMU
+    /// waiting for a state (see [`Domain::xml`]).
+    pub fn create(&self, domain: &Domain, artifacts: &Artifacts, incoming: bool) -> Result<()> {
+        let path = self.dir.join(format!("{}.xml", domain.name));
+        std::fs::write(&path, domain.xml(artifacts, incoming))?;
         let mut args = vec!["create", path.to_str().unwrap()];
-        if paused {
+        if incoming {
             args.push("--paused");
         }
         let out = self.virsh(&args)?;
         if !out.status.success() {
-            bail!("virsh create {name}: {}", String::from_utf8_lossy(&out.stderr).trim());
+            bail!("virsh create {}: {}", domain.name, String::from_utf8_lossy(&out.stderr).trim());
         }
         Ok(())
     }
