@@ -2,7 +2,8 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Cluster checkpoint benchmark: mekha's coordinated checkpoint and restart
 of N VMs beside stock QEMU driven the way a user would script it, on the
-cluster targets of /work/shared/design/ARCHITECTURE.md ("Targets").
+cluster targets of the design notes ("Targets" in ARCHITECTURE.md, the
+team's shared design notes).
 
 Run through ci/bench-cluster (which builds everything first). For each N
 (default 1,2,3,4) and repetition, each method gets a fresh cluster: N VMs
