@@ -11,7 +11,6 @@ GUEST_DIR=$TARGET/guest      # guest kernel and initramfs
 
 # The one QEMU release mekha patches, and the hash of Debian's orig tarball.
 QEMU_VERSION=10.0.2
-QEMU_DEB_VERSION=1:10.0.2+ds-2+deb13u1~bpo12+1
 QEMU_TARBALL=qemu_10.0.2+ds.orig.tar.xz
 QEMU_TARBALL_SHA256=0901da33844a331bf8b3602b9c1fbd178e60b737c8e3ade678255bd090c9b9f1
 
