@@ -56,7 +56,7 @@ async fn mtd_checkpoint_under_dirtying_restores_to_the_same_result() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cow_checkpoint_under_dirtying_restores_to_the_same_result() {
     if !mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
-        eprintln!("skipped: this host has no userfaultfd write protection");
+        mekha_test_skip::skip("this host has no userfaultfd write protection");
         return;
     }
     checkpoint_under_dirtying_restores_to_the_same_result("cow").await;

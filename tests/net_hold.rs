@@ -258,7 +258,7 @@ static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(())
 #[tokio::test(flavor = "multi_thread")]
 async fn cow_checkpoint_holds_the_frames_in_flight() {
     if !mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
-        eprintln!("skipped: this host has no userfaultfd write protection");
+        mekha_test_skip::skip("this host has no userfaultfd write protection");
         return;
     }
     frames_in_flight_are_neither_lost_nor_duplicated("cow").await;

@@ -571,7 +571,7 @@ mod tests {
         std::fs::create_dir(&mnt).unwrap();
         let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"]).arg(&mnt).status();
         if !mounted.is_ok_and(|s| s.success()) {
-            eprintln!("skipped: cannot mount tmpfs");
+            mekha_test_skip::skip("cannot mount tmpfs");
             return;
         }
         struct Unmount<'a>(&'a std::path::Path);

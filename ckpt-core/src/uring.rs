@@ -432,7 +432,7 @@ mod tests {
                 .status()
                 .is_ok_and(|s| s.success());
             if !ok {
-                eprintln!("skipped: cannot mount {fstype}");
+                mekha_test_skip::skip(&format!("cannot mount {fstype}"));
                 return None;
             }
             Some(Mount { path, _dir: dir })
@@ -457,7 +457,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let mut writer = UringWriter::new(&file, WriterOptions::default()).unwrap();
         if !writer.direct() {
-            eprintln!("skipped: no O_DIRECT in the temp dir");
+            mekha_test_skip::skip("no O_DIRECT in the temp dir");
             return;
         }
         writer.fake_einval = true;

@@ -176,7 +176,7 @@ fn capture_under_writes(allow_unpopulated: bool, budget_pages: u64) -> CowStats 
 fn uffd_wp_available() -> bool {
     let ok = crate::host::Capabilities::probe().userfaultfd_wp;
     if !ok {
-        eprintln!("skipped: no userfaultfd write protection on this host");
+        mekha_test_skip::skip("no userfaultfd write protection on this host");
     }
     ok
 }
