@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::firmware;
 use crate::qmp::Qmp;
 use crate::spec::{NetworkSpec, Spec, VmSpec};
 
@@ -111,6 +112,11 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<Vec<std::process::
     if let Some(vm) = spec.vms.iter().find(|vm| running_pid(spec, &vm.name).is_some()) {
         return Err(format!("VM {} of spec {} runs already (mekha down first)", vm.name, spec.name));
     }
+    // Before anything starts: every VM's firmware and ROMs are there.
+    let dirs = firmware::data_dirs(&spec.qemu)?;
+    for (index, vm) in spec.vms.iter().enumerate() {
+        firmware::check(&spec.qemu, &dirs, &vm.name, &qemu_args(spec, vm, &tap_name(spec, index)))?;
+    }
     if let Some(net) = &spec.network {
         let created = ensure_network(net)?;
         if created != Created::Nothing {
@@ -131,7 +137,9 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<Vec<std::process::
                 break;
             }
             if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!("VM {}'s QEMU exited ({status}): {}", vm.name, log_tail(spec, &vm.name)));
+                let tail = log_tail(spec, &vm.name);
+                let hint = firmware::explain_start_failure(&tail).map(|h| format!(" ({h})")).unwrap_or_default();
+                return Err(format!("VM {}'s QEMU exited ({status}): {tail}{hint}", vm.name));
             }
             if Instant::now() > deadline {
                 return Err(format!("VM {}: no QMP socket at {} after 30 s", vm.name, sock.display()));
@@ -140,6 +148,28 @@ pub async fn start_all(spec: &Spec, incoming: bool) -> Result<Vec<std::process::
         }
     }
     Ok(children)
+}
+
+/// VM `vm`'s QEMU arguments (but `-incoming`): mekha's name and QMP
+/// socket, the spec's arguments, its NIC on `tap`.
+fn qemu_args(spec: &Spec, vm: &VmSpec, tap: &str) -> Vec<String> {
+    let sock = spec.qmp_path(&vm.name);
+    let mut args = vec![
+        "-name".to_owned(),
+        format!("guest={}", vm.name),
+        "-qmp".to_owned(),
+        format!("unix:{},server=on,wait=off", sock.display()),
+    ];
+    args.extend(vm.args.iter().cloned());
+    if let (Some(nic), Some(_)) = (&vm.nic, &spec.network) {
+        args.extend([
+            "-netdev".to_owned(),
+            format!("tap,id=mk-net0,ifname={tap},script=no,downscript=no"),
+            "-device".to_owned(),
+            format!("{},netdev=mk-net0,mac={}", nic.model, nic.mac),
+        ]);
+    }
+    args
 }
 
 fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<std::process::Child, String> {
@@ -153,16 +183,10 @@ fn start_vm(spec: &Spec, index: usize, vm: &VmSpec, incoming: bool) -> Result<st
         }
         None => Command::new(&spec.qemu),
     };
-    cmd.args(["-name", &format!("guest={}", vm.name)])
-        .arg("-qmp")
-        .arg(format!("unix:{},server=on,wait=off", sock.display()))
-        .args(&vm.args);
-    if let (Some(nic), Some(net)) = (&vm.nic, &spec.network) {
-        let tap = tap_name(spec, index);
-        ensure_tap(net, &tap)?;
-        cmd.args(["-netdev", &format!("tap,id=mk-net0,ifname={tap},script=no,downscript=no")])
-            .args(["-device", &format!("{},netdev=mk-net0,mac={}", nic.model, nic.mac)]);
+    if let (Some(_), Some(net)) = (&vm.nic, &spec.network) {
+        ensure_tap(net, &tap_name(spec, index))?;
     }
+    cmd.args(qemu_args(spec, vm, &tap_name(spec, index)));
     if incoming {
         cmd.args(["-incoming", "defer"]);
     }
