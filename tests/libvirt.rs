@@ -32,7 +32,7 @@ async fn libvirt_domains_checkpoint_and_restore_through_libvirts_remote_api() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("libvirt");
     let hosts = FakeHosts::create(1, &dir.join("hosts")).unwrap();
-    let libvirtd = Libvirtd::start(&hosts.hosts[0].netns, &dir.join("libvirtd")).unwrap();
+    let libvirtd = Libvirtd::start(&hosts.hosts[0].netns, &dir.join("libvirtd"), &artifacts).unwrap();
 
     // libvirt's ssh transport runs `ssh`; this wrapper adds the fake
     // host's key and options (no known_hosts of the test machine touched).
@@ -113,4 +113,23 @@ async fn libvirt_domains_checkpoint_and_restore_through_libvirts_remote_api() {
         assert_pair_job_went_on(log, name, &reference);
         assert_eq!(log.events().iter().filter(|e| e.ev == "start").count(), 1, "{name} rebooted");
     }
+}
+
+/// A host whose libvirt has no QEMU it can run (the failure a new machine
+/// without a qemu-system binary on libvirtd's PATH meets): mekha names
+/// libvirt's own reason, not a missing domain or a hang.
+#[test]
+fn a_libvirt_that_cannot_use_its_qemu_is_reported_with_libvirts_reason() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("libvirt-no-qemu");
+    let netns = mekha_rig::netns::Netns::create().unwrap();
+    let libvirtd = Libvirtd::start_without_qemu(&netns, &dir.join("libvirtd")).unwrap();
+    let endpoint = format!("{}#lv-node0", libvirtd.uri());
+    let out = std::process::Command::new(&artifacts.mekha).args(["info", "--qmp", &endpoint]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "mekha info succeeded without a QEMU: {stderr}");
+    assert!(
+        stderr.contains("libvirt cannot use its QEMU") && stderr.contains("emulator"),
+        "libvirt's reason is not in the error: {stderr}"
+    );
 }

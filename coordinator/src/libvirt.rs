@@ -36,6 +36,15 @@ pub async fn open(uri: &str, domain: &str) -> Result<Box<dyn Stream>, String> {
     // off the reactor.
     let bridge = tokio::task::spawn_blocking(move || {
         let mut conn = Connect::open(Some(&uri)).map_err(|e| format!("libvirt {uri}: {}", e.message()))?;
+        // The first call that needs libvirt's QEMU driver to work: where
+        // libvirt cannot use its emulator, its reason is the error.
+        let version = match qemu_version(&conn) {
+            Ok(version) => version,
+            Err(e) => {
+                let _ = conn.close();
+                return Err(format!("libvirt {uri}: libvirt cannot use its QEMU: {e}"));
+            }
+        };
         let dom = match Domain::lookup_by_name(&conn, &name) {
             Ok(dom) => dom,
             Err(e) => {
@@ -44,7 +53,7 @@ pub async fn open(uri: &str, domain: &str) -> Result<Box<dyn Stream>, String> {
             }
         };
         let bridge = Bridge { conn, dom, events: None.into() };
-        let greeting = json!({ "QMP": { "version": bridge.qemu_version(), "capabilities": [] } });
+        let greeting = json!({ "QMP": { "version": version, "capabilities": [] } });
         let _ = events.send(json_line(&greeting));
         if let Err(e) = bridge.register_events(events) {
             bridge.close();
@@ -115,13 +124,6 @@ impl Bridge {
         }
     }
 
-    /// QEMU's version as its greeting gives it, from libvirt's view of the
-    /// hypervisor (major * 1000000 + minor * 1000 + micro).
-    fn qemu_version(&self) -> Value {
-        let v = self.conn.get_hyp_version().unwrap_or(0);
-        json!({ "qemu": { "major": v / 1_000_000, "minor": v / 1000 % 1000, "micro": v % 1000 }, "package": "" })
-    }
-
     /// Every QEMU event of the domain goes to `lines`.
     fn register_events(&self, lines: UnboundedSender<Vec<u8>>) -> Result<(), String> {
         let opaque = Box::into_raw(Box::new(lines)) as *mut c_void;
@@ -156,6 +158,13 @@ impl Bridge {
         // itself on drop, and the domain's own reference goes with it.
         unsafe { sys::virConnectClose(self.conn.as_ptr()) };
     }
+}
+
+/// QEMU's version as its greeting gives it, from libvirt's view of the
+/// hypervisor (major * 1000000 + minor * 1000 + micro).
+fn qemu_version(conn: &Connect) -> Result<Value, String> {
+    let v = conn.get_hyp_version().map_err(|e| e.message().to_owned())?;
+    Ok(json!({ "qemu": { "major": v / 1_000_000, "minor": v / 1000 % 1000, "micro": v % 1000 }, "package": "" }))
 }
 
 /// libvirt's event callback: the event as QEMU sends it.

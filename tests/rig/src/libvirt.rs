@@ -67,8 +67,34 @@ impl Drop for Libvirtd {
 }
 
 impl Libvirtd {
-    /// Starts a libvirtd in `netns`, its directories under `dir`.
-    pub fn start(netns: &Netns, dir: &Path) -> Result<Libvirtd> {
+    /// Starts a libvirtd in `netns`, its directories under `dir`, with the
+    /// patched QEMU as the emulator it probes.
+    pub fn start(netns: &Netns, dir: &Path, artifacts: &Artifacts) -> Result<Libvirtd> {
+        let emulators = artifacts.qemu.parent().context("the QEMU binary's directory")?;
+        let daemon = Libvirtd::spawn(netns, dir, emulators)?;
+        let out = daemon.virsh(&["version"])?;
+        if !out.status.success() {
+            bail!("libvirtd cannot use {}: {}", artifacts.qemu.display(), String::from_utf8_lossy(&out.stderr).trim());
+        }
+        Ok(daemon)
+    }
+
+    /// Starts a libvirtd as on a host without any QEMU: it answers, but
+    /// its QEMU driver can run nothing.
+    pub fn start_without_qemu(netns: &Netns, dir: &Path) -> Result<Libvirtd> {
+        let empty = dir.join("no-emulators");
+        std::fs::create_dir_all(&empty)?;
+        // Only this directory: the test machine's own QEMU, if any, stays unseen.
+        Libvirtd::spawn_with_path(netns, dir, &empty.to_string_lossy())
+    }
+
+    fn spawn(netns: &Netns, dir: &Path, emulators: &Path) -> Result<Libvirtd> {
+        let path = format!("{}:{}", emulators.display(), std::env::var("PATH").unwrap_or_default());
+        Libvirtd::spawn_with_path(netns, dir, &path)
+    }
+
+    /// Starts libvirtd with `path` as its PATH and waits until it answers.
+    fn spawn_with_path(netns: &Netns, dir: &Path, path: &str) -> Result<Libvirtd> {
         if !Path::new(LIBVIRTD).exists() {
             bail!("{LIBVIRTD} is missing: run ci/deps (libvirt-daemon, libvirt-daemon-driver-qemu)");
         }
@@ -77,7 +103,10 @@ impl Libvirtd {
             std::fs::create_dir_all(dir.join(name))?;
             script += &format!("mkdir -p {target}\nmount --bind \"$0/{name}\" {target}\n");
         }
-        script += &format!("exec {LIBVIRTD} --pid-file /run/libvirt/libvirtd.pid\n");
+        // libvirt learns what it can run from the qemu-system-* binaries on
+        // its PATH (a domain's <emulator> alone does not do): without one,
+        // every hypervisor call fails with "Cannot find suitable emulator".
+        script += &format!("exec env PATH=\"$1\" {LIBVIRTD} --pid-file /run/libvirt/libvirtd.pid\n");
         let etc = dir.join("etc");
         std::fs::write(etc.join("libvirtd.conf"), LIBVIRTD_CONF)?;
         std::fs::write(etc.join("qemu.conf"), QEMU_CONF)?;
@@ -91,6 +120,7 @@ impl Libvirtd {
             .command("sh")
             .args(["-c", &script])
             .arg(dir)
+            .arg(path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.join("libvirtd.stderr"))?)
@@ -99,7 +129,8 @@ impl Libvirtd {
         let mut daemon = Libvirtd { child, dir: dir.to_owned() };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if daemon.virsh(&["version"]).is_ok_and(|o| o.status.success()) {
+            // `uri` needs no working driver: the daemon answers.
+            if daemon.virsh(&["uri"]).is_ok_and(|o| o.status.success()) {
                 return Ok(daemon);
             }
             if let Ok(Some(status)) = daemon.child.try_wait() {
