@@ -190,7 +190,9 @@ pub async fn checkpoint(
     check_space(&storage, last_size, "the last checkpoint of its VMs took")?;
     let generation = store.begin()?;
     let number = generation.number();
-    if let Err(e) = parts.begin(dir, number, previous.as_ref().map(|m| m.generation)).await {
+    // begin made the directory's id, if it had none.
+    let cluster = store.id()?.unwrap_or_default();
+    if let Err(e) = parts.begin(dir, &cluster, number, previous.as_ref().map(|m| m.generation)).await {
         let _ = generation.abort();
         return Err(e);
     }

@@ -59,9 +59,10 @@ impl<'a> Parts<'a> {
         self.hosts.iter().any(|h| h.vms.contains(&i))
     }
 
-    /// Starts every host's part of `generation`; `keep`: the generation
-    /// the manifest here names, if any. On a failure, aborts those begun.
-    pub async fn begin(&self, dir: &Path, generation: u64, keep: Option<u64>) -> Result<(), CkptError> {
+    /// Starts every host's part of `generation` of the checkpoint directory
+    /// with id `cluster`; `keep`: the generation the manifest here names, if
+    /// any. On a failure, aborts those begun.
+    pub async fn begin(&self, dir: &Path, cluster: &str, generation: u64, keep: Option<u64>) -> Result<(), CkptError> {
         let committer = storage::host_name();
         let begins = join_all(self.hosts.iter().map(|host| {
             let request = Request::PartBegin {
@@ -69,6 +70,7 @@ impl<'a> Parts<'a> {
                 generation,
                 keep: keep.into_iter().collect(),
                 committer: committer.clone(),
+                cluster: cluster.to_owned(),
             };
             async move { host.agent.call(&request).await }
         }))

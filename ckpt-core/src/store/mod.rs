@@ -8,6 +8,7 @@
 //! DIR/gen-000006/...         the previous one, kept for safety
 //! DIR/gen-000008.partial/    a generation being written
 //! DIR/.lock                  held (flock) while a generation is written
+//! DIR/STORE_ID               the directory's id, made by its first begin
 //! ```
 //!
 //! A checkpoint exists if and only if `MANIFEST.json` names it. The
@@ -18,6 +19,12 @@
 //! behind (a `.partial` directory, a generation directory no manifest
 //! names, a `MANIFEST.json.tmp`) is removed by the next [`Store::begin`].
 //! Generation numbers never repeat, even after such a crash.
+//!
+//! Nothing is removed that the store cannot prove is garbage: generations
+//! in a directory without a manifest (lost, or deleted by hand) may be
+//! the only copy of a cluster's state, so `begin` refuses such a directory
+//! and names them. (The one crash that leaves that state, between the
+//! first generation's rename and the first manifest, then needs a hand.)
 //!
 //! A VM whose host does not share this directory keeps its image in the
 //! same-named directory on its own host, driven from here (see [`part`]);
@@ -37,6 +44,8 @@ pub mod part;
 pub use part::{PartsMarker, PARTS_MARKER};
 
 pub const MANIFEST: &str = "MANIFEST.json";
+/// The directory's id ([`Store::id`]).
+pub const STORE_ID: &str = "STORE_ID";
 const MANIFEST_TMP: &str = "MANIFEST.json.tmp";
 const LOCK: &str = ".lock";
 /// Manifest format this mekha writes and reads.
@@ -154,6 +163,16 @@ pub enum StoreError {
     #[error("checkpoint directory {} holds this host's images of cluster checkpoints committed on {committer}: \
              use another directory here", path.display())]
     HoldsParts { path: PathBuf, committer: String },
+
+    #[error("checkpoint directory {} holds checkpoint generations ({generations}) but no {MANIFEST}: its manifest \
+             is lost, or its first checkpoint died between renaming its generation and writing the manifest. \
+             Nothing was deleted: check them (mekha image verify DIR/gen-N), then move them away, or use \
+             another directory", path.display())]
+    NoManifest { path: PathBuf, generations: String },
+
+    #[error("checkpoint directory {} keeps this host's images of another cluster's checkpoints (committed on \
+             {committer}, checkpoint directory id {cluster}): use another directory here", path.display())]
+    OtherCluster { path: PathBuf, committer: String, cluster: String },
 
     #[error("checkpoint directory {} holds committed checkpoints of its own (a MANIFEST.json): \
              it cannot also keep this host's part of a checkpoint committed on another host", path.display())]
@@ -274,6 +293,10 @@ impl Store {
             return Err(StoreError::HoldsParts { path: self.dir.clone(), committer: marker.committer });
         }
         let previous = self.latest()?.map(|m| m.generation);
+        if previous.is_none() {
+            self.refuse_unnamed_generations()?;
+        }
+        self.ensure_id()?;
         let committed = previous.unwrap_or(0);
 
         let tmp = self.dir.join(MANIFEST_TMP);
@@ -321,6 +344,54 @@ impl Store {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
         Ok(file)
+    }
+
+    /// Refuses a directory holding complete generations that no manifest
+    /// names: they may be the only copy of a cluster's state (a lost or
+    /// deleted manifest), and the store cannot prove they are garbage.
+    fn refuse_unnamed_generations(&self) -> Result<()> {
+        let mut names: Vec<String> = self
+            .generation_entries()?
+            .into_iter()
+            .filter(|(_, entry)| matches!(entry, GenEntry::Committed(_)))
+            .map(|(name, _)| name)
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        names.sort();
+        Err(StoreError::NoManifest { path: self.dir.clone(), generations: names.join(", ") })
+    }
+
+    /// This directory's id, made by its first [`begin`](Self::begin): what
+    /// a part host knows the cluster (the committer's directory) by.
+    pub fn id(&self) -> Result<Option<String>> {
+        let path = self.dir.join(STORE_ID);
+        match fs::read_to_string(&path) {
+            Ok(id) => Ok(Some(id.trim().to_owned())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(StoreError::io("reading", &path)(e)),
+        }
+    }
+
+    /// Makes the directory's id if it has none; the caller holds the lock.
+    fn ensure_id(&self) -> Result<()> {
+        if self.id()?.is_some() {
+            return Ok(());
+        }
+        let path = self.dir.join(STORE_ID);
+        let mut bytes = [0u8; 16];
+        // SAFETY: getrandom fills the buffer it is given.
+        let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+        if n != bytes.len() as isize {
+            return Err(StoreError::io("making an id for", &self.dir)(io::Error::last_os_error()));
+        }
+        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+        let tmp = self.dir.join(format!("{STORE_ID}.tmp"));
+        fs::write(&tmp, format!("{id}\n")).map_err(StoreError::io("writing", &tmp))?;
+        File::open(&tmp).and_then(|f| f.sync_all()).map_err(StoreError::io("syncing", &tmp))?;
+        fs::rename(&tmp, &path).map_err(StoreError::io("replacing", &path))?;
+        sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))
     }
 
     /// `gen-N` and `gen-N.partial` entries of the directory.
@@ -595,7 +666,7 @@ mod tests {
     pub(super) fn listing(dir: &Path) -> Vec<String> {
         let mut names: Vec<String> =
             fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
-        names.retain(|n| n != LOCK);
+        names.retain(|n| n != LOCK && n != STORE_ID);
         names.sort();
         names
     }
@@ -653,6 +724,41 @@ mod tests {
         let on_disk: serde_json::Value = serde_json::from_slice(&fs::read(tmp.path().join(MANIFEST)).unwrap()).unwrap();
         assert_eq!(on_disk["format"], 1);
         assert_eq!(on_disk["vms"][0]["image"], "gen-000001/node1.mekha");
+    }
+
+    #[test]
+    fn generations_without_a_manifest_are_refused_not_deleted() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        checkpoint(&store, &["a"]);
+        checkpoint(&store, &["a"]);
+        // The manifest is lost (deleted by hand, a bad copy, a full disk
+        // during someone's edit): the generations may be all that is left.
+        fs::remove_file(tmp.path().join(MANIFEST)).unwrap();
+        let e = store.begin().unwrap_err();
+        assert!(matches!(e, StoreError::NoManifest { .. }), "{e}");
+        assert!(e.to_string().contains("gen-000001, gen-000002"), "{e}");
+        assert_eq!(listing(tmp.path()), ["gen-000001", "gen-000002"]);
+        // A partial generation alone is no checkpoint: it goes.
+        fs::remove_dir_all(tmp.path().join("gen-000001")).unwrap();
+        fs::rename(tmp.path().join("gen-000002"), tmp.path().join("gen-000002.partial")).unwrap();
+        store.begin().unwrap().abort().unwrap();
+        assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+    }
+
+    #[test]
+    fn the_first_begin_gives_the_directory_a_lasting_id() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        assert_eq!(store.id().unwrap(), None);
+        checkpoint(&store, &["a"]);
+        let id = store.id().unwrap().unwrap();
+        assert_eq!(id.len(), 32, "{id}");
+        checkpoint(&store, &["a"]);
+        assert_eq!(store.id().unwrap().unwrap(), id);
+        let other = Store::open(&tmp.path().join("other")).unwrap();
+        checkpoint(&other, &["a"]);
+        assert_ne!(other.id().unwrap().unwrap(), id);
     }
 
     #[test]

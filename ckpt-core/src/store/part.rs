@@ -36,6 +36,11 @@ pub const PARTS_MARKER: &str = "PARTS.json";
 pub struct PartsMarker {
     /// The host whose manifest names this directory's images.
     pub committer: String,
+    /// The id of the committer's checkpoint directory ([`Store::id`]): the
+    /// cluster whose images these are. Absent in markers of mekha before
+    /// it had ids.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<String>,
 }
 
 impl PartsMarker {
@@ -64,17 +69,35 @@ impl PartsMarker {
 }
 
 impl Store {
-    /// Starts this host's part of generation `number` for `committer`:
-    /// removes every generation not in `keep` (what the committer's
-    /// manifest may still name) and creates `gen-<N>.partial/`.
-    pub fn begin_part(&self, number: u64, keep: &[u64], committer: &str) -> Result<PathBuf> {
+    /// Starts this host's part of generation `number` for `committer`,
+    /// whose checkpoint directory has id `cluster`: removes every generation
+    /// not in `keep` (what the committer's manifest may still name) and
+    /// creates `gen-<N>.partial/`. A directory keeping another cluster's
+    /// parts, or generations no marker claims, is refused: nothing of
+    /// another cluster is ever deleted.
+    pub fn begin_part(&self, number: u64, keep: &[u64], committer: &str, cluster: &str) -> Result<PathBuf> {
         let _lock = self.lock()?;
         if self.dir.join(MANIFEST).exists() {
             return Err(StoreError::HoldsManifest { path: self.dir.clone() });
         }
-        let marker = PartsMarker { committer: committer.to_owned() };
-        if PartsMarker::read(&self.dir)?.as_ref() != Some(&marker) {
-            marker.write(&self.dir)?;
+        let marker = PartsMarker { committer: committer.to_owned(), cluster: Some(cluster.to_owned()) };
+        match PartsMarker::read(&self.dir)? {
+            Some(found) if found == marker => {}
+            // The same cluster, committed from another host now; or a
+            // marker from before ids, of the same committer: adopted.
+            Some(found) if found.cluster.as_deref() == Some(cluster) => marker.write(&self.dir)?,
+            Some(found) if found.cluster.is_none() && found.committer == committer => marker.write(&self.dir)?,
+            Some(found) => {
+                return Err(StoreError::OtherCluster {
+                    path: self.dir.clone(),
+                    committer: found.committer,
+                    cluster: found.cluster.unwrap_or_else(|| "unknown".into()),
+                })
+            }
+            None => {
+                self.refuse_unnamed_generations()?;
+                marker.write(&self.dir)?;
+            }
         }
         for (name, entry) in self.generation_entries()? {
             if matches!(entry, GenEntry::Partial(_)) || !keep.contains(&entry.number()) {
@@ -127,11 +150,16 @@ mod tests {
     use super::super::tests::{checkpoint, listing, write_images};
     use super::*;
 
+    /// The committer's directory id (made by its first begin).
+    fn cluster(committer: &Store) -> String {
+        committer.id().unwrap().expect("begin made the id")
+    }
+
     /// What a committer does with one part host: begin, write, seal, commit.
     fn checkpoint_with_part(committer: &Store, host: &Store, local: &[&str], remote: &[&str]) -> u64 {
         let generation = committer.begin().unwrap();
         let keep: Vec<u64> = committer.latest().unwrap().map(|m| m.generation).into_iter().collect();
-        let part = host.begin_part(generation.number(), &keep, "committer").unwrap();
+        let part = host.begin_part(generation.number(), &keep, "committer", &cluster(committer)).unwrap();
         assert_eq!(part, generation.path().file_name().map(|f| host.dir().join(f)).unwrap());
         let vms = write_images(&generation, local);
         super::super::tests::write_images_in(&part, generation.number(), remote);
@@ -174,7 +202,7 @@ mod tests {
         assert_eq!(listing(host.dir()), vec![PARTS_MARKER.into(), generation_name(first), generation_name(second)]);
         // A generation that fails midway (written, never sealed): aborted.
         let generation = committer.begin().unwrap();
-        host.begin_part(generation.number(), &[second], "committer").unwrap();
+        host.begin_part(generation.number(), &[second], "committer", &cluster(&committer)).unwrap();
         host.abort_part(generation.number()).unwrap();
         generation.abort().unwrap();
         assert_eq!(listing(host.dir()), vec![PARTS_MARKER.into(), generation_name(second)]);
@@ -182,7 +210,7 @@ mod tests {
         // next begin drops it, keeping what the manifest names.
         let generation = committer.begin().unwrap();
         let lost = generation.number();
-        host.begin_part(lost, &[second], "committer").unwrap();
+        host.begin_part(lost, &[second], "committer", &cluster(&committer)).unwrap();
         super::super::tests::write_images_in(&host.part_path(lost), lost, &["b"]);
         host.seal_part(lost, &["b".into()]).unwrap();
         drop(generation);
@@ -196,10 +224,54 @@ mod tests {
     fn a_seal_refuses_a_missing_image_and_keeps_the_partial_directory() {
         let root = tempfile::tempdir().unwrap();
         let host = Store::open(root.path()).unwrap();
-        host.begin_part(1, &[], "committer").unwrap();
+        host.begin_part(1, &[], "committer", "c1").unwrap();
         let e = host.seal_part(1, &["gone".into()]).unwrap_err();
         assert!(e.to_string().contains("gone"), "{e}");
         assert_eq!(listing(host.dir()), vec![PARTS_MARKER.to_owned(), "gen-000001.partial".into()]);
+    }
+
+    #[test]
+    fn another_clusters_parts_are_refused_and_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let first = Store::open(&root.path().join("first")).unwrap();
+        let host = Store::open(&root.path().join("there")).unwrap();
+        let n = checkpoint_with_part(&first, &host, &[], &["b"]);
+        // A second cluster (another committer directory) pointed at the
+        // same part directory, even from the same host name.
+        let second = Store::open(&root.path().join("second")).unwrap();
+        let generation = second.begin().unwrap();
+        let e = host.begin_part(generation.number(), &[], "committer", &cluster(&second)).unwrap_err();
+        assert!(matches!(e, StoreError::OtherCluster { .. }), "{e}");
+        assert!(e.to_string().contains(&cluster(&first)), "{e}");
+        // The first cluster's committed images are still there and check out.
+        assert_eq!(listing(host.dir()), vec![PARTS_MARKER.to_owned(), generation_name(n)]);
+        host.check_image(n, first.latest().unwrap().unwrap().vm("b").unwrap()).unwrap();
+        // The same cluster committed from another host name: its own.
+        let next = first.begin().unwrap();
+        host.begin_part(next.number(), &[n], "login2", &cluster(&first)).unwrap();
+        assert_eq!(PartsMarker::read(host.dir()).unwrap().unwrap().committer, "login2");
+    }
+
+    #[test]
+    fn a_marker_from_before_ids_is_adopted_by_its_committer_only() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Store::open(root.path()).unwrap();
+        fs::write(root.path().join(PARTS_MARKER), br#"{"committer":"login1"}"#).unwrap();
+        let e = host.begin_part(1, &[], "login2", "c2").unwrap_err();
+        assert!(matches!(e, StoreError::OtherCluster { .. }), "{e}");
+        host.begin_part(1, &[], "login1", "c1").unwrap();
+        assert_eq!(PartsMarker::read(host.dir()).unwrap().unwrap().cluster.as_deref(), Some("c1"));
+    }
+
+    #[test]
+    fn generations_without_a_marker_are_refused_not_deleted() {
+        let root = tempfile::tempdir().unwrap();
+        let host = Store::open(root.path()).unwrap();
+        fs::create_dir(root.path().join("gen-000004")).unwrap();
+        super::super::tests::write_images_in(&root.path().join("gen-000004"), 4, &["b"]);
+        let e = host.begin_part(5, &[], "login1", "c1").unwrap_err();
+        assert!(matches!(e, StoreError::NoManifest { .. }), "{e}");
+        assert_eq!(listing(host.dir()), ["gen-000004"]);
     }
 
     #[test]
@@ -207,9 +279,9 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let store = Store::open(root.path()).unwrap();
         checkpoint(&store, &["a"]);
-        assert!(matches!(store.begin_part(7, &[], "x"), Err(StoreError::HoldsManifest { .. })));
+        assert!(matches!(store.begin_part(7, &[], "x", "c1"), Err(StoreError::HoldsManifest { .. })));
         let other = Store::open(&root.path().join("parts")).unwrap();
-        other.begin_part(1, &[], "login1").unwrap();
+        other.begin_part(1, &[], "login1", "c1").unwrap();
         let e = other.begin().unwrap_err();
         assert!(matches!(e, StoreError::HoldsParts { .. }), "{e}");
         assert!(e.to_string().contains("login1"), "{e}");

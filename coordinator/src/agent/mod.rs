@@ -48,8 +48,9 @@ pub enum Request {
     /// Turns the connection into the QMP socket's byte stream.
     Qmp { socket: PathBuf },
     /// Starts this host's part of checkpoint generation `generation` in
-    /// `dir`, keeping of the earlier ones only those in `keep`.
-    PartBegin { dir: PathBuf, generation: u64, keep: Vec<u64>, committer: String },
+    /// `dir`, keeping of the earlier ones only those in `keep`, for the
+    /// checkpoint directory with id `cluster` on host `committer`.
+    PartBegin { dir: PathBuf, generation: u64, keep: Vec<u64>, committer: String, cluster: String },
     /// Seals this host's part: answers the manifest entries of `vms`.
     PartSeal { dir: PathBuf, generation: u64, vms: Vec<String> },
     /// Drops this host's unfinished part.

@@ -141,8 +141,8 @@ async fn run(request: Request, children: &Children) -> Result<Value, String> {
 fn run_part(request: Request) -> Result<Value, String> {
     let text = |e: StoreError| e.to_string();
     match request {
-        Request::PartBegin { dir, generation, keep, committer } => {
-            Store::open(&dir).and_then(|s| s.begin_part(generation, &keep, &committer)).map_err(text)?;
+        Request::PartBegin { dir, generation, keep, committer, cluster } => {
+            Store::open(&dir).and_then(|s| s.begin_part(generation, &keep, &committer, &cluster)).map_err(text)?;
             Ok(Value::Null)
         }
         Request::PartSeal { dir, generation, vms } => {
