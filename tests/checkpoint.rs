@@ -50,7 +50,18 @@ fn last_step(log: &ProbeLog) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mtd_checkpoint_under_dirtying_restores_to_the_same_result() {
-    checkpoint_under_dirtying_restores_to_the_same_result("mtd").await;
+    checkpoint_under_dirtying_restores_to_the_same_result("mtd", "mtd", [vec![], vec![]]).await;
+}
+
+/// Two NUMA nodes of equal size whose memory backends the restore's
+/// command line lists the other way round (QEMU then orders their RAM
+/// blocks the other way): each node gets its own RAM back, found by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn numa_nodes_listed_in_another_order_get_their_own_ram_back() {
+    let object = |id: &str| ["-object".to_owned(), format!("memory-backend-ram,id={id},size=192M")];
+    let numa = ["-numa", "node,nodeid=0,memdev=m0", "-numa", "node,nodeid=1,memdev=m1"].map(String::from);
+    let args = |first: &str, second: &str| [&object(first)[..], &object(second), &numa].concat();
+    checkpoint_under_dirtying_restores_to_the_same_result("numa", "mtd", [args("m0", "m1"), args("m1", "m0")]).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -59,17 +70,20 @@ async fn cow_checkpoint_under_dirtying_restores_to_the_same_result() {
         mekha_test_skip::skip("this host has no userfaultfd write protection");
         return;
     }
-    checkpoint_under_dirtying_restores_to_the_same_result("cow").await;
+    checkpoint_under_dirtying_restores_to_the_same_result("cow", "cow", [vec![], vec![]]).await;
 }
 
 /// Checkpoints a VM whose guest rewrites 64 MiB without pause, kills it,
 /// restores a fresh QEMU from the image: the guest goes on to the result
-/// of an uninterrupted run, every page as it left it.
-async fn checkpoint_under_dirtying_restores_to_the_same_result(mode: &str) {
+/// of an uninterrupted run, every page as it left it. `args`: extra QEMU
+/// arguments of the checkpointed VM and of the restored one.
+async fn checkpoint_under_dirtying_restores_to_the_same_result(name: &str, mode: &str, args: [Vec<String>; 2]) {
     let artifacts = common::artifacts();
-    let dir = common::test_dir(&format!("checkpoint-restore-{mode}"));
+    let dir = common::test_dir(&format!("checkpoint-restore-{name}"));
     let images = dir.join("images");
-    let config = probe_vm(&format!("ck-{mode}"), 384, 64);
+    let [args, restore_args] = args;
+    let mut config = probe_vm(&format!("ck-{name}"), 384, 64);
+    config.extra_args = args;
     let mut vm = Vm::launch(&artifacts, None, &dir.join("run1"), config.clone()).unwrap();
     vm.qmp().await.unwrap();
     let log = vm.log();
@@ -108,6 +122,7 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result(mode: &str) {
 
     let mut config = config;
     config.incoming = true;
+    config.extra_args = restore_args;
     let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config).unwrap();
     restored.qmp().await.unwrap();
     let out = mekha(&artifacts, &["restore", "--json"], &restored.cli_qmp_path(), &images);

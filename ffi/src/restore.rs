@@ -147,7 +147,9 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         .name("mekha-restore".into())
         .spawn(move || {
             let _thread = QemuThread::register();
-            match load_ram(&image, &ram, lazy).and_then(|()| image.device_state().map_err(|e| e.to_string())) {
+            match load_ram(&image, &ram, &compat.image_block, lazy)
+                .and_then(|()| image.device_state().map_err(|e| e.to_string()))
+            {
                 Ok(device_state) => qemu::main_loop_call(move || {
                     // SAFETY: main-loop calls run with the BQL held.
                     let bql = unsafe { Bql::assume_held() };
@@ -229,19 +231,20 @@ fn lazy_refusal(ram: &GuestRam) -> Option<String> {
 /// Chunk of RAM read at once while verifying.
 const CHUNK: usize = 8 << 20;
 
-/// Verifies every page of every block and fills guest RAM.
+/// Verifies every page of every block and fills guest RAM: block `b` of
+/// the VM from block `image_block[b]` of the image (the same name).
 ///
 /// Only the image's data extents are read (`SEEK_DATA`/`SEEK_HOLE`): a
 /// hole is zero pages, whose checksums are checked against the table
 /// without reading, and which a bulk restore zeroes in guest RAM (ROM
 /// blocks hold QEMU's own content before the restore).
-fn load_ram(image: &Image, ram: &GuestRam, lazy: bool) -> Result<(), String> {
+fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) -> Result<(), String> {
     let layout = image.layout();
     let mut scratch = vec![0u8; if lazy { CHUNK } else { 0 }];
     for block in 0..ram.block_count() {
         let (host, len) = ram.block_memory(block);
-        let offset = layout.block_offset(block);
-        let (first_page, _) = layout.block_pages(block);
+        let offset = layout.block_offset(image_block[block]);
+        let (first_page, _) = layout.block_pages(image_block[block]);
         let anonymous = ram.block_is_anonymous(block);
         for (start, end, data) in extents(image, offset, len as u64)? {
             let (start, end) = (start as usize, end as usize);

@@ -1,7 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Whether an image can be restored into a running VM: same VM name,
-//! machine type and RAM blocks. Block order does not matter (a restore
-//! finds blocks by name); a different QEMU version is tolerated when the
+//! machine type and RAM blocks. Block order does not matter: blocks are
+//! matched by name, and [`Compatible::image_block`] is the one mapping a
+//! restore uses (two equal-size NUMA nodes listed in another order on the
+//! restore's command line must not trade RAM); a different QEMU version is tolerated when the
 //! machine type is the same, since the machine type is what fixes the
 //! device state's layout.
 
@@ -35,6 +37,10 @@ pub enum Difference {
         image: u64,
         running: u64,
     },
+    /// A block name the image holds twice (QEMU's names are unique).
+    BlockTwice {
+        name: String,
+    },
 }
 
 impl fmt::Display for Difference {
@@ -55,6 +61,7 @@ impl fmt::Display for Difference {
             Difference::BlockSize { name, image, running } => {
                 write!(f, "RAM block {name} is {} in the image but {} in the running VM", size(*image), size(*running))
             }
+            Difference::BlockTwice { name } => write!(f, "RAM block {name} is in the image twice"),
         }
     }
 }
@@ -82,6 +89,9 @@ impl fmt::Display for Mismatch {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Compatible {
     pub warnings: Vec<String>,
+    /// For each RAM block of the running VM, in its order, the index of
+    /// the image's block of the same name (and length).
+    pub image_block: Vec<usize>,
 }
 
 /// Compares the identity recorded in an image with the running VM's.
@@ -99,7 +109,10 @@ pub fn check_compatible(image: &Identity, running: &Identity) -> Result<Compatib
             image.qemu_version, running.qemu_version, image.machine
         ));
     }
-    for block in &image.ram_blocks {
+    for (i, block) in image.ram_blocks.iter().enumerate() {
+        if image.ram_blocks[..i].iter().any(|b| b.name == block.name) {
+            differences.push(Difference::BlockTwice { name: block.name.clone() });
+        }
         match running.ram_blocks.iter().find(|r| r.name == block.name) {
             None => differences.push(Difference::BlockMissing { name: block.name.clone(), length: block.length }),
             Some(r) if r.length != block.length => differences.push(Difference::BlockSize {
@@ -122,7 +135,12 @@ pub fn check_compatible(image: &Identity, running: &Identity) -> Result<Compatib
         }
     }
     if differences.is_empty() {
-        Ok(Compatible { warnings })
+        let image_block = running
+            .ram_blocks
+            .iter()
+            .map(|r| image.ram_blocks.iter().position(|b| b.name == r.name).expect("every block is in the image"))
+            .collect();
+        Ok(Compatible { warnings, image_block })
     } else {
         Err(Mismatch { differences })
     }
@@ -169,14 +187,33 @@ mod tests {
     #[test]
     fn identical_vms_are_compatible() {
         let a = vm("node1", PC, "10.0.2", &[("pc.ram", 1 << 30), ("vga.vram", 16 << 20)]);
-        assert_eq!(check_compatible(&a, &a), Ok(Compatible::default()));
+        assert_eq!(check_compatible(&a, &a), Ok(Compatible { warnings: vec![], image_block: vec![0, 1] }));
     }
 
     #[test]
     fn block_order_does_not_matter() {
         let a = vm("node1", PC, "10.0.2", &[("pc.ram", 1 << 30), ("vga.vram", 16 << 20)]);
         let b = vm("node1", PC, "10.0.2", &[("vga.vram", 16 << 20), ("pc.ram", 1 << 30)]);
-        assert!(check_compatible(&a, &b).is_ok());
+        assert_eq!(check_compatible(&a, &b).unwrap().image_block, [1, 0]);
+    }
+
+    #[test]
+    fn equal_size_blocks_in_another_order_map_by_name() {
+        // Two NUMA nodes' memory backends, listed the other way round on
+        // the restore's command line: same sizes, other positions.
+        let a =
+            vm("node1", PC, "10.0.2", &[("/objects/m0", 1 << 30), ("/objects/m1", 1 << 30), ("pc.bios", 256 << 10)]);
+        let b =
+            vm("node1", PC, "10.0.2", &[("/objects/m1", 1 << 30), ("/objects/m0", 1 << 30), ("pc.bios", 256 << 10)]);
+        assert_eq!(check_compatible(&a, &b).unwrap().image_block, [1, 0, 2]);
+    }
+
+    #[test]
+    fn a_block_twice_in_the_image_is_refused() {
+        let a = vm("node1", PC, "10.0.2", &[("pc.ram", 1 << 30), ("pc.ram", 1 << 30)]);
+        let b = vm("node1", PC, "10.0.2", &[("pc.ram", 1 << 30)]);
+        let err = check_compatible(&a, &b).unwrap_err();
+        assert_eq!(err.differences, vec![Difference::BlockTwice { name: "pc.ram".into() }]);
     }
 
     #[test]
