@@ -65,11 +65,18 @@ pub struct Attached {
 /// Connects to every socket (a local path, `ssh://HOST/PATH` or
 /// `mekha://HOST/PATH`, see `transport`) and checks the VMs: reachable,
 /// patched with mekha, named, names unique.
+/// A QMP client of the VM behind `sock`, in any of the endpoint forms
+/// (a socket path, ssh://, mekha://, a libvirt URI#DOMAIN), and the tunnel
+/// it runs through, which must live as long as it.
+pub async fn open(sock: &Path, reach: &Reach) -> Result<(Qmp, Endpoint, Option<Tunnel>), CkptError> {
+    let endpoint = Endpoint::parse(&sock.to_string_lossy()).map_err(CkptError::Refused)?;
+    let (stream, tunnel) = transport::connect(&endpoint, reach).await.map_err(CkptError::Unreachable)?;
+    Ok((Qmp::over(stream, sock.to_owned()).await?, endpoint, tunnel))
+}
+
 pub async fn attach(sockets: &[PathBuf], reach: &Reach) -> Result<Vec<Attached>, CkptError> {
     let connected = join_all(sockets.iter().map(|sock| async move {
-        let endpoint = Endpoint::parse(&sock.to_string_lossy()).map_err(CkptError::Refused)?;
-        let (stream, tunnel) = transport::connect(&endpoint, reach).await.map_err(CkptError::Unreachable)?;
-        let qmp = Qmp::over(stream, sock.clone()).await?;
+        let (qmp, endpoint, tunnel) = open(sock, reach).await?;
         let info = info::query(&qmp).await?;
         let agent = match &endpoint {
             Endpoint::Agent { address, .. } => Some(reach.agent(address).map_err(CkptError::Unreachable)?),

@@ -8,8 +8,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use mekha_coordinator::ckpt::TimePolicy;
 use mekha_coordinator::exit::CommandFailure;
-use mekha_coordinator::qmp::Qmp;
-use mekha_coordinator::{agent, ckpt_cmd, exit, image_cmd, info, spec_cmd, tls};
+use mekha_coordinator::transport::Reach;
+use mekha_coordinator::{agent, ckpt_cmd, cluster, exit, image_cmd, info, spec_cmd, tls};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
 /// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
@@ -134,7 +134,7 @@ enum TlsCommand {
 type Failure = CommandFailure;
 
 async fn run_time(sock: PathBuf, policy: Option<TimePolicy>, ppm: Option<u32>, json: bool) -> Result<(), Failure> {
-    let qmp = Qmp::connect(&sock).await?;
+    let (qmp, _, _tunnel) = cluster::open(&sock, &Reach::default()).await?;
     if let Some(policy) = policy {
         let mut args = serde_json::json!({ "policy": policy.as_str() });
         if let Some(ppm) = ppm {
@@ -166,7 +166,7 @@ async fn run_time(sock: PathBuf, policy: Option<TimePolicy>, ppm: Option<u32>, j
 async fn run_info(sockets: Vec<PathBuf>, json: bool) -> Result<(), Failure> {
     let mut all = Vec::new();
     for sock in &sockets {
-        let qmp = Qmp::connect(sock).await?;
+        let (qmp, _, _tunnel) = cluster::open(sock, &Reach::default()).await?;
         let info = info::query(&qmp)
             .await
             .map_err(Failure::from)
