@@ -22,6 +22,7 @@ pub mod host;
 pub mod image;
 pub mod mtd;
 pub mod persist;
+pub mod private;
 pub mod staging;
 pub mod store;
 pub mod uring;

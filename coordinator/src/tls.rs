@@ -101,7 +101,7 @@ pub fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, String> {
 pub fn init(dir: &Path, agents: &[String]) -> Result<Vec<PathBuf>, String> {
     use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair};
     let err = |e: rcgen::Error| format!("making certificates: {e}");
-    fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    mekha_ckpt_core::private::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let mut written = Vec::new();
 
     // The CA's parameters are fixed, so an existing CA key signs again.
@@ -142,7 +142,7 @@ pub fn init(dir: &Path, agents: &[String]) -> Result<Vec<PathBuf>, String> {
             return Err(format!("agent name {name:?}: give a host name or an IP address"));
         }
         let agent_dir = dir.join(name);
-        fs::create_dir_all(&agent_dir).map_err(|e| format!("{}: {e}", agent_dir.display()))?;
+        mekha_ckpt_core::private::create_dir_all(&agent_dir).map_err(|e| format!("{}: {e}", agent_dir.display()))?;
         let (cert, key) =
             leaf(vec![name.clone()], &format!("mekha agent {name}"), ExtendedKeyUsagePurpose::ServerAuth)?;
         write_public(&agent_dir.join(CA), &ca_pem, &mut written)?;
@@ -209,19 +209,25 @@ mod tests {
 
     #[test]
     fn init_makes_configs_both_ends_accept_and_extends_with_the_same_ca() {
-        let dir = tempfile::tempdir().unwrap();
-        init(dir.path(), &["node1".into()]).unwrap();
-        client_config(dir.path()).unwrap();
-        server_config(&dir.path().join("node1")).unwrap();
-        let ca = fs::read(dir.path().join(CA)).unwrap();
-        let written = init(dir.path(), &["10.0.0.7".into()]).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("tls");
+        let dir = &dir;
+        init(dir, &["node1".into()]).unwrap();
+        client_config(dir).unwrap();
+        server_config(&dir.join("node1")).unwrap();
+        let ca = fs::read(dir.join(CA)).unwrap();
+        let written = init(dir, &["10.0.0.7".into()]).unwrap();
         assert_eq!(written.len(), 3, "only the new agent's files: {written:?}");
-        assert_eq!(fs::read(dir.path().join("10.0.0.7").join(CA)).unwrap(), ca);
-        server_config(&dir.path().join("10.0.0.7")).unwrap();
+        assert_eq!(fs::read(dir.join("10.0.0.7").join(CA)).unwrap(), ca);
+        server_config(&dir.join("10.0.0.7")).unwrap();
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join(CLIENT_KEY)).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.join(CLIENT_KEY)).unwrap().permissions().mode();
         assert_eq!(mode & 0o077, 0, "the client key is private");
-        assert!(init(dir.path(), &["../x".into()]).is_err());
-        assert!(client_config(&dir.path().join("nowhere")).unwrap_err().contains("ca.pem"));
+        for d in [dir.to_owned(), dir.join("node1")] {
+            let mode = fs::metadata(&d).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{} is its owner's only", d.display());
+        }
+        assert!(init(dir, &["../x".into()]).is_err());
+        assert!(client_config(&dir.join("nowhere")).unwrap_err().contains("ca.pem"));
     }
 }

@@ -3,7 +3,7 @@
 //! fixed offsets, then sections, header, fsync and the rename that makes
 //! the image exist under its final name.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -64,7 +64,7 @@ impl ImageBuilder {
             }
             _ => {}
         }
-        let file = OpenOptions::new()
+        let file = crate::private::file_options()
             .read(true)
             .write(true)
             .create_new(true)

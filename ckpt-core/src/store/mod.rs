@@ -38,6 +38,7 @@ use std::path::{Component, Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{now_unix_ns, sync_dir, Image, ImageError};
+use crate::private;
 
 pub mod part;
 
@@ -203,7 +204,7 @@ impl Store {
         if dir.exists() && !dir.is_dir() {
             return Err(StoreError::NotADirectory { path: dir.to_owned() });
         }
-        fs::create_dir_all(dir).map_err(StoreError::io("creating checkpoint directory", dir))?;
+        private::create_dir_all(dir).map_err(StoreError::io("creating checkpoint directory", dir))?;
         // Permission bits do not tell (root, read-only mounts): try.
         let probe = dir.join(format!(".probe-{}", std::process::id()));
         OpenOptions::new()
@@ -312,7 +313,7 @@ impl Store {
         }
         let number = highest + 1;
         let path = self.dir.join(format!("{}.partial", generation_name(number)));
-        fs::create_dir(&path).map_err(StoreError::io("creating generation directory", &path))?;
+        private::create_dir(&path).map_err(StoreError::io("creating generation directory", &path))?;
         sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))?;
         Ok(Generation { store: self.clone(), number, path, previous, _lock: lock })
     }
@@ -323,7 +324,7 @@ impl Store {
     /// open keeps the lock until it execs, microseconds later.
     fn lock(&self) -> Result<File> {
         let path = self.dir.join(LOCK);
-        let file = OpenOptions::new()
+        let file = private::file_options()
             .write(true)
             .create(true)
             .truncate(false)
@@ -388,8 +389,9 @@ impl Store {
         }
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
         let tmp = self.dir.join(format!("{STORE_ID}.tmp"));
-        fs::write(&tmp, format!("{id}\n")).map_err(StoreError::io("writing", &tmp))?;
-        File::open(&tmp).and_then(|f| f.sync_all()).map_err(StoreError::io("syncing", &tmp))?;
+        let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
+        file.write_all(format!("{id}\n").as_bytes()).map_err(StoreError::io("writing", &tmp))?;
+        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
         fs::rename(&tmp, &path).map_err(StoreError::io("replacing", &path))?;
         sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))
     }
@@ -412,7 +414,7 @@ impl Store {
         let tmp = self.dir.join(MANIFEST_TMP);
         let mut json = serde_json::to_vec_pretty(manifest).expect("a manifest encodes as JSON");
         json.push(b'\n');
-        let mut file = File::create(&tmp).map_err(StoreError::io("writing", &tmp))?;
+        let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
         file.write_all(&json).map_err(StoreError::io("writing", &tmp))?;
         file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
         if stop == Some(Step::RenameManifest) {
@@ -744,6 +746,21 @@ mod tests {
         fs::rename(tmp.path().join("gen-000002"), tmp.path().join("gen-000002.partial")).unwrap();
         store.begin().unwrap().abort().unwrap();
         assert!(listing(tmp.path()).is_empty(), "{:?}", listing(tmp.path()));
+    }
+
+    #[test]
+    fn a_checkpoint_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("ckpt");
+        let store = Store::open(&dir).unwrap();
+        let manifest = checkpoint(&store, &["a"]);
+        let mode = |p: &Path| fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&dir), private::DIR_MODE);
+        assert_eq!(mode(&dir.join("gen-000001")), private::DIR_MODE);
+        for file in [MANIFEST, STORE_ID, LOCK, &manifest.vms[0].image] {
+            assert_eq!(mode(&dir.join(file)), private::FILE_MODE, "{file}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@
 //! which generations stay: a host cannot tell by itself which of its sealed
 //! generations a manifest names, so it keeps exactly those it is told to.
 
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -27,6 +27,7 @@ use super::{
     MANIFEST,
 };
 use crate::image::sync_dir;
+use crate::private;
 
 /// File name of the marker of a directory keeping parts.
 pub const PARTS_MARKER: &str = "PARTS.json";
@@ -59,7 +60,7 @@ impl PartsMarker {
     fn write(&self, dir: &Path) -> Result<()> {
         let path = dir.join(PARTS_MARKER);
         let tmp = dir.join(format!("{PARTS_MARKER}.tmp"));
-        let mut file = File::create(&tmp).map_err(StoreError::io("writing", &tmp))?;
+        let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
         let json = serde_json::to_vec(self).expect("a marker encodes as JSON");
         file.write_all(&json).map_err(StoreError::io("writing", &tmp))?;
         file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
@@ -106,7 +107,7 @@ impl Store {
             }
         }
         let path = self.part_path(number);
-        fs::create_dir(&path).map_err(StoreError::io("creating generation directory", &path))?;
+        private::create_dir(&path).map_err(StoreError::io("creating generation directory", &path))?;
         sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))?;
         Ok(path)
     }
