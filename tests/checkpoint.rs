@@ -209,6 +209,14 @@ async fn writable_disks_are_refused_unless_allowed() {
     vm.qmp().await.unwrap();
     vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
 
+    // A staging budget whose size in bytes does not fit 64 bits is refused
+    // (it used to wrap to 0, and the checkpoint spun forever).
+    let huge = (1u64 << 44).to_string();
+    let args = ["checkpoint", "--allow-writable-disks", "--staging-mib", &huge];
+    let out = mekha(&artifacts, &args, &vm.cli_qmp_path(), &images);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("staging-mib is too large"), "{stderr}");
+
     let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &images);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "a VM with a writable disk was checkpointed");

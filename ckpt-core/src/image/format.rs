@@ -216,6 +216,13 @@ impl Producer {
 /// Checks what the layout relies on: unique, non-empty block names and
 /// lengths in whole pages. Returns what is wrong.
 pub fn check_identity(identity: &Identity) -> Result<(), String> {
+    if identity.ram_blocks.len() > MAX_RAM_BLOCKS {
+        return Err(format!("{} RAM blocks, more than {MAX_RAM_BLOCKS}", identity.ram_blocks.len()));
+    }
+    let total = identity.ram_blocks.iter().try_fold(0u64, |sum, b| sum.checked_add(b.length));
+    if total.is_none_or(|t| t > MAX_GUEST_RAM) {
+        return Err(format!("the RAM blocks add up to more than {} TiB", MAX_GUEST_RAM >> 40));
+    }
     let mut seen = std::collections::HashSet::new();
     for block in &identity.ram_blocks {
         if block.name.is_empty() {
@@ -233,6 +240,15 @@ pub fn check_identity(identity: &Identity) -> Result<(), String> {
     }
     Ok(())
 }
+
+/// The most RAM blocks an image may declare (QEMU VMs have tens; hundreds
+/// with many DIMMs): with [`MAX_GUEST_RAM`], this keeps every offset of the
+/// layout far from overflowing.
+pub const MAX_RAM_BLOCKS: usize = 4096;
+
+/// The most guest RAM an image may declare: 4 PiB, x86-64's 52-bit
+/// physical address space.
+pub const MAX_GUEST_RAM: u64 = 1 << 52;
 
 /// CRC32C of one page's bytes.
 pub fn page_crc(page: &[u8]) -> u32 {

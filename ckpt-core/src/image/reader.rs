@@ -317,8 +317,44 @@ fn check_sections(sections: &mut [Section], path: &Path, file_len: u64) -> Resul
     Ok(())
 }
 
+/// The most of a section of each kind read into memory. The file's length
+/// bounds nothing (a sparse file is as long as it says), nor does a CRC
+/// (anyone can compute one): what an image asks for is checked against
+/// what such a section can honestly be, and against this host's memory.
+fn max_in_memory(kind: SectionKind) -> u64 {
+    match kind {
+        SectionKind::Identity | SectionKind::Info | SectionKind::Time => 16 << 20,
+        // QEMU's device state (RAM excluded) and held frames: far below.
+        SectionKind::DeviceState | SectionKind::NetFrames => 1 << 30,
+        // 4 bytes a page, of at most MAX_GUEST_RAM (checked with IDENTITY).
+        SectionKind::PageCrcs => (super::format::MAX_GUEST_RAM / PAGE_SIZE as u64) * 4,
+        SectionKind::Ram | SectionKind::Unknown(_) => 0,
+    }
+}
+
+/// This host's physical memory, in bytes (`u64::MAX` if unknown).
+fn host_memory() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
+    if pages <= 0 || size <= 0 {
+        return u64::MAX;
+    }
+    (pages as u64).saturating_mul(size as u64)
+}
+
 /// A section's bytes, refused unless they match its CRC32C.
 fn read_checked(file: &File, path: &Path, section: &Section) -> Result<Vec<u8>> {
+    // A quarter of the host's memory at most, whatever the kind allows.
+    let limit = max_in_memory(section.kind).min(host_memory() / 4);
+    if section.length > limit {
+        return Err(ImageError::malformed(
+            path,
+            format!(
+                "its {:?} section claims {} bytes, more than mekha reads of one ({limit})",
+                section.kind, section.length
+            ),
+        ));
+    }
     let mut bytes = vec![0u8; section.length as usize];
     file.read_exact_at(&mut bytes, section.offset).map_err(ImageError::io("reading image", path))?;
     let computed = crc32c::crc32c(&bytes);

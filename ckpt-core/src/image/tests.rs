@@ -175,6 +175,40 @@ fn builder_refuses_identities_the_layout_cannot_hold() {
     odd.ram_blocks[0].length = 1000;
     let err = ImageBuilder::create(&path, &odd).err().unwrap();
     assert!(err.to_string().contains("not a whole number of 4096-byte pages"), "{err}");
+    // Lengths whose layout would overflow a file offset.
+    let mut huge = identity();
+    huge.ram_blocks[0].length = u64::MAX - 4095;
+    let err = ImageBuilder::create(&path, &huge).err().unwrap();
+    assert!(err.to_string().contains("add up to more than"), "{err}");
+    let mut many = identity();
+    many.ram_blocks = (0..5000).map(|i| RamBlock { name: format!("b{i}"), length: 4096, page_size: 4096 }).collect();
+    let err = ImageBuilder::create(&path, &many).err().unwrap();
+    assert!(err.to_string().contains("5000 RAM blocks"), "{err}");
+}
+
+/// A crafted image whose directory claims a section far larger than any
+/// honest one, in a sparse file long enough to hold it: refused before
+/// anything is allocated (a matching checksum of its zeros would be no
+/// defence).
+#[test]
+fn a_section_larger_than_any_honest_one_is_refused_before_reading() {
+    let (_dir, path, _) = build();
+    let claimed: u64 = 2 << 30;
+    let image = Image::open(&path).unwrap();
+    let device = *image.section(SectionKind::DeviceState).unwrap();
+    let end = image.file_len();
+    drop(image);
+    // The section moves past the file's end, into a hole of `claimed` bytes.
+    OpenOptions::new().write(true).open(&path).unwrap().set_len(end + claimed).unwrap();
+    rewrite_header(&path, |h| {
+        let i = h.entries().iter().position(|e| e.kind.get() == SectionKind::DeviceState.number()).unwrap();
+        h.sections[i].offset = end.into();
+        h.sections[i].length = claimed.into();
+    });
+    let image = Image::open(&path).unwrap();
+    assert_ne!(image.section(SectionKind::DeviceState).unwrap().offset, device.offset);
+    let err = image.device_state().unwrap_err();
+    assert!(err.to_string().contains("more than mekha reads of one"), "{err}");
 }
 
 #[test]

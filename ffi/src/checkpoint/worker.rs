@@ -49,7 +49,9 @@ impl Params {
         }
         let staging_budget = match args.staging_mib {
             Some(0) => return Err("staging-mib must be positive".into()),
-            Some(mib) => Some(mib << 20),
+            // A shift would wrap (2^44 MiB << 20 is 0: a budget that
+            // never fits a page, and a checkpoint that spins forever).
+            Some(mib) => Some(mib.checked_mul(1 << 20).ok_or("staging-mib is too large")?),
             None => None,
         };
         let lease = match args.lease_ms {
