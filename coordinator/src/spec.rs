@@ -219,7 +219,9 @@ impl Spec {
         Ok(spec)
     }
 
-    fn check(&self) -> Result<(), String> {
+    /// Checks names, reserved options and references; every spec from
+    /// outside (a file, an agent's request) passes here before use.
+    pub fn check(&self) -> Result<(), String> {
         if !plain(&self.name) {
             return Err(format!("name {:?}: use letters, digits, '-', '_' and '.'", self.name));
         }

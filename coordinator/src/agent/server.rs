@@ -116,6 +116,11 @@ async fn answer(stream: &mut BufReader<TlsStream<TcpStream>>, reply: Reply) -> R
 }
 
 async fn run(request: Request, children: &Children) -> Result<Value, String> {
+    // A spec from the wire is checked as a spec file is: its names become
+    // file names (VM logs, pid files) and options of root's QEMUs.
+    if let Request::Launch { spec, .. } | Request::Stop { spec, .. } | Request::Status { spec } = &request {
+        spec.check().map_err(|e| format!("spec {}: {e}", spec.name))?;
+    }
     match request {
         Request::Storage { dir } => Ok(json!(storage::probe(&dir)?)),
         Request::Launch { spec, incoming } => {
@@ -201,4 +206,35 @@ async fn forward_qmp(mut stream: BufReader<TlsStream<TcpStream>>, socket: &Path)
     // monitor connection, as if it had been local.
     let _ = tokio::io::copy_bidirectional(&mut tls, &mut unix).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::Spec;
+
+    #[tokio::test]
+    async fn a_spec_whose_names_leave_the_state_directory_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = format!(
+            "name = \"job\"\ncheckpoint_dir = {:?}\nstate_dir = {:?}\n[[vm]]\nname = \"node0\"\nargs = []\n",
+            dir.path().join("ckpt"),
+            dir.path().join("state")
+        );
+        let path = dir.path().join("job.toml");
+        std::fs::write(&path, text).unwrap();
+        let mut spec = Spec::load(&path).unwrap();
+        // What a client could send that no spec file would pass.
+        spec.vms[0].name = "../../../etc/cron.d/x".into();
+        let children = Children::default();
+        for request in [
+            Request::Launch { spec: Box::new(spec.clone()), incoming: false },
+            Request::Stop { spec: Box::new(spec.clone()), grace_ms: 0, network: false },
+            Request::Status { spec: Box::new(spec.clone()) },
+        ] {
+            let e = run(request, &children).await.unwrap_err();
+            assert!(e.contains("VM name"), "{e}");
+        }
+        assert!(!dir.path().join("state").exists(), "something was created");
+    }
 }
