@@ -8,10 +8,10 @@ use common::{json_of, mekha, reference_checksum, wait_checkpoint_settled};
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mekha_rig::{ProbeLog, Vm, VmConfig};
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(120);
 /// Steps of the probe's computation: long enough to span the checkpoint.
@@ -330,4 +330,51 @@ async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     let log = target.log();
     log.wait_for("compute after restore", BOOT, |e| e.ev == "compute").unwrap();
     assert!(!log.events().iter().any(|e| e.ev == "start"));
+}
+
+/// A checkpoint whose coordinator is gone gives up when its lease runs
+/// out, however often others poll its status (libvirt, a periodic
+/// `mekha status`): only the coordinator's own queries renew the lease.
+#[tokio::test(flavor = "multi_thread")]
+async fn status_polls_do_not_keep_a_dead_coordinators_checkpoint_alive() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("checkpoint-lease-polls");
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run"), probe_vm("ck-lease", 256, 8)).unwrap();
+    let qmp = vm.qmp().await.unwrap();
+    vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    // A held live phase waits for its coordinator's end command forever,
+    // but for the lease.
+    let start = |name: &str| json!({ "path": dir.join(name), "mode": "mtd", "hold": true, "lease-ms": 1500, "time-budget-ms": 60000 });
+    let poll = |renew: bool| {
+        let qmp = &qmp;
+        async move {
+            let args = if renew { json!({ "renew-lease": true }) } else { Value::Null };
+            qmp.execute_mekha("query-checkpoint", args).await.unwrap()
+        }
+    };
+
+    // The coordinator's polls keep it alive well past the lease.
+    qmp.execute_mekha("checkpoint", start("renewed.mekha")).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(5);
+    while Instant::now() < until {
+        let state = poll(true).await;
+        assert_eq!(state["status"], "live", "renewed by its coordinator, yet: {state}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    qmp.execute_mekha("checkpoint-cancel", Value::Null).await.unwrap();
+    wait_checkpoint_settled(&qmp).await;
+
+    // Polled by someone else only: it gives up once the lease has run out.
+    qmp.execute_mekha("checkpoint", start("orphan.mekha")).await.unwrap();
+    let until = Instant::now() + Duration::from_secs(30);
+    let state = loop {
+        let state = poll(false).await;
+        if state["status"] != "live" || Instant::now() > until {
+            break state;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(state["status"], "failed", "a status poll kept the checkpoint alive: {state}");
+    assert!(state["error"].as_str().unwrap_or("").contains("lease expired"), "{state}");
+    assert!(vm.is_running(), "{}", vm.stderr());
 }

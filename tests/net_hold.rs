@@ -50,7 +50,8 @@ fn wall_ns() -> i64 {
 }
 
 /// Runs `command` on every VM until `done` holds for all replies; fails
-/// on a reply that `failed` names.
+/// on a reply that `failed` names. The test is the checkpoints'
+/// coordinator: its polls renew their leases.
 async fn poll_all(
     qmps: &[Qmp],
     command: &str,
@@ -62,7 +63,8 @@ async fn poll_all(
     loop {
         let mut replies = Vec::new();
         for qmp in qmps {
-            replies.push(qmp.execute_mekha(command, Value::Null).await.unwrap());
+            let args = if command == "query-checkpoint" { json!({ "renew-lease": true }) } else { Value::Null };
+            replies.push(qmp.execute_mekha(command, args).await.unwrap());
         }
         if let Some(bad) = replies.iter().find(|r| failed(r)) {
             panic!("{command}: {bad}");

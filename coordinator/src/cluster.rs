@@ -454,14 +454,15 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
     args
 }
 
-/// Every VM's `query-checkpoint`, which also renews its lease.
+/// Every VM's `query-checkpoint`, as this coordinator's: it renews the
+/// checkpoints' leases (a status poll by anyone else does not).
 async fn query_all(vms: &[Attached]) -> Result<Vec<Value>, CkptError> {
-    query_all_named(vms, "query-checkpoint").await
+    query_all_named(vms, "query-checkpoint", json!({ "renew-lease": true })).await
 }
 
 /// Every VM's answer to mekha's query `command`, asked concurrently.
-async fn query_all_named(vms: &[Attached], command: &str) -> Result<Vec<Value>, CkptError> {
-    let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha(command, Value::Null))).await;
+async fn query_all_named(vms: &[Attached], command: &str, args: Value) -> Result<Vec<Value>, CkptError> {
+    let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha(command, args.clone()))).await;
     vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| unreachable_vm(&vm.name, e))).collect()
 }
 
@@ -623,7 +624,7 @@ pub async fn restore(
     let mut round_trip;
     let states = loop {
         let asked = Instant::now();
-        let states = query_all_named(vms, "query-restore").await?;
+        let states = query_all_named(vms, "query-restore", Value::Null).await?;
         round_trip = asked.elapsed();
         progress(&states);
         if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
@@ -652,7 +653,7 @@ pub async fn restore(
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
         }
         states = loop {
-            let states = query_all_named(vms, "query-restore").await?;
+            let states = query_all_named(vms, "query-restore", Value::Null).await?;
             if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
                 break states;
             }

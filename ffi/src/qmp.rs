@@ -19,7 +19,7 @@ pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
         "checkpoint-end" => checkpoint::end_live_phase(args(name, args_json)?).map(|()| empty())?,
         "checkpoint-cancel" => checkpoint::cancel().map(|()| empty())?,
         "checkpoint-persist" => checkpoint::release_persist().map(|()| empty())?,
-        "query-checkpoint" => to_json(checkpoint::query()),
+        "query-checkpoint" => to_json(checkpoint::query(args(name, args_json)?)),
         "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
         "query-restore" => to_json(restore::query()),
         "resume" => restore::resume(args(name, args_json)?).map(|()| empty())?,

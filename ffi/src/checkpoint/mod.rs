@@ -356,9 +356,23 @@ pub(crate) fn release_persist() -> Result<(), String> {
     Ok(())
 }
 
-/// `__org.mekha_query-checkpoint`; renews the coordinator's lease.
-pub(crate) fn query() -> Info {
-    current().map(|s| s.info.lock().unwrap().clone()).unwrap_or_default()
+/// `__org.mekha_QueryCheckpointArgs`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct QueryArgs {
+    pub renew_lease: Option<bool>,
+}
+
+/// `__org.mekha_query-checkpoint`; renews the coordinator's lease only
+/// when the coordinator asks: anyone may poll the status (libvirt, a
+/// periodic `mekha status`), and such polls must not keep alive a
+/// checkpoint whose coordinator is gone.
+pub(crate) fn query(args: QueryArgs) -> Info {
+    let shared = match args.renew_lease {
+        Some(true) => current(),
+        _ => CURRENT.lock().unwrap().clone(),
+    };
+    shared.map(|s| s.info.lock().unwrap().clone()).unwrap_or_default()
 }
 
 fn ms(value: Option<u64>, default: u64) -> Duration {
