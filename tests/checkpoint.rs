@@ -378,3 +378,39 @@ async fn status_polls_do_not_keep_a_dead_coordinators_checkpoint_alive() {
     assert!(state["error"].as_str().unwrap_or("").contains("lease expired"), "{state}");
     assert!(vm.is_running(), "{}", vm.stderr());
 }
+
+/// A bug in mekha (a panic, injected with `MEKHA_FAULT`) while the VM is
+/// stopped, or while its image is written, fails that checkpoint and
+/// nothing else: the VM runs on, and the next checkpoint works (no status
+/// stuck "active", no lock left poisoned).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_panic_in_a_checkpoint_fails_it_and_leaves_the_vm_running() {
+    let artifacts = common::artifacts();
+    for point in ["checkpoint-stopped", "checkpoint-persisting"] {
+        let dir = common::test_dir(&format!("checkpoint-panic-{point}"));
+        let images = dir.join("images");
+        let mut config = probe_vm(&format!("ck-{point}"), 256, 8);
+        config.env = vec![("MEKHA_FAULT".into(), point.into())];
+        let mut vm = Vm::launch(&artifacts, None, &dir.join("run"), config).unwrap();
+        let qmp = vm.qmp().await.unwrap();
+        let log = vm.log();
+        log.wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+
+        let out = mekha(&artifacts, &["checkpoint", "--mode", "mtd"], &vm.cli_qmp_path(), &images);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{point}: the checkpoint with a panic succeeded");
+        assert!(stderr.contains("internal error") && stderr.contains(point), "{point}: {stderr}");
+
+        let status = qmp.execute("query-status", Value::Null).await.unwrap();
+        assert_eq!(status["status"], "running", "{point}: the VM was left {status}");
+        let step = last_step(&log);
+        log.wait_for("progress after the failed checkpoint", BOOT, |e| {
+            e.ev == "compute" && e.u64("step").unwrap() > step
+        })
+        .unwrap();
+
+        let summary = json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
+        assert_eq!(summary["generation"], 1, "{point}: {summary}");
+        assert!(vm.is_running(), "{}", vm.stderr());
+    }
+}

@@ -13,7 +13,7 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use mekha_ckpt_core::image::{check_compatible, page_crc, Image, ZERO_PAGE_CRC};
@@ -87,12 +87,12 @@ static INFO: Mutex<Info> = Mutex::new(Info {
 
 /// `__org.mekha_query-restore`.
 pub(crate) fn query() -> Info {
-    INFO.lock().unwrap().clone()
+    INFO.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 fn finish(outcome: Result<(), String>, started: Instant) {
     let snapshot = {
-        let mut info = INFO.lock().unwrap();
+        let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
             Ok(()) => info.status = Status::Completed,
@@ -111,7 +111,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     let started = Instant::now();
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
-    if INFO.lock().unwrap().status == Status::Loading {
+    if INFO.lock().unwrap_or_else(PoisonError::into_inner).status == Status::Loading {
         return Err("a restore is already running".into());
     }
     if !qemu::incoming::pending(&bql) {
@@ -133,7 +133,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         (Some(false), _) | (None, Some(_)) => false,
         (_, None) => true,
     };
-    *INFO.lock().unwrap() = Info {
+    *INFO.lock().unwrap_or_else(PoisonError::into_inner) = Info {
         status: Status::Loading,
         path: Some(args.path.display().to_string()),
         lazy,
@@ -147,19 +147,21 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         .name("mekha-restore".into())
         .spawn(move || {
             let _thread = QemuThread::register();
-            match load_ram(&image, &ram, &compat.image_block, lazy)
-                .and_then(|()| image.device_state().map_err(|e| e.to_string()))
-            {
+            let loaded = guarded(|| {
+                load_ram(&image, &ram, &compat.image_block, lazy)
+                    .and_then(|()| image.device_state().map_err(|e| e.to_string()))
+            });
+            match loaded {
                 Ok(device_state) => qemu::main_loop_call(move || {
                     // SAFETY: main-loop calls run with the BQL held.
                     let bql = unsafe { Bql::assume_held() };
                     guest_time::prepare_restore(&bql, record, time);
-                    let outcome = qemu::incoming::load_devices(&bql, &device_state).and_then(|()| {
+                    let outcome = guarded(|| qemu::incoming::load_devices(&bql, &device_state)).and_then(|()| {
                         // The frames in flight at the checkpoint go to the
                         // guest first, once it runs.
                         let injected = net_hold::restore(&bql, &net_frames, &image_path);
                         {
-                            let mut info = INFO.lock().unwrap();
+                            let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
                             info.net_injected_frames = injected.frames;
                             info.net_dropped_frames = injected.dropped;
                         }
@@ -172,6 +174,13 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the restore thread: {e}"))?;
     Ok(())
+}
+
+/// Runs `f`; a panic (a bug in mekha) becomes its error, so that the
+/// restore ends failed instead of "loading" for ever.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(format!("mekha: internal error: {}", crate::panic_message(&panic))))
 }
 
 /// `__org.mekha_ResumeArgs`.
@@ -187,7 +196,7 @@ pub(crate) struct ResumeArgs {
 /// spins to it.
 pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
     {
-        let mut info = INFO.lock().unwrap();
+        let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
         if info.status != Status::Completed || info.resume_at_ns.is_some() {
             return Err("no restored VM waits to be resumed".into());
         }
@@ -201,12 +210,15 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
         .name("mekha-resume".into())
         .spawn(move || {
             let _thread = QemuThread::register();
-            let (bql, now) = rendezvous::lock_at(args.at);
-            match qemu::incoming::resume(&bql) {
-                Ok(()) => INFO.lock().unwrap().resumed_at_ns = Some(now),
+            let resumed = guarded(|| {
+                let (bql, now) = rendezvous::lock_at(args.at);
+                qemu::incoming::resume(&bql).map(|()| now)
+            });
+            match resumed {
+                Ok(now) => INFO.lock().unwrap_or_else(PoisonError::into_inner).resumed_at_ns = Some(now),
                 Err(e) => {
                     eprintln!("mekha: resuming the restored VM failed: {e}");
-                    INFO.lock().unwrap().resume_at_ns = None;
+                    INFO.lock().unwrap_or_else(PoisonError::into_inner).resume_at_ns = None;
                 }
             }
         })
@@ -276,7 +288,7 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
                 done += n;
             }
         }
-        INFO.lock().unwrap().verified_bytes += len as u64;
+        INFO.lock().unwrap_or_else(PoisonError::into_inner).verified_bytes += len as u64;
         if lazy {
             // SAFETY: replaces this block's anonymous guest RAM mapping in
             // place with a private mapping of the verified image pages.

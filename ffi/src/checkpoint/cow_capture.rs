@@ -58,7 +58,7 @@ pub(super) fn capture(
         info.status = Status::Paused;
     });
 
-    let StopWindow { bql, end, stopped_at, stopped, time } = worker::stop_vm(shared)?;
+    let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = worker::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released; a
     // failed protect leaves nothing protected.
@@ -77,7 +77,7 @@ pub(super) fn capture(
         wp.protect().map_err(|e| e.to_string())?;
         Ok(state)
     });
-    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking);
+    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking, resume_guard);
     let device_state = result?;
     shared.update(|info| {
         info.pause_ns = pause.as_nanos() as u64;

@@ -21,7 +21,7 @@ mod worker;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::image::NetFrames;
@@ -174,7 +174,7 @@ impl Shared {
     /// Updates the progress; sends an event when the status changed.
     fn update(&self, f: impl FnOnce(&mut Info)) {
         let (changed, snapshot) = {
-            let mut info = self.info.lock().unwrap();
+            let mut info = self.info.lock().unwrap_or_else(PoisonError::into_inner);
             let before = info.status;
             f(&mut info);
             (info.status != before, info.clone())
@@ -190,12 +190,12 @@ impl Shared {
 
     /// The instants of the end command (none before it, or without them).
     fn end_args(&self) -> EndArgs {
-        self.end.lock().unwrap().unwrap_or_default()
+        self.end.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or_default()
     }
 
     /// The coordinator spoke: renews its lease.
     fn heard(&self) {
-        *self.last_heard.lock().unwrap() = Instant::now();
+        *self.last_heard.lock().unwrap_or_else(PoisonError::into_inner) = Instant::now();
     }
 
     /// Whether to give up waiting for the coordinator.
@@ -204,7 +204,9 @@ impl Shared {
             return Some(Abandon::Cancelled);
         }
         match self.lease {
-            Some(lease) if self.last_heard.lock().unwrap().elapsed() > lease => Some(Abandon::LeaseExpired),
+            Some(lease) if self.last_heard.lock().unwrap_or_else(PoisonError::into_inner).elapsed() > lease => {
+                Some(Abandon::LeaseExpired)
+            }
             _ => None,
         }
     }
@@ -218,9 +220,9 @@ static CURRENT: Mutex<Option<Arc<Shared>>> = Mutex::new(None);
 
 /// `__org.mekha_checkpoint`: validates and starts the worker.
 pub(crate) fn start(args: Args) -> Result<(), String> {
-    let mut current = CURRENT.lock().unwrap();
+    let mut current = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(shared) = current.as_ref() {
-        if shared.info.lock().unwrap().status.is_active() {
+        if shared.info.lock().unwrap_or_else(PoisonError::into_inner).status.is_active() {
             return Err("a checkpoint of this VM is already running".into());
         }
     }
@@ -253,11 +255,11 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     let slot = Arc::new(Mutex::new(Some(prepared)));
     let (worker_shared, worker_slot) = (shared.clone(), slot.clone());
     let spawned = std::thread::Builder::new().name("mekha-ckpt".into()).spawn(move || {
-        let prepared = worker_slot.lock().unwrap().take().expect("prepared once");
+        let prepared = worker_slot.lock().unwrap_or_else(PoisonError::into_inner).take().expect("prepared once");
         worker::run(worker_shared, params, prepared)
     });
     if let Err(e) = spawned {
-        if let Some(prepared) = slot.lock().unwrap().take() {
+        if let Some(prepared) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
             prepared.cancel(&bql);
         }
         return Err(format!("cannot start the checkpoint thread: {e}"));
@@ -293,7 +295,7 @@ const MAX_INSTANT_AHEAD: Duration = Duration::from_secs(60);
 
 /// The current checkpoint, if any, with its coordinator's lease renewed.
 fn current() -> Option<Arc<Shared>> {
-    let shared = CURRENT.lock().unwrap().clone()?;
+    let shared = CURRENT.lock().unwrap_or_else(PoisonError::into_inner).clone()?;
     shared.heard();
     Some(shared)
 }
@@ -314,11 +316,11 @@ pub(crate) fn end_live_phase(args: EndArgs) -> Result<(), String> {
         }
     }
     let shared = current().ok_or("no checkpoint is running")?;
-    let status = shared.info.lock().unwrap().status;
+    let status = shared.info.lock().unwrap_or_else(PoisonError::into_inner).status;
     if status != Status::Live || shared.end_requested() {
         return Err("no checkpoint is in its live phase".into());
     }
-    *shared.end.lock().unwrap() = Some(args);
+    *shared.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(args);
     shared.update(|info| {
         info.stop_at_ns = args.stop_at;
         info.resume_at_ns = args.resume_at;
@@ -332,7 +334,7 @@ pub(crate) fn end_live_phase(args: EndArgs) -> Result<(), String> {
 /// nothing is written.
 pub(crate) fn cancel() -> Result<(), String> {
     let shared = current().ok_or("no checkpoint is running")?;
-    let status = shared.info.lock().unwrap().status;
+    let status = shared.info.lock().unwrap_or_else(PoisonError::into_inner).status;
     match status {
         Status::Live | Status::Staged => {
             shared.cancelled.store(true, Ordering::Relaxed);
@@ -349,7 +351,7 @@ pub(crate) fn cancel() -> Result<(), String> {
 /// persist-hold may write its staged image now.
 pub(crate) fn release_persist() -> Result<(), String> {
     let shared = current().ok_or("no checkpoint is running")?;
-    if !shared.info.lock().unwrap().status.is_active() {
+    if !shared.info.lock().unwrap_or_else(PoisonError::into_inner).status.is_active() {
         return Err("no checkpoint is running".into());
     }
     shared.persist_released.store(true, Ordering::Relaxed);
@@ -370,9 +372,9 @@ pub(crate) struct QueryArgs {
 pub(crate) fn query(args: QueryArgs) -> Info {
     let shared = match args.renew_lease {
         Some(true) => current(),
-        _ => CURRENT.lock().unwrap().clone(),
+        _ => CURRENT.lock().unwrap_or_else(PoisonError::into_inner).clone(),
     };
-    shared.map(|s| s.info.lock().unwrap().clone()).unwrap_or_default()
+    shared.map(|s| s.info.lock().unwrap_or_else(PoisonError::into_inner).clone()).unwrap_or_default()
 }
 
 fn ms(value: Option<u64>, default: u64) -> Duration {

@@ -121,7 +121,7 @@ fn pause(
     tracking: &mut Tracking,
 ) -> Result<Stopped, String> {
     let mut pages = Vec::new();
-    let StopWindow { bql, end, stopped_at, stopped, time } = worker::stop_vm(shared)?;
+    let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = worker::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released.
     let result = (|| {
@@ -136,7 +136,7 @@ fn pause(
     // hold (RAM and devices are captured: anything the main loop does to
     // the stopped VM now is after the instant).
     let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| result.is_ok()));
-    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking);
+    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking, resume_guard);
     let device_state = result?;
     shared.update(|info| {
         info.pause_ns = pause.as_nanos() as u64;

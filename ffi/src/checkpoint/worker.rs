@@ -4,7 +4,7 @@
 //! and the atomic commit of the image.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::cow::WriteProtect;
@@ -21,7 +21,7 @@ use super::{cow_capture, ms, mtd_capture, Abandon, Args, EndArgs, Mode, Shared, 
 use crate::guest_ram::GuestRam;
 use crate::net_hold;
 use crate::qemu::{self, Bql, QemuThread};
-use crate::{guest_time, rendezvous};
+use crate::{fault, guest_time, rendezvous};
 
 /// Validated checkpoint parameters.
 pub(super) struct Params {
@@ -187,6 +187,32 @@ pub(super) struct StopWindow {
     pub stopped_at: i64,
     pub stopped: Instant,
     pub time: TimeRecord,
+    pub resume_guard: ResumeGuard,
+}
+
+/// Resumes the VM if dropped armed: a panic (a bug in mekha) between the
+/// stop and [`resume_vm`] unwinds through it, and the VM must not stay
+/// stopped. The resume runs in the main loop, which takes the BQL once
+/// this thread's unwinding has let go of it.
+pub(super) struct ResumeGuard {
+    armed: bool,
+}
+
+impl Drop for ResumeGuard {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        qemu::main_loop_call(|| {
+            // SAFETY: main-loop calls run with the BQL held.
+            let bql = unsafe { Bql::assume_held() };
+            if !qemu::ckpt::vm_is_running(&bql) {
+                qemu::ckpt::vm_start(&bql);
+            }
+            net_hold::release(&bql);
+            eprintln!("mekha: the checkpoint failed while the VM was stopped; the VM was resumed");
+        });
+    }
 }
 
 /// Takes the BQL at the stop instant, holds the network frames toward the
@@ -200,9 +226,11 @@ pub(super) fn stop_vm(shared: &Shared) -> Result<StopWindow, String> {
         net_hold::release(&bql);
         return Err(e);
     }
+    let resume_guard = ResumeGuard { armed: true };
     let stopped = Instant::now();
     let time = guest_time::capture(&bql);
-    Ok(StopWindow { bql, end, stopped_at, stopped, time })
+    fault::point(fault::Point::CheckpointStopped);
+    Ok(StopWindow { bql, end, stopped_at, stopped, time, resume_guard })
 }
 
 /// What resuming the VM gave: the frames held for the image, and how long
@@ -216,9 +244,10 @@ pub(super) struct Resumed {
 /// Copies the held frames for the image, resumes the VM stopped at
 /// `stopped`, releases the frames to it, ends dirty logging, and lets go
 /// of the BQL (the stop window's, or the one a wait handed back).
-pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking) -> Resumed {
+pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking, mut guard: ResumeGuard) -> Resumed {
     let net_frames = net_hold::snapshot(&bql);
     qemu::ckpt::vm_start(&bql);
+    guard.armed = false;
     let net_dropped = net_hold::release(&bql);
     let pause = stopped.elapsed();
     tracking.stop(&bql);
@@ -226,11 +255,15 @@ pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking) -> 
     Resumed { net_frames, net_dropped, pause }
 }
 
-/// Thread entry: runs the checkpoint and records its outcome.
+/// Thread entry: runs the checkpoint and records its outcome. A panic (a
+/// bug in mekha) is an outcome too: the checkpoint fails with it, the VM
+/// runs (see [`ResumeGuard`]) and the next checkpoint may start. Guards,
+/// not `panic = "abort"`: an abort would take the guest down with QEMU.
 pub(super) fn run(shared: Arc<Shared>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
     let started = Instant::now();
-    let outcome = checkpoint(&shared, &params, prepared);
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| checkpoint(&shared, &params, prepared)))
+        .unwrap_or_else(|panic| Err(format!("mekha: internal error: {}", crate::panic_message(&panic))));
     shared.update(|info| {
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
@@ -285,6 +318,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
             wait_for_persist(shared)?;
         }
         shared.update(|info| info.status = Status::Persisting);
+        fault::point(fault::Point::CheckpointPersisting);
         persist.flush_all().map_err(|e| format!("writing the image: {e}"))?;
         Ok((stopped, persist))
     })();
@@ -308,7 +342,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
     builder.set_time(stopped.time);
     builder.set_net_frames(stopped.net_frames);
     // The image records how it was made (the INFO section).
-    let info_json = serde_json::to_value(&*shared.info.lock().unwrap()).ok();
+    let info_json = serde_json::to_value(&*shared.info.lock().unwrap_or_else(PoisonError::into_inner)).ok();
     builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
     Ok(())
 }

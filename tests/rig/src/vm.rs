@@ -24,6 +24,8 @@ pub struct VmConfig {
     pub extra_args: Vec<String>,
     /// Start with `-incoming defer`, waiting for a restore.
     pub incoming: bool,
+    /// More environment for QEMU (e.g. `MEKHA_FAULT`).
+    pub env: Vec<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -41,6 +43,7 @@ impl VmConfig {
             nic: None,
             extra_args: Vec::new(),
             incoming: false,
+            env: Vec::new(),
         }
     }
 }
@@ -97,7 +100,7 @@ impl Vm {
             cmd.args(["-netdev", &format!("tap,id=net0,ifname={},script=no,downscript=no", nic.tap)])
                 .args(["-device", &format!("virtio-net-pci,netdev=net0,mac={},romfile=", nic.mac)]);
         }
-        cmd.args(&config.extra_args);
+        cmd.args(&config.extra_args).envs(config.env.iter().map(|(k, v)| (k, v)));
         if config.incoming {
             cmd.args(["-incoming", "defer"]);
         }
