@@ -20,6 +20,7 @@
 pub mod cow;
 pub mod host;
 pub mod image;
+pub mod instant;
 pub mod mtd;
 pub mod persist;
 pub mod private;

@@ -7,44 +7,23 @@
 //! instant without the BQL, takes the BQL, and spins to the instant: the
 //! logical stop (`cpu_disable_ticks` early in `vm_stop`) then comes within
 //! microseconds of T. Spinning with the BQL stalls the guest's vCPUs that
-//! need it, so the spin stays short.
+//! need it, so the spin stays short; and it is bounded by the monotonic
+//! clock (`mekha_ckpt_core::instant`), so a step back of the wall clock
+//! cannot stretch it.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use mekha_ckpt_core::instant::{nap_until, SPIN_LEAD};
+pub(crate) use mekha_ckpt_core::instant::{spin_until, wall_ns};
 
 use crate::qemu::Bql;
-
-/// How long before the instant the nap ends and the spin starts.
-const SPIN_LEAD: Duration = Duration::from_micros(500);
-
-/// The host's wall clock, ns since the Unix epoch.
-pub(crate) fn wall_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as i64
-}
 
 /// Takes the BQL at wall-clock `at` (at once when None or past), returning
 /// it and the wall-clock time it was reached.
 pub(crate) fn lock_at(at: Option<i64>) -> (Bql, i64) {
     if let Some(at) = at {
-        let lead = SPIN_LEAD.as_nanos() as i64;
-        let wait = at - lead - wall_ns();
-        if wait > 0 {
-            std::thread::sleep(Duration::from_nanos(wait as u64));
-        }
+        nap_until(at);
     }
     let bql = Bql::lock();
     (bql, spin_until(at))
-}
-
-/// Spins until wall-clock `at` (returns at once when None or past); returns
-/// the wall-clock time on return.
-pub(crate) fn spin_until(at: Option<i64>) -> i64 {
-    loop {
-        let now = wall_ns();
-        match at {
-            Some(at) if now < at => std::hint::spin_loop(),
-            _ => return now,
-        }
-    }
 }
 
 /// Waits until wall-clock `at` with the BQL free, so that QEMU's main loop
@@ -69,10 +48,7 @@ pub(crate) fn wait_unlocked(bql: Bql, at: Option<i64>) -> (Bql, i64) {
 /// spins to it; for waits of any length with the BQL held (the VM stopped).
 pub(crate) fn wait_until(at: Option<i64>) -> i64 {
     if let Some(at) = at {
-        let wait = at - SPIN_LEAD.as_nanos() as i64 - wall_ns();
-        if wait > 0 {
-            std::thread::sleep(Duration::from_nanos(wait as u64));
-        }
+        nap_until(at);
     }
     spin_until(at)
 }
