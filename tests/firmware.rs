@@ -100,6 +100,11 @@ fn every_file_mekha_expects_is_one_qemu_loads() {
         vec!["-accel", "tcg", "-M", "q35", "-nic", "user,model=rtl8139", "-vga", "vmware"],
         vec!["-accel", "tcg", "-netdev", "user,id=n0", "-device", "e1000,netdev=n0,romfile=", "-vga", "none"],
         vec!["-accel", "tcg", "-nodefaults", "-device", r#"{"driver":"virtio-vga","id":"video0"}"#],
+        // A -global that drops every virtio NIC's ROM.
+        vec!["-accel", "tcg", "-nodefaults", "-global", "virtio-net-pci.romfile=", "-netdev", "user,id=n0"]
+            .into_iter()
+            .chain(["-device", "virtio-net-pci,netdev=n0"])
+            .collect(),
         vec!["-accel", "tcg", "-net", "nic,model=e1000e", "-net", "user", "-device", "cirrus-vga"],
     ];
     for case in cases {

@@ -25,36 +25,58 @@ pub fn wall_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Sleeps until shortly ([`SPIN_LEAD`]) before wall-clock `at` (at once
-/// when it is closer, or past). The sleep's length is taken from the wall
-/// clock once, and slept on the monotonic clock.
-pub fn nap_until(at: i64) {
-    let wait = at - SPIN_LEAD.as_nanos() as i64 - wall_ns();
-    if wait > 0 {
-        std::thread::sleep(Duration::from_nanos(wait as u64));
+/// A wall-clock instant to wait for, with its monotonic bound: taken once,
+/// when the wait starts, so that a step of the wall clock during the nap
+/// or the spin cannot stretch either.
+#[derive(Debug, Clone, Copy)]
+pub struct Target {
+    wall: i64,
+    bound: Instant,
+}
+
+impl Target {
+    /// Wall-clock instant `at`, due as the wall clock reads now.
+    pub fn new(at: i64) -> Target {
+        Target::new_on(at, wall_ns(), Instant::now())
+    }
+
+    fn new_on(at: i64, wall_now: i64, mono_now: Instant) -> Target {
+        let left = Duration::from_nanos(at.saturating_sub(wall_now).max(0) as u64);
+        Target { wall: at, bound: mono_now + left + SLACK }
+    }
+
+    /// Sleeps until shortly ([`SPIN_LEAD`]) before the instant (at once
+    /// when it is closer, or past).
+    pub fn nap(&self) {
+        let left = self.bound.saturating_duration_since(Instant::now()).saturating_sub(SLACK);
+        let wall_left = Duration::from_nanos(self.wall.saturating_sub(wall_ns()).max(0) as u64);
+        // The sooner of the two clocks' ends: a step forward shortens the
+        // nap, a step back does not lengthen it.
+        if let Some(nap) = left.min(wall_left).checked_sub(SPIN_LEAD) {
+            std::thread::sleep(nap);
+        }
+    }
+
+    /// Spins until the instant; returns the wall-clock time on return.
+    pub fn spin(&self) -> i64 {
+        self.spin_on(wall_ns, Instant::now)
+    }
+
+    fn spin_on(&self, wall: impl Fn() -> i64, mono: impl Fn() -> Instant) -> i64 {
+        loop {
+            let now = wall();
+            if now >= self.wall || mono() >= self.bound {
+                return now;
+            }
+            std::hint::spin_loop();
+        }
     }
 }
 
 /// Spins until wall-clock `at` (returns at once when None or past), bounded
 /// by the monotonic clock; returns the wall-clock time on return.
 pub fn spin_until(at: Option<i64>) -> i64 {
-    spin_on(at, wall_ns, Instant::now)
-}
-
-fn spin_on(at: Option<i64>, wall: impl Fn() -> i64, mono: impl Fn() -> Instant) -> i64 {
-    let Some(at) = at else { return wall() };
-    let now = wall();
-    if now >= at {
-        return now;
-    }
-    let bound = mono() + Duration::from_nanos((at - now) as u64) + SLACK;
-    loop {
-        let now = wall();
-        if now >= at || mono() >= bound {
-            return now;
-        }
-        std::hint::spin_loop();
-    }
+    at.map_or_else(wall_ns, |at| Target::new(at).spin())
 }
 
 #[cfg(test)]
@@ -77,32 +99,42 @@ mod tests {
     #[test]
     fn a_wall_clock_stepped_back_during_the_spin_does_not_stretch_it() {
         let start = wall_ns();
-        let at = start + 1_000_000;
-        // The first reading is honest; then the clock steps back by 10 s and
-        // crawls from there.
+        let target = Target::new_on(start + 1_000_000, start, Instant::now());
+        // The clock steps back by 10 s at once and crawls from there.
         let calls = Cell::new(0i64);
         let wall = || {
             calls.set(calls.get() + 1);
-            if calls.get() == 1 {
-                start
-            } else {
-                start - 10_000_000_000 + calls.get()
-            }
+            start - 10_000_000_000 + calls.get()
         };
         let started = Instant::now();
-        let reached = spin_on(Some(at), wall, Instant::now);
+        let reached = target.spin_on(wall, Instant::now);
         let took = started.elapsed();
-        assert!(reached < at, "the stepped clock cannot have reached the instant");
-        assert!(took >= Duration::from_millis(1), "ended before the monotonic bound: {took:?}");
+        assert!(reached < start, "the stepped clock cannot have reached the instant");
+        assert!(took >= Duration::from_micros(900), "ended before the monotonic bound: {took:?}");
         assert!(took < Duration::from_millis(50), "spun {took:?} for a 1 ms wait");
+    }
+
+    #[test]
+    fn a_step_back_before_the_wait_began_its_nap_does_not_stretch_it() {
+        // The instant was set 5 ms ahead; by the time the nap starts, the
+        // wall clock has stepped back by 10 s.
+        let target = Target::new_on(wall_ns() + 5_000_000, wall_ns(), Instant::now());
+        let target = Target { wall: target.wall + 10_000_000_000, ..target };
+        let started = Instant::now();
+        target.nap();
+        target.spin();
+        assert!(started.elapsed() < Duration::from_millis(60), "waited {:?}", started.elapsed());
     }
 
     #[test]
     fn a_nap_ends_a_spin_lead_before_the_instant() {
         let at = wall_ns() + 20_000_000;
-        nap_until(at);
+        Target::new(at).nap();
         let left = at - wall_ns();
-        assert!(left <= SPIN_LEAD.as_nanos() as i64, "{left} ns left after the nap");
-        nap_until(at - 1_000_000_000);
+        assert!(left <= SPIN_LEAD.as_nanos() as i64 + 100_000, "{left} ns left after the nap");
+        assert!(left > 0, "the nap overslept the instant by {} ns", -left);
+        let started = Instant::now();
+        Target::new(at - 1_000_000_000).nap();
+        assert!(started.elapsed() < Duration::from_millis(1));
     }
 }

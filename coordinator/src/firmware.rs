@@ -172,12 +172,16 @@ pub fn needed(args: &[String], kernel_is_bzimage: impl Fn(&Path) -> bool) -> Vec
     let mut devices: Vec<(String, Option<String>)> = Vec::new();
     let mut vga: Option<String> = None;
     let mut kernel: Option<String> = None;
+    // `-global DRIVER.romfile=FILE`: every such device's ROM.
+    let mut global_romfile: Vec<(String, String)> = Vec::new();
+    // Firmware from flash (UEFI): no BIOS file is loaded.
+    let mut pflash = false;
     let mut args = args.iter().map(String::as_str);
     while let Some(arg) = args.next() {
         let Some(option) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-')) else { continue };
         // The options read here, and -append, whose value may start with '-'.
         let takes_value =
-            ["device", "nic", "net", "netdev", "vga", "bios", "kernel", "machine", "M", "global", "append"];
+            ["device", "nic", "net", "netdev", "vga", "bios", "kernel", "machine", "M", "global", "drive", "append"];
         if !takes_value.contains(&option) {
             if option == "nodefaults" {
                 defaults = false;
@@ -195,13 +199,27 @@ pub fn needed(args: &[String], kernel_is_bzimage: impl Fn(&Path) -> bool) -> Vec
                 }
             }
             "global" => {
-                // QEMU: a -global for a display driver replaces the default display.
-                if let Some((driver, _)) = value.split_once('.') {
-                    if DISPLAY_DRIVERS.contains(&driver) {
-                        default_vga = false;
+                // DRIVER.PROPERTY=VALUE, or driver=,property=,value=.
+                let (driver, property, setting) = match value.split_once('.') {
+                    Some((driver, rest)) if !value.starts_with("driver=") => {
+                        let (property, setting) = rest.split_once('=').unwrap_or((rest, ""));
+                        (driver.to_owned(), property.to_owned(), setting.to_owned())
                     }
+                    _ => {
+                        let items = keyval(value, "driver");
+                        let field = |k| get(&items, k).unwrap_or("").to_owned();
+                        (field("driver"), field("property"), field("value"))
+                    }
+                };
+                // QEMU: a -global for a display driver replaces the default display.
+                if DISPLAY_DRIVERS.contains(&driver.as_str()) {
+                    default_vga = false;
+                }
+                if property == "romfile" {
+                    global_romfile.push((driver, setting));
                 }
             }
+            "drive" => pflash |= get(&keyval(value, "file"), "if") == Some("pflash"),
             "netdev" => default_nic = false,
             "nic" | "net" => {
                 default_nic = false;
@@ -228,6 +246,7 @@ pub fn needed(args: &[String], kernel_is_bzimage: impl Fn(&Path) -> bool) -> Vec
                 if let Some(f) = get(&items, "firmware") {
                     firmware = Some(f.to_owned());
                 }
+                pflash |= get(&items, "pflash0").is_some();
             }
             _ => {}
         }
@@ -241,28 +260,29 @@ pub fn needed(args: &[String], kernel_is_bzimage: impl Fn(&Path) -> bool) -> Vec
     };
     match (&firmware, machine) {
         (Some(f), _) => need(f, "the firmware (-bios)".into()),
-        (None, Machine::Pc | Machine::Q35) => need("bios-256k.bin", "the machine's BIOS (SeaBIOS)".into()),
-        (None, Machine::Other) => {}
+        (None, Machine::Pc | Machine::Q35) if !pflash => need("bios-256k.bin", "the machine's BIOS (SeaBIOS)".into()),
+        (None, _) => {}
     }
+    // What QEMU gives a device of `driver` whose own romfile is `own`.
+    let romfile = |driver: &str, own: Option<&String>| -> Option<String> {
+        own.cloned()
+            .or_else(|| global_romfile.iter().rev().find(|(d, _)| d == driver).map(|(_, f)| f.clone()))
+            .or_else(|| default_romfile(driver).map(str::to_owned))
+    };
     if let Some(k) = &kernel {
         if machine != Machine::Other && kernel_is_bzimage(Path::new(k)) {
             need("linuxboot_dma.bin", "the Linux boot ROM of -kernel".into());
         }
     }
-    for (driver, romfile) in &devices {
-        match romfile {
-            Some(f) => need(f, format!("the option ROM of a {driver} device (romfile=)")),
-            None => {
-                if let Some(f) = default_romfile(driver) {
-                    need(f, format!("the option ROM of a {driver} device"));
-                }
-            }
+    for (driver, own) in &devices {
+        if let Some(f) = romfile(driver, own.as_ref()) {
+            need(&f, format!("the option ROM of a {driver} device"));
         }
     }
     for model in &nics {
         let driver = if model.is_empty() { machine.default_nic().unwrap_or("") } else { nic_driver(model) };
-        if let Some(f) = default_romfile(driver) {
-            need(f, format!("the option ROM of a {driver} NIC (-nic/-net)"));
+        if let Some(f) = romfile(driver, None) {
+            need(&f, format!("the option ROM of a {driver} NIC (-nic/-net)"));
         }
     }
     if machine != Machine::Other {
@@ -271,12 +291,12 @@ pub fn needed(args: &[String], kernel_is_bzimage: impl Fn(&Path) -> bool) -> Vec
             (None, true) => (Some("VGA"), "the machine's default display"),
             (None, false) => (None, ""),
         };
-        if let Some(f) = vga.and_then(default_romfile) {
-            need(f, format!("the VGA BIOS of {how}"));
+        if let Some(f) = vga.and_then(|d| romfile(d, None)) {
+            need(&f, format!("the VGA BIOS of {how}"));
         }
         if defaults && default_nic {
-            if let Some(f) = machine.default_nic().and_then(default_romfile) {
-                need(f, "the option ROM of the machine's default NIC".into());
+            if let Some(f) = machine.default_nic().and_then(|d| romfile(d, None)) {
+                need(&f, "the option ROM of the machine's default NIC".into());
             }
         }
     }
@@ -426,6 +446,19 @@ mod tests {
         assert_eq!(files(&["-nic", "none", "-device", "virtio-vga"]), ["bios-256k.bin", "vgabios-virtio.bin"]);
         // A value that looks like an option is a value.
         assert_eq!(files(&["-nodefaults", "-append", "-device"]), ["bios-256k.bin"]);
+    }
+
+    #[test]
+    fn globals_and_flash_firmware_are_heeded() {
+        // The usual way to drop iPXE from every virtio NIC.
+        let no_rom = ["-nodefaults", "-global", "virtio-net-pci.romfile=", "-device", "virtio-net-pci"];
+        assert_eq!(files(&no_rom), ["bios-256k.bin"]);
+        let other = ["-nodefaults", "-global", "driver=e1000,property=romfile,value=/opt/e.rom", "-device", "e1000"];
+        assert_eq!(files(&other), ["/opt/e.rom", "bios-256k.bin"]);
+        // UEFI from pflash: no BIOS file.
+        let uefi = ["-nodefaults", "-drive", "if=pflash,format=raw,readonly=on,file=/usr/share/OVMF/OVMF_CODE.fd"];
+        assert_eq!(files(&uefi), Vec::<String>::new());
+        assert_eq!(files(&["-nodefaults", "-M", "q35,pflash0=code"]), Vec::<String>::new());
     }
 
     #[test]

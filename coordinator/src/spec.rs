@@ -262,6 +262,11 @@ impl Spec {
     pub fn for_host(&self, host: Option<&HostSpec>) -> Spec {
         let mut part = self.clone();
         part.vms.retain(|vm| vm.host.as_deref() == host.map(|h| h.name.as_str()));
+        // On its host, a part's VMs run here: a spec of its own, which
+        // passes `check` as the agent receiving it checks it.
+        for vm in &mut part.vms {
+            vm.host = None;
+        }
         part.hosts.clear();
         part.state_dir = Some(self.host_state_dir(host));
         part
@@ -382,9 +387,13 @@ mod tests {
         assert_eq!(parts[1].1.vms.len(), 1);
         assert_eq!(parts[1].1.vms[0].name, "node1");
         assert_eq!(parts[1].0.unwrap().name, "n2");
-        // What an agent receives reads back as the same spec.
+        // What an agent receives reads back as the same spec, and passes
+        // the check the agent makes of it.
         let sent: Spec = serde_json::from_str(&serde_json::to_string(&parts[1].1).unwrap()).unwrap();
         assert_eq!(sent.state_dir(), parts[1].1.state_dir());
+        for (_, part) in &parts {
+            part.check().unwrap();
+        }
     }
 
     #[test]

@@ -11,19 +11,18 @@
 //! clock (`mekha_ckpt_core::instant`), so a step back of the wall clock
 //! cannot stretch it.
 
-use mekha_ckpt_core::instant::{nap_until, SPIN_LEAD};
 pub(crate) use mekha_ckpt_core::instant::{spin_until, wall_ns};
+use mekha_ckpt_core::instant::{Target, SPIN_LEAD};
 
 use crate::qemu::Bql;
 
 /// Takes the BQL at wall-clock `at` (at once when None or past), returning
 /// it and the wall-clock time it was reached.
 pub(crate) fn lock_at(at: Option<i64>) -> (Bql, i64) {
-    if let Some(at) = at {
-        nap_until(at);
-    }
+    let Some(target) = at.map(Target::new) else { return (Bql::lock(), wall_ns()) };
+    target.nap();
     let bql = Bql::lock();
-    (bql, spin_until(at))
+    (bql, target.spin())
 }
 
 /// Waits until wall-clock `at` with the BQL free, so that QEMU's main loop
@@ -47,8 +46,7 @@ pub(crate) fn wait_unlocked(bql: Bql, at: Option<i64>) -> (Bql, i64) {
 /// Waits without spinning until wall-clock `at` minus the spin lead, then
 /// spins to it; for waits of any length with the BQL held (the VM stopped).
 pub(crate) fn wait_until(at: Option<i64>) -> i64 {
-    if let Some(at) = at {
-        nap_until(at);
-    }
-    spin_until(at)
+    let Some(target) = at.map(Target::new) else { return wall_ns() };
+    target.nap();
+    target.spin()
 }

@@ -155,8 +155,9 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                 Ok(device_state) => qemu::main_loop_call(move || {
                     // SAFETY: main-loop calls run with the BQL held.
                     let bql = unsafe { Bql::assume_held() };
-                    guest_time::prepare_restore(&bql, record, time);
-                    let outcome = guarded(|| qemu::incoming::load_devices(&bql, &device_state)).and_then(|()| {
+                    let outcome = guarded(|| {
+                        guest_time::prepare_restore(&bql, record, time);
+                        qemu::incoming::load_devices(&bql, &device_state)?;
                         // The frames in flight at the checkpoint go to the
                         // guest first, once it runs.
                         let injected = net_hold::restore(&bql, &net_frames, &image_path);

@@ -19,7 +19,9 @@ pub const SKIPS_FILE_VAR: &str = "MEKHA_TEST_SKIPS";
 pub fn skip(reason: &str) {
     // libtest names each test's thread after the test.
     let test = std::thread::current().name().unwrap_or("(unnamed test)").to_owned();
-    let line = format!("mekha-test-skip: {test}: {reason}\n");
+    // Test names repeat across test binaries: the binary tells them apart.
+    let binary = std::env::current_exe().ok().and_then(|p| p.file_name().map(|f| f.to_string_lossy().into_owned()));
+    let line = format!("mekha-test-skip: {} {test}: {reason}\n", binary.as_deref().unwrap_or("(unknown)"));
     // Past libtest's capture (eprintln! would show only for failures).
     let _ = std::io::stderr().write_all(line.as_bytes());
     let Some(path) = std::env::var_os(SKIPS_FILE_VAR) else { return };
@@ -48,10 +50,13 @@ mod tests {
         skip("second reason");
         let text = std::fs::read_to_string(&file).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
+        let binary = std::env::current_exe().unwrap().file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(
             text,
-            "mekha-test-skip: tests::a_skip_is_recorded_under_the_tests_name: no frobnicator on this host\n\
-             mekha-test-skip: tests::a_skip_is_recorded_under_the_tests_name: second reason\n"
+            format!(
+                "mekha-test-skip: {binary} tests::a_skip_is_recorded_under_the_tests_name: no frobnicator on this host\n\
+                 mekha-test-skip: {binary} tests::a_skip_is_recorded_under_the_tests_name: second reason\n"
+            )
         );
     }
 }
