@@ -170,7 +170,10 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
             let pid = pids.as_ref().ok().and_then(|p| p[i]);
             let (mut run_state, mut checkpoint) = (Value::Null, Value::Null);
             if pid.is_some() {
-                let endpoint = spec.qmp_endpoint(vm);
+                // The whole spec's VM, which knows its host (a part's VMs
+                // run "here", on theirs).
+                let whole = spec.vms.iter().find(|v| v.name == vm.name).expect("a part's VM is the spec's");
+                let endpoint = spec.qmp_endpoint(whole);
                 if let Ok(attached) = cluster::attach(std::slice::from_ref(&endpoint), &reach).await {
                     let qmp = &attached[0].qmp;
                     run_state =
