@@ -71,7 +71,8 @@ impl Libvirtd {
     /// patched QEMU as the emulator it probes.
     pub fn start(netns: &Netns, dir: &Path, artifacts: &Artifacts) -> Result<Libvirtd> {
         let emulators = artifacts.qemu.parent().context("the QEMU binary's directory")?;
-        let daemon = Libvirtd::spawn(netns, dir, emulators)?;
+        let path = format!("{}:{}", emulators.display(), std::env::var("PATH").unwrap_or_default());
+        let daemon = Libvirtd::spawn(netns, dir, &path)?;
         let out = daemon.virsh(&["version"])?;
         if !out.status.success() {
             bail!("libvirtd cannot use {}: {}", artifacts.qemu.display(), String::from_utf8_lossy(&out.stderr).trim());
@@ -85,16 +86,11 @@ impl Libvirtd {
         let empty = dir.join("no-emulators");
         std::fs::create_dir_all(&empty)?;
         // Only this directory: the test machine's own QEMU, if any, stays unseen.
-        Libvirtd::spawn_with_path(netns, dir, &empty.to_string_lossy())
-    }
-
-    fn spawn(netns: &Netns, dir: &Path, emulators: &Path) -> Result<Libvirtd> {
-        let path = format!("{}:{}", emulators.display(), std::env::var("PATH").unwrap_or_default());
-        Libvirtd::spawn_with_path(netns, dir, &path)
+        Libvirtd::spawn(netns, dir, &empty.to_string_lossy())
     }
 
     /// Starts libvirtd with `path` as its PATH and waits until it answers.
-    fn spawn_with_path(netns: &Netns, dir: &Path, path: &str) -> Result<Libvirtd> {
+    fn spawn(netns: &Netns, dir: &Path, path: &str) -> Result<Libvirtd> {
         if !Path::new(LIBVIRTD).exists() {
             bail!("{LIBVIRTD} is missing: run ci/deps (libvirt-daemon, libvirt-daemon-driver-qemu)");
         }
