@@ -45,16 +45,15 @@ pub unsafe extern "C" fn mekha_qmp_command(
     args_json: *const c_char,
     reply: *mut *mut c_char,
 ) -> MekhaStatus {
-    let outcome = catch_unwind(AssertUnwindSafe(|| {
+    let outcome = guarded(|| {
         // SAFETY: the caller passes valid C strings (see the header).
         let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
         let args = unsafe { CStr::from_ptr(args_json) }.to_string_lossy();
         qmp::dispatch(&name, &args)
-    }));
+    });
     let (status, text) = match outcome {
-        Ok(Ok(json)) => (MekhaStatus::MEKHA_OK, json),
-        Ok(Err(message)) => (MekhaStatus::MEKHA_ERROR, message),
-        Err(panic) => (MekhaStatus::MEKHA_ERROR, format!("mekha: internal error: {}", panic_message(&panic))),
+        Ok(json) => (MekhaStatus::MEKHA_OK, json),
+        Err(message) => (MekhaStatus::MEKHA_ERROR, message),
     };
     // SAFETY: the caller passes a valid out-pointer.
     unsafe { *reply = into_c_string(text) };
@@ -92,6 +91,14 @@ fn into_c_string(text: String) -> *mut c_char {
     // rather than fail, so that the caller always gets a string.
     let text = text.replace('\0', "\u{fffd}");
     CString::new(text).expect("NULs were replaced").into_raw()
+}
+
+/// Runs `f`; a panic (a bug in mekha) becomes its error, so that what it
+/// served (a QMP command, a checkpoint, a restore) fails instead of never
+/// ending.
+pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|panic| Err(format!("mekha: internal error: {}", panic_message(&panic))))
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -21,6 +21,7 @@ use mekha_ckpt_core::vtime::TimePolicy;
 use mekha_ckpt_core::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
+use crate::guarded;
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
 use crate::net_hold;
@@ -175,13 +176,6 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         })
         .map_err(|e| format!("cannot start the restore thread: {e}"))?;
     Ok(())
-}
-
-/// Runs `f`; a panic (a bug in mekha) becomes its error, so that the
-/// restore ends failed instead of "loading" for ever.
-fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-        .unwrap_or_else(|panic| Err(format!("mekha: internal error: {}", crate::panic_message(&panic))))
 }
 
 /// `__org.mekha_ResumeArgs`.

@@ -262,8 +262,7 @@ pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking, mut
 pub(super) fn run(shared: Arc<Shared>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
     let started = Instant::now();
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| checkpoint(&shared, &params, prepared)))
-        .unwrap_or_else(|panic| Err(format!("mekha: internal error: {}", crate::panic_message(&panic))));
+    let outcome = crate::guarded(|| checkpoint(&shared, &params, prepared));
     shared.update(|info| {
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
