@@ -380,7 +380,6 @@ impl Store {
         if self.id()?.is_some() {
             return Ok(());
         }
-        let path = self.dir.join(STORE_ID);
         let mut bytes = [0u8; 16];
         // SAFETY: getrandom fills the buffer it is given.
         let n = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
@@ -388,12 +387,7 @@ impl Store {
             return Err(StoreError::io("making an id for", &self.dir)(io::Error::last_os_error()));
         }
         let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let tmp = self.dir.join(format!("{STORE_ID}.tmp"));
-        let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
-        file.write_all(format!("{id}\n").as_bytes()).map_err(StoreError::io("writing", &tmp))?;
-        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(StoreError::io("replacing", &path))?;
-        sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))
+        replace_file(&self.dir, STORE_ID, format!("{id}\n").as_bytes())
     }
 
     /// `gen-N` and `gen-N.partial` entries of the directory.
@@ -411,20 +405,39 @@ impl Store {
     }
 
     fn write_manifest(&self, manifest: &Manifest, stop: Option<Step>) -> Result<bool> {
-        let tmp = self.dir.join(MANIFEST_TMP);
         let mut json = serde_json::to_vec_pretty(manifest).expect("a manifest encodes as JSON");
         json.push(b'\n');
-        let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
-        file.write_all(&json).map_err(StoreError::io("writing", &tmp))?;
-        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
+        let tmp = write_tmp(&self.dir, MANIFEST, &json)?;
         if stop == Some(Step::RenameManifest) {
             return Ok(false);
         }
-        let path = self.dir.join(MANIFEST);
-        fs::rename(&tmp, &path).map_err(StoreError::io("replacing", &path))?;
-        sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))?;
+        install_tmp(&self.dir, &tmp, MANIFEST)?;
         Ok(true)
     }
+}
+
+/// Replaces `dir/name` with `bytes` atomically and durably: written to
+/// `name.tmp` (owner-only) and synced, renamed, the directory synced. A
+/// crash leaves the old file or the new one, and perhaps the `.tmp`.
+fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = write_tmp(dir, name, bytes)?;
+    install_tmp(dir, &tmp, name)
+}
+
+/// [`replace_file`]'s first half: `dir/name.tmp`, written and synced.
+fn write_tmp(dir: &Path, name: &str, bytes: &[u8]) -> Result<PathBuf> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
+    file.write_all(bytes).map_err(StoreError::io("writing", &tmp))?;
+    file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
+    Ok(tmp)
+}
+
+/// [`replace_file`]'s second half: `tmp` renamed to `dir/name`, durably.
+fn install_tmp(dir: &Path, tmp: &Path, name: &str) -> Result<()> {
+    let path = dir.join(name);
+    fs::rename(tmp, &path).map_err(StoreError::io("replacing", &path))?;
+    sync_dir(dir).map_err(StoreError::io("syncing", dir))
 }
 
 /// A generation being written: `DIR/gen-<N>.partial/`. Dropping it without

@@ -17,14 +17,14 @@
 //! generations a manifest names, so it keeps exactly those it is told to.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use super::{
-    generation_name, remove_if_present, seal_images, GenEntry, ManifestVm, Result, Store, StoreError, IMAGE_EXTENSION,
-    MANIFEST,
+    generation_name, remove_if_present, replace_file, seal_images, GenEntry, ManifestVm, Result, Store, StoreError,
+    IMAGE_EXTENSION, MANIFEST,
 };
 use crate::image::sync_dir;
 use crate::private;
@@ -58,14 +58,7 @@ impl PartsMarker {
     }
 
     fn write(&self, dir: &Path) -> Result<()> {
-        let path = dir.join(PARTS_MARKER);
-        let tmp = dir.join(format!("{PARTS_MARKER}.tmp"));
-        let mut file = private::create_file(&tmp).map_err(StoreError::io("writing", &tmp))?;
-        let json = serde_json::to_vec(self).expect("a marker encodes as JSON");
-        file.write_all(&json).map_err(StoreError::io("writing", &tmp))?;
-        file.sync_all().map_err(StoreError::io("syncing", &tmp))?;
-        fs::rename(&tmp, &path).map_err(StoreError::io("replacing", &path))?;
-        sync_dir(dir).map_err(StoreError::io("syncing", dir))
+        replace_file(dir, PARTS_MARKER, &serde_json::to_vec(self).expect("a marker encodes as JSON"))
     }
 }
 
