@@ -32,6 +32,29 @@ need_root() {
     [ "$(id -u)" = 0 ] || die "$1 needs root (apt-get, network namespaces)"
 }
 
+# The mirror this machine's apt uses for bookworm (no mirror host is
+# written into this repository).
+debian_mirror() {
+    local uri
+    uri=$(awk '/^URIs:/ {u=$2} /^Suites:/ && / bookworm( |$)/ {print u; exit}' \
+        /etc/apt/sources.list.d/*.sources 2>/dev/null || true)
+    [ -n "$uri" ] || uri=$(awk '$1=="deb" && $3=="bookworm" {print $2; exit}' \
+        /etc/apt/sources.list 2>/dev/null || true)
+    [ -n "$uri" ] || die "no bookworm apt source on this machine (to derive bookworm-backports from)"
+    printf '%s\n' "$uri"
+}
+
+# A deb822 source of bookworm-backports from mirror URI, of TYPES.
+backports_source() {
+    cat <<EOF
+Types: $2
+URIs: $1
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+EOF
+}
+
 # `apt-get update`, at most once per script run.
 APT_UPDATED=
 apt_update_once() {
