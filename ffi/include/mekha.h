@@ -198,8 +198,10 @@ bool mekha_qemu_incoming_pending(void);
 int mekha_qemu_load_devices(const uint8_t *data, size_t len, char **err);
 
 /*
- * Finish an incoming restore: announce the NICs, then resume the VM
- * (activating its disks) when @start, else leave it paused.
+ * Finish an incoming restore: activate the disks (taking their locks),
+ * announce the NICs, then resume the VM when @start, else leave it
+ * paused.  -1 and *@err when a disk cannot be activated: the VM stays
+ * in the incoming state and never runs.
  */
 int mekha_qemu_incoming_finish(bool start, char **err);
 
@@ -208,6 +210,12 @@ int mekha_qemu_incoming_finish(bool start, char **err);
  * does.  -1 and *@err when it is neither paused nor running.
  */
 int mekha_qemu_vm_resume(char **err);
+
+/*
+ * Ask QEMU to shut down (cause host-error), as a restored VM that must
+ * never run does: with -no-shutdown it stops in the shutdown state.
+ */
+void mekha_qemu_shutdown_request(void);
 
 /* ---- network frames toward the guests (all BQL held) ---- */
 

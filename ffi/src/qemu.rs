@@ -295,6 +295,12 @@ pub(crate) mod incoming {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_vm_resume(err) })
     }
+
+    /// Asks QEMU to shut down: a restored VM that must never run.
+    pub(crate) fn shut_down(_bql: &Bql) {
+        // SAFETY: BQL held.
+        unsafe { boundary::mekha_qemu_shutdown_request() }
+    }
 }
 
 /// The hold filters on the NICs' netdevs; every function wants the BQL.

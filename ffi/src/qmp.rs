@@ -21,7 +21,7 @@ pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
         "checkpoint-persist" => checkpoint::release_persist().map(|()| empty())?,
         "query-checkpoint" => to_json(checkpoint::query(args(name, args_json)?)),
         "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
-        "query-restore" => to_json(restore::query()),
+        "query-restore" => to_json(restore::query(args(name, args_json)?)),
         "resume" => restore::resume(args(name, args_json)?).map(|()| empty())?,
         "query-time" => to_json(guest_time::query()),
         "set-time" => guest_time::set(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,

@@ -9,24 +9,30 @@
 //! them — and the main loop then loads the device state, queues the
 //! network frames that were in flight toward the VM at the checkpoint
 //! (`net_hold`), and resumes.
+//!
+//! A coordinator restores a cluster's VMs paused and resumes them together
+//! once all loaded. Until its resume comes, a lease (`lease-ms`) bounds
+//! how long a VM waits: a coordinator that is not heard from in time is
+//! gone, and the VM, which never ran, must not run alone (it would split
+//! the cluster's job) nor wait forever holding its RAM, so QEMU shuts down.
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::image::{check_compatible, page_crc, Image, ZERO_PAGE_CRC};
 use mekha_ckpt_core::vtime::TimePolicy;
 use mekha_ckpt_core::PAGE_SIZE;
 use serde::{Deserialize, Serialize};
 
-use crate::guarded;
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
 use crate::net_hold;
 use crate::qemu::{self, Bql, Event, QemuThread};
 use crate::rendezvous;
+use crate::{fault, guarded};
 
 /// `__org.mekha_RestoreArgs`.
 #[derive(Debug, Clone, Deserialize)]
@@ -38,6 +44,14 @@ pub(crate) struct Args {
     pub time: Option<TimePolicy>,
     pub catch_up_ppm: Option<u32>,
     pub lag_ns: Option<i64>,
+    pub lease_ms: Option<u64>,
+}
+
+/// `__org.mekha_QueryRestoreArgs`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub(crate) struct QueryArgs {
+    pub renew_lease: Option<bool>,
 }
 
 /// `__org.mekha_RestoreStatus`.
@@ -86,10 +100,75 @@ static INFO: Mutex<Info> = Mutex::new(Info {
     net_dropped_frames: 0,
 });
 
-/// `__org.mekha_query-restore`.
-pub(crate) fn query() -> Info {
+/// The coordinator's lease on a restore left paused, until its resume.
+struct Lease {
+    every: Duration,
+    last_heard: Instant,
+}
+
+static LEASE: Mutex<Option<Lease>> = Mutex::new(None);
+
+/// The coordinator spoke: renews its lease, if one runs.
+fn heard() {
+    if let Some(lease) = LEASE.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+        lease.last_heard = Instant::now();
+    }
+}
+
+/// `__org.mekha_query-restore`; renews the lease only when the
+/// coordinator asks (anyone may poll the status).
+pub(crate) fn query(args: QueryArgs) -> Info {
+    if args.renew_lease == Some(true) {
+        heard();
+    }
     INFO.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
+
+/// Waits out the lease of a restored, paused VM: returns when the resume
+/// came; if the coordinator fell silent first, fails the restore and shuts
+/// QEMU down.
+fn watch_lease() {
+    loop {
+        let expired = {
+            let mut lease = LEASE.lock().unwrap_or_else(PoisonError::into_inner);
+            let Some(l) = lease.as_ref() else { return };
+            let every = l.every;
+            let expired = l.last_heard.elapsed() > every;
+            if expired {
+                *lease = None;
+            }
+            expired.then_some(every)
+        };
+        if let Some(every) = expired {
+            qemu::main_loop_call(move || {
+                // SAFETY: main-loop calls run with the BQL held.
+                let bql = unsafe { Bql::assume_held() };
+                let snapshot = {
+                    let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
+                    // A resume that came meanwhile wins.
+                    if info.status != Status::Completed || info.resume_at_ns.is_some() {
+                        return;
+                    }
+                    info.status = Status::Failed;
+                    info.error = Some(format!(
+                        "the coordinator's lease expired: it was not heard from for {} ms and never resumed the \
+                         VM, which did not run; QEMU shuts down (restart the cluster again)",
+                        every.as_millis()
+                    ));
+                    info.clone()
+                };
+                eprintln!("mekha: {}", snapshot.error.as_deref().unwrap_or_default());
+                qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
+                qemu::incoming::shut_down(&bql);
+            });
+            return;
+        }
+        std::thread::sleep(LEASE_CHECK);
+    }
+}
+
+/// How often the lease is checked.
+const LEASE_CHECK: Duration = Duration::from_millis(20);
 
 fn finish(outcome: Result<(), String>, started: Instant) {
     let snapshot = {
@@ -121,6 +200,13 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
             .into());
     }
     let time = RestoreTime::new(args.time, args.catch_up_ppm, args.lag_ns)?;
+    let start_vm = args.start.unwrap_or(true);
+    let lease = match args.lease_ms {
+        None => None,
+        Some(0) => return Err("lease-ms must be positive".into()),
+        Some(_) if start_vm => return Err("lease-ms is for a restore left paused (start false)".into()),
+        Some(ms) => Some(Duration::from_millis(ms)),
+    };
     let ram = GuestRam::current(&bql)?;
     let image = Image::open(&args.path).map_err(|e| e.to_string())?;
     let record = image.time().map_err(|e| e.to_string())?;
@@ -141,7 +227,8 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         ram_bytes: image.layout().total_pages() * PAGE_SIZE as u64,
         ..Info::default()
     };
-    let start_vm = args.start.unwrap_or(true);
+    *LEASE.lock().unwrap_or_else(PoisonError::into_inner) =
+        lease.map(|every| Lease { every, last_heard: Instant::now() });
     let ram = Arc::new(ram);
     let image_path = args.path.display().to_string();
     std::thread::Builder::new()
@@ -169,13 +256,34 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                         }
                         qemu::incoming::finish(&bql, start_vm).inspect_err(|_| net_hold::abandon_restore(&bql))
                     });
+                    let loaded = outcome.is_ok();
                     finish(outcome, started);
+                    if loaded && lease.is_some() {
+                        spawn_lease_watch();
+                    }
                 }),
                 Err(e) => finish(Err(e), started),
             }
         })
         .map_err(|e| format!("cannot start the restore thread: {e}"))?;
     Ok(())
+}
+
+/// Starts the thread of [`watch_lease`]; without it, the lease ends (a
+/// thread that cannot start must not shut down a VM that was loaded).
+fn spawn_lease_watch() {
+    let spawned = std::thread::Builder::new().name("mekha-restore-lease".into()).spawn(|| {
+        if let Err(e) = guarded(|| {
+            watch_lease();
+            Ok(())
+        }) {
+            eprintln!("mekha: the restore's lease watch failed: {e}");
+        }
+    });
+    if let Err(e) = spawned {
+        eprintln!("mekha: cannot watch the restore's lease ({e}): the VM waits for its resume without one");
+        *LEASE.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
 }
 
 /// `__org.mekha_ResumeArgs`.
@@ -200,6 +308,8 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
             return Err("at is more than 60 s ahead of this host's clock".into());
         }
         info.resume_at_ns = Some(args.at.unwrap_or_else(rendezvous::wall_ns));
+        // The coordinator decided: the VM runs at the instant, lease or not.
+        *LEASE.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
     std::thread::Builder::new()
         .name("mekha-resume".into())
@@ -246,12 +356,14 @@ const CHUNK: usize = 8 << 20;
 /// without reading, and which a bulk restore zeroes in guest RAM (ROM
 /// blocks hold QEMU's own content before the restore).
 fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) -> Result<(), String> {
+    fault::point(fault::Point::RestoreLoading);
     let layout = image.layout();
     let mut scratch = vec![0u8; if lazy { CHUNK } else { 0 }];
-    for block in 0..ram.block_count() {
+    debug_assert_eq!(image_block.len(), ram.block_count(), "one image block per VM block");
+    for (block, &in_image) in image_block.iter().enumerate() {
         let (host, len) = ram.block_memory(block);
-        let offset = layout.block_offset(image_block[block]);
-        let (first_page, _) = layout.block_pages(image_block[block]);
+        let offset = layout.block_offset(in_image);
+        let (first_page, _) = layout.block_pages(in_image);
         let anonymous = ram.block_is_anonymous(block);
         for (start, end, data) in extents(image, offset, len as u64)? {
             let (start, end) = (start as usize, end as usize);
@@ -262,6 +374,7 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
                     // any vCPU before the restore completes.
                     unsafe { zero_guest_range(host.add(start), end - start, anonymous) };
                 }
+                add_verified(end - start);
                 continue;
             }
             let mut done = start;
@@ -280,10 +393,10 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
                     .read_exact_at(buf, offset + done as u64)
                     .map_err(|e| format!("reading {}: {e}", image.path().display()))?;
                 check_pages(image, first_page + (done / PAGE_SIZE) as u64, buf)?;
+                add_verified(n);
                 done += n;
             }
         }
-        INFO.lock().unwrap_or_else(PoisonError::into_inner).verified_bytes += len as u64;
         if lazy {
             // SAFETY: replaces this block's anonymous guest RAM mapping in
             // place with a private mapping of the verified image pages.
@@ -303,6 +416,11 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
         }
     }
     Ok(())
+}
+
+/// Progress, as a coordinator watching for a stuck restore sees it.
+fn add_verified(bytes: usize) {
+    INFO.lock().unwrap_or_else(PoisonError::into_inner).verified_bytes += bytes as u64;
 }
 
 /// The data and hole extents of `[offset, offset+len)` in the image, as
