@@ -4,6 +4,7 @@
 //! of a directory. The protocols are in `cluster`.
 
 use std::path::Path;
+use std::time::Duration;
 
 use mekha_ckpt_core::store::{Manifest, Store};
 
@@ -54,7 +55,7 @@ impl TimePolicy {
 }
 
 /// How a restore runs (QMP `__org.mekha_restore` arguments).
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct RestoreOptions {
     /// Leave the VM paused once restored.
     pub paused: bool,
@@ -63,7 +64,32 @@ pub struct RestoreOptions {
     /// The guest wall clock's lag behind the host at resume (one for a
     /// whole cluster), instead of the time since the checkpoint.
     pub lag_ns: Option<i64>,
+    /// Each VM's lease until its resume: how long a loaded VM waits for
+    /// a silent coordinator before its QEMU shuts down (not with
+    /// `paused`: the VMs then wait for whoever resumes them).
+    pub lease: Duration,
+    /// How long a VM may load without progress before the restart is
+    /// given up.
+    pub progress_timeout: Duration,
 }
+
+impl Default for RestoreOptions {
+    fn default() -> RestoreOptions {
+        RestoreOptions {
+            paused: false,
+            time: TimePolicy::default(),
+            catch_up_ppm: None,
+            lag_ns: None,
+            lease: DEFAULT_LEASE,
+            progress_timeout: DEFAULT_PROGRESS_TIMEOUT,
+        }
+    }
+}
+
+/// A VM's lease on its coordinator, for checkpoint and restart.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// How long a VM may show no progress in any wait of the coordinator.
+pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Tuning of a checkpoint (QMP `__org.mekha_checkpoint` arguments).
 #[derive(Debug, Clone, Default)]

@@ -77,6 +77,10 @@ pub struct CheckpointCmd {
     /// Images written at once (default 2).
     #[arg(long, value_name = "N")]
     pub persist_concurrency: Option<usize>,
+    /// Give the checkpoint up when a VM shows no progress for this long
+    /// while it is waited for (to stage or write its image; default 60000).
+    #[arg(long, value_name = "MS")]
+    pub progress_timeout_ms: Option<u64>,
     /// Checkpoint VMs with writable disks anyway: the images hold RAM and
     /// devices, not disk contents, so snapshot the disks yourself at the
     /// checkpoint (refused by default).
@@ -120,6 +124,15 @@ pub struct RestoreCmd {
     /// the time since the checkpoint.
     #[arg(long, value_name = "NS", allow_negative_numbers = true)]
     pub lag_ns: Option<i64>,
+    /// How long a loaded VM waits for a silent coordinator before its
+    /// QEMU shuts down without having run (default 5000; not with
+    /// --paused).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub lease_ms: Option<u64>,
+    /// Give the restart up when a VM loads without progress this long
+    /// (default 60000).
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub progress_timeout_ms: Option<u64>,
     #[command(flatten)]
     pub reach: ReachArgs,
     /// Print one JSON summary instead of text.
@@ -160,6 +173,10 @@ impl CheckpointCmd {
             time_budget: self.time_budget_ms.or(spec.time_budget_ms).map_or(d.time_budget, Duration::from_millis),
             lease: self.lease_ms.or(spec.lease_ms).map_or(d.lease, |ms| Duration::from_millis(ms.max(1))),
             persist_concurrency: self.persist_concurrency.or(spec.persist_concurrency).unwrap_or(d.persist_concurrency),
+            progress_timeout: self
+                .progress_timeout_ms
+                .or(spec.progress_timeout_ms)
+                .map_or(d.progress_timeout, |ms| Duration::from_millis(ms.max(1))),
         }
     }
 }
@@ -228,8 +245,15 @@ async fn checkpoint_once(
 
 pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
     let vms = cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?;
-    let options =
-        RestoreOptions { paused: cmd.paused, time: cmd.time, catch_up_ppm: cmd.catch_up_ppm, lag_ns: cmd.lag_ns };
+    let d = RestoreOptions::default();
+    let options = RestoreOptions {
+        paused: cmd.paused,
+        time: cmd.time,
+        catch_up_ppm: cmd.catch_up_ppm,
+        lag_ns: cmd.lag_ns,
+        lease: cmd.lease_ms.map_or(d.lease, Duration::from_millis),
+        progress_timeout: cmd.progress_timeout_ms.map_or(d.progress_timeout, Duration::from_millis),
+    };
     restore_vms(&vms, &cmd.dir, &options, cmd.json).await
 }
 

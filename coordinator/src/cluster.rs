@@ -42,11 +42,14 @@ use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use crate::agent::{AgentClient, Request};
-use crate::ckpt::{latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions};
+use crate::ckpt::{
+    latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions, DEFAULT_LEASE, DEFAULT_PROGRESS_TIMEOUT,
+};
 use crate::info;
 use crate::parts::{self, Parts};
 use crate::qmp::{Event, Qmp, QmpError, MEKHA_PREFIX};
 use crate::schedule::{PendingImage, PersistSchedule};
+use crate::stall::{StallWatch, Stalled};
 use crate::storage::{self, StorageReport};
 use crate::transport::{self, Endpoint, Reach, Tunnel};
 
@@ -113,6 +116,9 @@ pub struct ClusterOptions {
     pub lease: Duration,
     /// Images written at once per storage target.
     pub persist_concurrency: usize,
+    /// How long a VM may show no progress while the coordinator waits for
+    /// it (to stage, to write): past it, the checkpoint is given up.
+    pub progress_timeout: Duration,
 }
 
 impl Default for ClusterOptions {
@@ -120,8 +126,9 @@ impl Default for ClusterOptions {
         ClusterOptions {
             vm: CheckpointOptions::default(),
             time_budget: Duration::from_secs(10),
-            lease: Duration::from_secs(5),
+            lease: DEFAULT_LEASE,
             persist_concurrency: 2,
+            progress_timeout: DEFAULT_PROGRESS_TIMEOUT,
         }
     }
 }
@@ -332,7 +339,7 @@ async fn run_checkpoint(
     // 4. Wait for every image to be staged; check that each storage target
     // has room for its images (if not, nothing is written and the VMs,
     // already running, lose nothing); then schedule the writes.
-    let states = wait_all(vms, progress, |s| s == "staged" || s == "completed").await?;
+    let states = wait_all(vms, progress, |s| s == "staged" || s == "completed", options.progress_timeout).await?;
     let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
     let storage = match storage_of(vms, dir).await {
         Ok((_, s)) => s,
@@ -350,6 +357,7 @@ async fn run_checkpoint(
     let pending: Vec<PendingImage> =
         (0..vms.len()).map(|i| PendingImage { target: storage[i].target.clone(), bytes: staged(i) }).collect();
     let mut schedule = PersistSchedule::new(&pending, options.persist_concurrency);
+    let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
     let states = loop {
         for i in schedule.start() {
             if let Err(e) = vms[i].qmp.execute_mekha("checkpoint-persist", Value::Null).await {
@@ -369,6 +377,12 @@ async fn run_checkpoint(
         }
         if schedule.done() {
             break states;
+        }
+        // Only the images being written must progress: the others wait
+        // for the schedule.
+        if let Some(stalled) = stalls.observe(&states, |i| schedule.writing().any(|w| w == i)) {
+            cancel_all(vms).await;
+            return Err(stalled_checkpoint(vms, stalled));
         }
         tokio::time::sleep(POLL).await;
     };
@@ -457,7 +471,7 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
 /// Every VM's `query-checkpoint`, as this coordinator's: it renews the
 /// checkpoints' leases (a status poll by anyone else does not).
 async fn query_all(vms: &[Attached]) -> Result<Vec<Value>, CkptError> {
-    query_all_named(vms, "query-checkpoint", json!({ "renew-lease": true })).await
+    query_all_named(vms, "query-checkpoint", renew_lease()).await
 }
 
 /// Every VM's answer to mekha's query `command`, asked concurrently.
@@ -466,12 +480,15 @@ async fn query_all_named(vms: &[Attached], command: &str, args: Value) -> Result
     vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| unreachable_vm(&vm.name, e))).collect()
 }
 
-/// Polls until every VM's status passes `done`.
+/// Polls until every VM's status passes `done`; gives up when a VM not
+/// done shows no progress for `limit`.
 async fn wait_all(
     vms: &[Attached],
     progress: Progress<'_>,
     done: impl Fn(&str) -> bool,
+    limit: Duration,
 ) -> Result<Vec<Value>, CkptError> {
+    let mut stalls = StallWatch::new(vms.len(), limit);
     loop {
         let states = match query_all(vms).await {
             Ok(s) => s,
@@ -485,10 +502,27 @@ async fn wait_all(
             cancel_all(vms).await;
             return Err(e);
         }
-        if states.iter().all(|s| done(s["status"].as_str().unwrap_or(""))) {
+        let is_done = |i: usize| done(states[i]["status"].as_str().unwrap_or(""));
+        if (0..vms.len()).all(is_done) {
             return Ok(states);
         }
+        if let Some(stalled) = stalls.observe(&states, |i| !is_done(i)) {
+            cancel_all(vms).await;
+            return Err(stalled_checkpoint(vms, stalled));
+        }
         tokio::time::sleep(POLL).await;
+    }
+}
+
+fn stalled_checkpoint(vms: &[Attached], stalled: Stalled) -> CkptError {
+    CkptError::Failed {
+        vm: vms[stalled.vm].name.clone(),
+        message: format!(
+            "it made no progress for {} s (status {}): the checkpoint was given up and nothing was committed; \
+             the previous checkpoint (if any) stays",
+            stalled.idle.as_secs(),
+            stalled.status
+        ),
     }
 }
 
@@ -614,6 +648,9 @@ pub async fn restore(
         if let Some(lag) = options.lag_ns {
             args["lag-ns"] = lag.into();
         }
+        if !options.paused {
+            args["lease-ms"] = (options.lease.as_millis().max(1) as u64).into();
+        }
         async move { vm.qmp.execute_mekha("restore", args).await }
     }))
     .await;
@@ -622,9 +659,10 @@ pub async fn restore(
     }
     let restored_event = format!("{MEKHA_PREFIX}RESTORE");
     let mut round_trip;
+    let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
     let states = loop {
         let asked = Instant::now();
-        let states = query_all_named(vms, "query-restore", Value::Null).await?;
+        let states = query_all_named(vms, "query-restore", renew_lease()).await?;
         round_trip = asked.elapsed();
         progress(&states);
         if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
@@ -639,6 +677,17 @@ pub async fn restore(
         if states.iter().all(|s| s["status"] == "completed") {
             break states;
         }
+        // The others, loaded, shut down once their leases run out.
+        if let Some(stalled) = stalls.observe(&states, |i| states[i]["status"] == "loading") {
+            return Err(CkptError::RestoreFailed {
+                vm: vms[stalled.vm].name.clone(),
+                message: format!(
+                    "it made no progress loading its image for {} s: the restart was given up, no VM of the \
+                     cluster was resumed",
+                    stalled.idle.as_secs()
+                ),
+            });
+        }
         next_event(&mut events, &restored_event, POLL).await;
     };
 
@@ -652,10 +701,23 @@ pub async fn restore(
         for (vm, r) in vms.iter().zip(resumes) {
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
         }
+        // Each VM resumes at `at` by itself: past it by the progress
+        // timeout, one that has not is stuck.
+        let deadline = Instant::now() + Duration::from_nanos((at - wall_ns()).max(0) as u64) + options.progress_timeout;
         states = loop {
             let states = query_all_named(vms, "query-restore", Value::Null).await?;
             if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
                 break states;
+            }
+            if Instant::now() >= deadline {
+                let (vm, _) = vms.iter().zip(&states).find(|(_, s)| !s["resumed-at-ns"].is_i64()).expect("one waits");
+                return Err(CkptError::RestoreFailed {
+                    vm: vm.name.clone(),
+                    message: format!(
+                        "it did not resume within {} s of the cluster's instant (see its QEMU's stderr)",
+                        options.progress_timeout.as_secs()
+                    ),
+                });
             }
             if let Some((vm, _)) = vms.iter().zip(&states).find(|(_, s)| s["resume-at-ns"].is_null()) {
                 return Err(CkptError::RestoreFailed {
@@ -689,6 +751,12 @@ pub async fn restore(
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         vms: per_vm,
     })
+}
+
+/// Arguments of a query that renews the VMs' leases: the coordinator's
+/// own (a status poll by anyone else does not).
+fn renew_lease() -> Value {
+    json!({ "renew-lease": true })
 }
 
 fn wall_ns() -> i64 {

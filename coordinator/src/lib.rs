@@ -20,6 +20,7 @@ pub mod qmp;
 pub mod schedule;
 pub mod spec;
 pub mod spec_cmd;
+pub mod stall;
 pub mod storage;
 pub mod tls;
 pub mod transport;

@@ -19,8 +19,9 @@
 //! mode = "auto"                               # auto | cow | mtd
 //! time_budget_ms = 10000
 //! staging_mib = 512
-//! lease_ms = 5000
+//! lease_ms = 5000                             # also the restart's
 //! persist_concurrency = 2
+//! progress_timeout_ms = 60000                 # a VM stuck this long fails it
 //!
 //! [restore]
 //! time = "continue"                           # continue | host | catch-up
@@ -97,6 +98,7 @@ pub struct CheckpointSpec {
     pub staging_mib: Option<u64>,
     pub lease_ms: Option<u64>,
     pub persist_concurrency: Option<usize>,
+    pub progress_timeout_ms: Option<u64>,
     pub allow_writable_disks: Option<bool>,
 }
 

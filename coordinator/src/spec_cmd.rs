@@ -12,7 +12,7 @@ use futures::future::join_all;
 use serde_json::{json, Value};
 
 use crate::agent::Request;
-use crate::ckpt::{RestoreOptions, TimePolicy};
+use crate::ckpt::{RestoreOptions, TimePolicy, DEFAULT_LEASE, DEFAULT_PROGRESS_TIMEOUT};
 use crate::ckpt_cmd::restore_vms;
 use crate::cluster;
 use crate::exit::{self, CommandFailure};
@@ -55,6 +55,12 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
         time: time.or(spec.restore.time.map(Into::into)).unwrap_or_default(),
         catch_up_ppm: spec.restore.catch_up_ppm,
         lag_ns: None,
+        // The checkpoint's lease and progress timeout serve the restart.
+        lease: spec.checkpoint.lease_ms.map_or(DEFAULT_LEASE, |ms| Duration::from_millis(ms.max(1))),
+        progress_timeout: spec
+            .checkpoint
+            .progress_timeout_ms
+            .map_or(DEFAULT_PROGRESS_TIMEOUT, |ms| Duration::from_millis(ms.max(1))),
     };
     restore_vms(&vms, &spec.checkpoint_dir, &options, json).await
 }

@@ -33,6 +33,17 @@ impl Cluster {
     /// Boots the cluster; VM `i` is named `node{i}`, with address
     /// 10.77.0.{11+i} and its files in `dir/node{i}`.
     pub fn launch(artifacts: &Artifacts, dir: &Path, config: &ClusterConfig) -> Result<Cluster> {
+        Cluster::launch_with(artifacts, dir, config, |_, _| {})
+    }
+
+    /// [`Cluster::launch`], with `adjust(i, config)` changing VM `i`'s
+    /// configuration (a disk, a fault) before it starts.
+    pub fn launch_with(
+        artifacts: &Artifacts,
+        dir: &Path,
+        config: &ClusterConfig,
+        adjust: impl Fn(usize, &mut VmConfig),
+    ) -> Result<Cluster> {
         let mut netns = Netns::create()?;
         let ips: Vec<String> = (0..config.vms).map(|i| format!("{SUBNET}.{}", 11 + i)).collect();
         let mut vms = Vec::with_capacity(config.vms);
@@ -47,6 +58,7 @@ impl Cluster {
                 vm.probe_args.push(format!("probe.peers={}", peers.join(",")));
             }
             vm.probe_args.extend(config.probe_args.iter().cloned());
+            adjust(i, &mut vm);
             vms.push(Vm::launch(artifacts, Some(&netns), &dir.join(format!("node{i}")), vm)?);
         }
         Ok(Cluster { vms, netns })
@@ -56,12 +68,24 @@ impl Cluster {
     /// `-incoming defer`, on the same tap, its files in `dir/node{i}`: a
     /// cluster waiting to be restored.
     pub fn relaunch_incoming(&mut self, artifacts: &Artifacts, dir: &Path) -> Result<()> {
+        self.relaunch_incoming_with(artifacts, dir, |_, _| {})
+    }
+
+    /// [`Cluster::relaunch_incoming`], with `adjust(i, config)` changing
+    /// VM `i`'s configuration for this start only.
+    pub fn relaunch_incoming_with(
+        &mut self,
+        artifacts: &Artifacts,
+        dir: &Path,
+        adjust: impl Fn(usize, &mut VmConfig),
+    ) -> Result<()> {
         for vm in &mut self.vms {
             vm.kill();
         }
         for (i, vm) in self.vms.iter_mut().enumerate() {
             let mut config = vm.config.clone();
             config.incoming = true;
+            adjust(i, &mut config);
             *vm = Vm::launch(artifacts, Some(&self.netns), &dir.join(format!("node{i}")), config)?;
         }
         Ok(())
