@@ -53,7 +53,8 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     let mut hosts = FakeHosts::create(2, &dir.join("hosts")).unwrap();
     let tls = dir.join("tls");
     let addresses: Vec<String> = hosts.hosts.iter().map(|h| h.address.clone()).collect();
-    let mut init = vec!["tls", "init", "--dir", tls.to_str().unwrap()];
+    let ca = dir.join("ca");
+    let mut init = vec!["tls", "init", "--ca-dir", ca.to_str().unwrap(), "--dir", tls.to_str().unwrap()];
     for a in &addresses {
         init.extend(["--agent", a]);
     }
@@ -144,9 +145,15 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     // A client certificate of another CA (trusting the agents' CA): the
     // agents refuse it.
     let stranger = dir.join("stranger-tls");
-    let out = mekha(&artifacts, &["tls", "init", "--dir", stranger.to_str().unwrap()]);
+    let stranger_ca = dir.join("stranger-ca");
+    let out = mekha(
+        &artifacts,
+        &["tls", "init", "--ca-dir", stranger_ca.to_str().unwrap(), "--dir", stranger.to_str().unwrap()],
+    );
     assert!(out.status.success());
-    std::fs::copy(tls.join("ca.pem"), stranger.join("ca.pem")).unwrap();
+    for file in ["ca.pem", "crl.pem"] {
+        std::fs::copy(tls.join(file), stranger.join(file)).unwrap();
+    }
     let refused = attach(&stranger, &dir.join("stranger-ckpt"));
     assert_eq!(refused.status.code(), Some(3), "{}", stderr(&refused));
     eprintln!("a stranger's checkpoint: {}", stderr(&refused).trim());

@@ -100,7 +100,8 @@ impl AgentClient {
             // TLS 1.3: the agent judges our certificate after the
             // handshake, so its refusal arrives as an alert on the read.
             let hint = if e.to_string().contains("alert") {
-                " (the agent refused this client certificate: is it signed by the agent's CA?)"
+                " (the agent refused this client certificate: is it signed by the agent's CA, \
+                 not revoked, not expired?)"
             } else {
                 ""
             };
@@ -142,8 +143,9 @@ mod tests {
     #[test]
     fn addresses_parse() {
         let dir = tempfile::tempdir().unwrap();
-        crate::tls::init(dir.path(), &[]).unwrap();
-        let config = crate::tls::client_config(dir.path()).unwrap();
+        let tls = dir.path().join("tls");
+        crate::tls::ca::init(&dir.path().join("ca"), &tls, &[], crate::tls::DEFAULT_DAYS).unwrap();
+        let config = crate::tls::client_config(&tls).unwrap();
         let parse = |a: &str| AgentClient::new(a, config.clone()).map(|c| (c.host, c.port));
         assert_eq!(parse("node7").unwrap(), ("node7".into(), DEFAULT_PORT));
         assert_eq!(parse("node7:99").unwrap(), ("node7".into(), 99));

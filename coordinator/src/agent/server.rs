@@ -2,10 +2,10 @@
 //! The agent's side: accept, authenticate, run one request per connection.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use mekha_ckpt_core::store::{Store, StoreError};
 use serde_json::{json, Value};
@@ -21,19 +21,77 @@ use crate::{launch, storage, tls};
 /// How long a peer may take to authenticate and send its request.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
+/// How often a running agent looks at its certificate's expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(6 * 3600);
+
 /// The QEMUs this agent started: reaped when they exit (a guest powered
 /// off, a VM killed), so that no zombie stays behind for the agent's life.
 type Children = Arc<Mutex<Vec<Child>>>;
 
+/// The TLS setup, read again when a file of the TLS directory changes: a
+/// CRL or a renewed certificate copied there applies to the next
+/// connection, without a restart that would drop forwarded monitors.
+struct Tls {
+    dir: PathBuf,
+    current: Mutex<(Vec<Option<SystemTime>>, TlsAcceptor)>,
+}
+
+impl Tls {
+    fn load(dir: &Path) -> Result<Tls, String> {
+        let stamp = Tls::stamp(dir);
+        let acceptor = TlsAcceptor::from(tls::server_config(dir)?);
+        Ok(Tls { dir: dir.to_owned(), current: Mutex::new((stamp, acceptor)) })
+    }
+
+    fn stamp(dir: &Path) -> Vec<Option<SystemTime>> {
+        tls::server_files(dir).iter().map(|f| std::fs::metadata(f).and_then(|m| m.modified()).ok()).collect()
+    }
+
+    /// The acceptor for a new connection. A directory that no longer
+    /// loads (a file half copied) keeps the last good setup until it does.
+    fn acceptor(&self) -> TlsAcceptor {
+        let stamp = Tls::stamp(&self.dir);
+        let mut current = self.current.lock().unwrap();
+        if stamp != current.0 {
+            match tls::server_config(&self.dir) {
+                Ok(config) => {
+                    eprintln!("mekha agent: reloaded {}", self.dir.display());
+                    *current = (stamp, TlsAcceptor::from(config));
+                }
+                Err(e) => eprintln!("mekha agent: keeping the TLS setup loaded before: {e}"),
+            }
+        }
+        current.1.clone()
+    }
+}
+
 /// Listens on `listen` until the process ends; TLS files from `tls_dir`.
 pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
-    let acceptor = TlsAcceptor::from(tls::server_config(tls_dir)?);
+    let tls = Arc::new(Tls::load(tls_dir)?);
     let children: Children = Arc::default();
     let reaped = children.clone();
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_secs(1)).await;
             reaped.lock().unwrap().retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+        }
+    });
+    let certificate = tls_dir.join(tls::AGENT);
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(EXPIRY_CHECK).await;
+            match tls::Identity::from_pem_file(&certificate) {
+                Ok(id) if id.lifetime(tls::cert::now()) == tls::Lifetime::Expired => eprintln!(
+                    "mekha agent: certificate {} ({id}) expired on {}: coordinators refuse this agent",
+                    certificate.display(),
+                    id.expiry()
+                ),
+                Ok(id) if id.lifetime(tls::cert::now()) == tls::Lifetime::ExpiresSoon => {
+                    eprintln!("mekha agent: warning: {}", tls::expiry_warning(&certificate, &id))
+                }
+                Ok(_) => {}
+                Err(e) => eprintln!("mekha agent: {e}"),
+            }
         }
     });
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
@@ -48,7 +106,7 @@ pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
                 continue;
             }
         };
-        let acceptor = acceptor.clone();
+        let acceptor = tls.acceptor();
         let children = children.clone();
         tokio::spawn(async move {
             if let Err(e) = handle(acceptor, tcp, peer, children).await {
@@ -60,12 +118,17 @@ pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
 
 async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, children: Children) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
-    // A peer without a certificate the CA signed ends here.
+    // A peer without a certificate the CA signed, or with one it revoked,
+    // ends here.
     let tls = tokio::time::timeout(HANDSHAKE, acceptor.accept(tcp))
         .await
         .map_err(|_| "no TLS handshake within 10 s".to_owned())?
         .map_err(|e| format!("refused: {e}"))?;
-    let who = format!("{peer} (authenticated)");
+    let client = match tls.get_ref().1.peer_certificates().and_then(|c| c.first()) {
+        Some(der) => tls::Identity::from_der(der)?,
+        None => return Err("no client certificate".into()),
+    };
+    let who = format!("{peer} {client}");
     let mut stream = BufReader::new(tls);
     let mut line = Vec::new();
     let read = tokio::time::timeout(HANDSHAKE, (&mut stream).take(MAX_LINE as u64).read_until(b'\n', &mut line))
