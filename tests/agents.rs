@@ -69,7 +69,10 @@ async fn a_spec_over_two_hosts_runs_through_their_agents() {
     let tiny = Tmpfs(tiny);
     let ckpt = dir.join("ckpt");
     hosts.give_own_storage(0, &ckpt);
-    hosts.start_agents(&artifacts.mekha, &tls, &dir).unwrap();
+    // Everything of this test is under its directory: the agents' roots.
+    let root = dir.to_str().unwrap();
+    let policy = ["--state-root", root, "--checkpoint-root", root, "--qemu", artifacts.qemu.to_str().unwrap()];
+    hosts.start_agents(&artifacts.mekha, &tls, &policy, &dir).unwrap();
 
     let ips = ["10.78.0.11", "10.78.0.12"];
     let state = dir.join("state");

@@ -98,7 +98,9 @@ enum Command {
     },
     /// Serve this host to a coordinator over mutually authenticated TLS:
     /// launch a spec's VMs here, report storage, forward QMP sockets.
-    /// Anyone holding a client certificate of the CA controls VMs here.
+    /// Each request needs a role in the client's certificate (monitor:
+    /// storage, status; operator: QMP, checkpoint parts; admin: launch,
+    /// stop) and may only name paths under the roots given here.
     Agent {
         /// Address and port to listen on.
         #[arg(long, value_name = "ADDR:PORT", default_value_t = SocketAddr::from(([0, 0, 0, 0], agent::DEFAULT_PORT)))]
@@ -107,6 +109,18 @@ enum Command {
         /// (default $MEKHA_TLS_DIR or /etc/mekha/tls).
         #[arg(long, value_name = "DIR")]
         tls_dir: Option<PathBuf>,
+        /// Where specs' state directories (VMs' sockets, logs, pid files)
+        /// may be; QMP sockets are forwarded from there only (repeat for
+        /// several).
+        #[arg(long, value_name = "DIR", required = true)]
+        state_root: Vec<PathBuf>,
+        /// Where checkpoint directories may be (repeat for several).
+        #[arg(long, value_name = "DIR", required = true)]
+        checkpoint_root: Vec<PathBuf>,
+        /// A QEMU binary specs may launch, as specs name it (repeat for
+        /// several); without it, this agent launches no VMs.
+        #[arg(long, value_name = "PATH")]
+        qemu: Vec<PathBuf>,
     },
     /// Certificates for agents and the coordinator.
     Tls {
@@ -291,9 +305,11 @@ fn main() -> ExitCode {
             Command::Down { spec } => spec_cmd::down(&spec).await,
             Command::Status { spec, json } => spec_cmd::status(&spec, json).await,
             Command::Image { command } => image_cmd::run(command),
-            Command::Agent { listen, tls_dir } => {
+            Command::Agent { listen, tls_dir, state_root, checkpoint_root, qemu } => {
                 let dir = tls_dir.unwrap_or_else(tls::default_dir);
-                agent::serve(listen, &dir).await.map_err(|e| Failure::new(exit::FAILURE, e))
+                let policy = agent::Policy::new(&state_root, &checkpoint_root, &qemu)
+                    .map_err(|e| Failure::new(exit::USAGE, e))?;
+                agent::serve(listen, &dir, policy).await.map_err(|e| Failure::new(exit::FAILURE, e))
             }
             Command::Tls { command } => {
                 for path in run_tls(command).map_err(|e| Failure::new(exit::FAILURE, e))? {

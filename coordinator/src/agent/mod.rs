@@ -7,6 +7,13 @@
 //! (see `tls`). It also forwards QMP sockets, so the coordinator needs
 //! nothing else to reach that host's VMs.
 //!
+//! Each request is authorized before it runs ([`policy`]): the client
+//! certificate's role bounds the operations (monitor reads, operator
+//! checkpoints and restores, admin launches and stops), the agent's
+//! roots bound the paths, and its `--qemu` list the binaries it launches.
+//! A refusal names the operation, the client (name, serial, role) and
+//! why, in the reply and in the agent's log.
+//!
 //! Protocol: the coordinator opens a TLS connection and sends one request,
 //! a JSON line; the agent answers with one JSON line, `{"ok": VALUE}` or
 //! `{"error": MESSAGE}`. After a successful `qmp` request the connection
@@ -16,6 +23,7 @@
 //! up` on one host, and a VM outlives the agent.
 
 mod client;
+pub mod policy;
 mod server;
 
 use std::path::PathBuf;
@@ -24,6 +32,7 @@ use mekha_ckpt_core::store::ManifestVm;
 use serde::{Deserialize, Serialize};
 
 pub use client::{AgentClient, AgentError};
+pub use policy::Policy;
 pub use server::serve;
 
 use crate::spec::Spec;

@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The agent's side: accept, authenticate, run one request per connection.
+//! The agent's side: accept, authenticate, authorize, run one request per
+//! connection.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -14,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream, UnixStream};
 use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 
+use super::policy::{self, Policy};
 use super::{Reply, Request, MAX_LINE};
 use crate::qmp::json_line;
 use crate::{launch, storage, tls};
@@ -65,9 +67,11 @@ impl Tls {
     }
 }
 
-/// Listens on `listen` until the process ends; TLS files from `tls_dir`.
-pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
+/// Listens on `listen` until the process ends; TLS files from `tls_dir`,
+/// requests authorized by `policy`.
+pub async fn serve(listen: SocketAddr, tls_dir: &Path, policy: Policy) -> Result<(), String> {
     let tls = Arc::new(Tls::load(tls_dir)?);
+    let policy = Arc::new(policy);
     let children: Children = Arc::default();
     let reaped = children.clone();
     tokio::spawn(async move {
@@ -95,7 +99,7 @@ pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
         }
     });
     let listener = TcpListener::bind(listen).await.map_err(|e| format!("listening on {listen}: {e}"))?;
-    eprintln!("mekha agent: listening on {listen} (mutual TLS, {})", tls_dir.display());
+    eprintln!("mekha agent: listening on {listen} (mutual TLS, {}); {}", tls_dir.display(), policy.describe());
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -108,15 +112,22 @@ pub async fn serve(listen: SocketAddr, tls_dir: &Path) -> Result<(), String> {
         };
         let acceptor = tls.acceptor();
         let children = children.clone();
+        let policy = policy.clone();
         tokio::spawn(async move {
-            if let Err(e) = handle(acceptor, tcp, peer, children).await {
+            if let Err(e) = handle(acceptor, tcp, peer, &policy, children).await {
                 eprintln!("mekha agent: {peer}: {e}");
             }
         });
     }
 }
 
-async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, children: Children) -> Result<(), String> {
+async fn handle(
+    acceptor: TlsAcceptor,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    policy: &Policy,
+    children: Children,
+) -> Result<(), String> {
     let _ = tcp.set_nodelay(true);
     // A peer without a certificate the CA signed, or with one it revoked,
     // ends here.
@@ -139,13 +150,21 @@ async fn handle(acceptor: TlsAcceptor, tcp: TcpStream, peer: SocketAddr, childre
         Ok(r) => r,
         Err(e) => return answer(&mut stream, Reply::Error(format!("bad request: {e}"))).await,
     };
+    if let Err(refusal) = policy.authorize(&client, &request) {
+        eprintln!("mekha agent: {peer}: {refusal}");
+        return answer(&mut stream, Reply::Error(refusal)).await;
+    }
     eprintln!("mekha agent: {who}: {}", describe(&request));
+    let operation = policy::operation(&request);
     match request {
         Request::Qmp { socket } => forward_qmp(stream, &socket).await.map_err(|e| format!("{who}: {e}")),
         request => {
             let reply = match run(request, &children).await {
                 Ok(value) => Reply::Ok(value),
-                Err(message) => Reply::Error(message),
+                Err(message) => {
+                    eprintln!("mekha agent: {who}: {operation} failed: {message}");
+                    Reply::Error(message)
+                }
             };
             answer(&mut stream, reply).await
         }

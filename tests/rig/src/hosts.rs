@@ -145,8 +145,9 @@ impl FakeHosts {
 
     /// Starts `mekha agent` on every host, on its address, with the TLS
     /// directory `tls/ADDRESS` (what `mekha tls init --agent ADDRESS`
-    /// makes); its output goes to `logs/agent-I.log`.
-    pub fn start_agents(&mut self, mekha: &Path, tls: &Path, logs: &Path) -> Result<()> {
+    /// makes) and `policy`'s options (`--state-root` ...); its output goes
+    /// to `logs/agent-I.log`.
+    pub fn start_agents(&mut self, mekha: &Path, tls: &Path, policy: &[&str], logs: &Path) -> Result<()> {
         for (i, host) in self.hosts.iter_mut().enumerate() {
             let mut command = match &host.own_storage {
                 // `ip netns exec` runs its command in a mount namespace of
@@ -165,6 +166,7 @@ impl FakeHosts {
                 .args(["agent", "--listen", &format!("{}:{AGENT_PORT}", host.address)])
                 .arg("--tls-dir")
                 .arg(tls.join(&host.address))
+                .args(policy)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(std::fs::File::create(logs.join(format!("agent-{i}.log")))?)
