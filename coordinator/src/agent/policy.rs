@@ -71,7 +71,10 @@ impl Policy {
         let refuse = |why: String| Err(format!("{} refused to client {client}: {why}", operation(request)));
         let needed = required_role(request);
         match client.role {
-            None => return refuse(format!("its certificate carries no mekha role (needs {needed})")),
+            None => {
+                let how = "`mekha tls client --role` issues one that does";
+                return refuse(format!("its certificate carries no mekha role (needs {needed}; {how})"));
+            }
             Some(role) if role < needed => return refuse(format!("needs role {needed}")),
             Some(_) => {}
         }

@@ -219,8 +219,12 @@ pub fn init(ca_dir: &Path, dir: &Path, agents: &[String], days: u32) -> Result<V
     let mut written = Vec::new();
     let ca = Ca::open_or_create(ca_dir, &mut written)?;
     mekha_ckpt_core::private::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    if !dir.join(CLIENT).exists() {
-        write_client(&ca, dir, COORDINATOR_NAME, Role::Admin, days, &mut written)?;
+    // A client certificate from before roles would be refused by every
+    // agent: issued again, as the admin it was.
+    let current = Identity::from_pem_file(&dir.join(CLIENT)).ok();
+    if current.as_ref().is_none_or(|c| c.role.is_none()) {
+        let name = current.map_or_else(|| COORDINATOR_NAME.to_owned(), |c| c.name);
+        write_client(&ca, dir, &name, Role::Admin, days, &mut written)?;
     }
     for name in agents {
         let agent_dir = dir.join(name);
@@ -394,6 +398,7 @@ mod tests {
         };
         let mut client = CertificateParams::default();
         client.distinguished_name.push(DnType::CommonName, COORDINATOR_NAME);
+        client.distinguished_name.push(DnType::OrganizationalUnitName, Role::Admin.unit());
         expired(&dir.join(CLIENT), client, &dir.join(CLIENT_KEY));
         let e = super::super::client_config(&dir).unwrap_err();
         assert!(e.contains("expired on") && e.contains("mekha tls renew"), "{e}");
@@ -402,10 +407,30 @@ mod tests {
         let e = super::super::server_config(&dir.join("n1")).unwrap_err();
         assert!(e.contains("expired on"), "{e}");
         // Renewed, both start again.
-        fs::remove_file(dir.join(CLIENT)).unwrap();
-        init(&ca_dir, &dir, &[], 90).unwrap();
+        renew(&ca_dir, &dir, 90).unwrap();
         renew(&ca_dir, &dir.join("n1"), 90).unwrap();
         super::super::client_config(&dir).unwrap();
         super::super::server_config(&dir.join("n1")).unwrap();
+    }
+
+    #[test]
+    fn init_gives_a_client_certificate_from_before_roles_its_admin_role() {
+        let root = tempfile::tempdir().unwrap();
+        let (ca_dir, dir) = (root.path().join("ca"), root.path().join("tls"));
+        init(&ca_dir, &dir, &[], 90).unwrap();
+        // What mekha tls init wrote before roles: no organizational unit.
+        let ca = Ca::open(&ca_dir).unwrap();
+        let mut old = CertificateParams::default();
+        old.distinguished_name.push(DnType::CommonName, "old coordinator");
+        old.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let leaf = ca.issue(old, 5).unwrap();
+        fs::write(dir.join(CLIENT), leaf.cert).unwrap();
+        assert_eq!(Identity::from_pem_file(&dir.join(CLIENT)).unwrap().role, None);
+        assert!(renew(&ca_dir, &dir, 90).unwrap_err().contains("no mekha role"));
+        let written = init(&ca_dir, &dir, &[], 90).unwrap();
+        assert!(written.contains(&dir.join(CLIENT)), "{written:?}");
+        let now = Identity::from_pem_file(&dir.join(CLIENT)).unwrap();
+        assert_eq!((now.name.as_str(), now.role), ("old coordinator", Some(Role::Admin)));
+        assert!(init(&ca_dir, &dir, &[], 90).unwrap().is_empty(), "a client with a role is kept");
     }
 }

@@ -123,10 +123,21 @@ pub fn own_certificate(path: &Path) -> Result<Identity, String> {
             path.parent().unwrap_or(Path::new(".")).display()
         )),
         Lifetime::ExpiresSoon => {
-            eprintln!("mekha: warning: {}", expiry_warning(path, &id));
+            warn_once(expiry_warning(path, &id));
             Ok(id)
         }
         Lifetime::Valid => Ok(id),
+    }
+}
+
+/// A warning on stderr, once per process (a coordinator reads its TLS
+/// directory for every agent request).
+fn warn_once(message: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.contains(&message) {
+        eprintln!("mekha: warning: {message}");
+        said.push(message);
     }
 }
 
@@ -167,11 +178,11 @@ pub fn server_config(dir: &Path) -> Result<Arc<ServerConfig>, String> {
 /// present one the CA signed, did not revoke, for the name dialled.
 pub fn client_config(dir: &Path) -> Result<Arc<ClientConfig>, String> {
     if dir.join(CA_KEY).exists() {
-        eprintln!(
-            "mekha: warning: {} holds the CA's key ({CA_KEY}): whoever reads this directory can mint \
-             certificates; move the CA to a directory of its own (see `mekha tls init --help`)",
+        warn_once(format!(
+            "{} holds the CA's key ({CA_KEY}): whoever reads this directory can mint certificates; \
+             move the CA to a directory of its own (see `mekha tls init --help`)",
             dir.display()
-        );
+        ));
     }
     own_certificate(&dir.join(CLIENT))?;
     let verifier = WebPkiServerVerifier::builder_with_provider(roots(dir)?, provider())
