@@ -3,8 +3,8 @@
 //! each request is authorized by the client certificate's role and the
 //! agent's roots, a spec sent straight over the wire is checked, a client
 //! revoked while the agent runs is refused at its next handshake while
-//! another goes on, and refusals name the operation and the client in
-//! the agent's log.
+//! another goes on, a revoked agent is refused by the coordinator, and
+//! refusals name the operation and the client in the agent's log.
 
 mod common;
 
@@ -213,4 +213,12 @@ async fn a_client_revoked_while_the_agent_runs_is_refused_the_other_goes_on() {
     mekha_ok(&artifacts.mekha, &["tls", "revoke", "--ca-dir", &arg(&ca), "--dir", &arg(&tls_dir), &two_serial]);
     let e = agent.client(&two).call(&storage).await.unwrap_err();
     assert!(e.to_string().contains("CertificateRevoked"), "{e}");
+
+    // The coordinator checks the agent's certificate against its own
+    // copy of the CRL: a revoked agent is not trusted.
+    agent.client(&tls_dir).call(&storage).await.unwrap();
+    let agent_cert = arg(&tls_dir.join("127.0.0.1").join(tls::AGENT));
+    mekha_ok(&artifacts.mekha, &["tls", "revoke", "--ca-dir", &arg(&ca), "--dir", &arg(&tls_dir), &agent_cert]);
+    let e = agent.client(&tls_dir).call(&storage).await.unwrap_err();
+    assert!(e.is_unreachable() && e.to_string().contains("Revoked"), "{e}");
 }
