@@ -28,8 +28,13 @@
 //!
 //! Restart: every VM (a QEMU started with `-incoming defer`) restores its
 //! image paused; only when all have loaded and verified do they resume,
-//! together, at one instant — a damaged or missing image of any VM stops
-//! the restart before any VM runs.
+//! together, at one instant — a damaged or missing image of any VM, or a
+//! disk it cannot take, stops the restart before any VM runs. The loaded
+//! VMs hold a lease until the resume: if the coordinator goes, their
+//! QEMUs shut down rather than one of them run alone.
+//!
+//! No wait is unbounded: a VM waited for that shows no progress for the
+//! progress timeout fails the checkpoint or restart (see `stall`).
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
