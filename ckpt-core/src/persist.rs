@@ -500,6 +500,30 @@ mod tests {
         assert_eq!(p.stats().zero_pages_skipped, 1);
     }
 
+    /// The ring takes a write, then entering the kernel fails (EAGAIN,
+    /// EBUSY and the like): the write is queued and will still land, so
+    /// its pages stay in flight until it completes; were they Staged
+    /// again, a new copy could change them under the kernel's read.
+    #[test]
+    fn a_write_queued_before_entering_the_kernel_failed_keeps_its_pages() {
+        let total = 64;
+        let file = tempfile::tempfile().unwrap();
+        let mut p = persister(&file, total, total);
+        for page in 0..total {
+            stage(&mut p, page, &content(page, 1));
+        }
+        p.writer.fail_next_enter(libc::EAGAIN);
+        assert_eq!(p.drain(u64::MAX, PageFilter::All).unwrap(), total);
+        assert!((0..total).all(|page| p.staging().state(page) == PageState::Written));
+        check_file(&file, &p, &[1; 64]);
+        // Newer copies of the same pages land too, with their CRCs.
+        for page in 0..total {
+            stage(&mut p, page, &content(page, 2));
+        }
+        p.flush_all().unwrap();
+        check_file(&file, &p, &[2; 64]);
+    }
+
     #[test]
     fn persister_can_move_to_another_thread() {
         fn send<T: Send>() {}

@@ -76,6 +76,10 @@ pub struct UringWriter {
     bytes_written: u64,
     #[cfg(test)]
     fake_einval: bool,
+    /// The next entering of the kernel fails with this errno (the seam of
+    /// the tests of a ring that refuses a submission).
+    #[cfg(test)]
+    fail_enter: Option<i32>,
 }
 
 // SAFETY: the raw pointers are the callers' buffers, which submit's
@@ -115,6 +119,8 @@ impl UringWriter {
             bytes_written: 0,
             #[cfg(test)]
             fake_einval: false,
+            #[cfg(test)]
+            fail_enter: None,
         })
     }
 
@@ -146,7 +152,11 @@ impl UringWriter {
     /// Starts writing `len` bytes from `buf` at `offset`; its completion
     /// comes back with `token` from [`Self::reap`], [`Self::drain`] or
     /// [`Self::sync`]. Waits for a completion first when `queue_depth`
-    /// requests are in flight. An error means the ring itself failed.
+    /// requests are in flight. An error means the ring itself failed and
+    /// the request was not queued. Once queued in the ring, a request is
+    /// the kernel's: a failure to enter the kernel then is not this
+    /// request's error but the ring's, met again (and retried) by the
+    /// next reap, drain or sync.
     ///
     /// # Safety
     /// `buf` must stay valid and unchanged for `len` bytes until this
@@ -160,14 +170,23 @@ impl UringWriter {
         }
         let slot = self.free.pop().expect("a free slot below the queue depth");
         self.ops[slot] = Some(Op { token, buf, len, offset, done: 0 });
+        if let Err(e) = self.push(slot) {
+            self.ops[slot] = None;
+            self.free.push(slot);
+            return Err(e);
+        }
         self.in_flight += 1;
-        self.push(slot)?;
-        self.enter(0)
+        // The entry is in the ring, visible to the kernel: its buffer must
+        // stay untouched until its completion, so no error is returned
+        // from here on; reap, drain and sync enter the kernel again.
+        let _ = self.enter(0);
+        Ok(())
     }
 
     /// Completions so far; with `wait`, at least one if any request is in
     /// flight.
     pub fn reap(&mut self, wait: bool) -> io::Result<Vec<Completion>> {
+        self.submit_queued()?;
         self.collect()?;
         if wait && self.ready.is_empty() && self.in_flight > 0 {
             while self.ready.is_empty() && self.in_flight > 0 {
@@ -196,6 +215,14 @@ impl UringWriter {
         self.file.sync_data()
     }
 
+    /// Hands the kernel the entries a failed entering left in the ring.
+    fn submit_queued(&mut self) -> io::Result<()> {
+        if self.ring.submission().is_empty() {
+            return Ok(());
+        }
+        self.enter(0)
+    }
+
     /// Queues the rest of request `slot`.
     fn push(&mut self, slot: usize) -> io::Result<()> {
         let op = self.ops[slot].as_ref().expect("request in flight");
@@ -212,8 +239,19 @@ impl UringWriter {
         unsafe { self.ring.submission().push(&entry) }.map_err(|_| io::Error::other("io_uring submission queue full"))
     }
 
+    /// Makes the next entering of the kernel fail with `errno`, after the
+    /// request it would submit is queued in the ring.
+    #[cfg(test)]
+    pub(crate) fn fail_next_enter(&mut self, errno: i32) {
+        self.fail_enter = Some(errno);
+    }
+
     /// Submits queued entries and waits for `want` completions.
     fn enter(&mut self, want: usize) -> io::Result<()> {
+        #[cfg(test)]
+        if let Some(errno) = self.fail_enter.take() {
+            return Err(io::Error::from_raw_os_error(errno));
+        }
         loop {
             match self.ring.submit_and_wait(want) {
                 Ok(_) => return Ok(()),
@@ -263,14 +301,23 @@ impl UringWriter {
                     self.in_flight -= 1;
                     self.ready.push(Completion { token: op.token, result });
                 }
-                None => {
-                    self.push(slot)?;
-                    requeued = true;
-                }
+                None => match self.push(slot) {
+                    Ok(()) => requeued = true,
+                    // Not queued again: the request ends here, with the
+                    // ring's error, and its buffer is the caller's again.
+                    Err(e) => {
+                        let op = self.ops[slot].take().expect("request in flight");
+                        self.free.push(slot);
+                        self.in_flight -= 1;
+                        self.ready.push(Completion { token: op.token, result: Err(e) });
+                    }
+                },
             }
         }
         if requeued {
-            self.enter(0)?;
+            // As in submit: the requeued entries are the kernel's now; a
+            // failed entering is met again by the next one.
+            let _ = self.enter(0);
         }
         Ok(())
     }
@@ -472,6 +519,28 @@ mod tests {
         assert!(!writer.direct());
         let mut back = vec![0u8; buf.len()];
         file.read_exact_at(&mut back, 8192).unwrap();
+        assert_eq!(back, buf);
+    }
+
+    /// A request the ring holds is the ring's, whatever entering the
+    /// kernel said: it completes, and its token comes back once.
+    #[test]
+    fn a_request_queued_before_entering_the_kernel_failed_completes() {
+        let file = tempfile::tempfile().unwrap();
+        let mut writer = UringWriter::new(&file, WriterOptions::default()).unwrap();
+        let data = aligned(4, 11);
+        let buf = bytes(&data);
+        writer.fail_next_enter(libc::EAGAIN);
+        // SAFETY: `data` outlives the drain.
+        unsafe { writer.submit(9, buf.as_ptr(), buf.len(), 0) }.unwrap();
+        assert_eq!(writer.in_flight(), 1);
+        // A reap without waiting enters the kernel again.
+        let mut done = writer.reap(false).unwrap();
+        done.extend(writer.drain().unwrap());
+        assert_eq!(done.iter().map(|c| c.token).collect::<Vec<_>>(), [9]);
+        done[0].result.as_ref().unwrap();
+        let mut back = vec![0u8; buf.len()];
+        file.read_exact_at(&mut back, 0).unwrap();
         assert_eq!(back, buf);
     }
 
