@@ -8,6 +8,12 @@
 //! copy marks it again; the planner recopies marked pages, and the pause
 //! copies every page still marked after a last sync with the vCPUs
 //! stopped. The image therefore holds each page as it was at the stop.
+//!
+//! The pause never waits for the disk: the live phase writes staged pages
+//! out to make room for the pause's copy while the guest still runs, and
+//! pages that do not fit in staging at the stop fail the checkpoint (the
+//! VM resumes at once) rather than hold the VM stopped, with the BQL, for
+//! as long as the disk takes.
 
 use std::time::{Duration, Instant};
 
@@ -79,7 +85,7 @@ fn live_phase(
             // Hold mode with nothing stale: wait for the end command.
             std::thread::sleep(Duration::from_millis(1));
         }
-        copy_pages(ram, persist, &pages, Some(planner.dirty_set()))?;
+        copy_pages(ram, persist, &pages, WhenFull::Drain { hot: planner.dirty_set() })?;
         if last_report.elapsed() >= Duration::from_millis(50) {
             report(shared, &planner, persist);
             last_report = Instant::now();
@@ -103,7 +109,7 @@ fn live_phase(
         if planner.next_cycle(&mut pages) == 0 {
             break;
         }
-        copy_pages(ram, persist, &pages, Some(planner.dirty_set()))?;
+        copy_pages(ram, persist, &pages, WhenFull::Drain { hot: planner.dirty_set() })?;
     }
     report(shared, &planner, persist);
     Ok((reason, start.elapsed(), planner))
@@ -128,7 +134,14 @@ fn pause(
         ram.sync_dirty(&bql, bitmap)?;
         planner.on_sync(bitmap);
         planner.final_pages(&mut pages);
-        copy_pages(ram, persist, &pages, None)?;
+        copy_pages(ram, persist, &pages, WhenFull::Fail).map_err(|e| {
+            format!(
+                "{e}: the {} MiB of pages left to copy at the stop do not fit in the staging budget ({} MiB), and the \
+                 pause does not wait for the disk; the VM runs on. Give the checkpoint more staging memory",
+                (pages.len() as u64 * PAGE_SIZE as u64).div_ceil(1 << 20),
+                persist.staging().budget_bytes() >> 20
+            )
+        })?;
         qemu::ckpt::save_devices(&bql)
     })();
     // A failed pause resumes at once; a good one at the resume instant,
@@ -150,10 +163,18 @@ fn pause(
     Ok(Stopped { device_state, time, net_frames })
 }
 
-/// Copies guest pages into staging, draining staging to disk when its
-/// budget is reached: pages outside `hot` (MTD's dirty set) first, since
-/// the hot ones will likely be copied again.
-fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], hot: Option<&[u64]>) -> Result<(), String> {
+/// What [`copy_pages`] does when staging is full.
+enum WhenFull<'a> {
+    /// Writes staged pages out (the guest runs): those outside `hot`
+    /// (MTD's dirty set) first, since the hot ones will likely be copied
+    /// again.
+    Drain { hot: &'a [u64] },
+    /// Fails: the VM is stopped, and its pause must not wait for the disk.
+    Fail,
+}
+
+/// Copies guest pages into staging, making room as `when_full` says.
+fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], when_full: WhenFull<'_>) -> Result<(), String> {
     for &page in pages {
         let src = ram.page_ptr(page);
         // SAFETY: page_ptr points at a whole page of guest RAM, which stays
@@ -168,19 +189,19 @@ fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], hot: Optio
             // SAFETY: as above.
             match unsafe { persist.staging_mut().stage_from_ptr(page, src) } {
                 Ok(()) => break,
-                Err(StageError::Full) | Err(StageError::InFlight) => make_room(persist, hot)?,
+                Err(e @ (StageError::Full | StageError::InFlight)) => match when_full {
+                    WhenFull::Drain { hot } => make_room(persist, hot)?,
+                    WhenFull::Fail => return Err(e.to_string()),
+                },
             }
         }
     }
     Ok(())
 }
 
-fn make_room(persist: &mut Persister, hot: Option<&[u64]>) -> Result<(), String> {
+fn make_room(persist: &mut Persister, hot: &[u64]) -> Result<(), String> {
     let quarter = (persist.staging().budget_bytes() / PAGE_SIZE as u64 / 4).max(1);
-    let freed = match hot {
-        Some(hot) => persist.drain(quarter, PageFilter::Except(hot)).map_err(super::worker::write_error)?,
-        None => 0,
-    };
+    let freed = persist.drain(quarter, PageFilter::Except(hot)).map_err(super::worker::write_error)?;
     if freed == 0 {
         persist.drain(quarter, PageFilter::All).map_err(super::worker::write_error)?;
     }
