@@ -4,13 +4,20 @@
 //! guest may change it, while the guest runs.
 //!
 //! The VM stops only to write-protect its RAM and save its devices, so the
-//! pause does not depend on the dirty rate. Afterwards one thread serves
-//! both sources of copies: write faults first (a vCPU, or a QEMU thread
-//! writing guest RAM, waits for them), then a sweep over all pages in
-//! address order. A page is copied once, then its protection is removed,
-//! which wakes whoever waits on it. Staging's budget holds as in MTD: when
-//! it is full, staged pages are written out before more are copied, and
-//! faulting writers wait at disk speed instead of memory speed.
+//! pause does not depend on the dirty rate. From the protection on, one
+//! thread serves both sources of copies: write faults first (a vCPU, or a
+//! QEMU thread writing guest RAM, waits for them), then a sweep over all
+//! pages in address order. A page is copied once, then its protection is
+//! removed, which wakes whoever waits on it. That thread must never write
+//! guest RAM itself nor wait for a thread that may (one holding a lock such
+//! a writer holds): a writer blocked on a page only its own thread could
+//! release waits forever.
+//!
+//! The capture never writes to disk: a faulting writer waits for a memory
+//! copy only. Staging must hold every page of guest RAM (callers check the
+//! budget first); a staging area that fills up all the same fails the
+//! capture, which releases every page, instead of making writers wait for
+//! the disk.
 //!
 //! Write protection misses writes that do not go through this process's
 //! page tables: another process's mapping of shared memory (vhost-user)
@@ -20,12 +27,13 @@
 //! pages never touched, so [`WriteProtect::populate`] maps each of them
 //! (read one byte: the shared zero page, no memory) before the instant.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuilder};
 
-use crate::persist::{PersistError, Persister};
+use crate::persist::Persister;
 use crate::staging::StageError;
 use crate::PAGE_SIZE;
 
@@ -66,8 +74,14 @@ pub enum CowError {
     Events(userfaultfd::Error),
     #[error("write fault at {0:#x}, outside guest RAM")]
     Stray(usize),
-    #[error("writing staged pages: {0}")]
-    Persist(#[from] PersistError),
+    #[error(
+        "the staging budget ({} MiB) is full: copy-on-write needs room for all of guest RAM, so that no guest \
+         write waits for the disk",
+        .budget_bytes >> 20
+    )]
+    StagingFull { budget_bytes: u64 },
+    #[error("the capture was abandoned")]
+    Aborted,
 }
 
 /// What a capture did.
@@ -81,8 +95,6 @@ pub struct CowStats {
     pub pages: u64,
     /// From the first copy to the last page released.
     pub capture: Duration,
-    /// Time staging was full and writes had to finish before more copies.
-    pub drain_waits: Duration,
 }
 
 /// Guest RAM registered with a userfaultfd for write protection. Dropping
@@ -182,13 +194,15 @@ impl WriteProtect {
     }
 
     /// Copies every page as it was at [`Self::protect`] into `persist`'s
-    /// staging (zero pages only recorded), serving write faults first, and
-    /// releases each page once copied; `progress` hears of it every 50 ms
-    /// and at the end. Returns when every page is copied and released. On
+    /// staging (zero pages only recorded; nothing is written to disk),
+    /// serving write faults first, and releases each page once copied;
+    /// `progress` hears of it every 50 ms and at the end. Returns when
+    /// every page is copied and released, or soon after `abort` is set. On
     /// an error, drop `self` to release the rest.
     pub fn capture(
         &mut self,
         persist: &mut Persister,
+        abort: &AtomicBool,
         mut progress: impl FnMut(&CowStats, &Persister),
     ) -> Result<CowStats, CowError> {
         assert!(self.protected, "capture before protect");
@@ -202,6 +216,9 @@ impl WriteProtect {
             let region = self.regions[index];
             let mut next = 0;
             while next < region.pages {
+                if abort.load(Ordering::Relaxed) {
+                    return Err(CowError::Aborted);
+                }
                 self.serve_faults(persist, &mut copied, &mut events, &mut stats)?;
                 let end = (next + SWEEP_PAGES).min(region.pages);
                 for i in next..end {
@@ -303,15 +320,12 @@ fn copy_once(
     // the page until it is released after this copy.
     let src = unsafe { region.host.add(index as usize * PAGE_SIZE) };
     if !(crate::page_is_zero(unsafe { &*src.cast::<[u8; PAGE_SIZE]>() }) && persist.record_zero(page)) {
-        loop {
-            // SAFETY: as above; staging memory never overlaps guest RAM.
-            match unsafe { persist.staging_mut().stage_from_ptr(page, src) } {
-                Ok(()) => break,
-                Err(StageError::Full) | Err(StageError::InFlight) => {
-                    let waited = Instant::now();
-                    persist.make_room()?;
-                    stats.drain_waits += waited.elapsed();
-                }
+        // SAFETY: as above; staging memory never overlaps guest RAM.
+        match unsafe { persist.staging_mut().stage_from_ptr(page, src) } {
+            Ok(()) => {}
+            // Making room would write to disk while a writer may wait.
+            Err(StageError::Full) | Err(StageError::InFlight) => {
+                return Err(CowError::StagingFull { budget_bytes: persist.staging().budget_bytes() });
             }
         }
     }

@@ -16,8 +16,9 @@
 //! frames are copied for the image (its NET_FRAMES section); right after
 //! it, the hold is released and the running guest gets them, in order.
 //!
-//! In copy-on-write mode the BQL stays taken through the pause when some
-//! NIC's frames cannot be held (vhost, multiqueue): see `cow_capture`.
+//! Frames toward a NIC that cannot be held (vhost, multiqueue) wait in
+//! the tap or in QEMU's queue during the pause and reach the guest after
+//! it, as with stock QEMU: they are not in the image.
 //!
 //! A restore queues the image's frames in the holds of the netdevs of the
 //! same ids, ahead of anything the netdevs read meanwhile, and releases
@@ -39,19 +40,15 @@ pub(crate) const MAX_HOLD_BYTES: u64 = 64 << 20;
 
 /// Attaches the hold filters (when a checkpoint starts, so that the stop
 /// only flips them), warning about NICs whose frames cannot be held.
-/// Returns whether every NIC's frames are held.
-pub(crate) fn prepare(bql: &Bql) -> bool {
-    let mut all = true;
+pub(crate) fn prepare(bql: &Bql) {
     for netdev in net::attach(bql) {
         if let Some(error) = netdev.error {
             eprintln!(
                 "mekha: frames toward the guest through netdev {} cannot be held across a checkpoint: {error}",
                 netdev.id
             );
-            all = false;
         }
     }
-    all
 }
 
 /// Holds every frame toward the guest from now on (just before the stop).

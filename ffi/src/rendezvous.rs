@@ -42,11 +42,3 @@ pub(crate) fn wait_unlocked(bql: Bql, at: Option<i64>) -> (Bql, i64) {
         }
     }
 }
-
-/// Waits without spinning until wall-clock `at` minus the spin lead, then
-/// spins to it; for waits of any length with the BQL held (the VM stopped).
-pub(crate) fn wait_until(at: Option<i64>) -> i64 {
-    let Some(target) = at.map(Target::new) else { return wall_ns() };
-    target.nap();
-    target.spin()
-}

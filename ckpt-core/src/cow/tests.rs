@@ -143,7 +143,7 @@ fn capture_under_writes(allow_unpopulated: bool, budget_pages: u64) -> CowStats 
     let file = tempfile::tempfile().unwrap();
     let mut persist = persister(&file, 7000, budget_pages);
     let mut reports = 0;
-    let stats = wp.capture(&mut persist, |_, _| reports += 1).unwrap();
+    let stats = wp.capture(&mut persist, &AtomicBool::new(false), |_, _| reports += 1).unwrap();
     done.store(true, Ordering::Relaxed);
     let written: Vec<_> = writers.into_iter().map(|w| w.join().unwrap()).collect();
     drop(wp);
@@ -193,14 +193,6 @@ fn capture_holds_the_instant_with_populated_pages() {
 fn capture_holds_the_instant_with_unpopulated_protection() {
     if uffd_wp_available() {
         capture_under_writes(true, 7000);
-    }
-}
-
-#[test]
-fn capture_obeys_a_small_staging_budget() {
-    if uffd_wp_available() {
-        let stats = capture_under_writes(false, 64);
-        assert!(stats.drain_waits > Duration::ZERO, "{stats:?}");
     }
 }
 
@@ -256,4 +248,56 @@ fn overlapping_or_foreign_memory_is_refused() {
     assert!(err.to_string().contains(&format!("{:#x}", base as usize)), "{err}");
     // SAFETY: our mapping.
     unsafe { libc::munmap(base, PAGE_SIZE) };
+}
+
+/// A staging budget smaller than what must be copied fails the capture
+/// instead of writing staged pages to disk while a writer waits; dropping
+/// the capture then releases the writer.
+#[test]
+fn a_full_staging_fails_the_capture_without_waiting_for_the_disk() {
+    if !uffd_wp_available() {
+        return;
+    }
+    let mem = Arc::new(Memory::new(256));
+    for page in 0..256 {
+        mem.write(page, &content(page, 1));
+    }
+    // SAFETY: as above.
+    let mut wp = unsafe { WriteProtect::register(&[mem.region(0)], false) }.unwrap();
+    wp.populate();
+    wp.protect().unwrap();
+    let writer = {
+        let mem = mem.clone();
+        thread::spawn(move || mem.write(200, &content(200, 9)))
+    };
+    let file = tempfile::tempfile().unwrap();
+    let mut persist = persister(&file, 256, 64);
+    let outcome = wp.capture(&mut persist, &AtomicBool::new(false), |_, _| {});
+    assert_eq!(persist.stats().bytes, 0, "the capture wrote to disk while a writer could wait: {outcome:?}");
+    let err = outcome.unwrap_err();
+    assert!(matches!(err, CowError::StagingFull { .. }) && err.to_string().contains("all of guest RAM"), "{err}");
+    drop(wp);
+    writer.join().unwrap();
+    // SAFETY: in bounds; the writer is done.
+    assert!(unsafe { &*mem.page(200).cast::<[u8; PAGE_SIZE]>() } == &content(200, 9));
+}
+
+/// An abandoned capture (the pause failed after the protection) returns
+/// soon, and dropping it releases every page.
+#[test]
+fn an_aborted_capture_returns_and_releases_the_writers() {
+    if !uffd_wp_available() {
+        return;
+    }
+    let mem = Arc::new(Memory::new(64));
+    // SAFETY: as above.
+    let mut wp = unsafe { WriteProtect::register(&[mem.region(0)], false) }.unwrap();
+    wp.populate();
+    wp.protect().unwrap();
+    let file = tempfile::tempfile().unwrap();
+    let mut persist = persister(&file, 64, 64);
+    let err = wp.capture(&mut persist, &AtomicBool::new(true), |_, _| {}).unwrap_err();
+    assert!(matches!(err, CowError::Aborted), "{err}");
+    drop(wp);
+    mem.write(5, &content(5, 3));
 }

@@ -3,22 +3,28 @@
 //! save its devices; then pages are copied into staging while it runs,
 //! each before the guest may change it (`mekha_ckpt_core::cow`).
 //!
-//! While RAM is protected, any QEMU thread writing guest memory — a vCPU,
-//! a device model holding the BQL — waits for this thread. So from the
-//! restart to the end of the copy this thread takes no QEMU lock, and RAM
-//! is protected only once this thread holds the BQL for good: between the
-//! stop and the resume instant it leaves the BQL free (QEMU's main loop
-//! then reads the network frames that reach the stopped VM into the hold),
-//! and a main-loop writer blocked on a protected page would deadlock it.
-//! Nothing writes guest RAM while the VM is stopped, so RAM protected at
-//! the resume holds what it held at the stop. A NIC whose frames are not
-//! held would queue one that reached it meanwhile, and deliver it into
-//! protected RAM from this very thread when the VM starts: with such a
-//! NIC the BQL stays taken, as if nothing were held.
+//! The instant is one hold of the BQL with the VM stopped: RAM is
+//! protected first, the devices saved after, so nothing can change either
+//! between the two. Afterwards QEMU's main loop may write guest RAM of the
+//! stopped VM (virtio-serial flushes a port's output once its host side
+//! reads, a chardev connected meanwhile gets its open event delivered
+//! when the VM starts, a NIC whose frames are not held flushes them into
+//! the guest from `vm_start`): every such write meets the protection and
+//! is copied first, so the image holds RAM and devices of one instant.
+//!
+//! Any thread writing protected RAM waits until the page is copied. The
+//! copies are made by a thread of their own, the copier, which takes no
+//! QEMU lock and never writes guest RAM: so this thread, which stops and
+//! starts the VM (and whose `vm_start` writes guest RAM), and the main
+//! loop may write protected pages, and may hold the BQL meanwhile, without
+//! waiting on themselves. The copier never writes to disk either (staging
+//! holds all of RAM, see `worker::Prepared`): a writer waits for a memory
+//! copy at most.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use mekha_ckpt_core::cow::{CowStats, WriteProtect};
+use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
 use super::worker::{self, Params, Resumed, StopWindow, Stopped, Tracking};
@@ -27,15 +33,15 @@ use crate::qemu;
 use crate::rendezvous;
 
 /// Waits for the instant (at once, or on the end command with `hold`),
-/// protects RAM during a short stop, copies it all; returns the device
-/// state and the clocks. Dropping `wp` on any error releases every page.
+/// protects RAM and saves the devices during a short stop, copies it all;
+/// returns the device state and the clocks. Dropping `wp` on any error
+/// releases every page.
 pub(super) fn capture(
     shared: &Shared,
     params: &Params,
-    mut wp: WriteProtect,
+    wp: WriteProtect,
     persist: &mut Persister,
     tracking: &mut Tracking,
-    net_held: bool,
 ) -> Result<Stopped, String> {
     let start = Instant::now();
     wp.populate();
@@ -58,38 +64,58 @@ pub(super) fn capture(
         info.status = Status::Paused;
     });
 
-    let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = worker::stop_vm(shared)?;
-    // Whatever happens now, the VM runs again before this thread lets go
-    // of the BQL for good, and the frames held meanwhile are released; a
-    // failed protect leaves nothing protected.
-    let devices = qemu::ckpt::save_devices(&bql);
-    let resume_at = end.resume_at.filter(|_| devices.is_ok());
-    let (bql, resumed_at) = if net_held {
-        rendezvous::wait_unlocked(bql, resume_at)
-    } else {
-        let now = rendezvous::wait_until(resume_at);
-        (bql, now)
-    };
-    let result = devices.and_then(|state| {
-        if qemu::ckpt::vm_is_running(&bql) {
-            return Err("the VM was resumed by someone else during the checkpoint's pause".into());
+    let abort = AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = worker::stop_vm(shared)?;
+        // Whatever happens now, the VM runs again before this thread lets
+        // go of the BQL for good, and the frames held meanwhile are
+        // released; a failed protect leaves nothing protected, and a
+        // copier that cannot start releases what was.
+        let mut wp = wp;
+        let copier =
+            wp.protect().map_err(|e| e.to_string()).and_then(|()| spawn_copier(scope, shared, wp, persist, &abort));
+        let devices = copier.as_ref().map_err(Clone::clone).and_then(|_| qemu::ckpt::save_devices(&bql));
+        if devices.is_err() {
+            abort.store(true, Ordering::Relaxed);
         }
-        wp.protect().map_err(|e| e.to_string())?;
-        Ok(state)
-    });
-    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking, resume_guard);
-    let device_state = result?;
-    shared.update(|info| {
-        info.pause_ns = pause.as_nanos() as u64;
-        info.stopped_at_ns = Some(stopped_at);
-        info.resumed_at_ns = Some(resumed_at);
-        info.device_state_bytes = device_state.len() as u64;
-        info.set_net(&net_frames, net_dropped);
-        info.status = Status::Capturing;
-    });
+        // A failed pause resumes at once; a good one at the resume
+        // instant, the main loop running meanwhile (it reads the frames
+        // that reach the stopped VM into the hold).
+        let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| devices.is_ok()));
+        let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking, resume_guard);
+        // The copier ends in any case: on a failed pause it was told to.
+        let copied = copier.map(|copier| match copier.join() {
+            Ok(copied) => copied.map_err(|e| e.to_string()),
+            Err(panic) => Err(format!("internal error in the copy-on-write thread: {}", crate::panic_message(&panic))),
+        });
+        let device_state = devices?;
+        shared.update(|info| {
+            info.pause_ns = pause.as_nanos() as u64;
+            info.stopped_at_ns = Some(stopped_at);
+            info.resumed_at_ns = Some(resumed_at);
+            info.device_state_bytes = device_state.len() as u64;
+            info.set_net(&net_frames, net_dropped);
+            info.status = Status::Capturing;
+        });
+        copied??;
+        Ok(Stopped { device_state, time, net_frames })
+    })
+}
 
-    wp.capture(persist, |stats, persist| report(shared, stats, persist)).map_err(|e| e.to_string())?;
-    Ok(Stopped { device_state, time, net_frames })
+/// Starts the copier: it serves the write faults and sweeps until every
+/// page is copied, or until `abort`; when it ends, however, `wp` goes with
+/// it and releases every page left.
+fn spawn_copier<'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    shared: &'scope Shared,
+    mut wp: WriteProtect,
+    persist: &'scope mut Persister,
+    abort: &'scope AtomicBool,
+) -> Result<std::thread::ScopedJoinHandle<'scope, Result<CowStats, CowError>>, String> {
+    std::thread::Builder::new()
+        .name("mekha-cow".into())
+        .spawn_scoped(scope, move || wp.capture(persist, abort, |stats, persist| report(shared, stats, persist)))
+        .map_err(|e| format!("cannot start the copy-on-write thread: {e}"))
 }
 
 fn report(shared: &Shared, stats: &CowStats, persist: &Persister) {

@@ -232,7 +232,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     worker::check_target(&args.path)?;
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
-    let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto))?;
+    let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto), params.staging_budget())?;
     let info = Info {
         status: Status::Live,
         path: Some(args.path.display().to_string()),

@@ -74,6 +74,11 @@ impl Params {
     pub(super) fn lease(&self) -> Option<Duration> {
         self.lease
     }
+
+    /// The staging budget asked for (none: all of guest RAM).
+    pub(super) fn staging_budget(&self) -> Option<u64> {
+        self.staging_budget
+    }
 }
 
 /// Cheap checks of the image path, for a clear error before anything runs.
@@ -102,8 +107,6 @@ pub(super) struct Prepared {
     capture: Capture,
     /// Why auto mode chose MTD.
     mode_reason: Option<String>,
-    /// Every NIC's frames toward the guest are held during the pause.
-    net_held: bool,
 }
 
 /// How RAM is captured, with what it needs.
@@ -116,20 +119,21 @@ impl Prepared {
     /// Reads the RAM layout, starts dirty logging and throws away the bits
     /// set before this checkpoint (QEMU marks all RAM dirty at allocation),
     /// and for copy-on-write registers guest RAM with a userfaultfd.
-    pub(super) fn new(bql: &Bql, mode: Mode) -> Result<Prepared, String> {
+    /// `staging_budget`: bytes, none for all of RAM.
+    pub(super) fn new(bql: &Bql, mode: Mode, staging_budget: Option<u64>) -> Result<Prepared, String> {
         let ram = GuestRam::current(bql)?;
+        let cow = || check_cow_budget(&ram, staging_budget).and_then(|()| register_cow(&ram));
         let (capture, mode_reason) = match mode {
             Mode::Mtd => (Capture::Mtd, None),
-            Mode::Cow => (Capture::Cow(register_cow(&ram).map_err(|e| format!("copy-on-write capture: {e}"))?), None),
-            Mode::Auto => match register_cow(&ram) {
+            Mode::Cow => (Capture::Cow(cow().map_err(|e| format!("copy-on-write capture: {e}"))?), None),
+            Mode::Auto => match cow() {
                 Ok(wp) => (Capture::Cow(wp), None),
                 Err(e) => (Capture::Mtd, Some(e)),
             },
         };
         qemu::ckpt::begin(bql)?;
-        let net_held = net_hold::prepare(bql);
-        let mut prepared =
-            Prepared { ram, tracking: Tracking(true), bitmap: Vec::new(), capture, mode_reason, net_held };
+        net_hold::prepare(bql);
+        let mut prepared = Prepared { ram, tracking: Tracking(true), bitmap: Vec::new(), capture, mode_reason };
         if let Err(e) = prepared.ram.sync_dirty(bql, &mut prepared.bitmap) {
             prepared.cancel(bql);
             return Err(e);
@@ -151,6 +155,23 @@ impl Prepared {
     /// Gives up before the worker ran (the caller holds the BQL).
     pub(super) fn cancel(mut self, bql: &Bql) {
         self.tracking.stop(bql);
+    }
+}
+
+/// Copy-on-write copies every page into staging before the guest may
+/// change it, and a guest write to a page not copied yet waits for that
+/// copy: were staging full, the copy would wait for staged pages to reach
+/// the disk, and the guest with it. So staging must hold all of RAM.
+fn check_cow_budget(ram: &GuestRam, staging_budget: Option<u64>) -> Result<(), String> {
+    let ram_bytes = ram.total_pages() * PAGE_SIZE as u64;
+    match staging_budget {
+        Some(budget) if budget / PAGE_SIZE as u64 * (PAGE_SIZE as u64) < ram_bytes => Err(format!(
+            "the staging budget ({} MiB) is smaller than guest RAM ({} MiB): guest writes would wait for the disk \
+             once staging is full",
+            budget >> 20,
+            ram_bytes.div_ceil(1 << 20)
+        )),
+        _ => Ok(()),
     }
 }
 
@@ -295,7 +316,7 @@ impl Drop for Tracking {
 }
 
 fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<(), String> {
-    let Prepared { ram, mut tracking, mut bitmap, capture, net_held, .. } = prepared;
+    let Prepared { ram, mut tracking, mut bitmap, capture, .. } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
 
@@ -310,7 +331,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
 
         let stopped = match capture {
             Capture::Mtd => mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking)?,
-            Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking, net_held)?,
+            Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking)?,
         };
 
         if params.persist_hold {
