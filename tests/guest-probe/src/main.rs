@@ -27,6 +27,7 @@
 //! | `probe.clock_ms=N`      | 1000         | clock sample interval (0: no `clock` events)      |
 //! | `probe.duration=S`      | 0 (forever)  | after S s: `exit` with the summary, status 0      |
 //! | `probe.out=PATH`        | /dev/console | output file (`-` = stdout; stdout by default with `--cmdline`) |
+//! | `probe.vport=NAME`      | none         | virtio-serial port to stream numbered records to (see `vport`) |
 //!
 //! # Output
 //!
@@ -49,6 +50,8 @@
 //! | `net_connect`    | TCP: `peer`, `proto`, `dir` (`out`: `attempts`, `next_seq`; or `in`) |
 //! | `net_disconnect` | TCP: `peer`, `proto`, `dir`, `error` (`out`: `next_seq`)             |
 //! | `net_done`       | per (peer, proto) once all msgs were sent and received: the `net` counters, `complete`, `clean` |
+//! | `vport_open`     | `port`, `path`: the stream to the host starts                        |
+//! | `vport`          | once a second: `port`, `written` (records)                           |
 //! | `done`           | all bounded activities finished (compute and every `net_done`); never if there is none: `elapsed_ms`, `compute` {`steps`, `checksum`, `done`}, `dirty` {...}, `net` [per (peer, proto) counters with `configured`, `done`] |
 //!
 //! `received` counts valid messages, duplicates included; `lost` counts
@@ -64,6 +67,7 @@ mod net;
 mod options;
 mod output;
 mod seqcheck;
+mod vport;
 mod wire;
 
 use std::process;
@@ -205,6 +209,14 @@ fn run(opts: Options, out: Arc<Output>) -> ! {
     if opts.mem_mib > 0 {
         let (mem, rate, o, s) = (opts.mem_mib, opts.rate_mib_s, out.clone(), probe.dirty.clone());
         spawn("dirty", &out, move || dirty::run(mem, rate, &o, &s));
+    }
+    if let Some(name) = opts.vport.clone() {
+        let o = out.clone();
+        spawn("vport", &out, move || {
+            if let Err(e) = vport::run(&name, &o) {
+                o.error(format!("virtio-serial port {name}: {e}"));
+            }
+        });
     }
 
     let clock_every = Duration::from_millis(opts.clock_ms);

@@ -42,6 +42,8 @@ pub struct Options {
     /// `probe.out`: output file; `None` means the default of the caller
     /// (/dev/console in a VM, stdout with `--cmdline`); `-` is stdout.
     pub out: Option<String>,
+    /// `probe.vport`: name of a virtio-serial port to stream records to.
+    pub vport: Option<String>,
 }
 
 impl Default for Options {
@@ -59,6 +61,7 @@ impl Default for Options {
             clock_ms: 1000,
             duration_s: 0,
             out: None,
+            vport: None,
         }
     }
 }
@@ -78,6 +81,7 @@ impl Options {
             "clock_ms": self.clock_ms,
             "duration_s": self.duration_s,
             "out": self.out,
+            "vport": self.vport,
         })
     }
 }
@@ -152,6 +156,7 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
             | "probe.clock_ms"
             | "probe.duration"
             | "probe.out"
+            | "probe.vport"
     );
     if !known {
         return Err(format!("unknown option {key}"));
@@ -178,6 +183,12 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
                 return Err(format!("{key}: empty path"));
             }
             opts.out = Some(v.to_string())
+        }
+        "probe.vport" => {
+            if v.is_empty() {
+                return Err(format!("{key}: empty port name"));
+            }
+            opts.vport = Some(v.to_string())
         }
         _ => unreachable!("key list and match disagree: {key}"),
     }
@@ -228,7 +239,7 @@ mod tests {
         let opts = ok("root=/dev/x mekha.id=3 probe.mem=64 probe.rate=10 probe.compute=5000 \
              probe.compute_chunk=100 probe.peers=10.77.0.11,10.77.0.12 probe.port=9000 \
              probe.msgs=200 probe.msg_interval_ms=5 probe.clock_ms=0 probe.duration=30 \
-             probe.out=/tmp/x");
+             probe.out=/tmp/x probe.vport=org.qemu.guest_agent.0");
         assert_eq!(
             opts,
             Options {
@@ -244,6 +255,7 @@ mod tests {
                 clock_ms: 0,
                 duration_s: 30,
                 out: Some("/tmp/x".into()),
+                vport: Some("org.qemu.guest_agent.0".into()),
             }
         );
     }
@@ -286,6 +298,7 @@ mod tests {
             "probe.peers=10.0.0.256",
             "probe.peers=fd00::1",
             "probe.out=",
+            "probe.vport=",
             "probe.duration=1.5",
         ] {
             let (_, errors) = parse(bad);

@@ -147,6 +147,11 @@ impl Vm {
         }
     }
 
+    /// QEMU's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// QEMU's stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("qemu.stderr")).unwrap_or_default()
