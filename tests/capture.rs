@@ -344,6 +344,75 @@ async fn cow_resume_writing_protected_ram_does_not_deadlock() {
     assert!(vm.is_running(), "{}", vm.stderr());
 }
 
+/// A multiqueue NIC without vhost, whose frames cannot be held: frames
+/// reaching it while a copy-on-write checkpoint holds the VM stopped wait
+/// in QEMU's queue, and `vm_start` flushes them into guest RAM not copied
+/// yet, from the checkpoint's thread. The VM resumes, the checkpoint
+/// completes and the exchange with a peer goes on.
+#[tokio::test(flavor = "multi_thread")]
+async fn cow_resume_flushing_an_unheld_nic_does_not_deadlock() {
+    if !uffd_wp() {
+        return;
+    }
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("capture-multiqueue-nic");
+    let netns = mekha_rig::Netns::create().unwrap();
+    let ns_ip = |args: &[&str]| netns.ip(args).unwrap();
+    ns_ip(&["tuntap", "add", "dev", "mqtap", "mode", "tap", "multi_queue"]);
+    ns_ip(&["link", "set", "mqtap", "master", mekha_rig::netns::BRIDGE]);
+    ns_ip(&["link", "set", "mqtap", "up"]);
+    ns_ip(&["addr", "add", "10.99.0.1/24", "dev", mekha_rig::netns::BRIDGE]);
+    // The peer: the probe on the host side of the bridge.
+    let peer_log = dir.join("peer.log");
+    let mut peer = netns
+        .command(&artifacts.probe)
+        .args(["--cmdline", "mekha.id=0 probe.peers=10.99.0.2 probe.msg_interval_ms=1 probe.clock_ms=0"])
+        .stdout(std::fs::File::create(&peer_log).unwrap())
+        .spawn()
+        .unwrap();
+
+    let mut config = probe_vm("cap-mq", None, 768);
+    config.memory_mib = 1024;
+    config
+        .probe_args
+        .extend(["mekha.ip=10.99.0.2/24", "probe.peers=10.99.0.1", "probe.msg_interval_ms=1"].map(String::from));
+    config.extra_args = [
+        "-netdev",
+        "tap,id=mq0,ifname=mqtap,script=no,downscript=no,queues=2,vhost=off",
+        "-device",
+        "virtio-net-pci,netdev=mq0,mq=on,vectors=6,mac=52:54:00:99:00:02,romfile=",
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut vm = Vm::launch(&artifacts, Some(&netns), &dir.join("run"), config).unwrap();
+    let qmp = vm.qmp().await.unwrap();
+    let log = vm.log();
+    log.wait_for("a pass over the dirtied memory", BOOT, |e| e.ev == "dirty" && e.u64("passes").unwrap_or(0) > 0)
+        .unwrap();
+    let exchanging = |min: u64| {
+        let log = &log;
+        move || log.wait_for("messages from the peer", BOOT, |e| e.ev == "net" && e.u64("received") > Some(min))
+    };
+    let before = exchanging(500)().unwrap().u64("received").unwrap();
+
+    start_held_cow(&qmp, &dir.join("vm.mekha")).await;
+    let stop = wall_ns() + 200_000_000;
+    qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop, "resume-at": stop + 300_000_000 })).await.unwrap();
+    let settled = tokio::time::timeout(Duration::from_secs(30), common::wait_checkpoint_settled(&qmp))
+        .await
+        .unwrap_or_else(|_| panic!("QEMU stopped answering after the pause (deadlocked?):\n{}", vm.stderr()));
+    assert_eq!(settled["status"], "completed", "{settled}");
+    let ms = |key: &str| settled[key].as_u64().unwrap_or(0) as f64 / 1e6;
+    eprintln!("pause {:.1} ms, copy {:.1} ms, {} write faults", ms("pause-ns"), ms("capture-ns"), settled["wp-faults"]);
+    assert!(vm.stderr().contains("cannot be held"), "{}", vm.stderr());
+    let status = qmp.execute("query-status", Value::Null).await.unwrap();
+    assert_eq!(status["status"], "running", "{status}");
+    exchanging(before + 2000)().unwrap();
+    let _ = peer.kill();
+    let _ = peer.wait();
+    assert!(vm.is_running(), "{}", vm.stderr());
+}
+
 /// An ext4 filesystem on a loop device whose writes a blkio cgroup
 /// throttles (by the processes put in it): a slow disk. Undone on drop.
 struct SlowDisk {
