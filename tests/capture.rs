@@ -241,6 +241,19 @@ fn event_us(e: &Event) -> i64 {
     e.timestamp["seconds"].as_i64().unwrap() * 1_000_000 + e.timestamp["microseconds"].as_i64().unwrap()
 }
 
+/// Waits for a checkpoint that resumes its VM to complete: QEMU must
+/// answer again after the pause. Says how long the copy outlasted it.
+async fn completes_without_deadlock(qmp: &Qmp, vm: &Vm) {
+    let settled = tokio::time::timeout(Duration::from_secs(30), common::wait_checkpoint_settled(qmp))
+        .await
+        .unwrap_or_else(|_| panic!("QEMU stopped answering after the pause (deadlocked?):\n{}", vm.stderr()));
+    assert_eq!(settled["status"], "completed", "{settled}");
+    let ms = |key: &str| settled[key].as_u64().unwrap_or(0) as f64 / 1e6;
+    eprintln!("pause {:.1} ms, copy {:.1} ms, {} write faults", ms("pause-ns"), ms("capture-ns"), settled["wp-faults"]);
+    let status = qmp.execute("query-status", Value::Null).await.unwrap();
+    assert_eq!(status["status"], "running", "{status}");
+}
+
 async fn wait_restored(qmp: &Qmp) -> Value {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
@@ -331,14 +344,7 @@ async fn cow_resume_writing_protected_ram_does_not_deadlock() {
     qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop, "resume-at": stop + 200_000_000 })).await.unwrap();
     next_event(&mut events, "STOP", Duration::from_secs(10)).await;
     let reader = AgentReader::connect(&sock, Duration::from_millis(5));
-    let settled = tokio::time::timeout(Duration::from_secs(30), common::wait_checkpoint_settled(&qmp))
-        .await
-        .unwrap_or_else(|_| panic!("QEMU stopped answering after the pause (deadlocked?):\n{}", vm.stderr()));
-    assert_eq!(settled["status"], "completed", "{settled}");
-    let ms = |key: &str| settled[key].as_u64().unwrap_or(0) as f64 / 1e6;
-    eprintln!("pause {:.1} ms, copy {:.1} ms, {} write faults", ms("pause-ns"), ms("capture-ns"), settled["wp-faults"]);
-    let status = qmp.execute("query-status", Value::Null).await.unwrap();
-    assert_eq!(status["status"], "running", "{status}");
+    completes_without_deadlock(&qmp, &vm).await;
     let stream = reader.wait_for_more(10_000, BOOT, "the stream after the resume");
     assert!(stream.anomalies.is_empty(), "{stream:?}");
     assert!(vm.is_running(), "{}", vm.stderr());
@@ -398,15 +404,8 @@ async fn cow_resume_flushing_an_unheld_nic_does_not_deadlock() {
     start_held_cow(&qmp, &dir.join("vm.mekha")).await;
     let stop = wall_ns() + 200_000_000;
     qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop, "resume-at": stop + 300_000_000 })).await.unwrap();
-    let settled = tokio::time::timeout(Duration::from_secs(30), common::wait_checkpoint_settled(&qmp))
-        .await
-        .unwrap_or_else(|_| panic!("QEMU stopped answering after the pause (deadlocked?):\n{}", vm.stderr()));
-    assert_eq!(settled["status"], "completed", "{settled}");
-    let ms = |key: &str| settled[key].as_u64().unwrap_or(0) as f64 / 1e6;
-    eprintln!("pause {:.1} ms, copy {:.1} ms, {} write faults", ms("pause-ns"), ms("capture-ns"), settled["wp-faults"]);
+    completes_without_deadlock(&qmp, &vm).await;
     assert!(vm.stderr().contains("cannot be held"), "{}", vm.stderr());
-    let status = qmp.execute("query-status", Value::Null).await.unwrap();
-    assert_eq!(status["status"], "running", "{status}");
     exchanging(before + 2000)().unwrap();
     let _ = peer.kill();
     let _ = peer.wait();

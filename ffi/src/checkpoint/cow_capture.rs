@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
-use super::worker::{self, Params, Resumed, StopWindow, Stopped, Tracking};
+use super::worker::{self, Params, StopWindow, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::qemu;
 use crate::rendezvous;
@@ -82,23 +82,29 @@ pub(super) fn capture(
         // instant, the main loop running meanwhile (it reads the frames
         // that reach the stopped VM into the hold).
         let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| devices.is_ok()));
-        let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking, resume_guard);
-        // The copier ends in any case: on a failed pause it was told to.
-        let copied = copier.map(|copier| match copier.join() {
-            Ok(copied) => copied.map_err(|e| e.to_string()),
-            Err(panic) => Err(format!("internal error in the copy-on-write thread: {}", crate::panic_message(&panic))),
-        });
-        let device_state = devices?;
+        let resumed = worker::resume_vm(bql, stopped, tracking, resume_guard);
+        shared.update(|info| resumed.record(info, stopped_at, resumed_at));
+        let (copier, device_state) = match (copier, devices) {
+            (Ok(copier), Ok(state)) => (copier, state),
+            (copier, devices) => {
+                // Told to stop, the copier ends soon and releases every page.
+                if let Ok(copier) = copier {
+                    let _ = copier.join();
+                }
+                return Err(devices.err().unwrap_or_default());
+            }
+        };
         shared.update(|info| {
-            info.pause_ns = pause.as_nanos() as u64;
-            info.stopped_at_ns = Some(stopped_at);
-            info.resumed_at_ns = Some(resumed_at);
             info.device_state_bytes = device_state.len() as u64;
-            info.set_net(&net_frames, net_dropped);
             info.status = Status::Capturing;
         });
-        copied??;
-        Ok(Stopped { device_state, time, net_frames })
+        match copier.join() {
+            Ok(copied) => copied.map_err(|e| e.to_string())?,
+            Err(panic) => {
+                return Err(format!("internal error in the copy-on-write thread: {}", crate::panic_message(&panic)))
+            }
+        };
+        Ok(Stopped { device_state, time, net_frames: resumed.net_frames })
     })
 }
 

@@ -22,7 +22,7 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::worker::{self, Params, Resumed, StopWindow, Stopped, Tracking};
+use super::worker::{self, Params, StopWindow, Stopped, Tracking};
 use super::{Shared, Status};
 use crate::guest_ram::GuestRam;
 use crate::qemu::{self, Bql};
@@ -149,18 +149,15 @@ fn pause(
     // hold (RAM and devices are captured: anything the main loop does to
     // the stopped VM now is after the instant).
     let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| result.is_ok()));
-    let Resumed { net_frames, net_dropped, pause } = worker::resume_vm(bql, stopped, tracking, resume_guard);
+    let resumed = worker::resume_vm(bql, stopped, tracking, resume_guard);
+    shared.update(|info| resumed.record(info, stopped_at, resumed_at));
     let device_state = result?;
     shared.update(|info| {
-        info.pause_ns = pause.as_nanos() as u64;
-        info.stopped_at_ns = Some(stopped_at);
-        info.resumed_at_ns = Some(resumed_at);
         info.final_pages = pages.len() as u64;
         info.device_state_bytes = device_state.len() as u64;
-        info.set_net(&net_frames, net_dropped);
     });
     report(shared, &planner, persist);
-    Ok(Stopped { device_state, time, net_frames })
+    Ok(Stopped { device_state, time, net_frames: resumed.net_frames })
 }
 
 /// What [`copy_pages`] does when staging is full.

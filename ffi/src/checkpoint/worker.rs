@@ -17,7 +17,7 @@ use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
 use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::{cow_capture, ms, mtd_capture, Abandon, Args, EndArgs, Mode, Shared, Status};
+use super::{cow_capture, ms, mtd_capture, Abandon, Args, EndArgs, Info, Mode, Shared, Status};
 use crate::guest_ram::GuestRam;
 use crate::net_hold;
 use crate::qemu::{self, Bql, QemuThread};
@@ -265,6 +265,17 @@ pub(super) struct Resumed {
 /// Copies the held frames for the image, resumes the VM stopped at
 /// `stopped`, releases the frames to it, ends dirty logging, and lets go
 /// of the BQL (the stop window's, or the one a wait handed back).
+impl Resumed {
+    /// Records the pause, stopped at `stopped_at` and resumed at
+    /// `resumed_at` (wall clock), and the frames held meanwhile.
+    pub(super) fn record(&self, info: &mut Info, stopped_at: i64, resumed_at: i64) {
+        info.pause_ns = self.pause.as_nanos() as u64;
+        info.stopped_at_ns = Some(stopped_at);
+        info.resumed_at_ns = Some(resumed_at);
+        info.set_net(&self.net_frames, self.net_dropped);
+    }
+}
+
 pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking, mut guard: ResumeGuard) -> Resumed {
     let net_frames = net_hold::snapshot(&bql);
     qemu::ckpt::vm_start(&bql);
