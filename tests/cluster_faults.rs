@@ -116,7 +116,8 @@ async fn collect_until(events: &mut broadcast::Receiver<Event>, name: &str, limi
 /// A VM that never finishes loading its image: the restart fails naming
 /// it once it made no progress for the timeout, and the VM that did load
 /// is never resumed: its coordinator gone, its lease runs out and its
-/// QEMU shuts down (host-error) without the guest having run.
+/// QEMU exits (host-error, even with libvirt's -no-shutdown) without the
+/// guest having run.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_stuck_loading_fails_the_restart_and_no_vm_runs() {
     let artifacts = common::artifacts();
@@ -128,6 +129,8 @@ async fn a_vm_stuck_loading_fails_the_restart_and_no_vm_runs() {
 
     cluster
         .relaunch_incoming_with(&artifacts, &dir.join("run2"), |i, vm| {
+            // As libvirt starts QEMU: a shutdown must still end it.
+            vm.extra_args.push("-no-shutdown".into());
             if i == 1 {
                 vm.env.push(stall("restore-loading"));
             }

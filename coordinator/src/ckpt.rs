@@ -88,6 +88,9 @@ impl Default for RestoreOptions {
 
 /// A VM's lease on its coordinator, for checkpoint and restart.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(5);
+/// The shortest lease, ms: a few of the coordinator's 20 ms polls and
+/// their round trips.
+pub const MIN_LEASE_MS: u64 = 100;
 /// How long a VM may show no progress in any wait of the coordinator.
 pub const DEFAULT_PROGRESS_TIMEOUT: Duration = Duration::from_secs(60);
 

@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy};
+use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy, MIN_LEASE_MS};
 use crate::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
 use crate::exit::{self, CommandFailure};
 use crate::spec::{CheckpointSpec, Spec};
@@ -72,14 +72,14 @@ pub struct CheckpointCmd {
     pub epoch_ms: Option<u64>,
     /// How long a VM waits for a silent coordinator before it gives up
     /// the checkpoint on its own (the VM always runs on; default 5000).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(MIN_LEASE_MS..))]
     pub lease_ms: Option<u64>,
     /// Images written at once (default 2).
     #[arg(long, value_name = "N")]
     pub persist_concurrency: Option<usize>,
     /// Give the checkpoint up when a VM shows no progress for this long
     /// while it is waited for (to stage or write its image; default 60000).
-    #[arg(long, value_name = "MS")]
+    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_timeout_ms: Option<u64>,
     /// Checkpoint VMs with writable disks anyway: the images hold RAM and
     /// devices, not disk contents, so snapshot the disks yourself at the
@@ -127,7 +127,8 @@ pub struct RestoreCmd {
     /// How long a loaded VM waits for a silent coordinator before its
     /// QEMU shuts down without having run (default 5000; not with
     /// --paused).
-    #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, value_name = "MS", conflicts_with = "paused",
+          value_parser = clap::value_parser!(u64).range(MIN_LEASE_MS..))]
     pub lease_ms: Option<u64>,
     /// Give the restart up when a VM loads without progress this long
     /// (default 60000).
@@ -171,12 +172,12 @@ impl CheckpointCmd {
                 ..Default::default()
             },
             time_budget: self.time_budget_ms.or(spec.time_budget_ms).map_or(d.time_budget, Duration::from_millis),
-            lease: self.lease_ms.or(spec.lease_ms).map_or(d.lease, |ms| Duration::from_millis(ms.max(1))),
+            lease: self.lease_ms.or(spec.lease_ms).map_or(d.lease, Duration::from_millis),
             persist_concurrency: self.persist_concurrency.or(spec.persist_concurrency).unwrap_or(d.persist_concurrency),
             progress_timeout: self
                 .progress_timeout_ms
                 .or(spec.progress_timeout_ms)
-                .map_or(d.progress_timeout, |ms| Duration::from_millis(ms.max(1))),
+                .map_or(d.progress_timeout, Duration::from_millis),
         }
     }
 }

@@ -344,7 +344,10 @@ async fn run_checkpoint(
     // 4. Wait for every image to be staged; check that each storage target
     // has room for its images (if not, nothing is written and the VMs,
     // already running, lose nothing); then schedule the writes.
-    let states = wait_all(vms, progress, |s| s == "staged" || s == "completed", options.progress_timeout).await?;
+    // A VM may rightly stand still, stopped, until the resume instant.
+    let resumed = Instant::now() + Duration::from_nanos((resume_at - wall_ns()).max(0) as u64);
+    let done = |s: &str| s == "staged" || s == "completed";
+    let states = wait_all(vms, progress, done, resumed, options.progress_timeout).await?;
     let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
     let storage = match storage_of(vms, dir).await {
         Ok((_, s)) => s,
@@ -476,21 +479,28 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
 /// Every VM's `query-checkpoint`, as this coordinator's: it renews the
 /// checkpoints' leases (a status poll by anyone else does not).
 async fn query_all(vms: &[Attached]) -> Result<Vec<Value>, CkptError> {
-    query_all_named(vms, "query-checkpoint", renew_lease()).await
+    query_all_named(vms, "query-checkpoint", renew_lease(), unreachable_vm).await
 }
 
-/// Every VM's answer to mekha's query `command`, asked concurrently.
-async fn query_all_named(vms: &[Attached], command: &str, args: Value) -> Result<Vec<Value>, CkptError> {
+/// Every VM's answer to mekha's query `command`, asked concurrently; a
+/// VM that does not answer is `lost`.
+async fn query_all_named(
+    vms: &[Attached],
+    command: &str,
+    args: Value,
+    lost: fn(&str, QmpError) -> CkptError,
+) -> Result<Vec<Value>, CkptError> {
     let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha(command, args.clone()))).await;
-    vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| unreachable_vm(&vm.name, e))).collect()
+    vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| lost(&vm.name, e))).collect()
 }
 
 /// Polls until every VM's status passes `done`; gives up when a VM not
-/// done shows no progress for `limit`.
+/// done shows no progress for `limit` after `watched_from`.
 async fn wait_all(
     vms: &[Attached],
     progress: Progress<'_>,
     done: impl Fn(&str) -> bool,
+    watched_from: Instant,
     limit: Duration,
 ) -> Result<Vec<Value>, CkptError> {
     let mut stalls = StallWatch::new(vms.len(), limit);
@@ -511,7 +521,8 @@ async fn wait_all(
         if (0..vms.len()).all(is_done) {
             return Ok(states);
         }
-        if let Some(stalled) = stalls.observe(&states, |i| !is_done(i)) {
+        let watched = Instant::now() >= watched_from;
+        if let Some(stalled) = stalls.observe(&states, |i| watched && !is_done(i)) {
             cancel_all(vms).await;
             return Err(stalled_checkpoint(vms, stalled));
         }
@@ -523,9 +534,9 @@ fn stalled_checkpoint(vms: &[Attached], stalled: Stalled) -> CkptError {
     CkptError::Failed {
         vm: vms[stalled.vm].name.clone(),
         message: format!(
-            "it made no progress for {} s (status {}): the checkpoint was given up and nothing was committed; \
+            "it made no progress for {} ms (status {}): the checkpoint was given up and nothing was committed; \
              the previous checkpoint (if any) stays",
-            stalled.idle.as_secs(),
+            stalled.idle.as_millis(),
             stalled.status
         ),
     }
@@ -559,6 +570,10 @@ const CANCEL_SETTLE: Duration = Duration::from_secs(10);
 
 fn unreachable_vm(name: &str, e: QmpError) -> CkptError {
     CkptError::Failed { vm: name.to_owned(), message: format!("lost contact with its QEMU: {e}") }
+}
+
+fn lost_restore(name: &str, e: QmpError) -> CkptError {
+    CkptError::RestoreFailed { vm: name.to_owned(), message: format!("lost contact with its QEMU: {e}") }
 }
 
 /// Waits for event `name` from any of the VMs, at most `limit`.
@@ -665,9 +680,10 @@ pub async fn restore(
     let restored_event = format!("{MEKHA_PREFIX}RESTORE");
     let mut round_trip;
     let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
+    let mut slow_since = None;
     let states = loop {
         let asked = Instant::now();
-        let states = query_all_named(vms, "query-restore", renew_lease()).await?;
+        let states = query_all_named(vms, "query-restore", renew_lease(), lost_restore).await?;
         round_trip = asked.elapsed();
         progress(&states);
         if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
@@ -680,16 +696,30 @@ pub async fn restore(
             });
         }
         if states.iter().all(|s| s["status"] == "completed") {
-            break states;
+            // A round slower than half the lease may have let a VM's lease
+            // run out unseen: resume only on a round that cannot have.
+            if options.paused || round_trip < options.lease / 2 {
+                break states;
+            }
+            let since = *slow_since.get_or_insert_with(Instant::now);
+            if since.elapsed() > options.progress_timeout {
+                return Err(CkptError::Refused(format!(
+                    "the VMs answer too slowly to be resumed together safely (round trip {} ms, lease {} ms): \
+                     no VM was resumed; a longer --lease-ms helps",
+                    round_trip.as_millis(),
+                    options.lease.as_millis()
+                )));
+            }
+            continue;
         }
         // The others, loaded, shut down once their leases run out.
         if let Some(stalled) = stalls.observe(&states, |i| states[i]["status"] == "loading") {
             return Err(CkptError::RestoreFailed {
                 vm: vms[stalled.vm].name.clone(),
                 message: format!(
-                    "it made no progress loading its image for {} s: the restart was given up, no VM of the \
+                    "it made no progress loading its image for {} ms: the restart was given up, no VM of the \
                      cluster was resumed",
-                    stalled.idle.as_secs()
+                    stalled.idle.as_millis()
                 ),
             });
         }
@@ -710,7 +740,7 @@ pub async fn restore(
         // timeout, one that has not is stuck.
         let deadline = Instant::now() + Duration::from_nanos((at - wall_ns()).max(0) as u64) + options.progress_timeout;
         states = loop {
-            let states = query_all_named(vms, "query-restore", Value::Null).await?;
+            let states = query_all_named(vms, "query-restore", Value::Null, lost_restore).await?;
             if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
                 break states;
             }
@@ -719,8 +749,8 @@ pub async fn restore(
                 return Err(CkptError::RestoreFailed {
                     vm: vm.name.clone(),
                     message: format!(
-                        "it did not resume within {} s of the cluster's instant (see its QEMU's stderr)",
-                        options.progress_timeout.as_secs()
+                        "it did not resume within {} ms of the cluster's instant (see its QEMU's stderr)",
+                        options.progress_timeout.as_millis()
                     ),
                 });
             }

@@ -21,7 +21,7 @@
 //! staging_mib = 512
 //! lease_ms = 5000                             # also the restart's
 //! persist_concurrency = 2
-//! progress_timeout_ms = 60000                 # a VM stuck this long fails it
+//! progress_timeout_ms = 60000                 # a VM stuck this long fails it (and the restart)
 //!
 //! [restore]
 //! time = "continue"                           # continue | host | catch-up
@@ -52,7 +52,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::ckpt::{CaptureMode, TimePolicy};
+use crate::ckpt::{CaptureMode, TimePolicy, MIN_LEASE_MS};
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -244,6 +244,14 @@ impl Spec {
                     return Err(format!("VM {} runs on host {host}, which no [[host]] names", vm.name));
                 }
             }
+        }
+        if self.checkpoint.lease_ms.is_some_and(|ms| ms < MIN_LEASE_MS) {
+            return Err(format!(
+                "checkpoint: lease_ms must be at least {MIN_LEASE_MS} (the coordinator polls every 20 ms)"
+            ));
+        }
+        if self.checkpoint.progress_timeout_ms == Some(0) {
+            return Err("checkpoint: progress_timeout_ms must be positive".into());
         }
         if let Some(net) = &self.network {
             let bad_namespace = net.namespace.as_deref().is_some_and(|n| !plain(n));

@@ -56,11 +56,8 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
         catch_up_ppm: spec.restore.catch_up_ppm,
         lag_ns: None,
         // The checkpoint's lease and progress timeout serve the restart.
-        lease: spec.checkpoint.lease_ms.map_or(DEFAULT_LEASE, |ms| Duration::from_millis(ms.max(1))),
-        progress_timeout: spec
-            .checkpoint
-            .progress_timeout_ms
-            .map_or(DEFAULT_PROGRESS_TIMEOUT, |ms| Duration::from_millis(ms.max(1))),
+        lease: spec.checkpoint.lease_ms.map_or(DEFAULT_LEASE, Duration::from_millis),
+        progress_timeout: spec.checkpoint.progress_timeout_ms.map_or(DEFAULT_PROGRESS_TIMEOUT, Duration::from_millis),
     };
     restore_vms(&vms, &spec.checkpoint_dir, &options, json).await
 }

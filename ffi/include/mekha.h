@@ -212,8 +212,8 @@ int mekha_qemu_incoming_finish(bool start, char **err);
 int mekha_qemu_vm_resume(char **err);
 
 /*
- * Ask QEMU to shut down (cause host-error), as a restored VM that must
- * never run does: with -no-shutdown it stops in the shutdown state.
+ * Ask QEMU to exit (cause host-error, also under -no-shutdown, as 'quit'
+ * does), as a restored VM that must never run does.
  */
 void mekha_qemu_shutdown_request(void);
 
