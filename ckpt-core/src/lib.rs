@@ -24,6 +24,7 @@ pub mod instant;
 pub mod mtd;
 pub mod persist;
 pub mod private;
+pub mod session;
 pub mod staging;
 pub mod store;
 pub mod uring;

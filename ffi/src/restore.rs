@@ -18,14 +18,12 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::image::{check_compatible, page_crc, Image, ZERO_PAGE_CRC};
-use mekha_ckpt_core::vtime::TimePolicy;
+use mekha_ckpt_core::session::Lease;
 use mekha_ckpt_core::PAGE_SIZE;
-use serde::{Deserialize, Serialize};
 
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
@@ -34,57 +32,7 @@ use crate::qemu::{self, Bql, Event, QemuThread};
 use crate::rendezvous;
 use crate::{fault, guarded};
 
-/// `__org.mekha_RestoreArgs`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct Args {
-    pub path: PathBuf,
-    pub start: Option<bool>,
-    pub lazy: Option<bool>,
-    pub time: Option<TimePolicy>,
-    pub catch_up_ppm: Option<u32>,
-    pub lag_ns: Option<i64>,
-    pub lease_ms: Option<u64>,
-}
-
-/// `__org.mekha_QueryRestoreArgs`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct QueryArgs {
-    pub renew_lease: Option<bool>,
-}
-
-/// `__org.mekha_RestoreStatus`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) enum Status {
-    #[default]
-    None,
-    Loading,
-    Completed,
-    Failed,
-}
-
-/// `__org.mekha_RestoreInfo`.
-#[derive(Debug, Clone, Serialize, Default)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) struct Info {
-    pub status: Status,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub path: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-    pub lazy: bool,
-    pub ram_bytes: u64,
-    pub verified_bytes: u64,
-    pub total_ns: u64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume_at_ns: Option<i64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resumed_at_ns: Option<i64>,
-    pub net_injected_frames: u64,
-    pub net_dropped_frames: u64,
-}
+pub(crate) use mekha_ckpt_core::session::restore::{Args, Info, QueryArgs, ResumeArgs, Status};
 
 static INFO: Mutex<Info> = Mutex::new(Info {
     status: Status::None,
@@ -100,18 +48,13 @@ static INFO: Mutex<Info> = Mutex::new(Info {
     net_dropped_frames: 0,
 });
 
-/// The coordinator's lease on a restore left paused, until its resume.
-struct Lease {
-    every: Duration,
-    last_heard: Instant,
-}
-
+/// The coordinator's lease on a restore from its command to its resume.
 static LEASE: Mutex<Option<Lease>> = Mutex::new(None);
 
 /// The coordinator spoke: renews its lease, if one runs.
 fn heard() {
     if let Some(lease) = LEASE.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
-        lease.last_heard = Instant::now();
+        lease.heard(Instant::now());
     }
 }
 
@@ -124,47 +67,47 @@ pub(crate) fn query(args: QueryArgs) -> Info {
     INFO.lock().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
-/// Waits out the lease of a restored, paused VM: returns when the resume
-/// came; if the coordinator fell silent first, fails the restore and shuts
-/// QEMU down.
+/// Waits out the lease of a restore from its command to its resume: if
+/// the coordinator falls silent first — the VM loading, loaded, or its
+/// load failed — fails the restore and shuts QEMU down.
 fn watch_lease() {
-    loop {
-        let expired = {
+    let every = loop {
+        {
             let mut lease = LEASE.lock().unwrap_or_else(PoisonError::into_inner);
-            let Some(l) = lease.as_ref() else { return };
-            let every = l.every;
-            let expired = l.last_heard.elapsed() > every;
-            if expired {
+            let Some(l) = *lease else { return };
+            if l.expired(Instant::now()) {
                 *lease = None;
+                break l.every();
             }
-            expired.then_some(every)
-        };
-        if let Some(every) = expired {
-            qemu::main_loop_call(move || {
-                // SAFETY: main-loop calls run with the BQL held.
-                let bql = unsafe { Bql::assume_held() };
-                let snapshot = {
-                    let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
-                    // A resume that came meanwhile wins.
-                    if info.status != Status::Completed || info.resume_at_ns.is_some() {
-                        return;
-                    }
-                    info.status = Status::Failed;
-                    info.error = Some(format!(
-                        "the coordinator's lease expired: it was not heard from for {} ms and never resumed the \
-                         VM, which did not run; QEMU shuts down (restart the cluster again)",
-                        every.as_millis()
-                    ));
-                    info.clone()
-                };
-                eprintln!("mekha: {}", snapshot.error.as_deref().unwrap_or_default());
-                qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
-                qemu::incoming::shut_down(&bql);
-            });
-            return;
         }
         std::thread::sleep(LEASE_CHECK);
-    }
+    };
+    qemu::main_loop_call(move || {
+        // SAFETY: main-loop calls run with the BQL held.
+        let bql = unsafe { Bql::assume_held() };
+        let snapshot = {
+            let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
+            // A resume that came meanwhile wins; so does whoever started
+            // the VM by other means (`cont`).
+            if info.resume_at_ns.is_some() || qemu::ckpt::vm_is_running(&bql) {
+                return;
+            }
+            let why = format!("the coordinator's lease expired: it was not heard from for {} ms", every.as_millis());
+            if info.status == Status::Failed {
+                eprintln!("mekha: {why}; the restore failed, QEMU shuts down");
+            } else {
+                info.status = Status::Failed;
+                info.error = Some(format!(
+                    "{why} and never resumed the VM, which did not run; QEMU shuts down (restart the cluster \
+                     again)"
+                ));
+                eprintln!("mekha: {}", info.error.as_deref().unwrap_or_default());
+            }
+            info.clone()
+        };
+        qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
+        qemu::incoming::shut_down(&bql);
+    });
 }
 
 /// How often the lease is checked.
@@ -173,6 +116,10 @@ const LEASE_CHECK: Duration = Duration::from_millis(20);
 fn finish(outcome: Result<(), String>, started: Instant) {
     let snapshot = {
         let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
+        if info.status != Status::Loading {
+            // The lease ran out first and said so.
+            return;
+        }
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
             Ok(()) => info.status = Status::Completed,
@@ -200,13 +147,8 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
             .into());
     }
     let time = RestoreTime::new(args.time, args.catch_up_ppm, args.lag_ns)?;
-    let start_vm = args.start.unwrap_or(true);
-    let lease = match args.lease_ms {
-        None => None,
-        Some(0) => return Err("lease-ms must be positive".into()),
-        Some(_) if start_vm => return Err("lease-ms is for a restore left paused (start false)".into()),
-        Some(ms) => Some(Duration::from_millis(ms)),
-    };
+    let start_vm = args.starts();
+    let lease = args.lease()?;
     let ram = GuestRam::current(&bql)?;
     let image = Image::open(&args.path).map_err(|e| e.to_string())?;
     let record = image.time().map_err(|e| e.to_string())?;
@@ -227,8 +169,10 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         ram_bytes: image.layout().total_pages() * PAGE_SIZE as u64,
         ..Info::default()
     };
-    *LEASE.lock().unwrap_or_else(PoisonError::into_inner) =
-        lease.map(|every| Lease { every, last_heard: Instant::now() });
+    if let Some(every) = lease {
+        *LEASE.lock().unwrap_or_else(PoisonError::into_inner) = Some(Lease::new(every, Instant::now()));
+        spawn_lease_watch();
+    }
     let ram = Arc::new(ram);
     let image_path = args.path.display().to_string();
     std::thread::Builder::new()
@@ -243,6 +187,11 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                 Ok(device_state) => qemu::main_loop_call(move || {
                     // SAFETY: main-loop calls run with the BQL held.
                     let bql = unsafe { Bql::assume_held() };
+                    // The lease ran out while RAM was loading: QEMU shuts
+                    // down, the VM must not come to life now.
+                    if INFO.lock().unwrap_or_else(PoisonError::into_inner).status != Status::Loading {
+                        return;
+                    }
                     let outcome = guarded(|| {
                         guest_time::prepare_restore(&bql, record, time);
                         qemu::incoming::load_devices(&bql, &device_state)?;
@@ -256,11 +205,10 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                         }
                         qemu::incoming::finish(&bql, start_vm).inspect_err(|_| net_hold::abandon_restore(&bql))
                     });
-                    let loaded = outcome.is_ok();
                     finish(outcome, started);
-                    if loaded && lease.is_some() {
-                        spawn_lease_watch();
-                    }
+                    // Loading took this main loop a while: the coordinator
+                    // may not have been answered meanwhile.
+                    heard();
                 }),
                 Err(e) => finish(Err(e), started),
             }
@@ -270,7 +218,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
 }
 
 /// Starts the thread of [`watch_lease`]; without it, the lease ends (a
-/// thread that cannot start must not shut down a VM that was loaded).
+/// thread that cannot start must not shut down a VM).
 fn spawn_lease_watch() {
     let spawned = std::thread::Builder::new().name("mekha-restore-lease".into()).spawn(|| {
         if let Err(e) = guarded(|| {
@@ -286,13 +234,6 @@ fn spawn_lease_watch() {
     }
 }
 
-/// `__org.mekha_ResumeArgs`.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct ResumeArgs {
-    pub at: Option<i64>,
-}
-
 /// `__org.mekha_resume`: resumes a VM restored paused, at a wall-clock
 /// instant (one for every VM of a cluster) or at once. Returns at once; a
 /// thread naps until shortly before the instant, then takes the BQL and
@@ -303,31 +244,47 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
         if info.status != Status::Completed || info.resume_at_ns.is_some() {
             return Err("no restored VM waits to be resumed".into());
         }
-        let horizon = rendezvous::wall_ns() + 60_000_000_000;
-        if args.at.is_some_and(|at| at > horizon) {
-            return Err("at is more than 60 s ahead of this host's clock".into());
-        }
+        args.check(rendezvous::wall_ns())?;
         info.resume_at_ns = Some(args.at.unwrap_or_else(rendezvous::wall_ns));
-        // The coordinator decided: the VM runs at the instant, lease or not.
-        *LEASE.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
-    std::thread::Builder::new()
-        .name("mekha-resume".into())
-        .spawn(move || {
-            let _thread = QemuThread::register();
-            let resumed = guarded(|| {
-                let (bql, now) = rendezvous::lock_at(args.at);
-                qemu::incoming::resume(&bql).map(|()| now)
-            });
-            match resumed {
-                Ok(now) => INFO.lock().unwrap_or_else(PoisonError::into_inner).resumed_at_ns = Some(now),
-                Err(e) => {
-                    eprintln!("mekha: resuming the restored VM failed: {e}");
-                    INFO.lock().unwrap_or_else(PoisonError::into_inner).resume_at_ns = None;
-                }
-            }
-        })
-        .map_err(|e| format!("cannot start the resume thread: {e}"))?;
+    // The coordinator decided: the VM runs at the instant, lease or not.
+    let lease = LEASE.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let spawned = std::thread::Builder::new().name("mekha-resume".into()).spawn(move || {
+        let _thread = QemuThread::register();
+        let resumed = guarded(|| {
+            let (bql, now) = rendezvous::lock_at(args.at);
+            qemu::incoming::resume(&bql).map(|()| now)
+        });
+        match resumed {
+            Ok(now) => INFO.lock().unwrap_or_else(PoisonError::into_inner).resumed_at_ns = Some(now),
+            // Its peers run, or will: this VM must not wait paused to
+            // run later, alone.
+            Err(e) => qemu::main_loop_call(move || {
+                // SAFETY: main-loop calls run with the BQL held.
+                let bql = unsafe { Bql::assume_held() };
+                let snapshot = {
+                    let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
+                    info.resume_at_ns = None;
+                    info.status = Status::Failed;
+                    info.error = Some(format!("resuming the restored VM failed: {e}; QEMU shuts down"));
+                    eprintln!("mekha: {}", info.error.as_deref().unwrap_or_default());
+                    info.clone()
+                };
+                qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
+                qemu::incoming::shut_down(&bql);
+            }),
+        }
+    });
+    if let Err(e) = spawned {
+        // Nothing changed: the VM waits as before, under its lease.
+        INFO.lock().unwrap_or_else(PoisonError::into_inner).resume_at_ns = None;
+        if let Some(l) = lease {
+            *LEASE.lock().unwrap_or_else(PoisonError::into_inner) = Some(Lease::new(l.every(), Instant::now()));
+            // Its watch may have ended when the lease was taken.
+            spawn_lease_watch();
+        }
+        return Err(format!("cannot start the resume thread: {e}"));
+    }
     Ok(())
 }
 
@@ -369,12 +326,17 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
             let (start, end) = (start as usize, end as usize);
             if !data {
                 check_zero_pages(image, first_page + (start / PAGE_SIZE) as u64, (end - start) / PAGE_SIZE)?;
-                if !lazy {
-                    // SAFETY: a range of this block's guest RAM, unused by
-                    // any vCPU before the restore completes.
-                    unsafe { zero_guest_range(host.add(start), end - start, anonymous) };
+                // In chunks, so that a large hole in RAM that must be
+                // written shows progress.
+                for at in (start..end).step_by(CHUNK) {
+                    let n = CHUNK.min(end - at);
+                    if !lazy {
+                        // SAFETY: a range of this block's guest RAM, unused
+                        // by any vCPU before the restore completes.
+                        unsafe { zero_guest_range(host.add(at), n, anonymous) };
+                    }
+                    add_verified(n);
                 }
-                add_verified(end - start);
                 continue;
             }
             let mut done = start;

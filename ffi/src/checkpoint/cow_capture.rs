@@ -27,8 +27,9 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
-use super::worker::{self, Params, StopWindow, Stopped, Tracking};
-use super::{Shared, Status};
+use super::worker::{self, StopWindow, Stopped, Tracking};
+use super::Params;
+use super::{Session, Status};
 use crate::qemu;
 use crate::rendezvous;
 
@@ -37,7 +38,7 @@ use crate::rendezvous;
 /// returns the device state and the clocks. Dropping `wp` on any error
 /// releases every page.
 pub(super) fn capture(
-    shared: &Shared,
+    shared: &Session,
     params: &Params,
     wp: WriteProtect,
     persist: &mut Persister,
@@ -113,7 +114,7 @@ pub(super) fn capture(
 /// it and releases every page left.
 fn spawn_copier<'scope>(
     scope: &'scope std::thread::Scope<'scope, '_>,
-    shared: &'scope Shared,
+    shared: &'scope Session,
     mut wp: WriteProtect,
     persist: &'scope mut Persister,
     abort: &'scope AtomicBool,
@@ -124,7 +125,7 @@ fn spawn_copier<'scope>(
         .map_err(|e| format!("cannot start the copy-on-write thread: {e}"))
 }
 
-fn report(shared: &Shared, stats: &CowStats, persist: &Persister) {
+fn report(shared: &Session, stats: &CowStats, persist: &Persister) {
     let staging = persist.staging();
     let written = persist.stats().bytes;
     shared.update(|info| {

@@ -22,15 +22,16 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::worker::{self, Params, StopWindow, Stopped, Tracking};
-use super::{Shared, Status};
+use super::worker::{self, StopWindow, Stopped, Tracking};
+use super::Params;
+use super::{Session, Status};
 use crate::guest_ram::GuestRam;
 use crate::qemu::{self, Bql};
 use crate::rendezvous;
 
 /// Runs the live phase and the pause; returns what the pause captured.
 pub(super) fn capture(
-    shared: &Shared,
+    shared: &Session,
     params: &Params,
     ram: &GuestRam,
     persist: &mut Persister,
@@ -54,7 +55,7 @@ const PREPARE_LEAD_NS: i64 = 20_000_000;
 /// says it is over (with a stop instant, until shortly before it). Returns why it ended, how long it took, and the
 /// planner for the pause.
 fn live_phase(
-    shared: &Shared,
+    shared: &Session,
     params: &Params,
     ram: &GuestRam,
     persist: &mut Persister,
@@ -119,7 +120,7 @@ fn live_phase(
 /// memory with the clocks, waits for the resume instant with the network
 /// frames toward the guest held, restarts the VM.
 fn pause(
-    shared: &Shared,
+    shared: &Session,
     ram: &GuestRam,
     mut planner: MtdPlanner,
     persist: &mut Persister,
@@ -230,7 +231,7 @@ fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<
     Ok(())
 }
 
-fn report(shared: &Shared, planner: &MtdPlanner, persist: &Persister) {
+fn report(shared: &Session, planner: &MtdPlanner, persist: &Persister) {
     let s = planner.status();
     let staging = persist.staging();
     let written = persist.stats().bytes;

@@ -3,83 +3,27 @@
 //! `mtd_capture` and `cow_capture`) into staging, then background persist
 //! and the atomic commit of the image.
 
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError};
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::cow::WriteProtect;
 use mekha_ckpt_core::host::Capabilities;
 use mekha_ckpt_core::image::{ImageBuilder, NetFrames};
-use mekha_ckpt_core::mtd::MtdParams;
 use mekha_ckpt_core::persist::Persister;
-use mekha_ckpt_core::staging::Staging;
+use mekha_ckpt_core::staging::{PageFilter, Staging};
 use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
 use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::{cow_capture, ms, mtd_capture, Abandon, Args, EndArgs, Info, Mode, Shared, Status};
+use super::{cow_capture, mtd_capture, Abandon, EndArgs, Info, Mode, Params, Session, Status};
 use crate::guest_ram::GuestRam;
 use crate::net_hold;
 use crate::qemu::{self, Bql, QemuThread};
 use crate::{fault, guest_time, rendezvous};
 
-/// Validated checkpoint parameters.
-pub(super) struct Params {
-    path: PathBuf,
-    pub(super) mtd: MtdParams,
-    staging_budget: Option<u64>,
-    lease: Option<Duration>,
-    persist_hold: bool,
-}
-
-impl Params {
-    pub(super) fn from_args(args: &Args) -> Result<Params, String> {
-        let mtd = MtdParams {
-            epoch: ms(args.epoch_ms, 3000),
-            dirty_per_cycle: args.dirty_share.unwrap_or(50),
-            clean_per_cycle: args.clean_share.unwrap_or(50),
-            live_budget: ms(args.time_budget_ms, 10_000),
-            hold: args.hold.unwrap_or(false),
-        };
-        if mtd.epoch.is_zero() {
-            return Err("epoch-ms must be positive".into());
-        }
-        if mtd.dirty_per_cycle == 0 && mtd.clean_per_cycle == 0 {
-            return Err("dirty-share and clean-share cannot both be 0".into());
-        }
-        let staging_budget = match args.staging_mib {
-            Some(0) => return Err("staging-mib must be positive".into()),
-            // A shift would wrap (2^44 MiB << 20 is 0: a budget that
-            // never fits a page, and a checkpoint that spins forever).
-            Some(mib) => Some(mib.checked_mul(1 << 20).ok_or("staging-mib is too large")?),
-            None => None,
-        };
-        let lease = match args.lease_ms {
-            Some(0) => return Err("lease-ms must be positive".into()),
-            // A held live phase ends only on its coordinator's command:
-            // without a lease, one that is never heard from again would
-            // hold forever.
-            None if mtd.hold => Some(mtd.live_budget),
-            ms => ms.map(Duration::from_millis),
-        };
-        Ok(Params {
-            path: args.path.clone(),
-            mtd,
-            staging_budget,
-            lease,
-            persist_hold: args.persist_hold.unwrap_or(false),
-        })
-    }
-
-    pub(super) fn lease(&self) -> Option<Duration> {
-        self.lease
-    }
-
-    /// The staging budget asked for (none: all of guest RAM).
-    pub(super) fn staging_budget(&self) -> Option<u64> {
-        self.staging_budget
-    }
-}
+/// Pages written between two progress reports while persisting (64 MiB).
+const PERSIST_STEP_PAGES: u64 = (64 << 20) / PAGE_SIZE as u64;
 
 /// Cheap checks of the image path, for a clear error before anything runs.
 pub(super) fn check_target(path: &Path) -> Result<(), String> {
@@ -239,7 +183,7 @@ impl Drop for ResumeGuard {
 /// Takes the BQL at the stop instant, holds the network frames toward the
 /// guest from just before the stop, stops the VM and reads its clocks.
 /// Both capture modes stop this way.
-pub(super) fn stop_vm(shared: &Shared) -> Result<StopWindow, String> {
+pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow, String> {
     let end = shared.end_args();
     let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
     net_hold::begin(&bql);
@@ -291,7 +235,7 @@ pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking, mut
 /// bug in mekha) is an outcome too: the checkpoint fails with it, the VM
 /// runs (see [`ResumeGuard`]) and the next checkpoint may start. Guards,
 /// not `panic = "abort"`: an abort would take the guest down with QEMU.
-pub(super) fn run(shared: Arc<Shared>, params: Params, prepared: Prepared) {
+pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
     let started = Instant::now();
     let outcome = crate::guarded(|| checkpoint(&shared, &params, prepared));
@@ -326,7 +270,7 @@ impl Drop for Tracking {
     }
 }
 
-fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<(), String> {
+fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(), String> {
     let Prepared { ram, mut tracking, mut bitmap, capture, .. } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
@@ -350,6 +294,12 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
         }
         shared.update(|info| info.status = Status::Persisting);
         fault::point(fault::Point::CheckpointPersisting);
+        // A step at a time, so that a coordinator sees the image being
+        // written (it gives up on a VM that shows no progress).
+        while persist.drain(PERSIST_STEP_PAGES, PageFilter::All).map_err(|e| format!("writing the image: {e}"))? > 0 {
+            let written = persist.stats().bytes;
+            shared.update(|info| info.written_bytes = written);
+        }
         persist.flush_all().map_err(|e| format!("writing the image: {e}"))?;
         Ok((stopped, persist))
     })();
@@ -373,7 +323,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
     builder.set_time(stopped.time);
     builder.set_net_frames(stopped.net_frames);
     // The image records how it was made (the INFO section).
-    let info_json = serde_json::to_value(&*shared.info.lock().unwrap_or_else(PoisonError::into_inner)).ok();
+    let info_json = serde_json::to_value(shared.info()).ok();
     builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
     Ok(())
 }
@@ -381,7 +331,7 @@ fn checkpoint(shared: &Shared, params: &Params, prepared: Prepared) -> Result<()
 /// With persist-hold: keeps the staged image in memory until the
 /// coordinator releases it, cancels it, or stops being heard from (then the
 /// image is written anyway: only the coordinator commits it).
-fn wait_for_persist(shared: &Shared) -> Result<(), String> {
+fn wait_for_persist(shared: &Session) -> Result<(), String> {
     shared.update(|info| info.status = Status::Staged);
     while !shared.persist_released() {
         match shared.abandoned() {

@@ -1,0 +1,145 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+
+use super::*;
+
+fn args(json: &str) -> Result<Args, String> {
+    serde_json::from_str(json).map_err(|e| e.to_string())
+}
+
+fn params(json: &str) -> Result<Params, String> {
+    Params::from_args(&args(json)?)
+}
+
+#[test]
+fn arguments_take_their_defaults() {
+    let p = params(r#"{"path": "/ckpt/vm.mekha"}"#).unwrap();
+    assert_eq!(p.mtd.epoch, Duration::from_secs(3));
+    assert_eq!(p.mtd.live_budget, Duration::from_secs(10));
+    assert_eq!((p.mtd.dirty_per_cycle, p.mtd.clean_per_cycle), (50, 50));
+    assert_eq!((p.staging_budget, p.lease, p.persist_hold, p.mtd.hold), (None, None, false, false));
+}
+
+#[test]
+fn bad_arguments_are_refused_with_their_name() {
+    let cases = [
+        (r#"{"path": "/i", "epoch-ms": 0}"#, "epoch-ms must be positive"),
+        (r#"{"path": "/i", "dirty-share": 0, "clean-share": 0}"#, "dirty-share and clean-share cannot both be 0"),
+        (r#"{"path": "/i", "staging-mib": 0}"#, "staging-mib must be positive"),
+        // 2^44 MiB << 20 wraps to 0.
+        (r#"{"path": "/i", "staging-mib": 17592186044416}"#, "staging-mib is too large"),
+        (r#"{"path": "/i", "lease-ms": 0}"#, "lease-ms must be positive"),
+    ];
+    for (json, error) in cases {
+        assert_eq!(params(json).unwrap_err(), error, "{json}");
+    }
+    assert!(params(r#"{"path": "/i", "mode": "fast"}"#).unwrap_err().contains("unknown variant `fast`"));
+    assert!(params(r#"{"path": "/i", "leese-ms": 5}"#).unwrap_err().contains("unknown field `leese-ms`"));
+}
+
+#[test]
+fn a_held_live_phase_always_has_a_lease() {
+    let held = params(r#"{"path": "/i", "hold": true, "time-budget-ms": 7000}"#).unwrap();
+    assert_eq!(held.lease, Some(Duration::from_secs(7)));
+    let leased = params(r#"{"path": "/i", "hold": true, "lease-ms": 500}"#).unwrap();
+    assert_eq!(leased.lease, Some(Duration::from_millis(500)));
+}
+
+#[test]
+fn end_instants_are_checked() {
+    let now = 1_000_000_000_000;
+    EndArgs::default().check(now).unwrap();
+    EndArgs { stop_at: Some(now + 1), resume_at: Some(now + 2) }.check(now).unwrap();
+    let backwards = EndArgs { stop_at: Some(now + 2), resume_at: Some(now + 2) };
+    assert_eq!(backwards.check(now).unwrap_err(), "resume-at must come after stop-at");
+    let far = EndArgs { stop_at: Some(now + 120_000_000_000), resume_at: None };
+    assert!(far.check(now).unwrap_err().starts_with("stop-at is more than 60 s ahead"));
+}
+
+/// A session and how many status changes it reported.
+fn session(lease: Option<Duration>) -> (Session, Arc<AtomicUsize>) {
+    let events = Arc::new(AtomicUsize::new(0));
+    let counted = events.clone();
+    let info = Info { status: Status::Live, ..Info::default() };
+    let on_status = Box::new(move |_: &Info| {
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
+    (Session::new(info, lease, on_status), events)
+}
+
+#[test]
+fn status_changes_are_reported_progress_alone_is_not() {
+    let (s, events) = session(None);
+    s.update(|i| i.copied_pages += 10);
+    assert_eq!(events.load(Ordering::Relaxed), 0);
+    s.update(|i| i.status = Status::Paused);
+    s.update(|i| i.pause_ns = 5);
+    assert_eq!(events.load(Ordering::Relaxed), 1);
+    assert_eq!(s.info().status, Status::Paused);
+}
+
+#[test]
+fn the_live_phase_ends_once_and_only_while_live() {
+    let (s, _) = session(None);
+    let now = 1_000_000_000_000;
+    let end = EndArgs { stop_at: Some(now + 50_000_000), resume_at: Some(now + 60_000_000) };
+    s.request_end(end, now).unwrap();
+    assert!(s.end_requested());
+    assert_eq!(s.end_args(), end);
+    assert_eq!(s.info().stop_at_ns, end.stop_at);
+    assert_eq!(s.request_end(end, now).unwrap_err(), "no checkpoint is in its live phase");
+    let (staged, _) = session(None);
+    staged.update(|i| i.status = Status::Staged);
+    assert!(staged.request_end(EndArgs::default(), now).is_err());
+    // A bad instant changes nothing.
+    let (live, _) = session(None);
+    assert!(live.request_end(EndArgs { stop_at: Some(now + 2), resume_at: Some(now + 1) }, now).is_err());
+    assert!(!live.end_requested());
+}
+
+#[test]
+fn cancel_is_refused_while_the_vm_is_stopped() {
+    for (status, allowed) in [
+        (Status::Live, true),
+        (Status::Paused, false),
+        (Status::Capturing, false),
+        (Status::Staged, true),
+        (Status::Persisting, false),
+        (Status::Completed, false),
+        (Status::Failed, false),
+    ] {
+        let (s, _) = session(None);
+        s.update(|i| i.status = status);
+        assert_eq!(s.cancel().is_ok(), allowed, "{status:?}");
+        assert_eq!(s.abandoned() == Some(Abandon::Cancelled), allowed, "{status:?}");
+    }
+}
+
+#[test]
+fn a_silent_coordinator_loses_its_lease_and_a_word_renews_it() {
+    let (s, _) = session(Some(Duration::from_millis(40)));
+    assert_eq!(s.abandoned(), None);
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(20));
+        s.heard();
+        assert_eq!(s.abandoned(), None);
+    }
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(s.abandoned(), Some(Abandon::LeaseExpired));
+    let (unleased, _) = session(None);
+    std::thread::sleep(Duration::from_millis(60));
+    assert_eq!(unleased.abandoned(), None);
+}
+
+#[test]
+fn persist_is_released_only_for_an_active_checkpoint() {
+    let (s, _) = session(None);
+    s.update(|i| i.status = Status::Staged);
+    s.release_persist().unwrap();
+    assert!(s.persist_released());
+    let (done, _) = session(None);
+    done.update(|i| i.status = Status::Completed);
+    assert_eq!(done.release_persist().unwrap_err(), "no checkpoint is running");
+}

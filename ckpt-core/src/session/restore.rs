@@ -1,0 +1,132 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! A restore's session (`__org.mekha_restore`, `__org.mekha_resume`):
+//! its arguments, its statuses and their checks.
+//!
+//! Statuses: `loading` -> `completed` (running, or paused until a resume)
+//! or `failed` (the VM never ran). A restore left paused for a
+//! coordinator may carry a lease until its resume.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::check_instant;
+use crate::vtime::TimePolicy;
+
+/// `__org.mekha_RestoreArgs`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct Args {
+    pub path: PathBuf,
+    pub start: Option<bool>,
+    pub lazy: Option<bool>,
+    pub time: Option<TimePolicy>,
+    pub catch_up_ppm: Option<u32>,
+    pub lag_ns: Option<i64>,
+    pub lease_ms: Option<u64>,
+}
+
+/// `__org.mekha_QueryRestoreArgs`.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct QueryArgs {
+    pub renew_lease: Option<bool>,
+}
+
+/// `__org.mekha_RestoreStatus`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Status {
+    #[default]
+    None,
+    Loading,
+    Completed,
+    Failed,
+}
+
+/// `__org.mekha_RestoreInfo`.
+#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub struct Info {
+    pub status: Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub lazy: bool,
+    pub ram_bytes: u64,
+    pub verified_bytes: u64,
+    pub total_ns: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume_at_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_at_ns: Option<i64>,
+    pub net_injected_frames: u64,
+    pub net_dropped_frames: u64,
+}
+
+/// `__org.mekha_ResumeArgs`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ResumeArgs {
+    pub at: Option<i64>,
+}
+
+impl Args {
+    /// Whether the VM runs once restored (default) or waits paused.
+    pub fn starts(&self) -> bool {
+        self.start.unwrap_or(true)
+    }
+
+    /// The coordinator's lease, checked: only for a restore left paused.
+    pub fn lease(&self) -> Result<Option<Duration>, String> {
+        match self.lease_ms {
+            None => Ok(None),
+            Some(0) => Err("lease-ms must be positive".into()),
+            Some(_) if self.starts() => Err("lease-ms is for a restore left paused (start false)".into()),
+            Some(ms) => Ok(Some(Duration::from_millis(ms))),
+        }
+    }
+}
+
+impl ResumeArgs {
+    /// An instant within reach of `now_ns`.
+    pub fn check(&self, now_ns: i64) -> Result<(), String> {
+        check_instant("at", self.at, now_ns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(json: &str) -> Result<Args, serde_json::Error> {
+        serde_json::from_str(json)
+    }
+
+    #[test]
+    fn a_lease_is_only_for_a_restore_left_paused() {
+        assert_eq!(args(r#"{"path": "/i"}"#).unwrap().lease(), Ok(None));
+        let paused = args(r#"{"path": "/i", "start": false, "lease-ms": 2000}"#).unwrap();
+        assert_eq!(paused.lease(), Ok(Some(Duration::from_millis(2000))));
+        let started = args(r#"{"path": "/i", "lease-ms": 2000}"#).unwrap();
+        assert_eq!(started.lease().unwrap_err(), "lease-ms is for a restore left paused (start false)");
+        let zero = args(r#"{"path": "/i", "start": false, "lease-ms": 0}"#).unwrap();
+        assert_eq!(zero.lease().unwrap_err(), "lease-ms must be positive");
+    }
+
+    #[test]
+    fn unknown_arguments_are_refused() {
+        let err = args(r#"{"path": "/i", "leese-ms": 1}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `leese-ms`"), "{err}");
+    }
+
+    #[test]
+    fn a_resume_far_ahead_is_refused() {
+        let now = 1_000_000_000_000;
+        ResumeArgs { at: None }.check(now).unwrap();
+        ResumeArgs { at: Some(now + 1_000_000) }.check(now).unwrap();
+        assert!(ResumeArgs { at: Some(now + 61_000_000_000) }.check(now).is_err());
+    }
+}
