@@ -50,6 +50,7 @@ use crate::agent::{AgentClient, Request};
 use crate::ckpt::{
     latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions, DEFAULT_LEASE, DEFAULT_PROGRESS_TIMEOUT,
 };
+use crate::fault::{self, Step};
 use crate::info;
 use crate::parts::{self, Parts};
 use crate::qmp::{Event, Qmp, QmpError, MEKHA_PREFIX};
@@ -240,6 +241,7 @@ pub async fn checkpoint(
         .filter(|(i, _)| !parts.holds(*i))
         .map(|(_, (vm, p))| (vm.name.as_str(), p.as_path()))
         .collect();
+    fault::step(Step::Committing);
     let manifest = generation.commit_with_parts(&named, sealed)?;
     // Committed: the images live under the generation's final name.
     let images: Vec<PathBuf> = vms.iter().map(|vm| store.resolve(&manifest, &vm.name)).collect::<Result<_, _>>()?;
@@ -299,6 +301,7 @@ async fn run_checkpoint(
         cancel_all(vms).await;
         return Err(CkptError::Refused(message));
     }
+    fault::step(Step::Prepare);
 
     // 2. Live phase, up to the global ending condition.
     let mut round_trip = Duration::ZERO;
@@ -312,6 +315,7 @@ async fn run_checkpoint(
             }
         };
         round_trip = round_trip.max(asked.elapsed());
+        fault::step(Step::Live);
         progress(&states);
         if let Some(e) = first_failure(vms, &states) {
             cancel_all(vms).await;
@@ -339,6 +343,7 @@ async fn run_checkpoint(
         cancel_all(vms).await;
         return Err(CkptError::Refused(message));
     }
+    fault::step(Step::Rendezvous);
     let live = started.elapsed();
 
     // 4. Wait for every image to be staged; check that each storage target
@@ -372,6 +377,7 @@ async fn run_checkpoint(
                 cancel_all(vms).await;
                 return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)));
             }
+            fault::step(Step::Persisting);
         }
         let states = query_all(vms).await?;
         progress(&states);
@@ -516,6 +522,9 @@ async fn wait_all(
         if let Some(e) = first_failure(vms, &states) {
             cancel_all(vms).await;
             return Err(e);
+        }
+        if states.iter().any(|s| s["stopped-at-ns"].is_i64()) {
+            fault::step(Step::Stopped);
         }
         let is_done = |i: usize| done(states[i]["status"].as_str().unwrap_or(""));
         if (0..vms.len()).all(is_done) {
@@ -677,6 +686,7 @@ pub async fn restore(
     for (vm, load) in vms.iter().zip(loads) {
         load.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
     }
+    fault::step(Step::RestoreLoading);
     let restored_event = format!("{MEKHA_PREFIX}RESTORE");
     let mut round_trip;
     let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
@@ -736,6 +746,7 @@ pub async fn restore(
         for (vm, r) in vms.iter().zip(resumes) {
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
         }
+        fault::step(Step::RestoreResuming);
         // Each VM resumes at `at` by itself: past it by the progress
         // timeout, one that has not is stuck.
         let deadline = Instant::now() + Duration::from_nanos((at - wall_ns()).max(0) as u64) + options.progress_timeout;

@@ -9,6 +9,7 @@ pub mod ckpt;
 pub mod ckpt_cmd;
 pub mod cluster;
 pub mod exit;
+pub mod fault;
 pub mod firmware;
 pub mod image_cmd;
 pub mod info;
