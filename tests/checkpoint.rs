@@ -124,7 +124,6 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result(name: &str, mode:
     .unwrap();
     vm.kill();
 
-    let mut config = config;
     config.incoming = true;
     config.extra_args = restore_args;
     let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config).unwrap();
