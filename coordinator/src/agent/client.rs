@@ -116,10 +116,10 @@ impl AgentClient {
             // The agent closed: most often it refused our certificate.
             return Err(self.unreachable("closed the connection (does it accept this client certificate?)"));
         }
-        match serde_json::from_slice(&answer) {
+        match Reply::from_line(&answer) {
             Ok(Reply::Ok(value)) => Ok((value, reader)),
             Ok(Reply::Error(message)) => Err(AgentError::Failed { address: self.address.clone(), message }),
-            Err(e) => Err(self.unreachable(format!("bad reply: {e}"))),
+            Err(e) => Err(self.unreachable(e)),
         }
     }
 

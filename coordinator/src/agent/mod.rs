@@ -78,3 +78,23 @@ pub enum Reply {
 
 /// Longest request line an agent reads (a spec is a few KiB).
 const MAX_LINE: usize = 1 << 20;
+
+impl Request {
+    /// A request line as the agent reads it: JSON, and every spec in it
+    /// checked as a spec file is, since its names become file names (VM
+    /// logs, pid files) and options of root's QEMUs. Err says what is wrong.
+    pub fn from_line(line: &[u8]) -> Result<Request, String> {
+        let request: Request = serde_json::from_slice(line).map_err(|e| format!("bad request: {e}"))?;
+        if let Request::Launch { spec, .. } | Request::Stop { spec, .. } | Request::Status { spec } = &request {
+            spec.check().map_err(|e| format!("spec {}: {e}", spec.name))?;
+        }
+        Ok(request)
+    }
+}
+
+impl Reply {
+    /// A reply line as the client reads it.
+    pub fn from_line(line: &[u8]) -> Result<Reply, String> {
+        serde_json::from_slice(line).map_err(|e| format!("bad reply: {e}"))
+    }
+}

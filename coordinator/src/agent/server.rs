@@ -146,9 +146,9 @@ async fn handle(
         .await
         .map_err(|_| format!("{who}: no request within 10 s"))?;
     read.map_err(|e| format!("{who}: {e}"))?;
-    let request: Request = match serde_json::from_slice(&line) {
+    let request = match Request::from_line(&line) {
         Ok(r) => r,
-        Err(e) => return answer(&mut stream, Reply::Error(format!("bad request: {e}"))).await,
+        Err(e) => return answer(&mut stream, Reply::Error(e)).await,
     };
     if let Err(refusal) = policy.authorize(&client, &request) {
         eprintln!("mekha agent: {peer}: {refusal}");
@@ -197,12 +197,8 @@ async fn answer(stream: &mut BufReader<TlsStream<TcpStream>>, reply: Reply) -> R
     stream.shutdown().await.map_err(|e| e.to_string())
 }
 
+/// Runs a request [`Request::from_line`] accepted.
 async fn run(request: Request, children: &Children) -> Result<Value, String> {
-    // A spec from the wire is checked as a spec file is: its names become
-    // file names (VM logs, pid files) and options of root's QEMUs.
-    if let Request::Launch { spec, .. } | Request::Stop { spec, .. } | Request::Status { spec } = &request {
-        spec.check().map_err(|e| format!("spec {}: {e}", spec.name))?;
-    }
     match request {
         Request::Storage { dir } => Ok(json!(storage::probe(&dir)?)),
         Request::Launch { spec, incoming } => {
@@ -295,8 +291,8 @@ mod tests {
     use super::*;
     use crate::spec::Spec;
 
-    #[tokio::test]
-    async fn a_spec_whose_names_leave_the_state_directory_is_refused() {
+    #[test]
+    fn a_spec_whose_names_leave_the_state_directory_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let text = format!(
             "name = \"job\"\ncheckpoint_dir = {:?}\nstate_dir = {:?}\n[[vm]]\nname = \"node0\"\nargs = []\n",
@@ -308,13 +304,12 @@ mod tests {
         let mut spec = Spec::load(&path).unwrap();
         // What a client could send that no spec file would pass.
         spec.vms[0].name = "../../../etc/cron.d/x".into();
-        let children = Children::default();
         for request in [
             Request::Launch { spec: Box::new(spec.clone()), incoming: false },
             Request::Stop { spec: Box::new(spec.clone()), grace_ms: 0, network: false },
             Request::Status { spec: Box::new(spec.clone()) },
         ] {
-            let e = run(request, &children).await.unwrap_err();
+            let e = Request::from_line(&json_line(&request)).unwrap_err();
             assert!(e.contains("VM name"), "{e}");
         }
         assert!(!dir.path().join("state").exists(), "something was created");
