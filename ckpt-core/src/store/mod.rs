@@ -85,6 +85,31 @@ impl Manifest {
     pub fn vm(&self, name: &str) -> Option<&ManifestVm> {
         self.vms.iter().find(|vm| vm.name == name)
     }
+
+    /// Why no commit can have written this manifest, if so. `begin` keeps
+    /// only the generation a manifest names (and older ones): an image
+    /// anywhere but in that generation's directory would be deleted.
+    fn problem(&self) -> Option<String> {
+        if self.generation == 0 {
+            return Some("it names generation 0 (generations start at 1)".into());
+        }
+        let dir = generation_name(self.generation);
+        for (i, vm) in self.vms.iter().enumerate() {
+            if !vm.image_is_inside() {
+                return Some(format!("VM {}'s image {:?} is not inside the checkpoint directory", vm.name, vm.image));
+            }
+            if Path::new(&vm.image).parent() != Some(Path::new(&dir)) {
+                return Some(format!(
+                    "VM {}'s image {:?} is not in the generation's directory {dir}",
+                    vm.name, vm.image
+                ));
+            }
+            if self.vms[..i].iter().any(|v| v.name == vm.name) {
+                return Some(format!("VM {} appears twice", vm.name));
+            }
+        }
+        None
+    }
 }
 
 impl ManifestVm {
@@ -247,13 +272,8 @@ impl Store {
         if manifest.format != MANIFEST_FORMAT {
             return Err(bad(format!("unknown format {}", manifest.format)));
         }
-        for vm in &manifest.vms {
-            if !vm.image_is_inside() {
-                return Err(bad(format!(
-                    "VM {}'s image {:?} is not inside the checkpoint directory",
-                    vm.name, vm.image
-                )));
-            }
+        if let Some(problem) = manifest.problem() {
+            return Err(bad(problem));
         }
         Ok(Some(manifest))
     }
@@ -940,6 +960,41 @@ mod tests {
 
         write(&manifest);
         assert_restorable(&store, 1);
+    }
+
+    /// Found by the store fuzz target: `begin` removes generations newer
+    /// than the manifest's, so a manifest naming an image in one of them
+    /// had that image deleted.
+    #[test]
+    fn a_manifest_naming_images_of_another_generation_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let store = Store::open(tmp.path()).unwrap();
+        checkpoint(&store, &["a"]);
+        let manifest = checkpoint(&store, &["a"]);
+        // A generation a crash left unnamed, and a manifest pointing into it.
+        let generation = store.begin().unwrap();
+        let vms = write_images(&generation, &["a"]);
+        assert_eq!(generation.commit_until(&vms, Vec::new(), Some(Step::WriteManifest)).unwrap(), None);
+        let path = tmp.path().join(MANIFEST);
+        let write = |m: &Manifest| fs::write(&path, serde_json::to_vec(m).unwrap()).unwrap();
+        let mut elsewhere = manifest.clone();
+        elsewhere.vms[0].image = "gen-000003/a.mekha".into();
+        write(&elsewhere);
+        let e = store.begin().unwrap_err();
+        assert!(e.to_string().contains("not in the generation's directory gen-000002"), "{e}");
+        assert_eq!(listing(tmp.path()), ["MANIFEST.json", "gen-000001", "gen-000002", "gen-000003"]);
+        // Generation 0 is none: every generation would be unnamed.
+        write(&Manifest { generation: 0, vms: Vec::new(), ..manifest.clone() });
+        let e = store.begin().unwrap_err();
+        assert!(e.to_string().contains("generation 0"), "{e}");
+        assert_eq!(listing(tmp.path()), ["MANIFEST.json", "gen-000001", "gen-000002", "gen-000003"]);
+        // A VM twice: a restore could not tell which image is its own.
+        let mut twice = manifest.clone();
+        twice.vms.push(twice.vms[0].clone());
+        write(&twice);
+        assert!(store.latest().unwrap_err().to_string().contains("VM a appears twice"));
+        write(&manifest);
+        assert_restorable(&store, 2);
     }
 
     #[test]
