@@ -60,9 +60,25 @@ impl TimeRecord {
 
     /// How far the guest's wall clock lagged the host's at the instant.
     pub fn lag_ns(&self) -> i64 {
-        self.host_wall_ns.get() - self.guest_wall_ns.get()
+        self.host_wall_ns.get().saturating_sub(self.guest_wall_ns.get())
+    }
+
+    /// Whether both wall clocks read a time a clock can: from the Unix
+    /// epoch to [`MAX_WALL_NS`]. Err names the clock that does not.
+    pub fn check(&self) -> Result<(), String> {
+        for (name, ns) in [("guest", self.guest_wall_ns.get()), ("host", self.host_wall_ns.get())] {
+            if !(0..=MAX_WALL_NS).contains(&ns) {
+                return Err(format!("a wall clock no clock can show: the {name}'s reads {ns} ns since the epoch"));
+            }
+        }
+        Ok(())
     }
 }
+
+/// The latest wall clock a TIME record may hold: the year 2116, half of
+/// what an i64 of nanoseconds holds, so that the differences of two wall
+/// clocks stay far from overflowing.
+pub const MAX_WALL_NS: i64 = i64::MAX / 2;
 
 /// The host-clock offset for a VM resuming at host wall time
 /// `host_now_ns`: 0 under [`TimePolicy::Host`]; otherwise the guest's
@@ -73,8 +89,8 @@ impl TimeRecord {
 pub fn resume_offset(policy: TimePolicy, record: Option<&TimeRecord>, lag_ns: Option<i64>, host_now_ns: i64) -> i64 {
     match (policy, lag_ns, record) {
         (TimePolicy::Host, _, _) => 0,
-        (_, Some(lag), _) => -lag,
-        (_, None, Some(r)) => r.guest_wall_ns.get() - host_now_ns,
+        (_, Some(lag), _) => lag.saturating_neg(),
+        (_, None, Some(r)) => r.guest_wall_ns.get().saturating_sub(host_now_ns),
         (_, None, None) => 0,
     }
 }
@@ -136,6 +152,17 @@ mod tests {
             steps += 1;
         }
         assert_eq!((offset, steps), (0, 600));
+    }
+
+    /// Found by the image fuzz target (a crafted TIME section): the
+    /// offsets overflowed instead of staying at the farthest an i64 holds.
+    #[test]
+    fn extreme_clocks_saturate() {
+        let ancient = TimeRecord::new(i64::MIN, i64::MAX, 0);
+        assert_eq!(ancient.lag_ns(), i64::MAX);
+        assert_eq!(resume_offset(TimePolicy::Continue, Some(&ancient), None, 1), i64::MIN);
+        assert_eq!(resume_offset(TimePolicy::Continue, None, Some(i64::MIN), 0), i64::MAX);
+        assert_eq!(resume_offset(TimePolicy::CatchUp, Some(&TimeRecord::new(i64::MAX, 0, 0)), None, -1), i64::MAX);
     }
 
     #[test]
