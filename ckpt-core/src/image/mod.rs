@@ -83,8 +83,10 @@
 //! | 16 | 8 | QEMU's VM clock: i64 ns the VM had run |
 //! | 24 | 8 | reserved, zero |
 //!
-//! A restore without it (a 1.0 image) leaves QEMU's host clock on the
-//! host's time (`crate::vtime`).
+//! Both wall clocks lie between the epoch and `vtime::MAX_WALL_NS` (the
+//! year 2116); a reader refuses the section otherwise. A restore without
+//! it (a 1.0 image) leaves QEMU's host clock on the host's time
+//! (`crate::vtime`).
 //!
 //! ## NET_FRAMES (since 1.1)
 //!

@@ -179,9 +179,11 @@ impl Image {
     pub fn time(&self) -> Result<Option<TimeRecord>> {
         let Some(section) = self.section(SectionKind::Time) else { return Ok(None) };
         let bytes = read_checked(&self.file, &self.path, section)?;
-        TimeRecord::read_from_bytes(&bytes).map(Some).map_err(|_| {
+        let record = TimeRecord::read_from_bytes(&bytes).map_err(|_| {
             ImageError::malformed(&self.path, format!("the TIME section is {} bytes, not 32", bytes.len()))
-        })
+        })?;
+        record.check().map_err(|e| ImageError::malformed(&self.path, format!("the TIME section holds {e}")))?;
+        Ok(Some(record))
     }
 
     /// The network frames in flight toward the VM at the checkpoint

@@ -386,6 +386,23 @@ fn time_record_round_trips_and_is_checked() {
     assert!(!verify(&path).unwrap().is_intact());
 }
 
+/// Found by the image fuzz target: a TIME section's clocks fed the
+/// restore's offset arithmetic unchecked, which overflowed.
+#[test]
+fn time_records_no_clock_can_show_are_refused() {
+    use crate::vtime::TimeRecord;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node1.mekha");
+    let now = 1_700_000_000_000_000_000;
+    for (guest, host) in [(i64::MIN, now), (now, i64::MAX), (-1, now), (now, -5)] {
+        let mut builder = ImageBuilder::create(&path, &identity()).unwrap();
+        builder.set_time(TimeRecord::new(guest, host, 0));
+        builder.finish(DEVICE_STATE, None).unwrap();
+        let err = Image::open(&path).unwrap().time().unwrap_err();
+        assert!(err.is_damage() && err.to_string().contains("TIME section holds a wall clock"), "{err}");
+    }
+}
+
 #[test]
 fn unknown_sections() {
     let dir = tempfile::tempdir().unwrap();
