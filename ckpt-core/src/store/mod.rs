@@ -95,6 +95,9 @@ impl Manifest {
         }
         let dir = generation_name(self.generation);
         for (i, vm) in self.vms.iter().enumerate() {
+            if let Err(e) = check_vm_name(&vm.name) {
+                return Some(e.to_string());
+            }
             if !vm.image_is_inside() {
                 return Some(format!("VM {}'s image {:?} is not inside the checkpoint directory", vm.name, vm.image));
             }
@@ -172,6 +175,9 @@ pub enum StoreError {
 
     #[error("VM {name} appears twice in the checkpoint")]
     DuplicateVm { name: String },
+
+    #[error("a part of the checkpoint kept on another host cannot be committed: {reason}")]
+    BadPart { reason: String },
 
     #[error("VM {name}: image {} is not in generation directory {}", path.display(), dir.display())]
     OutsideGeneration { name: String, path: PathBuf, dir: PathBuf },
@@ -536,6 +542,12 @@ impl Generation {
             }
             entries.push(part);
         }
+        // Parts come from other hosts: what is committed here must read back.
+        let manifest =
+            Manifest { format: MANIFEST_FORMAT, generation: self.number, created_unix_ns: now_unix_ns(), vms: entries };
+        if let Some(reason) = manifest.problem() {
+            return Err(StoreError::BadPart { reason });
+        }
         let dir = &self.store.dir;
         if stop == Some(Step::RenameDir) {
             return Ok(None);
@@ -547,8 +559,6 @@ impl Generation {
             return Ok(None);
         }
 
-        let manifest =
-            Manifest { format: MANIFEST_FORMAT, generation: self.number, created_unix_ns: now_unix_ns(), vms: entries };
         if !self.store.write_manifest(&manifest, stop)? || stop == Some(Step::RemoveOld) {
             return Ok(None);
         }

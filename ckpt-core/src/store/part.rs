@@ -214,6 +214,37 @@ mod tests {
         host.check_image(next, manifest.vm("b").unwrap()).unwrap();
     }
 
+    /// Found by the store fuzz target: a part's entry (an agent's answer)
+    /// went into the manifest as it came, and a manifest that the next
+    /// `latest` refuses stops every later checkpoint and restart.
+    #[test]
+    fn a_part_no_manifest_can_name_is_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let committer = Store::open(root.path()).unwrap();
+        checkpoint(&committer, &["a"]);
+        let part = |name: &str, image: &str| ManifestVm {
+            name: name.into(),
+            image: image.into(),
+            size: 1,
+            header_crc32c: 1,
+            host: Some("n1".into()),
+        };
+        for (bad, why) in [
+            (part("b", "gen-000001/b.mekha"), "not in the generation's directory gen-000002"),
+            (part("b", "../b.mekha"), "not inside the checkpoint directory"),
+            (part("../b", "gen-000002/b.mekha"), "invalid VM name"),
+        ] {
+            let generation = committer.begin().unwrap();
+            let e = generation.commit_with_parts(&[] as &[(&str, &Path)], vec![bad]).unwrap_err();
+            assert!(matches!(e, StoreError::BadPart { .. }) && e.to_string().contains(why), "{e}");
+            assert_eq!(committer.latest().unwrap().unwrap().generation, 1);
+        }
+        let generation = committer.begin().unwrap();
+        let good = part("b", &format!("gen-{:06}/b.mekha", generation.number()));
+        let manifest = generation.commit_with_parts(&[] as &[(&str, &Path)], vec![good]).unwrap();
+        assert_eq!(committer.latest().unwrap(), Some(manifest));
+    }
+
     #[test]
     fn a_seal_refuses_a_missing_image_and_keeps_the_partial_directory() {
         let root = tempfile::tempdir().unwrap();

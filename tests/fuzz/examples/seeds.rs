@@ -120,6 +120,12 @@ fn store(out: &Path, scratch: &Path) {
     write(out, "parts", &with_selector(1, &host.dir().join(PARTS_MARKER)));
     write(out, "parts-before-ids", &[b"\x01".as_slice(), br#"{"committer":"login1"}"#].concat());
     write(out, "id", &with_selector(2, &committer.dir().join(STORE_ID)));
+    // A seal's answer for generation 5, the next one of the target's directory.
+    let id = committer.id().unwrap().unwrap();
+    let part = host.begin_part(5, &[2], "login1", &id).unwrap();
+    image_in(&part, "b");
+    let sealed = host.seal_part(5, &["b".into()]).unwrap();
+    write(out, "sealed-parts", &[vec![3], serde_json::to_vec(&sealed).unwrap()].concat());
 }
 
 fn image_in(dir: &Path, vm: &str) -> PathBuf {

@@ -4,25 +4,28 @@
 //! file. The directory also holds committed, unnamed and partial
 //! generations, and the store's decisions on them must keep what a marker
 //! it accepts names: nothing a committed checkpoint needs is deleted, and
-//! nothing at all when a marker is refused.
+//! nothing at all when a marker is refused. A fourth choice: the entries
+//! of another host's part (an agent's answer to a seal), which a commit
+//! puts in the manifest: what it commits must read back.
 
 #![no_main]
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use libfuzzer_sys::fuzz_target;
-use mekha_ckpt_core::store::{Manifest, PartsMarker, Store, MANIFEST, PARTS_MARKER, STORE_ID};
+use mekha_ckpt_core::store::{Manifest, ManifestVm, PartsMarker, Store, MANIFEST, PARTS_MARKER, STORE_ID};
 use mekha_fuzz::scratch;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&which, file)) = data.split_first() else { return };
     let dir = scratch::temp_dir();
     lay_out(dir.path());
-    match which % 3 {
+    match which % 4 {
         0 => manifest(dir.path(), file),
         1 => parts_marker(dir.path(), file),
-        _ => store_id(dir.path(), file),
+        2 => store_id(dir.path(), file),
+        _ => sealed_parts(dir.path(), file),
     }
 });
 
@@ -105,13 +108,27 @@ fn parts_marker(dir: &Path, file: &[u8]) {
     }
 }
 
+/// A manifest naming generation 2.
+const COMMITTED: &[u8] = br#"{"format":1,"generation":2,"created_unix_ns":0,"vms":[]}"#;
+
 fn store_id(dir: &Path, file: &[u8]) {
     fs::write(dir.join(STORE_ID), file).unwrap();
     let store = Store::open_existing(dir).unwrap();
     let id = store.id();
-    fs::write(dir.join(MANIFEST), br#"{"format":1,"generation":2,"created_unix_ns":0,"vms":[]}"#).unwrap();
+    fs::write(dir.join(MANIFEST), COMMITTED).unwrap();
     if let Ok(next) = store.begin() {
         assert_eq!(store.id().ok(), id.ok(), "begin changed the directory's id");
         next.abort().unwrap();
+    }
+}
+
+/// The next generation is 5 (4 is the partial one).
+fn sealed_parts(dir: &Path, file: &[u8]) {
+    let Ok(parts) = serde_json::from_slice::<Vec<ManifestVm>>(file) else { return };
+    fs::write(dir.join(MANIFEST), COMMITTED).unwrap();
+    let store = Store::open_existing(dir).unwrap();
+    let next = store.begin().unwrap();
+    if let Ok(committed) = next.commit_with_parts(&[] as &[(&str, PathBuf)], parts) {
+        assert_eq!(store.latest().ok(), Some(Some(committed)), "a commit wrote a manifest that does not read back");
     }
 }
