@@ -11,32 +11,16 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{json_of, mekha_all, reference_checksum, wait_checkpoint_settled, wait_mid_exchange};
+use common::{
+    cluster_job, json_of, mekha_all, reference_checksum, wait_checkpoint_settled, wait_mid_exchange,
+    CLUSTER_CHUNK as CHUNK, CLUSTER_COMPUTE as COMPUTE,
+};
 use mekha_coordinator::qmp::Qmp;
-use mekha_rig::{Cluster, ClusterConfig};
+use mekha_rig::Cluster;
 use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(120);
 const MSGS: u64 = 400;
-const COMPUTE: u64 = 3 << 30;
-const CHUNK: u64 = 1 << 28;
-
-fn cluster_config(vms: usize, msgs: u64) -> ClusterConfig {
-    ClusterConfig {
-        vms,
-        memory_mib: 256,
-        probe_args: [
-            format!("probe.msgs={msgs}"),
-            "probe.msg_interval_ms=20".into(),
-            format!("probe.compute={COMPUTE}"),
-            format!("probe.compute_chunk={CHUNK}"),
-            "probe.mem=16".into(),
-            "probe.rate=32".into(),
-            "probe.clock_ms=1000".into(),
-        ]
-        .to_vec(),
-    }
-}
 
 /// Messages a VM's probe has received so far, over all links.
 #[tokio::test(flavor = "multi_thread")]
@@ -44,7 +28,7 @@ async fn cluster_checkpoint_and_restart_loses_nothing() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-ckpt");
     let images = dir.join("images");
-    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_config(3, MSGS)).unwrap();
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_job(3, MSGS)).unwrap();
     wait_mid_exchange(&cluster.vms.iter().map(|vm| vm.log()).collect::<Vec<_>>(), BOOT);
 
     let summary = json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &cluster.cli_qmp_paths(), &images));
@@ -103,7 +87,7 @@ async fn a_vm_dying_midway_commits_nothing() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-ckpt-vm-dies");
     let images = dir.join("images");
-    let mut cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_config(2, 100_000)).unwrap();
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_job(2, 100_000)).unwrap();
     for vm in &cluster.vms {
         vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     }
@@ -155,7 +139,7 @@ async fn a_vm_dying_midway_commits_nothing() {
 async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-ckpt-lease");
-    let cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_config(2, 100_000)).unwrap();
+    let cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_job(2, 100_000)).unwrap();
     for vm in &cluster.vms {
         vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     }
@@ -211,7 +195,7 @@ async fn a_damaged_image_refuses_the_whole_restart() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-ckpt-damaged");
     let images = dir.join("images");
-    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_config(2, 100_000)).unwrap();
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_job(2, 100_000)).unwrap();
     for vm in &cluster.vms {
         vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     }
@@ -254,7 +238,7 @@ async fn checkpoints_on_sigusr1_and_on_sigterm_then_exits() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-ckpt-signals");
     let images = dir.join("images");
-    let cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_config(1, 0)).unwrap();
+    let cluster = Cluster::launch(&artifacts, &dir.join("run"), &cluster_job(1, 0)).unwrap();
     cluster.vms[0].log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     let child = std::process::Command::new(&artifacts.mekha)
         .args(["checkpoint", "--on-signal", "--json", "--qmp"])

@@ -12,30 +12,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{json_of, mekha_all};
+use common::{cluster_job, json_of, mekha_all};
 use mekha_coordinator::qmp::{Event, Qmp};
-use mekha_rig::{Cluster, ClusterConfig};
+use mekha_rig::Cluster;
 use serde_json::Value;
 use tokio::sync::broadcast;
 
 const BOOT: Duration = Duration::from_secs(120);
-
-fn config() -> ClusterConfig {
-    ClusterConfig {
-        vms: 2,
-        memory_mib: 256,
-        probe_args: [
-            "probe.msgs=100000",
-            "probe.msg_interval_ms=20",
-            "probe.compute=3221225472",
-            "probe.compute_chunk=268435456",
-            "probe.mem=16",
-            "probe.rate=32",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    }
-}
 
 fn stall(point: &str) -> (String, String) {
     ("MEKHA_FAULT".to_owned(), format!("{point}:stall"))
@@ -68,7 +51,7 @@ async fn a_vm_stuck_writing_its_image_fails_the_checkpoint_in_bounded_time() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-faults-stuck-write");
     let images = dir.join("images");
-    let cluster = Cluster::launch_with(&artifacts, &dir.join("run"), &config(), |i, vm| {
+    let cluster = Cluster::launch_with(&artifacts, &dir.join("run"), &cluster_job(2, 100_000), |i, vm| {
         if i == 1 {
             vm.env.push(stall("checkpoint-persisting"));
         }
@@ -123,7 +106,7 @@ async fn a_vm_stuck_loading_fails_the_restart_and_no_vm_runs() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("cluster-faults-stuck-load");
     let images = dir.join("images");
-    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &config()).unwrap();
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_job(2, 100_000)).unwrap();
     wait_computing(&cluster).await;
     json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &cluster.cli_qmp_paths(), &images));
 
@@ -174,7 +157,7 @@ async fn a_disk_that_cannot_be_taken_fails_the_restart_before_any_vm_runs() {
     let disk = dir.join("node1-data.raw");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let drive = format!("file={},format=raw,if=none,id=data", disk.display());
-    let mut cluster = Cluster::launch_with(&artifacts, &dir.join("run1"), &config(), |i, vm| {
+    let mut cluster = Cluster::launch_with(&artifacts, &dir.join("run1"), &cluster_job(2, 100_000), |i, vm| {
         if i == 1 {
             vm.extra_args.extend([
                 "-drive".into(),

@@ -15,31 +15,14 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use common::{json_of, mekha_all, wait_checkpoint_settled};
+use common::{cluster_job, json_of, mekha_all, wait_checkpoint_settled};
 use mekha_coordinator::qmp::Qmp;
-use mekha_rig::{Artifacts, Cluster, ClusterConfig};
+use mekha_rig::{Artifacts, Cluster};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 const LEASE_MS: &str = "1000";
 const CHECKPOINT_STEPS: [&str; 6] = ["prepare", "live", "rendezvous", "stopped", "persisting", "committing"];
-
-fn config() -> ClusterConfig {
-    ClusterConfig {
-        vms: 2,
-        memory_mib: 256,
-        probe_args: [
-            "probe.msgs=100000",
-            "probe.msg_interval_ms=20",
-            "probe.compute=3221225472",
-            "probe.compute_chunk=268435456",
-            "probe.mem=16",
-            "probe.rate=32",
-        ]
-        .map(str::to_owned)
-        .to_vec(),
-    }
-}
 
 /// `mekha ARGS` on every VM, killed at `step`.
 fn mekha_killed_at(artifacts: &Artifacts, step: &str, args: &[&str], cluster: &Cluster, dir: &Path) -> Output {
@@ -74,7 +57,7 @@ async fn a_coordinator_killed_at_any_step_loses_nothing() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("fault-matrix");
     let images = dir.join("images");
-    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &config()).unwrap();
+    let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_job(2, 100_000)).unwrap();
     for vm in &cluster.vms {
         vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     }

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 use std::time::Duration;
 
 use mekha_coordinator::qmp::Qmp;
-use mekha_rig::Artifacts;
+use mekha_rig::{Artifacts, ClusterConfig};
 use serde_json::Value;
 
 /// A fresh directory for one test's VMs (QMP sockets, serial logs, QEMU's
@@ -128,3 +128,26 @@ pub async fn wait_checkpoint_settled(qmp: &Qmp) -> Value {
     .await
     .expect("the checkpoint did not settle in 60 s")
 }
+
+/// The cluster job of the cluster tests: `vms` VMs of 256 MiB, each
+/// computing and exchanging `msgs` sequenced TCP and UDP messages with
+/// every other (`probe.msgs`; a large number: the exchange runs all along).
+pub fn cluster_job(vms: usize, msgs: u64) -> ClusterConfig {
+    ClusterConfig {
+        vms,
+        memory_mib: 256,
+        probe_args: vec![
+            format!("probe.msgs={msgs}"),
+            "probe.msg_interval_ms=20".into(),
+            format!("probe.compute={CLUSTER_COMPUTE}"),
+            format!("probe.compute_chunk={CLUSTER_CHUNK}"),
+            "probe.mem=16".into(),
+            "probe.rate=32".into(),
+            "probe.clock_ms=1000".into(),
+        ],
+    }
+}
+
+/// The computation of [`cluster_job`]'s probes.
+pub const CLUSTER_COMPUTE: u64 = 3 << 30;
+pub const CLUSTER_CHUNK: u64 = 1 << 28;

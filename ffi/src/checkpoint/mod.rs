@@ -14,6 +14,10 @@
 //! that dies lives here: a checkpoint that does not hear from its
 //! coordinator for `lease-ms` gives up (or, once staged, writes its image
 //! on its own), and a stopped VM always resumes by itself.
+//!
+//! The session's state machine (arguments and their checks, statuses,
+//! which command may act in which, the lease) is QEMU-free and unit-tested
+//! in `mekha_ckpt_core::session::checkpoint`; this module drives QEMU.
 
 mod cow_capture;
 mod mtd_capture;
