@@ -350,7 +350,7 @@ async fn run_checkpoint(
     // has room for its images (if not, nothing is written and the VMs,
     // already running, lose nothing); then schedule the writes.
     // A VM may rightly stand still, stopped, until the resume instant.
-    let resumed = Instant::now() + Duration::from_nanos((resume_at - wall_ns()).max(0) as u64);
+    let resumed = instant_of(resume_at);
     let done = |s: &str| s == "staged" || s == "completed";
     let states = wait_all(vms, progress, done, resumed, options.progress_timeout).await?;
     let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
@@ -749,7 +749,7 @@ pub async fn restore(
         fault::step(Step::RestoreResuming);
         // Each VM resumes at `at` by itself: past it by the progress
         // timeout, one that has not is stuck.
-        let deadline = Instant::now() + Duration::from_nanos((at - wall_ns()).max(0) as u64) + options.progress_timeout;
+        let deadline = instant_of(at) + options.progress_timeout;
         states = loop {
             let states = query_all_named(vms, "query-restore", Value::Null, lost_restore).await?;
             if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
@@ -803,6 +803,11 @@ pub async fn restore(
 /// own (a status poll by anyone else does not).
 fn renew_lease() -> Value {
     json!({ "renew-lease": true })
+}
+
+/// The monotonic instant of wall-clock instant `wall` (ns); now if past.
+fn instant_of(wall: i64) -> Instant {
+    Instant::now() + Duration::from_nanos((wall - wall_ns()).max(0) as u64)
 }
 
 fn wall_ns() -> i64 {

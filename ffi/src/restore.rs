@@ -105,8 +105,7 @@ fn watch_lease() {
             }
             info.clone()
         };
-        qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
-        qemu::incoming::shut_down(&bql);
+        shut_down(&bql, &snapshot);
     });
 }
 
@@ -130,7 +129,18 @@ fn finish(outcome: Result<(), String>, started: Instant) {
         }
         info.clone()
     };
-    qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
+    emit(&snapshot);
+}
+
+/// `__org.mekha_RESTORE`: where the restore stands.
+fn emit(info: &Info) {
+    qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(info).expect("encodes"));
+}
+
+/// Reports a restore whose VM must never run, then shuts QEMU down.
+fn shut_down(bql: &Bql, failed: &Info) {
+    emit(failed);
+    qemu::incoming::shut_down(bql);
 }
 
 /// `__org.mekha_restore`: checks, then loads in the background.
@@ -270,8 +280,7 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
                     eprintln!("mekha: {}", info.error.as_deref().unwrap_or_default());
                     info.clone()
                 };
-                qemu::emit_event(Event::MEKHA_EVENT_RESTORE, &serde_json::to_value(&snapshot).expect("encodes"));
-                qemu::incoming::shut_down(&bql);
+                shut_down(&bql, &snapshot);
             }),
         }
     });
