@@ -48,13 +48,18 @@ impl Target {
     /// Sleeps until shortly ([`SPIN_LEAD`]) before the instant (at once
     /// when it is closer, or past).
     pub fn nap(&self) {
-        let left = self.bound.saturating_duration_since(Instant::now()).saturating_sub(SLACK);
-        let wall_left = Duration::from_nanos(self.wall.saturating_sub(wall_ns()).max(0) as u64);
-        // The sooner of the two clocks' ends: a step forward shortens the
-        // nap, a step back does not lengthen it.
-        if let Some(nap) = left.min(wall_left).checked_sub(SPIN_LEAD) {
+        if let Some(nap) = self.nap_on(wall_ns(), Instant::now()) {
             std::thread::sleep(nap);
         }
+    }
+
+    /// How long [`nap`](Self::nap) sleeps when the clocks read so.
+    fn nap_on(&self, wall_now: i64, mono_now: Instant) -> Option<Duration> {
+        let left = self.bound.saturating_duration_since(mono_now).saturating_sub(SLACK);
+        let wall_left = Duration::from_nanos(self.wall.saturating_sub(wall_now).max(0) as u64);
+        // The sooner of the two clocks' ends: a step forward shortens the
+        // nap, a step back does not lengthen it.
+        left.min(wall_left).checked_sub(SPIN_LEAD)
     }
 
     /// Spins until the instant; returns the wall-clock time on return.
@@ -136,13 +141,18 @@ mod tests {
 
     #[test]
     fn a_nap_ends_a_spin_lead_before_the_instant() {
-        let at = wall_ns() + 20_000_000;
-        Target::new(at).nap();
-        let left = at - wall_ns();
-        assert!(left <= SPIN_LEAD.as_nanos() as i64 + 100_000, "{left} ns left after the nap");
-        assert!(left > 0, "the nap overslept the instant by {} ns", -left);
-        let started = Instant::now();
-        Target::new(at - 1_000_000_000).nap();
-        assert!(started.elapsed() < Duration::from_millis(1));
+        // Computed from given clock readings: how long the OS then lets
+        // the thread sleep past it is the spin's to absorb, not the nap's.
+        let (wall, mono) = (1_000_000_000_000, Instant::now());
+        let target = Target::new_on(wall + 20_000_000, wall, mono);
+        assert_eq!(target.nap_on(wall, mono), Some(Duration::from_millis(20) - SPIN_LEAD));
+        let later = mono + Duration::from_millis(5);
+        assert_eq!(target.nap_on(wall + 5_000_000, later), Some(Duration::from_millis(15) - SPIN_LEAD));
+        // Within the lead, or past the instant: no nap.
+        assert_eq!(target.nap_on(wall + 19_600_000, mono + Duration::from_micros(19_600)), None);
+        assert_eq!(target.nap_on(wall + 30_000_000, later), None);
+        // A wall clock stepped forward shortens it; one stepped back does not lengthen it.
+        assert_eq!(target.nap_on(wall + 10_000_000, mono), Some(Duration::from_millis(10) - SPIN_LEAD));
+        assert_eq!(target.nap_on(wall - 10_000_000_000, later), Some(Duration::from_millis(15) - SPIN_LEAD));
     }
 }
