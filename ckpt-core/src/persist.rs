@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::image::{ImageKey, PageTag};
 use crate::staging::{PageFilter, Run, Staging};
 use crate::uring::UringWriter;
 use crate::PAGE_SIZE;
@@ -81,6 +82,8 @@ pub enum PersistError {
 struct PageSum {
     crc: u32,
     zero: bool,
+    /// Under an image key; zeros without one.
+    tag: PageTag,
 }
 
 /// One write request: pages contiguous in memory and in the file.
@@ -103,6 +106,9 @@ pub struct Persister {
     /// The file reaches past the last page (checked at the first drain).
     sized: bool,
     crcs: Vec<u32>,
+    /// With an image key: the key, the zero page's tag and each page's tag
+    /// as the file holds it, like `crcs`.
+    seal: Option<(ImageKey, PageTag, Vec<PageTag>)>,
     /// Pages whose on-disk copy may be non-zero.
     nonzero_on_disk: Vec<u64>,
     /// Chunks in flight, indexed by token.
@@ -134,12 +140,25 @@ impl Persister {
             sized: total == 0,
             // The file reads as zeros where nothing was written.
             crcs: vec![zero_crc; total as usize],
+            seal: None,
             nonzero_on_disk: vec![0; total.div_ceil(64) as usize],
             chunks: Vec::new(),
             free_tokens: Vec::new(),
             stats,
             zero_crc,
         }
+    }
+
+    /// Tags every page written from now on under `key` (an image sealed
+    /// with it); pages not written yet carry the zero page's tag.
+    pub fn set_key(&mut self, key: &ImageKey) {
+        let zero = key.page_tag(&[0; PAGE_SIZE]);
+        self.seal = Some((key.clone(), zero, vec![zero; self.crcs.len()]));
+    }
+
+    /// With a key: each page's tag as the file holds it.
+    pub fn page_tags(&self) -> Option<&[PageTag]> {
+        self.seal.as_ref().map(|(_, _, tags)| tags.as_slice())
     }
 
     pub fn staging(&self) -> &Staging {
@@ -170,6 +189,9 @@ impl Persister {
             return false;
         }
         self.crcs[page as usize] = self.zero_crc;
+        if let Some((_, zero, tags)) = &mut self.seal {
+            tags[page as usize] = *zero;
+        }
         self.stats.zero_pages_skipped += 1;
         true
     }
@@ -259,6 +281,11 @@ impl Persister {
             let data = self.staging.page_data(page).expect("page in flight");
             let crc = crc32c::crc32c(data);
             let zero = crc == self.zero_crc && crate::page_is_zero(data);
+            let tag = match &self.seal {
+                Some((_, zero_tag, _)) if zero => *zero_tag,
+                Some((key, _, _)) => key.page_tag(data),
+                None => PageTag::default(),
+            };
             if zero && !bit(&self.nonzero_on_disk, page) {
                 if let Some(c) = chunk.take() {
                     self.submit(c, handed_off, outcome)?;
@@ -266,12 +293,15 @@ impl Persister {
                 self.staging.complete(&Run { first_page: page, pages: 1 });
                 *handed_off = page + 1;
                 self.crcs[page as usize] = crc;
+                if let Some((_, _, tags)) = &mut self.seal {
+                    tags[page as usize] = tag;
+                }
                 self.stats.zero_pages_skipped += 1;
                 outcome.pages += 1;
                 continue;
             }
             let offset = (self.page_offset)(page);
-            let sum = PageSum { crc, zero };
+            let sum = PageSum { crc, zero, tag };
             match &mut chunk {
                 Some(c) if offset == chunk_end_offset && c.run.bytes() < MAX_WRITE_BYTES => {
                     c.run.pages += 1;
@@ -333,6 +363,9 @@ impl Persister {
                 self.staging.complete(&chunk.run);
                 for (page, sum) in chunk.run.page_range().zip(&chunk.sums) {
                     self.crcs[page as usize] = sum.crc;
+                    if let Some((_, _, tags)) = &mut self.seal {
+                        tags[page as usize] = sum.tag;
+                    }
                     set_bit(&mut self.nonzero_on_disk, page, !sum.zero);
                 }
                 self.stats.bytes += chunk.run.bytes() as u64;

@@ -9,6 +9,7 @@ use std::time::Duration;
 use mekha_ckpt_core::store::{Manifest, Store};
 
 use crate::qmp::QmpError;
+use mekha_ckpt_core::image::ImageKey;
 
 /// How guest RAM is captured (`__org.mekha_CheckpointMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
@@ -71,6 +72,9 @@ pub struct RestoreOptions {
     /// How long a VM may load without progress before the restart is
     /// given up.
     pub progress_timeout: Duration,
+    /// Restore only what holds under this key: the manifest, and in each
+    /// VM its image, the very one the manifest sealed.
+    pub key: Option<ImageKey>,
 }
 
 impl Default for RestoreOptions {
@@ -82,6 +86,7 @@ impl Default for RestoreOptions {
             lag_ns: None,
             lease: DEFAULT_LEASE,
             progress_timeout: DEFAULT_PROGRESS_TIMEOUT,
+            key: None,
         }
     }
 }
@@ -104,6 +109,8 @@ pub struct CheckpointOptions {
     pub clean_share: Option<u32>,
     /// Checkpoint VMs with writable disks (the caller snapshots them).
     pub allow_writable_disks: bool,
+    /// Seal the images and the manifest under this key.
+    pub key: Option<ImageKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -122,9 +129,10 @@ pub enum CkptError {
     Unreachable(String),
 }
 
-/// The latest committed checkpoint of `dir`, or a clear refusal.
-pub fn latest_checkpoint(dir: &Path) -> Result<(Store, Manifest), CkptError> {
-    let store = Store::open_existing(dir)?;
+/// The latest committed checkpoint of `dir`, or a clear refusal; with
+/// `key`, one whose manifest holds under it.
+pub fn latest_checkpoint(dir: &Path, key: Option<&ImageKey>) -> Result<(Store, Manifest), CkptError> {
+    let store = Store::open_existing(dir)?.with_key(key.cloned());
     let manifest = store
         .latest()?
         .ok_or_else(|| CkptError::Refused(format!("{} holds no committed checkpoint", dir.display())))?;

@@ -18,6 +18,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy, MIN_LEASE_MS};
 use crate::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
 use crate::exit::{self, CommandFailure};
+use crate::image_key;
 use crate::spec::{CheckpointSpec, Spec};
 use crate::transport::Reach;
 
@@ -90,6 +91,11 @@ pub struct CheckpointCmd {
     /// checkpoints and exits (for Slurm's --signal).
     #[arg(long)]
     pub on_signal: bool,
+    /// Seal every image and the manifest under this image key (`mekha
+    /// key new`): a restart with the key refuses anything changed or
+    /// put in place without it.
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     #[command(flatten)]
     pub reach: ReachArgs,
     /// Print one JSON summary per checkpoint instead of text.
@@ -134,6 +140,11 @@ pub struct RestoreCmd {
     /// (default 60000).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_timeout_ms: Option<u64>,
+    /// Restore only what holds under this image key: the manifest, and
+    /// in each VM the very image it sealed (pages are then read, never
+    /// mapped from the file).
+    #[arg(long, value_name = "FILE")]
+    pub key_file: Option<PathBuf>,
     #[command(flatten)]
     pub reach: ReachArgs,
     /// Print one JSON summary instead of text.
@@ -142,20 +153,23 @@ pub struct RestoreCmd {
 }
 
 pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
-    let (vms, dir, defaults) = match &cmd.spec {
+    let (vms, dir, defaults, key_file) = match &cmd.spec {
         Some(path) => {
             let spec = Spec::load(path).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
             let mut reach = spec.reach();
             reach.tls_dir = cmd.reach.tls_dir.clone().or(reach.tls_dir);
-            (cluster::attach(&spec.qmp_endpoints(), &reach).await?, spec.checkpoint_dir.clone(), spec.checkpoint)
+            let key_file = cmd.key_file.clone().or(spec.key_file.clone());
+            (cluster::attach(&spec.qmp_endpoints(), &reach).await?, spec.checkpoint_dir, spec.checkpoint, key_file)
         }
         None => (
             cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?,
             cmd.dir.clone().expect("clap requires it"),
             Default::default(),
+            cmd.key_file.clone(),
         ),
     };
-    let options = cmd.options(&defaults);
+    let mut options = cmd.options(&defaults);
+    options.vm.key = image_key::load(key_file.as_deref()).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
     checkpoint_vms(&vms, &dir, &options, cmd.json, cmd.on_signal).await
 }
 
@@ -245,6 +259,7 @@ async fn checkpoint_once(
 }
 
 pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
+    let key = image_key::load(cmd.key_file.as_deref()).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
     let vms = cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?;
     let d = RestoreOptions::default();
     let options = RestoreOptions {
@@ -254,6 +269,7 @@ pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
         lag_ns: cmd.lag_ns,
         lease: cmd.lease_ms.map_or(d.lease, Duration::from_millis),
         progress_timeout: cmd.progress_timeout_ms.map_or(d.progress_timeout, Duration::from_millis),
+        key,
     };
     restore_vms(&vms, &cmd.dir, &options, cmd.json).await
 }

@@ -51,6 +51,7 @@ use crate::ckpt::{
     latest_checkpoint, CheckpointOptions, CkptError, RestoreOptions, DEFAULT_LEASE, DEFAULT_PROGRESS_TIMEOUT,
 };
 use crate::fault::{self, Step};
+use crate::image_key;
 use crate::info;
 use crate::parts::{self, Parts};
 use crate::qmp::{Event, Qmp, QmpError, MEKHA_PREFIX};
@@ -200,7 +201,7 @@ pub async fn checkpoint(
     progress: Progress<'_>,
 ) -> Result<ClusterCheckpoint, CkptError> {
     let started = Instant::now();
-    let store = Store::open(dir)?;
+    let store = Store::open(dir)?.with_key(options.vm.key.clone());
     // Prepare, for the storage: room for about what the last checkpoint
     // of these VMs took (it stays until this one is committed).
     let (here, storage) = storage_of(vms, dir).await?;
@@ -226,7 +227,7 @@ pub async fn checkpoint(
         Ok(r) => parts.seal(vms, dir, number).await.map(|sealed| (r, sealed)),
         Err(e) => Err(e),
     };
-    let ((states, rendezvous), sealed) = match sealed {
+    let ((states, rendezvous), mut sealed) = match sealed {
         Ok(r) => r,
         Err(e) => {
             parts.abort(dir, number).await;
@@ -234,6 +235,12 @@ pub async fn checkpoint(
             return Err(e);
         }
     };
+    // Images on other hosts: their MACs as their QEMUs reported them
+    // (each restore checks its own under the key).
+    for entry in &mut sealed {
+        let state = vms.iter().zip(&states).find(|(vm, _)| vm.name == entry.name).map(|(_, s)| s);
+        entry.mac = state.and_then(|s| s["mac"].as_str()).map(str::to_owned);
+    }
     let named: Vec<(&str, &Path)> = vms
         .iter()
         .zip(&images)
@@ -293,7 +300,7 @@ async fn run_checkpoint(
     // 1. Prepare.
     let starts = join_all(vms.iter().zip(images).map(|(vm, image)| {
         let args = checkpoint_args(image, options);
-        async move { vm.qmp.execute_mekha("checkpoint", args).await }
+        image_key::execute_with(&vm.qmp, options.vm.key.as_ref(), "checkpoint", args)
     }))
     .await;
     if let Some((vm, e)) = vms.iter().zip(&starts).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
@@ -639,7 +646,7 @@ pub async fn restore(
     progress: Progress<'_>,
 ) -> Result<ClusterRestore, CkptError> {
     let started = Instant::now();
-    let (store, manifest) = latest_checkpoint(dir)?;
+    let (store, manifest) = latest_checkpoint(dir, options.key.as_ref())?;
     // Every VM has its image, every image its VM, and each is the one
     // committed, before anything runs.
     let mut images = Vec::new();
@@ -680,7 +687,10 @@ pub async fn restore(
         if !options.paused {
             args["lease-ms"] = (options.lease.as_millis().max(1) as u64).into();
         }
-        async move { vm.qmp.execute_mekha("restore", args).await }
+        if let Some(mac) = manifest.vm(&vm.name).and_then(|v| v.mac.as_deref()).filter(|_| options.key.is_some()) {
+            args["mac"] = mac.into();
+        }
+        image_key::execute_with(&vm.qmp, options.key.as_ref(), "restore", args)
     }))
     .await;
     for (vm, load) in vms.iter().zip(loads) {

@@ -11,7 +11,7 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
-use mekha_ckpt_core::image::{self, ImageError, Inspection, VerifyReport};
+use mekha_ckpt_core::image::{self, ImageError, ImageKey, Inspection, VerifyReport};
 use mekha_ckpt_core::store::{Manifest, ManifestVm, Store};
 use serde::Serialize;
 use serde_json::json;
@@ -33,6 +33,10 @@ pub enum ImageCommand {
     Verify {
         /// An image file, or a checkpoint directory.
         path: PathBuf,
+        /// Also check every MAC under this image key: the manifest's, each
+        /// image's, each section's and page's (anything unsealed fails).
+        #[arg(long, value_name = "FILE")]
+        key_file: Option<PathBuf>,
         /// Print one JSON document instead of text.
         #[arg(long)]
         json: bool,
@@ -44,7 +48,11 @@ pub use crate::exit::CommandFailure;
 pub fn run(command: ImageCommand) -> Result<(), CommandFailure> {
     match command {
         ImageCommand::Inspect { path, json } => run_inspect(&path, json),
-        ImageCommand::Verify { path, json } => run_verify(&path, json),
+        ImageCommand::Verify { path, key_file, json } => {
+            let key = crate::image_key::load(key_file.as_deref())
+                .map_err(|message| CommandFailure { code: exit::USAGE, message })?;
+            run_verify(&path, key.as_ref(), json)
+        }
     }
 }
 
@@ -62,14 +70,14 @@ struct Member {
     recorded: Option<ManifestVm>,
 }
 
-fn target(path: &Path) -> Result<Target, CommandFailure> {
+fn target(path: &Path, key: Option<&ImageKey>) -> Result<Target, CommandFailure> {
     let failure = |message: String| CommandFailure { code: exit::FAILURE, message };
     let meta = std::fs::metadata(path).map_err(|e| failure(format!("{}: {e}", path.display())))?;
     if !meta.is_dir() {
         let images = vec![Member { vm: None, path: path.to_owned(), recorded: None }];
         return Ok(Target { checkpoint: None, images });
     }
-    let store = Store::open_existing(path).map_err(|e| failure(e.to_string()))?;
+    let store = Store::open_existing(path).map_err(|e| failure(e.to_string()))?.with_key(key.cloned());
     let manifest = store.latest().map_err(|e| CommandFailure { code: exit::DAMAGED, message: e.to_string() })?;
     let Some(manifest) = manifest else {
         return Err(failure(format!("{} holds no committed checkpoint (no MANIFEST.json)", path.display())));
@@ -113,8 +121,9 @@ impl Member {
     }
 
     /// Where the image differs from what the manifest recorded at commit.
-    fn manifest_problems(&self, file_size: u64, header_crc32c: u32) -> Vec<String> {
-        self.recorded.as_ref().map_or_else(Vec::new, |r| r.mismatches(file_size, header_crc32c))
+    fn manifest_problems(&self, image: &image::Image) -> Vec<String> {
+        let (size, crc) = (image.file_len(), image.header().header_crc32c);
+        self.recorded.as_ref().map_or_else(Vec::new, |r| r.mismatches(size, crc, image.mac()))
     }
 }
 
@@ -150,7 +159,7 @@ fn print_checkpoint_header(target: &Target) {
 // ---- inspect ----
 
 fn run_inspect(path: &Path, json: bool) -> Result<(), CommandFailure> {
-    let target = target(path)?;
+    let target = target(path, None)?;
     let outcomes: Vec<(&Member, Result<Inspection, ImageError>)> =
         target.images.iter().map(|m| (m, image::inspect(&m.path))).collect();
     let code = worst(outcomes.iter().map(|(m, r)| r.as_ref().err().map_or(exit::OK, |e| m.code_for(e))));
@@ -277,7 +286,7 @@ struct Verdict<'a> {
     code: i32,
 }
 
-fn verify_member(member: &Member) -> Verdict<'_> {
+fn verify_member<'a>(member: &'a Member, key: Option<&ImageKey>) -> Verdict<'a> {
     let verdict = |problems: Vec<String>, report, code| Verdict {
         vm: member.vm.as_deref(),
         path: &member.path,
@@ -286,13 +295,17 @@ fn verify_member(member: &Member) -> Verdict<'_> {
         report,
         code,
     };
-    let image = match image::Image::open(&member.path) {
+    let opened = match key {
+        Some(key) => image::Image::open_sealed(&member.path, key),
+        None => image::Image::open(&member.path),
+    };
+    let image = match opened {
         Ok(image) => image,
         Err(e) => return verdict(vec![e.to_string()], None, member.code_for(&e)),
     };
     match image::verify_image(&image) {
         Ok(report) => {
-            let mut problems = member.manifest_problems(image.file_len(), image.header().header_crc32c);
+            let mut problems = member.manifest_problems(&image);
             problems.extend(report.problems());
             let code = if problems.is_empty() { exit::OK } else { exit::DAMAGED };
             verdict(problems, Some(report), code)
@@ -301,14 +314,14 @@ fn verify_member(member: &Member) -> Verdict<'_> {
     }
 }
 
-fn run_verify(path: &Path, json: bool) -> Result<(), CommandFailure> {
-    let target = target(path)?;
+fn run_verify(path: &Path, key: Option<&ImageKey>, json: bool) -> Result<(), CommandFailure> {
+    let target = target(path, key)?;
     if !json {
         print_checkpoint_header(&target);
     }
     let mut verdicts = Vec::new();
     for member in &target.images {
-        let verdict = verify_member(member);
+        let verdict = verify_member(member, key);
         if !json {
             print_verdict(member, &verdict);
         }

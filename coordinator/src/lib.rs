@@ -12,6 +12,7 @@ pub mod exit;
 pub mod fault;
 pub mod firmware;
 pub mod image_cmd;
+pub mod image_key;
 pub mod info;
 pub mod launch;
 #[cfg(feature = "libvirt")]

@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use mekha_coordinator::ckpt::TimePolicy;
 use mekha_coordinator::exit::CommandFailure;
 use mekha_coordinator::transport::Reach;
-use mekha_coordinator::{agent, ckpt_cmd, cluster, exit, image_cmd, info, spec_cmd, tls};
+use mekha_coordinator::{agent, ckpt_cmd, cluster, exit, image_cmd, image_key, info, spec_cmd, tls};
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
 /// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
@@ -126,6 +126,23 @@ enum Command {
     Tls {
         #[command(subcommand)]
         command: TlsCommand,
+    },
+    /// The cluster's image key, which seals images and manifests
+    /// (`--key-file`, a spec's `key_file`).
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    /// Write a new random image key to FILE, readable by its owner only
+    /// (an existing file is never replaced: what it sealed would be
+    /// refused). Prints the key's id.
+    New {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
     },
 }
 
@@ -310,6 +327,11 @@ fn main() -> ExitCode {
                 let policy = agent::Policy::new(&state_root, &checkpoint_root, &qemu)
                     .map_err(|e| Failure::new(exit::USAGE, e))?;
                 agent::serve(listen, &dir, policy).await.map_err(|e| Failure::new(exit::FAILURE, e))
+            }
+            Command::Key { command: KeyCommand::New { file } } => {
+                let key = image_key::create(&file).map_err(|e| Failure::new(exit::FAILURE, e))?;
+                println!("{}: image key {}", file.display(), key.id_hex());
+                Ok(())
             }
             Command::Tls { command } => {
                 for path in run_tls(command).map_err(|e| Failure::new(exit::FAILURE, e))? {

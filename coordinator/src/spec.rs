@@ -9,6 +9,9 @@
 //! qemu = "/usr/bin/qemu-system-x86_64"        # default: qemu-system-x86_64 on PATH
 //!
 //! tls_dir = "/etc/mekha/tls"                  # for agents (default: $MEKHA_TLS_DIR or /etc/mekha/tls)
+//! key_file = "/etc/mekha/job42.key"           # optional: seal images and manifests under this
+//!                                             # image key (`mekha key new`); restarts then refuse
+//!                                             # what does not hold under it
 //!
 //! [network]                                   # optional: one L2 segment for all VMs
 //! namespace = "job42"                         # network namespace the QEMUs run in (created if missing;
@@ -63,6 +66,7 @@ pub struct Spec {
     #[serde(default = "default_qemu")]
     pub qemu: PathBuf,
     pub tls_dir: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub network: Option<NetworkSpec>,
     #[serde(default)]
     pub checkpoint: CheckpointSpec,
@@ -217,6 +221,7 @@ impl Spec {
             spec.qemu = base.join(&spec.qemu);
         }
         spec.tls_dir = spec.tls_dir.map(|d| base.join(d));
+        spec.key_file = spec.key_file.map(|f| base.join(f));
         spec.check().map_err(|e| format!("spec {}: {e}", path.display()))?;
         Ok(spec)
     }

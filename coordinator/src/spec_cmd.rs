@@ -16,6 +16,7 @@ use crate::ckpt::{RestoreOptions, TimePolicy, DEFAULT_LEASE, DEFAULT_PROGRESS_TI
 use crate::ckpt_cmd::restore_vms;
 use crate::cluster;
 use crate::exit::{self, CommandFailure};
+use crate::image_key;
 use crate::launch;
 use crate::spec::{HostSpec, Spec};
 use crate::storage::{self, StorageReport};
@@ -45,8 +46,9 @@ pub async fn up(path: &Path, json: bool) -> Result<(), CommandFailure> {
 /// committed checkpoint, and resumed together.
 pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Result<(), CommandFailure> {
     let spec = load(path)?;
+    let key = image_key::load(spec.key_file.as_deref()).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
     // Refuse before anything is stopped if there is nothing to restart.
-    crate::ckpt::latest_checkpoint(&spec.checkpoint_dir)?;
+    crate::ckpt::latest_checkpoint(&spec.checkpoint_dir, key.as_ref())?;
     stop_everywhere(&spec, false).await?;
     start_everywhere(&spec, true).await?;
     let vms = cluster::attach(&spec.qmp_endpoints(), &spec.reach()).await?;
@@ -58,6 +60,7 @@ pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Resul
         // The checkpoint's lease and progress timeout serve the restart.
         lease: spec.checkpoint.lease_ms.map_or(DEFAULT_LEASE, Duration::from_millis),
         progress_timeout: spec.checkpoint.progress_timeout_ms.map_or(DEFAULT_PROGRESS_TIMEOUT, Duration::from_millis),
+        key,
     };
     restore_vms(&vms, &spec.checkpoint_dir, &options, json).await
 }
@@ -193,7 +196,8 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
             }));
         }
     }
-    let latest = crate::ckpt::latest_checkpoint(&spec.checkpoint_dir).ok().map(|(_, m)| m);
+    // Status reads what is there; a restart checks it under the key.
+    let latest = crate::ckpt::latest_checkpoint(&spec.checkpoint_dir, None).ok().map(|(_, m)| m);
     if json {
         let doc = json!({ "spec": spec.name, "vms": vms, "storage": storage, "latest_checkpoint": latest });
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));

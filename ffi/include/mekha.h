@@ -217,6 +217,14 @@ int mekha_qemu_vm_resume(char **err);
  */
 void mekha_qemu_shutdown_request(void);
 
+/*
+ * The bytes of QEMU's 'secret' object @id (the image key), in *@data
+ * (*@len bytes, free with mekha_qemu_free).  -1 and *@err if there is no
+ * such secret or it cannot be read.  BQL held.
+ */
+int mekha_qemu_secret_lookup(const char *id, uint8_t **data, size_t *len,
+                             char **err);
+
 /* ---- network frames toward the guests (all BQL held) ---- */
 
 /*

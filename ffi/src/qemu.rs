@@ -4,6 +4,7 @@
 use std::ffi::{c_int, c_void, CStr};
 
 use crate::boundary::{self, MekhaRamBlock, MekhaVmIdentity};
+use mekha_ckpt_core::image::ImageKey;
 
 /// A guest RAM block, copied out of QEMU.
 #[derive(Debug, Clone)]
@@ -202,6 +203,22 @@ pub(crate) fn emit_event(event: Event, data: &serde_json::Value) {
     let json = std::ffi::CString::new(data.to_string()).expect("JSON has no NUL");
     // SAFETY: valid C string for the duration of the call.
     unsafe { boundary::mekha_qemu_emit_event(event, json.as_ptr()) };
+}
+
+/// The image key held by QEMU's `secret` object `id`.
+pub(crate) fn image_key(_bql: &Bql, id: &str) -> Result<ImageKey, String> {
+    let c_id = std::ffi::CString::new(id).map_err(|_| format!("key-secret {id:?} holds a NUL byte"))?;
+    let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
+    // SAFETY: BQL held; valid C string; QEMU fills data and len on success.
+    check(|err| unsafe { boundary::mekha_qemu_secret_lookup(c_id.as_ptr(), &mut data, &mut len, err) })?;
+    // SAFETY: on success, data points to len bytes QEMU allocated for us.
+    let bytes = zeroize::Zeroizing::new(unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
+    // SAFETY: the secret's copy is no longer used; wipe it before freeing.
+    unsafe {
+        std::ptr::write_bytes(data, 0, len);
+        boundary::mekha_qemu_free(data as *mut c_void);
+    }
+    ImageKey::parse(&bytes).map_err(|e| format!("key-secret {id}: {e}"))
 }
 
 /// Checkpoint support in QEMU; every function wants the BQL (`_bql`).

@@ -21,7 +21,7 @@ use std::os::unix::fs::FileExt;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use mekha_ckpt_core::image::{check_compatible, page_crc, Image, ZERO_PAGE_CRC};
+use mekha_ckpt_core::image::{check_compatible, Image, Mac};
 use mekha_ckpt_core::session::Lease;
 use mekha_ckpt_core::PAGE_SIZE;
 
@@ -46,6 +46,7 @@ static INFO: Mutex<Info> = Mutex::new(Info {
     resumed_at_ns: None,
     net_injected_frames: 0,
     net_dropped_frames: 0,
+    mac: None,
 });
 
 /// The coordinator's lease on a restore from its command to its resume.
@@ -160,14 +161,26 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     let start_vm = args.starts();
     let lease = args.lease()?;
     let ram = GuestRam::current(&bql)?;
-    let image = Image::open(&args.path).map_err(|e| e.to_string())?;
+    let key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
+    let image = match &key {
+        Some(key) => Image::open_sealed(&args.path, key),
+        None => Image::open(&args.path),
+    }
+    .map_err(|e| e.to_string())?;
+    check_mac(&image, args.mac.as_deref())?;
     let record = image.time().map_err(|e| e.to_string())?;
     let net_frames = image.net_frames().map_err(|e| e.to_string())?.unwrap_or_default();
     let compat = check_compatible(image.identity(), ram.identity()).map_err(|m| m.to_string())?;
     for warning in &compat.warnings {
         eprintln!("mekha: restore of {}: {warning}", args.path.display());
     }
-    let lazy = match (args.lazy, lazy_refusal(&ram)) {
+    let refusal = match key {
+        // A mapping reads the file when the guest first touches a page,
+        // long after the check: whoever can write the file could change it.
+        Some(_) => Some("with key-secret, guest RAM is read and checked, never mapped from the file".to_owned()),
+        None => lazy_refusal(&ram),
+    };
+    let lazy = match (args.lazy, refusal) {
         (Some(true), Some(why)) => return Err(format!("lazy restore is impossible here: {why}")),
         (Some(false), _) | (None, Some(_)) => false,
         (_, None) => true,
@@ -177,6 +190,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         path: Some(args.path.display().to_string()),
         lazy,
         ram_bytes: image.layout().total_pages() * PAGE_SIZE as u64,
+        mac: image.mac().map(|m| m.to_hex()),
         ..Info::default()
     };
     if let Some(every) = lease {
@@ -295,6 +309,22 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
         return Err(format!("cannot start the resume thread: {e}"));
     }
     Ok(())
+}
+
+/// Refuses an image other than the one whose MAC the caller expects (an
+/// older image of the same VM, sealed under the same key).
+fn check_mac(image: &Image, expected: Option<&str>) -> Result<(), String> {
+    let Some(expected) = expected else { return Ok(()) };
+    let expected = Mac::parse(expected)?;
+    match image.mac() {
+        None => Err("mac needs key-secret: a MAC is checked under the image key".into()),
+        Some(mac) if mac == expected => Ok(()),
+        Some(mac) => Err(format!(
+            "image {} is authentic but not the one expected: its MAC is {mac}, not {expected} (an image of \
+             another checkpoint put in its place?); nothing was restored",
+            image.path().display()
+        )),
+    }
 }
 
 /// Why guest RAM cannot be mapped from the image, if it cannot.
@@ -433,16 +463,16 @@ fn extents(image: &Image, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>
 fn damaged(image: &Image, page: u64) -> String {
     let (name, at) = image.page_place(page);
     format!(
-        "image {} is damaged: page {page} ({name} + {at:#x}) fails its checksum; nothing was restored",
-        image.path().display()
+        "image {} is damaged: page {page} ({name} + {at:#x}) fails its {}; nothing was restored",
+        image.path().display(),
+        if image.mac().is_some() { "checksum or its MAC (changed after it was written?)" } else { "checksum" }
     )
 }
 
 fn check_pages(image: &Image, first: u64, data: &[u8]) -> Result<(), String> {
-    let crcs = image.page_crcs();
     for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
         let index = first + i as u64;
-        if page_crc(page) != crcs[index as usize] {
+        if !image.page_matches(index, page) {
             return Err(damaged(image, index));
         }
     }
@@ -450,9 +480,8 @@ fn check_pages(image: &Image, first: u64, data: &[u8]) -> Result<(), String> {
 }
 
 fn check_zero_pages(image: &Image, first: u64, count: usize) -> Result<(), String> {
-    let crcs = &image.page_crcs()[first as usize..first as usize + count];
-    match crcs.iter().position(|&c| c != ZERO_PAGE_CRC) {
-        Some(i) => Err(damaged(image, first + i as u64)),
+    match (first..first + count as u64).find(|&page| !image.page_was_zero(page)) {
+        Some(page) => Err(damaged(image, page)),
         None => Ok(()),
     }
 }

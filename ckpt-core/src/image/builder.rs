@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromZeros, IntoBytes};
 
+use super::auth::{self, ImageKey, Mac, MacHeader, PageTag};
 use super::durable::{now_unix_ns, parent_dir, sync_dir, with_suffix};
 use super::error::{ImageError, Result};
 use super::format::{
@@ -32,6 +33,9 @@ pub struct ImageBuilder {
     layout: Layout,
     /// One CRC32C per global page; pages never written keep the zero-page CRC.
     page_crcs: Vec<u32>,
+    /// With an image key: the key and one tag per global page, as
+    /// `page_crcs`.
+    seal: Option<(ImageKey, Vec<PageTag>)>,
     extra_sections: Vec<(SectionKind, bool, Vec<u8>)>,
     time: Option<TimeRecord>,
     net_frames: Option<NetFrames>,
@@ -50,6 +54,8 @@ pub struct FinishedImage {
     pub ram_end: u64,
     pub header_crc32c: u32,
     pub sections: Vec<Section>,
+    /// The MAC, when written with an image key.
+    pub mac: Option<Mac>,
 }
 
 impl ImageBuilder {
@@ -77,6 +83,7 @@ impl ImageBuilder {
             file,
             identity: identity.clone(),
             page_crcs: vec![ZERO_PAGE_CRC; layout.total_pages() as usize],
+            seal: None,
             layout,
             extra_sections: Vec::new(),
             time: None,
@@ -122,13 +129,31 @@ impl ImageBuilder {
             .unwrap_or_else(|| panic!("page {page} beyond the image's {total} pages")) = crc;
     }
 
-    /// Writes one page through [`file`](Self::file) and records its CRC32C.
+    /// Seals the image under `key` (PAGE_TAGS and AUTH): every page's tag
+    /// must then be recorded as its CRC is. Pages never written keep the
+    /// zero page's tag.
+    pub fn set_key(&mut self, key: &ImageKey) {
+        let zero = key.page_tag(&[0; PAGE_SIZE]);
+        self.seal = Some((key.clone(), vec![zero; self.page_crcs.len()]));
+    }
+
+    /// Records the tag of the data written for global page `page`.
+    pub fn set_page_tag(&mut self, page: u64, tag: PageTag) {
+        let (_, tags) = self.seal.as_mut().expect("set_key() before page tags");
+        tags[page as usize] = tag;
+    }
+
+    /// Writes one page through [`file`](Self::file) and records its CRC32C
+    /// (and tag).
     pub fn write_page(&mut self, page: u64, data: &[u8]) -> Result<()> {
         assert_eq!(data.len(), PAGE_SIZE, "a page is {PAGE_SIZE} bytes");
         self.file
             .write_all_at(data, self.layout.page_offset(page))
             .map_err(ImageError::io("writing image", &self.path_partial))?;
         self.set_page_crc(page, page_crc(data));
+        if let Some((key, tags)) = &mut self.seal {
+            tags[page as usize] = key.page_tag(data);
+        }
         Ok(())
     }
 
@@ -161,6 +186,8 @@ impl ImageBuilder {
                     | SectionKind::Info
                     | SectionKind::Time
                     | SectionKind::NetFrames
+                    | SectionKind::Auth
+                    | SectionKind::PageTags
             ),
             "{kind} is written by finish()"
         );
@@ -192,8 +219,13 @@ impl ImageBuilder {
         if let Some(frames) = &net_frames {
             payloads.push((SectionKind::NetFrames, false, frames));
         }
+        let page_tags = self.seal.as_ref().map(|(_, tags)| tags.as_flattened());
+        if let Some(tags) = page_tags {
+            payloads.push((SectionKind::PageTags, false, tags));
+        }
         payloads.extend(self.extra_sections.iter().map(|(kind, required, data)| (*kind, *required, data.as_slice())));
-        assert!(payloads.len() < MAX_SECTIONS, "too many sections");
+        // One more for AUTH.
+        assert!(payloads.len() + 1 < MAX_SECTIONS, "too many sections");
 
         let ram_end = self.layout.ram_end();
         let mut sections = vec![Section {
@@ -204,10 +236,26 @@ impl ImageBuilder {
             crc32c: 0,
         }];
         let mut offset = ram_end;
-        for (kind, required, data) in payloads {
+        for &(kind, required, data) in &payloads {
             self.file.write_all_at(data, offset).map_err(ImageError::io("writing image", &self.path_partial))?;
             sections.push(Section { kind, required, offset, length: data.len() as u64, crc32c: crc32c::crc32c(data) });
             offset = (offset + data.len() as u64).next_multiple_of(SECTION_ALIGN);
+        }
+        // AUTH last: its MAC covers the directory of all the others.
+        let mut mac = None;
+        if let Some((key, _)) = &self.seal {
+            let tagged: Vec<(SectionKind, &[u8])> = payloads.iter().map(|(kind, _, data)| (*kind, *data)).collect();
+            let (bytes, sealed) = auth::seal(key, &self.mac_header(), &sections, &tagged);
+            self.file.write_all_at(&bytes, offset).map_err(ImageError::io("writing image", &self.path_partial))?;
+            let length = bytes.len() as u64;
+            sections.push(Section {
+                kind: SectionKind::Auth,
+                required: false,
+                offset,
+                length,
+                crc32c: crc32c::crc32c(&bytes),
+            });
+            mac = Some(sealed);
         }
         // The file ends exactly where the last section does.
         let size = sections.iter().map(Section::end).max().unwrap_or(ram_end);
@@ -221,13 +269,24 @@ impl ImageBuilder {
         self.settled = true;
         let dir = parent_dir(&self.path_final);
         sync_dir(dir).map_err(ImageError::io("syncing directory", dir))?;
-        Ok(FinishedImage { path: self.path_final.clone(), size, ram_end, header_crc32c, sections })
+        Ok(FinishedImage { path: self.path_final.clone(), size, ram_end, header_crc32c, sections, mac })
     }
 
     /// Gives up: removes the partial file.
     pub fn abort(mut self) -> Result<()> {
         self.settled = true;
         fs::remove_file(&self.path_partial).map_err(ImageError::io("removing partial image", &self.path_partial))
+    }
+
+    /// The header's fields as the MAC covers them (`header_block` writes
+    /// the same values).
+    fn mac_header(&self) -> MacHeader {
+        MacHeader {
+            major: U16::new(FORMAT_MAJOR),
+            minor: U16::new(FORMAT_MINOR),
+            page_size: U32::new(PAGE_SIZE as u32),
+            created_unix_ns: U64::new(self.created_unix_ns),
+        }
     }
 
     fn header_block(&self, sections: &[Section]) -> HeaderBlock {

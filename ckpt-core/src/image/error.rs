@@ -50,6 +50,15 @@ pub enum ImageError {
     #[error("image {}: page {page} ({block} + {offset_in_block:#x}) checksum mismatch", path.display())]
     PageChecksum { path: PathBuf, page: u64, block: String, offset_in_block: u64 },
 
+    #[error("image {} carries no MAC (it was written without an image key) and a key was given: refused", path.display())]
+    Unsealed { path: PathBuf },
+
+    #[error("image {} was sealed under another image key (id {key_id}, this key's id is {ours}): refused", path.display())]
+    OtherKey { path: PathBuf, key_id: String, ours: String },
+
+    #[error("image {} was changed after it was written: {what} does not match its MAC; refused", path.display())]
+    Tampered { path: PathBuf, what: String },
+
     #[error("cannot write an image for this VM: {0}")]
     BadIdentity(String),
 }

@@ -17,7 +17,7 @@ pub const MAGIC: [u8; 8] = *b"MEKHAIMG";
 /// Format major version this mekha writes and reads.
 pub const FORMAT_MAJOR: u16 = 1;
 /// Format minor version this mekha writes (it reads any minor of its major).
-pub const FORMAT_MINOR: u16 = 1;
+pub const FORMAT_MINOR: u16 = 2;
 /// Size of the header block at offset 0.
 pub const HEADER_SIZE: usize = 4096;
 /// Section directory entries that fit in the header block.
@@ -100,6 +100,10 @@ pub enum SectionKind {
     Time,
     /// Network frames in flight toward the VM at the checkpoint (since 1.1).
     NetFrames,
+    /// The MAC under the cluster's image key and each section's tag (since 1.2).
+    Auth,
+    /// Each page's tag under the image key (since 1.2).
+    PageTags,
     /// A kind this mekha does not know (from a newer writer).
     Unknown(u32),
 }
@@ -114,6 +118,8 @@ impl SectionKind {
             5 => SectionKind::Info,
             6 => SectionKind::Time,
             7 => SectionKind::NetFrames,
+            8 => SectionKind::Auth,
+            9 => SectionKind::PageTags,
             n => SectionKind::Unknown(n),
         }
     }
@@ -127,6 +133,8 @@ impl SectionKind {
             SectionKind::Info => 5,
             SectionKind::Time => 6,
             SectionKind::NetFrames => 7,
+            SectionKind::Auth => 8,
+            SectionKind::PageTags => 9,
             SectionKind::Unknown(n) => n,
         }
     }
@@ -147,6 +155,8 @@ impl fmt::Display for SectionKind {
             SectionKind::Info => f.write_str("INFO"),
             SectionKind::Time => f.write_str("TIME"),
             SectionKind::NetFrames => f.write_str("NET_FRAMES"),
+            SectionKind::Auth => f.write_str("AUTH"),
+            SectionKind::PageTags => f.write_str("PAGE_TAGS"),
             SectionKind::Unknown(n) => write!(f, "kind {n}"),
         }
     }

@@ -153,6 +153,7 @@
 //! writes the header last, fsyncs, renames the file to its final name and
 //! fsyncs the directory: a file with the final name is always complete.
 
+mod auth;
 mod builder;
 mod compat;
 mod durable;
@@ -167,6 +168,7 @@ mod verify;
 #[cfg(test)]
 mod tests;
 
+pub use auth::{ImageKey, Mac, PageTag, PAGE_TAG_LEN};
 pub use builder::{FinishedImage, ImageBuilder};
 pub use compat::{check_compatible, Compatible, Difference, Mismatch};
 pub use error::{ImageError, Result};

@@ -10,10 +10,11 @@ use std::path::{Path, PathBuf};
 
 use zerocopy::FromBytes;
 
+use super::auth::{ImageKey, Mac, MacHeader, PageTag, Seal, SealError, PAGE_TAG_LEN};
 use super::error::{ImageError, Result};
 use super::format::{
     check_identity, HeaderBlock, IdentityRecord, Producer, Section, SectionKind, FORMAT_MAJOR, HEADER_SIZE, MAGIC,
-    MAX_SECTIONS,
+    MAX_SECTIONS, ZERO_PAGE_CRC,
 };
 use super::layout::{Identity, Layout, RAM_START};
 use super::net_frames::NetFrames;
@@ -37,7 +38,8 @@ pub struct HeaderInfo {
     pub header_crc32c: u32,
 }
 
-/// An image whose header, section directory, IDENTITY and PAGE_CRCS are valid.
+/// An image whose header, section directory, IDENTITY and PAGE_CRCS are
+/// valid (and, opened with a key, whose MAC holds).
 pub struct Image {
     path: PathBuf,
     file: File,
@@ -47,20 +49,43 @@ pub struct Image {
     record: IdentityRecord,
     layout: Layout,
     page_crcs: Vec<u32>,
+    sealed: Option<Sealed>,
+}
+
+/// What an image opened with its key checks besides the CRCs.
+struct Sealed {
+    seal: Seal,
+    page_tags: Vec<PageTag>,
+    zero_page_tag: PageTag,
 }
 
 impl Image {
+    /// Opens an image, checking its structure and CRCs (a MAC, if it has
+    /// one, is not checked: see [`open_sealed`](Self::open_sealed)).
     pub fn open(path: &Path) -> Result<Image> {
+        Image::open_with(path, None)
+    }
+
+    /// Opens an image that must carry a MAC under `key`: refused unless it
+    /// holds; then every section read and every page checked is also
+    /// checked against its tag.
+    pub fn open_sealed(path: &Path, key: &ImageKey) -> Result<Image> {
+        Image::open_with(path, Some(key))
+    }
+
+    fn open_with(path: &Path, key: Option<&ImageKey>) -> Result<Image> {
         let file = File::open(path).map_err(ImageError::io("opening image", path))?;
         let meta = file.metadata().map_err(ImageError::io("reading image", path))?;
         if !meta.is_file() {
             return Err(ImageError::io("reading image", path)(io::Error::other("not a regular file")));
         }
         let file_len = meta.len();
-        let (header, sections) = read_header(&file, path, file_len)?;
+        let (header, mac_header, sections) = read_header(&file, path, file_len)?;
         let section = |kind| *sections.iter().find(|s| s.kind == kind).expect("mandatory sections are present");
+        let seal = key.map(|key| open_seal(&file, path, key, &mac_header, &sections)).transpose()?;
+        let read_checked = |s: &Section| read_section(&file, path, seal.as_ref(), s);
 
-        let identity_bytes = read_checked(&file, path, &section(SectionKind::Identity))?;
+        let identity_bytes = read_checked(&section(SectionKind::Identity))?;
         let record: IdentityRecord = serde_json::from_slice(&identity_bytes)
             .map_err(|e| ImageError::malformed(path, format!("the IDENTITY section is not valid: {e}")))?;
         check_identity(&record.vm).map_err(|e| ImageError::malformed(path, format!("IDENTITY: {e}")))?;
@@ -90,11 +115,67 @@ impl Image {
                 ),
             ));
         }
-        let page_crcs = read_checked(&file, path, &crcs)?
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect();
-        Ok(Image { path: path.to_owned(), file, file_len, header, sections, record, layout, page_crcs })
+        let page_crcs =
+            read_checked(&crcs)?.chunks_exact(4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
+        let sealed = match seal {
+            Some(seal) => {
+                let tags = sections.iter().find(|s| s.kind == SectionKind::PageTags).copied();
+                let tags =
+                    tags.filter(|t| t.length == layout.total_pages() * PAGE_TAG_LEN as u64).ok_or_else(|| {
+                        ImageError::malformed(path, "its PAGE_TAGS section is missing or does not match the RAM blocks")
+                    })?;
+                let page_tags = read_section(&file, path, Some(&seal), &tags)?
+                    .chunks_exact(PAGE_TAG_LEN)
+                    .map(|c| c.try_into().expect("a whole tag"))
+                    .collect();
+                let zero_page_tag = seal.key.page_tag(&[0; PAGE_SIZE]);
+                Some(Sealed { seal, page_tags, zero_page_tag })
+            }
+            None => None,
+        };
+        Ok(Image { path: path.to_owned(), file, file_len, header, sections, record, layout, page_crcs, sealed })
+    }
+
+    /// The image's MAC, when it was opened with its key.
+    pub fn mac(&self) -> Option<Mac> {
+        self.sealed.as_ref().map(|s| s.seal.mac)
+    }
+
+    /// Whether `data` is what page `page` held when the image was written:
+    /// its CRC32C and, opened with a key, its tag.
+    pub fn page_matches(&self, page: u64, data: &[u8]) -> bool {
+        if super::format::page_crc(data) != self.page_crcs[page as usize] {
+            return false;
+        }
+        self.sealed.as_ref().is_none_or(|s| {
+            constant_time_eq::constant_time_eq_16(&s.seal.key.page_tag(data), &s.page_tags[page as usize])
+        })
+    }
+
+    /// Whether page `page` was all zeros when the image was written (as a
+    /// hole of the file reads).
+    pub fn page_was_zero(&self, page: u64) -> bool {
+        self.page_crcs[page as usize] == ZERO_PAGE_CRC
+            && self
+                .sealed
+                .as_ref()
+                .is_none_or(|s| constant_time_eq::constant_time_eq_16(&s.zero_page_tag, &s.page_tags[page as usize]))
+    }
+
+    /// A section's bytes, checked against its CRC32C and, opened with a
+    /// key, its tag.
+    pub(crate) fn read_section(&self, section: &Section) -> Result<Vec<u8>> {
+        read_section(&self.file, &self.path, self.sealed.as_ref().map(|s| &s.seal), section)
+    }
+
+    /// Opened with a key: the tag the writer sealed for section `kind`.
+    pub(crate) fn section_tag(&self, kind: SectionKind) -> Option<Option<[u8; super::auth::TAG_LEN]>> {
+        self.sealed.as_ref().map(|s| s.seal.tag(kind))
+    }
+
+    /// Opened with a key: the key.
+    pub(crate) fn key(&self) -> Option<&ImageKey> {
+        self.sealed.as_ref().map(|s| &s.seal.key)
     }
 
     pub fn path(&self) -> &Path {
@@ -157,7 +238,7 @@ impl Image {
         self.file
             .read_exact_at(buf, self.page_data_offset(page))
             .map_err(ImageError::io("reading image", &self.path))?;
-        if crc32c::crc32c(buf) != self.page_crcs[page as usize] {
+        if !self.page_matches(page, buf) {
             let (block, offset_in_block) = self.page_place(page);
             return Err(ImageError::PageChecksum {
                 path: self.path.clone(),
@@ -172,13 +253,13 @@ impl Image {
     /// QEMU's device state stream, checksum-checked.
     pub fn device_state(&self) -> Result<Vec<u8>> {
         let section = self.section(SectionKind::DeviceState).expect("mandatory sections are present");
-        read_checked(&self.file, &self.path, section)
+        self.read_section(section)
     }
 
     /// The clocks at the checkpoint instant (TIME section; none in 1.0).
     pub fn time(&self) -> Result<Option<TimeRecord>> {
         let Some(section) = self.section(SectionKind::Time) else { return Ok(None) };
-        let bytes = read_checked(&self.file, &self.path, section)?;
+        let bytes = self.read_section(section)?;
         let record = TimeRecord::read_from_bytes(&bytes).map_err(|_| {
             ImageError::malformed(&self.path, format!("the TIME section is {} bytes, not 32", bytes.len()))
         })?;
@@ -191,7 +272,7 @@ impl Image {
     /// from before it).
     pub fn net_frames(&self) -> Result<Option<NetFrames>> {
         let Some(section) = self.section(SectionKind::NetFrames) else { return Ok(None) };
-        let bytes = read_checked(&self.file, &self.path, section)?;
+        let bytes = self.read_section(section)?;
         NetFrames::decode(&bytes)
             .map(Some)
             .map_err(|e| ImageError::malformed(&self.path, format!("the NET_FRAMES section is not valid: {e}")))
@@ -200,7 +281,7 @@ impl Image {
     /// The free-form statistics of the INFO section, if the image has one.
     pub fn info(&self) -> Result<Option<serde_json::Value>> {
         let Some(section) = self.section(SectionKind::Info) else { return Ok(None) };
-        let bytes = read_checked(&self.file, &self.path, section)?;
+        let bytes = self.read_section(section)?;
         let value = serde_json::from_slice(&bytes)
             .map_err(|e| ImageError::malformed(&self.path, format!("the INFO section is not valid JSON: {e}")))?;
         Ok(Some(value))
@@ -217,12 +298,13 @@ impl std::fmt::Debug for Image {
             .field("sections", &self.sections)
             .field("identity", &self.record)
             .field("pages", &self.page_crcs.len())
+            .field("mac", &self.mac())
             .finish_non_exhaustive()
     }
 }
 
 /// Reads and validates the header block and the section directory.
-fn read_header(file: &File, path: &Path, file_len: u64) -> Result<(HeaderInfo, Vec<Section>)> {
+fn read_header(file: &File, path: &Path, file_len: u64) -> Result<(HeaderInfo, MacHeader, Vec<Section>)> {
     let mut buf = vec![0u8; HEADER_SIZE];
     let available = file_len.min(HEADER_SIZE as u64) as usize;
     file.read_exact_at(&mut buf[..available], 0).map_err(ImageError::io("reading image", path))?;
@@ -269,9 +351,11 @@ fn read_header(file: &File, path: &Path, file_len: u64) -> Result<(HeaderInfo, V
         created_unix_ns: h.created_unix_ns.get(),
         header_crc32c: stored,
     };
+    let mac_header =
+        MacHeader { major: h.major, minor: h.minor, page_size: h.page_size, created_unix_ns: h.created_unix_ns };
     let mut sections: Vec<Section> = block.entries().iter().map(Section::from_entry).collect();
     check_sections(&mut sections, path, file_len)?;
-    Ok((header, sections))
+    Ok((header, mac_header, sections))
 }
 
 /// Kinds, then bounds in file order, then overlaps. Sorts `sections` by offset.
@@ -330,6 +414,9 @@ fn max_in_memory(kind: SectionKind) -> u64 {
         SectionKind::DeviceState | SectionKind::NetFrames => 1 << 30,
         // 4 bytes a page, of at most MAX_GUEST_RAM (checked with IDENTITY).
         SectionKind::PageCrcs => (super::format::MAX_GUEST_RAM / PAGE_SIZE as u64) * 4,
+        SectionKind::PageTags => (super::format::MAX_GUEST_RAM / PAGE_SIZE as u64) * PAGE_TAG_LEN as u64,
+        // A header and a tag per section: a few KiB.
+        SectionKind::Auth => 1 << 20,
         SectionKind::Ram | SectionKind::Unknown(_) => 0,
     }
 }
@@ -344,8 +431,22 @@ fn host_memory() -> u64 {
     (pages as u64).saturating_mul(size as u64)
 }
 
-/// A section's bytes, refused unless they match its CRC32C.
-fn read_checked(file: &File, path: &Path, section: &Section) -> Result<Vec<u8>> {
+/// Checks an image's AUTH under `key`, or says why it does not hold.
+fn open_seal(file: &File, path: &Path, key: &ImageKey, header: &MacHeader, sections: &[Section]) -> Result<Seal> {
+    let Some(auth) = sections.iter().find(|s| s.kind == SectionKind::Auth) else {
+        return Err(ImageError::Unsealed { path: path.to_owned() });
+    };
+    let bytes = read_section(file, path, None, auth)?;
+    Seal::open(key, header, sections, &bytes).map_err(|e| match e {
+        SealError::Malformed(why) => ImageError::malformed(path, why),
+        SealError::OtherKey(key_id) => ImageError::OtherKey { path: path.to_owned(), key_id, ours: key.id_hex() },
+        SealError::Mismatch => ImageError::Tampered { path: path.to_owned(), what: "its header or directory".into() },
+    })
+}
+
+/// A section's bytes, refused unless they match its CRC32C and, with a
+/// seal, its tag.
+fn read_section(file: &File, path: &Path, seal: Option<&Seal>, section: &Section) -> Result<Vec<u8>> {
     // A quarter of the host's memory at most, whatever the kind allows.
     let limit = max_in_memory(section.kind).min(host_memory() / 4);
     if section.length > limit {
@@ -368,17 +469,29 @@ fn read_checked(file: &File, path: &Path, section: &Section) -> Result<Vec<u8>> 
             computed,
         });
     }
+    if seal.is_some_and(|seal| !seal.section_matches(section.kind, &bytes)) {
+        return Err(ImageError::Tampered { path: path.to_owned(), what: format!("section {}", section.kind) });
+    }
     Ok(bytes)
 }
 
-/// CRC32C of a byte range, read in [`READ_CHUNK`] pieces.
-pub(crate) fn crc_of_range(file: &File, offset: u64, length: u64) -> io::Result<u32> {
+/// CRC32C of a byte range, read in [`READ_CHUNK`] pieces, also fed to
+/// `tag` (a section's keyed hasher) if given.
+pub(crate) fn sums_of_range(
+    file: &File,
+    offset: u64,
+    length: u64,
+    mut tag: Option<&mut blake3::Hasher>,
+) -> io::Result<u32> {
     let mut buf = vec![0u8; (length as usize).min(READ_CHUNK)];
     let (mut crc, mut done) = (0u32, 0u64);
     while done < length {
         let n = ((length - done) as usize).min(buf.len());
         file.read_exact_at(&mut buf[..n], offset + done)?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
+        if let Some(tag) = tag.as_mut() {
+            tag.update(&buf[..n]);
+        }
         done += n as u64;
     }
     Ok(crc)

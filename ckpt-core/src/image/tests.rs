@@ -36,9 +36,17 @@ fn page_data(page: u64) -> Vec<u8> {
 const WRITTEN: [u64; 5] = [0, 1, 767, 768, 770];
 
 fn build_into(dir: &Path, identity: &Identity, pages: &[u64]) -> FinishedImage {
+    build_with(dir, identity, pages, None)
+}
+
+/// [`build_into`], sealed under `key` if given.
+fn build_with(dir: &Path, identity: &Identity, pages: &[u64], key: Option<&ImageKey>) -> FinishedImage {
     let path = dir.join("node1.mekha");
     let mut builder = ImageBuilder::create(&path, identity).unwrap();
     builder.set_build_id("test-build");
+    if let Some(key) = key {
+        builder.set_key(key);
+    }
     for &p in pages {
         builder.write_page(p, &page_data(p)).unwrap();
     }
@@ -312,7 +320,7 @@ fn many_bad_pages_are_counted_but_few_listed() {
     let report = verify(&path).unwrap();
     assert_eq!(report.bad_pages, 40);
     assert_eq!(report.first_bad_pages.len(), MAX_REPORTED_BAD_PAGES);
-    assert_eq!(report.problems().last().unwrap(), "... and 8 more pages with a checksum mismatch");
+    assert_eq!(report.problems().last().unwrap(), "... and 8 more bad pages");
 }
 
 #[test]
@@ -342,7 +350,7 @@ fn versions() {
     file.write_all_at(&2u16.to_le_bytes(), 8).unwrap();
     let err = open_err(&path);
     assert!(matches!(err, ImageError::NewerFormat { major: 2, .. }), "{err}");
-    assert!(err.to_string().contains("format 2.1, which is newer than this mekha (1.x)"), "{err}");
+    assert!(err.to_string().contains("format 2.2, which is newer than this mekha (1.x)"), "{err}");
 
     fs::write(&path, &original).unwrap();
     rewrite_header(&path, |h| h.header.major = U16::new(0));
@@ -373,7 +381,7 @@ fn time_record_round_trips_and_is_checked() {
     builder.set_time(record);
     builder.finish(DEVICE_STATE, None).unwrap();
     let image = Image::open(&path).unwrap();
-    assert_eq!(image.header().minor, 1);
+    assert_eq!(image.header().minor, 2);
     assert_eq!(image.time().unwrap(), Some(record));
     assert_eq!(verify(&path).unwrap().sections_checked, 4, "the TIME section is checked by verify");
 
@@ -512,4 +520,156 @@ fn malformed_directories_are_refused() {
         let err = open_err(&path);
         assert!(err.to_string().contains(expected), "{err:?} lacks {expected:?}");
     }
+}
+
+// Sealed images: a MAC under a key over what a restore trusts.
+
+fn key(n: u8) -> ImageKey {
+    ImageKey::from_bytes(&[n; 32])
+}
+
+fn build_sealed(key: &ImageKey) -> (TempDir, PathBuf, FinishedImage) {
+    let dir = tempfile::tempdir().unwrap();
+    let finished = build_with(dir.path(), &identity(), &WRITTEN, Some(key));
+    (dir, finished.path.clone(), finished)
+}
+
+/// Flips byte `at` of `data`, then four bytes from `fix` so that its
+/// CRC32C stays the same: what anyone can do to a CRC, since a CRC is
+/// affine over GF(2) (each bit flipped flips a fixed set of CRC bits).
+fn forge_same_crc(data: &mut [u8], at: usize, fix: usize) {
+    let before = crc32c::crc32c(data);
+    data[at] ^= 0x5a;
+    let base = crc32c::crc32c(data);
+    let effect = |bit: usize| {
+        let mut d = data.to_vec();
+        d[fix + bit / 8] ^= 1 << (bit % 8);
+        crc32c::crc32c(&d) ^ base
+    };
+    // An XOR basis of the 32 effects, each row (effect, bits flipped),
+    // leading bits distinct, highest first.
+    let mut basis: Vec<(u32, u32)> = Vec::new();
+    for bit in 0..32 {
+        let (mut e, mut m) = (effect(bit), 1u32 << bit);
+        for &(be, bm) in &basis {
+            if e ^ be < e {
+                (e, m) = (e ^ be, m ^ bm);
+            }
+        }
+        if e != 0 {
+            basis.push((e, m));
+            basis.sort_by(|a, b| b.0.cmp(&a.0));
+        }
+    }
+    let (mut rest, mut flips) = (base ^ before, 0u32);
+    for &(be, bm) in &basis {
+        if rest ^ be < rest {
+            (rest, flips) = (rest ^ be, flips ^ bm);
+        }
+    }
+    assert_eq!(rest, 0, "a CRC32C can always be kept");
+    for (i, byte) in flips.to_le_bytes().iter().enumerate() {
+        data[fix + i] ^= byte;
+    }
+    assert_eq!(crc32c::crc32c(data), before);
+}
+
+#[test]
+fn a_sealed_image_opens_under_its_key_only() {
+    let (_dir, path, finished) = build_sealed(&key(1));
+    let mac = finished.mac.expect("a sealed image has a MAC");
+    let image = Image::open_sealed(&path, &key(1)).unwrap();
+    assert_eq!(image.mac(), Some(mac));
+    let report = verify_image(&image).unwrap();
+    assert!(report.is_intact(), "{:?}", report.problems());
+    assert_eq!(report.mac, Some(mac.to_hex()));
+    let mut buf = vec![0u8; PAGE_SIZE];
+    image.read_page(768, &mut buf).unwrap();
+    assert_eq!(buf, page_data(768));
+    assert!(image.page_was_zero(2) && !image.page_was_zero(768));
+    // Readers without the key read it as any image.
+    let plain = Image::open(&path).unwrap();
+    assert_eq!(plain.mac(), None);
+    assert!(verify_image(&plain).unwrap().is_intact());
+
+    let err = Image::open_sealed(&path, &key(2)).unwrap_err();
+    assert!(matches!(err, ImageError::OtherKey { .. }) && err.to_string().contains("another image key"), "{err}");
+    let (_d, unsealed, _) = build();
+    let err = Image::open_sealed(&unsealed, &key(1)).unwrap_err();
+    assert!(matches!(err, ImageError::Unsealed { .. }), "{err}");
+    // Without its AUTH entry, a sealed image is just unsealed.
+    rewrite_header(&path, |block| {
+        let count = block.header.section_count.get() as usize;
+        let auth = block.sections[..count].iter().position(|e| e.kind.get() == 8).unwrap();
+        block.sections[auth] = block.sections[count - 1];
+        block.sections[count - 1] = Default::default();
+        block.header.section_count = U32::new(count as u32 - 1);
+    });
+    assert!(matches!(Image::open_sealed(&path, &key(1)).unwrap_err(), ImageError::Unsealed { .. }));
+}
+
+#[test]
+fn a_page_changed_with_its_crc_kept_is_caught_only_by_the_mac() {
+    let (_dir, path, _) = build_sealed(&key(1));
+    let offset = Image::open(&path).unwrap().page_data_offset(768);
+    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut page = vec![0u8; PAGE_SIZE];
+    file.read_exact_at(&mut page, offset).unwrap();
+    forge_same_crc(&mut page, 100, 0);
+    file.write_all_at(&page, offset).unwrap();
+
+    // The CRCs are fooled: this is what a restore without a key runs.
+    assert!(verify_image(&Image::open(&path).unwrap()).unwrap().is_intact());
+    let image = Image::open_sealed(&path, &key(1)).unwrap();
+    assert!(!image.page_matches(768, &page));
+    let err = image.read_page(768, &mut vec![0u8; PAGE_SIZE]).unwrap_err();
+    assert!(matches!(err, ImageError::PageChecksum { page: 768, .. }), "{err}");
+    let report = verify_image(&image).unwrap();
+    assert_eq!(report.bad_pages, 1);
+    assert!(report.first_bad_pages[0].mac_mismatch);
+    assert!(report.problems()[0].contains("does not match its MAC"), "{:?}", report.problems());
+}
+
+#[test]
+fn a_section_changed_with_its_crc_kept_is_refused() {
+    let (_dir, path, _) = build_sealed(&key(1));
+    let section = section_of(&path, SectionKind::DeviceState);
+    let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut bytes = vec![0u8; section.length as usize];
+    file.read_exact_at(&mut bytes, section.offset).unwrap();
+    forge_same_crc(&mut bytes, 20, 8);
+    file.write_all_at(&bytes, section.offset).unwrap();
+
+    assert_eq!(Image::open(&path).unwrap().device_state().unwrap(), bytes, "the CRC is fooled");
+    let image = Image::open_sealed(&path, &key(1)).unwrap();
+    let err = image.device_state().unwrap_err();
+    assert!(
+        matches!(&err, ImageError::Tampered { what, .. } if what == "section DEVICE_STATE") && err.is_damage(),
+        "{err}"
+    );
+    let report = verify_image(&image).unwrap();
+    assert!(report.bad_sections.iter().any(|s| s.kind == "DEVICE_STATE" && s.mac_mismatch), "{report:?}");
+}
+
+#[test]
+fn a_header_or_directory_changed_is_refused() {
+    let (_dir, path, _) = build_sealed(&key(1));
+    // A valid header CRC, as anyone can write.
+    rewrite_header(&path, |block| block.header.created_unix_ns = (block.header.created_unix_ns.get() + 1).into());
+    Image::open(&path).unwrap();
+    let err = Image::open_sealed(&path, &key(1)).unwrap_err();
+    assert!(matches!(&err, ImageError::Tampered { what, .. } if what.contains("directory")), "{err}");
+}
+
+#[test]
+fn keys_parse_from_hex_only_and_never_print() {
+    let text = format!("  {}\n", "0f".repeat(32));
+    let key = ImageKey::parse(text.as_bytes()).unwrap();
+    assert_eq!(key.to_hex(), "0f".repeat(32));
+    assert_eq!(key.id(), ImageKey::from_bytes(&[0x0f; 32]).id());
+    assert!(!format!("{key:?}").contains("0f0f"), "{key:?}");
+    for bad in ["", "0f", &"zz".repeat(32), &"0f".repeat(33)] {
+        assert!(ImageKey::parse(bad.as_bytes()).is_err(), "{bad:?}");
+    }
+    assert!(Mac::parse(&"ab".repeat(32)).is_ok() && Mac::parse("ab").is_err());
 }

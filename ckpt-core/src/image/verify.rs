@@ -1,5 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! Checking a whole image: every section's and every page's CRC32C.
+//! Checking a whole image: every section's and every page's CRC32C, and,
+//! for an image opened with its key, every tag.
 //!
 //! RAM is read sequentially in large chunks. Holes of the sparse file
 //! (pages never written) are not read: they are zeros by definition, so
@@ -12,10 +13,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use super::auth::tag_matches;
 use super::error::{ImageError, Result};
 use super::format::{page_crc, SectionKind, ZERO_PAGE_CRC};
 use super::layout::RAM_START;
-use super::reader::{crc_of_range, Image, READ_CHUNK};
+use super::reader::{sums_of_range, Image, READ_CHUNK};
 use crate::PAGE_SIZE;
 
 /// Bad pages listed one by one in a report; the rest are only counted.
@@ -25,6 +27,9 @@ pub const MAX_REPORTED_BAD_PAGES: usize = 32;
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
     pub path: PathBuf,
+    /// The image's MAC, hex, when it was opened with its key: then every
+    /// tag was checked too.
+    pub mac: Option<String>,
     /// Sections whose checksum was checked (all but RAM, checked by page).
     pub sections_checked: usize,
     pub bad_sections: Vec<BadSection>,
@@ -40,6 +45,8 @@ pub struct BadSection {
     pub kind: String,
     pub stored_crc32c: u32,
     pub computed_crc32c: u32,
+    /// The CRC matches but the tag under the key does not: changed on purpose.
+    pub mac_mismatch: bool,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -50,6 +57,8 @@ pub struct BadPage {
     pub file_offset: u64,
     pub stored_crc32c: u32,
     pub computed_crc32c: u32,
+    /// The CRC matches but the tag under the key does not: changed on purpose.
+    pub mac_mismatch: bool,
 }
 
 impl VerifyReport {
@@ -62,28 +71,30 @@ impl VerifyReport {
         let mut lines: Vec<String> = self
             .bad_sections
             .iter()
-            .map(|s| {
-                format!(
+            .map(|s| match s.mac_mismatch {
+                true => format!("section {} does not match its MAC (changed after it was written)", s.kind),
+                false => format!(
                     "section {} checksum mismatch (stored {:#010x}, computed {:#010x})",
                     s.kind, s.stored_crc32c, s.computed_crc32c
-                )
+                ),
             })
             .collect();
-        lines.extend(
-            self.first_bad_pages
-                .iter()
-                .map(|p| format!("page {} ({} + {:#x}) checksum mismatch", p.page, p.block, p.offset_in_block)),
-        );
+        lines.extend(self.first_bad_pages.iter().map(|p| {
+            let what = if p.mac_mismatch { "does not match its MAC" } else { "checksum mismatch" };
+            format!("page {} ({} + {:#x}) {what}", p.page, p.block, p.offset_in_block)
+        }));
         let unlisted = self.bad_pages - self.first_bad_pages.len() as u64;
         if unlisted > 0 {
-            lines.push(format!("... and {unlisted} more pages with a checksum mismatch"));
+            lines.push(format!("... and {unlisted} more bad pages"));
         }
         lines
     }
 }
 
 /// Everything [`Image::open`] checks, plus every section and every page.
-/// An `Err` means the image could not even be opened as one.
+/// An `Err` means the image could not even be opened as one. (An image
+/// opened with [`Image::open_sealed`] and given to [`verify_image`] has
+/// its tags checked too.)
 pub fn verify(path: &Path) -> Result<VerifyReport> {
     verify_image(&Image::open(path)?)
 }
@@ -92,6 +103,7 @@ pub fn verify(path: &Path) -> Result<VerifyReport> {
 pub fn verify_image(image: &Image) -> Result<VerifyReport> {
     let mut report = VerifyReport {
         path: image.path().to_owned(),
+        mac: image.mac().map(|m| m.to_hex()),
         sections_checked: 0,
         bad_sections: Vec::new(),
         pages_checked: 0,
@@ -105,14 +117,25 @@ pub fn verify_image(image: &Image) -> Result<VerifyReport> {
 
 fn check_sections(image: &Image, report: &mut VerifyReport) -> std::io::Result<()> {
     for section in image.sections().iter().filter(|s| s.kind != SectionKind::Ram) {
-        // Open already checked these two.
-        if !matches!(section.kind, SectionKind::Identity | SectionKind::PageCrcs) {
-            let computed = crc_of_range(image.file(), section.offset, section.length)?;
-            if computed != section.crc32c {
+        // Open already checked these (and, with a key, AUTH and PAGE_TAGS).
+        let opened = match section.kind {
+            SectionKind::Identity | SectionKind::PageCrcs => true,
+            SectionKind::Auth | SectionKind::PageTags => image.mac().is_some(),
+            _ => false,
+        };
+        if !opened {
+            let mut hasher = image.key().map(|k| k.section_hasher());
+            let computed = sums_of_range(image.file(), section.offset, section.length, hasher.as_mut())?;
+            let mac_mismatch = hasher.is_some_and(|h| {
+                let sealed = image.section_tag(section.kind).flatten();
+                !tag_matches(sealed, h.finalize().as_bytes())
+            });
+            if computed != section.crc32c || mac_mismatch {
                 report.bad_sections.push(BadSection {
                     kind: section.kind.to_string(),
                     stored_crc32c: section.crc32c,
                     computed_crc32c: computed,
+                    mac_mismatch: computed == section.crc32c,
                 });
             }
         }
@@ -140,13 +163,9 @@ fn check_pages(image: &Image, report: &mut VerifyReport) -> std::io::Result<()> 
             }
             for i in 0..n {
                 let page = first_page + done + i;
-                let computed = if in_hole {
-                    ZERO_PAGE_CRC
-                } else {
-                    let start = i as usize * PAGE_SIZE;
-                    page_crc(&buf[start..start + PAGE_SIZE])
-                };
-                record_page(image, report, page, computed);
+                let start = i as usize * PAGE_SIZE;
+                let data = (!in_hole).then(|| &buf[start..start + PAGE_SIZE]);
+                record_page(image, report, page, data);
             }
             done += n;
         }
@@ -154,12 +173,17 @@ fn check_pages(image: &Image, report: &mut VerifyReport) -> std::io::Result<()> 
     Ok(())
 }
 
-fn record_page(image: &Image, report: &mut VerifyReport, page: u64, computed: u32) {
+/// Checks one page: its bytes, or `None` for a hole (zeros).
+fn record_page(image: &Image, report: &mut VerifyReport, page: u64, data: Option<&[u8]>) {
     report.pages_checked += 1;
-    let stored = image.page_crcs()[page as usize];
-    if stored == computed {
+    let (matches, computed) = match data {
+        Some(data) => (image.page_matches(page, data), page_crc(data)),
+        None => (image.page_was_zero(page), ZERO_PAGE_CRC),
+    };
+    if matches {
         return;
     }
+    let stored = image.page_crcs()[page as usize];
     report.bad_pages += 1;
     if report.first_bad_pages.len() < MAX_REPORTED_BAD_PAGES {
         let (block, offset_in_block) = image.page_place(page);
@@ -170,6 +194,7 @@ fn record_page(image: &Image, report: &mut VerifyReport, page: u64, computed: u3
             file_offset: image.page_data_offset(page),
             stored_crc32c: stored,
             computed_crc32c: computed,
+            mac_mismatch: stored == computed,
         });
     }
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{check_instant, ms, Lease};
-use crate::image::NetFrames;
+use crate::image::{ImageKey, NetFrames};
 use crate::mtd::MtdParams;
 
 /// `__org.mekha_CheckpointArgs`.
@@ -36,6 +36,7 @@ pub struct Args {
     pub lease_ms: Option<u64>,
     pub persist_hold: Option<bool>,
     pub allow_writable_disks: Option<bool>,
+    pub key_secret: Option<String>,
 }
 
 /// `__org.mekha_CheckpointEndArgs`.
@@ -121,6 +122,8 @@ pub struct Info {
     pub net_held_frames: u64,
     pub net_held_bytes: u64,
     pub net_dropped_frames: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Info {
@@ -162,6 +165,8 @@ pub struct Params {
     pub staging_budget: Option<u64>,
     pub lease: Option<Duration>,
     pub persist_hold: bool,
+    /// Seals the image under this key (the embedder resolves `key-secret`).
+    pub key: Option<ImageKey>,
 }
 
 impl Params {
@@ -200,6 +205,7 @@ impl Params {
             staging_budget,
             lease,
             persist_hold: args.persist_hold.unwrap_or(false),
+            key: None,
         })
     }
 }

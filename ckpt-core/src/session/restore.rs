@@ -25,6 +25,8 @@ pub struct Args {
     pub catch_up_ppm: Option<u32>,
     pub lag_ns: Option<i64>,
     pub lease_ms: Option<u64>,
+    pub key_secret: Option<String>,
+    pub mac: Option<String>,
 }
 
 /// `__org.mekha_QueryRestoreArgs`.
@@ -64,6 +66,8 @@ pub struct Info {
     pub resumed_at_ns: Option<i64>,
     pub net_injected_frames: u64,
     pub net_dropped_frames: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// `__org.mekha_ResumeArgs`.

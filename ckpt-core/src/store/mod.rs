@@ -37,7 +37,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::image::{now_unix_ns, sync_dir, Image, ImageError};
+use crate::image::{now_unix_ns, sync_dir, Image, ImageError, ImageKey, Mac};
 use crate::private;
 
 pub mod part;
@@ -63,6 +63,10 @@ pub struct Manifest {
     pub generation: u64,
     pub created_unix_ns: u64,
     pub vms: Vec<ManifestVm>,
+    /// With an image key: the MAC of this manifest (all its other fields),
+    /// hex. A store opened with the key refuses a manifest without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 /// One VM of a committed checkpoint.
@@ -79,9 +83,35 @@ pub struct ManifestVm {
     /// that host does not share the directory (see [`part`]); none: here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub host: Option<String>,
+    /// With an image key: the image's MAC, hex (a restore refuses any other
+    /// image, even one sealed under the same key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
 }
 
 impl Manifest {
+    /// The MAC of everything but the `mac` field, under `key`.
+    fn compute_mac(&self, key: &ImageKey) -> Mac {
+        let unsealed = Manifest { mac: None, ..self.clone() };
+        key.manifest_mac(&serde_json::to_vec(&unsealed).expect("a manifest encodes as JSON"))
+    }
+
+    /// Why this manifest does not hold under `key`, if it does not.
+    fn seal_problem(&self, key: &ImageKey) -> Option<String> {
+        let Some(stored) = &self.mac else {
+            return Some("it carries no MAC (it was committed without an image key) and a key was given".into());
+        };
+        match Mac::parse(stored) {
+            Ok(stored) if stored == self.compute_mac(key) => None,
+            Ok(_) => Some(format!(
+                "it does not match its MAC under image key {}: changed after it was committed, or sealed under \
+                 another key",
+                key.id_hex()
+            )),
+            Err(e) => Some(format!("its MAC is not valid: {e}")),
+        }
+    }
+
     pub fn vm(&self, name: &str) -> Option<&ManifestVm> {
         self.vms.iter().find(|vm| vm.name == name)
     }
@@ -123,7 +153,8 @@ impl ManifestVm {
 
     /// Where an image (its file's length, its header checksum) differs
     /// from what this entry recorded at commit.
-    pub fn mismatches(&self, file_size: u64, header_crc32c: u32) -> Vec<String> {
+    /// `mac`: the image's MAC, checked under the store's key (none without).
+    pub fn mismatches(&self, file_size: u64, header_crc32c: u32, mac: Option<Mac>) -> Vec<String> {
         let mut problems = Vec::new();
         if self.size != file_size {
             problems.push(format!("the file has {file_size} bytes but the manifest recorded {}", self.size));
@@ -133,6 +164,13 @@ impl ManifestVm {
                 "header checksum {header_crc32c:#010x} differs from the manifest's {:#010x} (not the image that was committed)",
                 self.header_crc32c
             ));
+        }
+        if let Some(mac) = mac.map(|m| m.to_hex()) {
+            if self.mac.as_deref() != Some(mac.as_str()) {
+                problems.push(format!(
+                    "its MAC {mac} is not the one the manifest recorded (another image sealed under the same key)"
+                ));
+            }
         }
         problems
     }
@@ -166,6 +204,9 @@ pub enum StoreError {
 
     #[error("manifest {} is damaged: {reason}", path.display())]
     BadManifest { path: PathBuf, reason: String },
+
+    #[error("manifest {} is refused: {reason}", path.display())]
+    NotAuthentic { path: PathBuf, reason: String },
 
     #[error("manifest {} has format {format}, which is newer than this mekha ({MANIFEST_FORMAT}): use a newer mekha", path.display())]
     NewerManifest { path: PathBuf, format: u32 },
@@ -227,6 +268,9 @@ pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    /// Commits seal manifests and check images under it; reads refuse
+    /// what does not hold under it.
+    key: Option<ImageKey>,
 }
 
 impl Store {
@@ -244,14 +288,14 @@ impl Store {
             .open(&probe)
             .map_err(|source| StoreError::NotWritable { path: dir.to_owned(), source })?;
         fs::remove_file(&probe).map_err(StoreError::io("removing", &probe))?;
-        Ok(Store { dir: dir.to_owned() })
+        Ok(Store { dir: dir.to_owned(), key: None })
     }
 
     /// Opens an existing `dir` for reading (restore, inspect): creates
     /// nothing and does not need write access.
     pub fn open_existing(dir: &Path) -> Result<Store> {
         match fs::metadata(dir) {
-            Ok(meta) if meta.is_dir() => Ok(Store { dir: dir.to_owned() }),
+            Ok(meta) if meta.is_dir() => Ok(Store { dir: dir.to_owned(), key: None }),
             Ok(_) => Err(StoreError::NotADirectory { path: dir.to_owned() }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StoreError::Missing { path: dir.to_owned() }),
             Err(e) => Err(StoreError::io("opening checkpoint directory", dir)(e)),
@@ -281,7 +325,20 @@ impl Store {
         if let Some(problem) = manifest.problem() {
             return Err(bad(problem));
         }
+        if let Some(problem) = self.key.as_ref().and_then(|key| manifest.seal_problem(key)) {
+            return Err(StoreError::NotAuthentic { path, reason: problem });
+        }
         Ok(Some(manifest))
+    }
+
+    /// Seals what this store commits under `key`, and refuses to read what
+    /// does not hold under it (manifests and images).
+    pub fn with_key(self, key: Option<ImageKey>) -> Store {
+        Store { key, ..self }
+    }
+
+    pub fn key(&self) -> Option<&ImageKey> {
+        self.key.as_ref()
     }
 
     /// Where the image of `vm_name` in `manifest` is.
@@ -305,8 +362,8 @@ impl Store {
         if !vm.image_is_inside() {
             return Err(refuse("it is not inside the checkpoint directory".into()));
         }
-        let image = Image::open(&path).map_err(|e| refuse(e.to_string()))?;
-        match vm.mismatches(image.file_len(), image.header().header_crc32c) {
+        let image = open_image(&path, self.key.as_ref()).map_err(|e| refuse(e.to_string()))?;
+        match vm.mismatches(image.file_len(), image.header().header_crc32c, image.mac()) {
             problems if problems.is_empty() => Ok(()),
             problems => Err(refuse(problems.join("; "))),
         }
@@ -535,19 +592,29 @@ impl Generation {
         stop: Option<Step>,
     ) -> Result<Option<Manifest>> {
         let final_name = generation_name(self.number);
-        let mut entries = seal_images(&self.path, &final_name, vms)?;
+        let key = self.store.key.as_ref();
+        let mut entries = seal_images(&self.path, &final_name, vms, key)?;
         for part in parts {
             if entries.iter().any(|e| e.name == part.name) {
                 return Err(StoreError::DuplicateVm { name: part.name });
             }
+            if key.is_some() && part.mac.is_none() {
+                return Err(StoreError::BadPart { reason: format!("VM {}'s image comes without its MAC", part.name) });
+            }
             entries.push(part);
         }
         // Parts come from other hosts: what is committed here must read back.
-        let manifest =
-            Manifest { format: MANIFEST_FORMAT, generation: self.number, created_unix_ns: now_unix_ns(), vms: entries };
+        let mut manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            generation: self.number,
+            created_unix_ns: now_unix_ns(),
+            vms: entries,
+            mac: None,
+        };
         if let Some(reason) = manifest.problem() {
             return Err(StoreError::BadPart { reason });
         }
+        manifest.mac = key.map(|key| manifest.compute_mac(key).to_hex());
         let dir = &self.store.dir;
         if stop == Some(Step::RenameDir) {
             return Ok(None);
@@ -580,7 +647,13 @@ impl Generation {
 /// Syncs the images of a generation written in `dir`, checks that each is
 /// there and valid, and returns their manifest entries as they will be
 /// named once `dir` is renamed to `final_name`.
-fn seal_images<N: AsRef<str>, P: AsRef<Path>>(dir: &Path, final_name: &str, vms: &[(N, P)]) -> Result<Vec<ManifestVm>> {
+/// With `key`, each image must hold under it, and its MAC is recorded.
+fn seal_images<N: AsRef<str>, P: AsRef<Path>>(
+    dir: &Path,
+    final_name: &str,
+    vms: &[(N, P)],
+    key: Option<&ImageKey>,
+) -> Result<Vec<ManifestVm>> {
     let mut entries: Vec<ManifestVm> = Vec::with_capacity(vms.len());
     for (name, path) in vms {
         let (name, path) = (name.as_ref(), path.as_ref());
@@ -598,7 +671,7 @@ fn seal_images<N: AsRef<str>, P: AsRef<Path>>(dir: &Path, final_name: &str, vms:
                 })
             }
         };
-        let image = Image::open(path).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
+        let image = open_image(path, key).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
         image.file().sync_all().map_err(StoreError::io("syncing", path))?;
         entries.push(ManifestVm {
             name: name.to_owned(),
@@ -606,10 +679,19 @@ fn seal_images<N: AsRef<str>, P: AsRef<Path>>(dir: &Path, final_name: &str, vms:
             size: image.file_len(),
             header_crc32c: image.header().header_crc32c,
             host: None,
+            mac: image.mac().map(|m| m.to_hex()),
         });
     }
     sync_dir(dir).map_err(StoreError::io("syncing", dir))?;
     Ok(entries)
+}
+
+/// An image, sealed under `key` if one is given.
+fn open_image(path: &Path, key: Option<&ImageKey>) -> std::result::Result<Image, ImageError> {
+    match key {
+        Some(key) => Image::open_sealed(path, key),
+        None => Image::open(path),
+    }
 }
 
 /// `gen-000007`: six digits keep a listing in order for the first million.
@@ -690,11 +772,24 @@ mod tests {
 
     /// Writes one image per VM into directory `dir` of generation `number`.
     pub(super) fn write_images_in(dir: &Path, number: u64, names: &[&str]) -> Vec<(String, PathBuf)> {
+        write_sealed_images_in(dir, number, names, None)
+    }
+
+    /// [`write_images_in`], sealed under `key` if given.
+    fn write_sealed_images_in(
+        dir: &Path,
+        number: u64,
+        names: &[&str],
+        key: Option<&ImageKey>,
+    ) -> Vec<(String, PathBuf)> {
         names
             .iter()
             .map(|&name| {
                 let path = dir.join(format!("{name}.{IMAGE_EXTENSION}"));
                 let mut builder = ImageBuilder::create(&path, &identity(name)).unwrap();
+                if let Some(key) = key {
+                    builder.set_key(key);
+                }
                 builder.write_page(3, &[number as u8; 4096]).unwrap();
                 builder.finish(b"device state", None).unwrap();
                 (name.to_owned(), path)
@@ -1014,5 +1109,55 @@ mod tests {
         for other in ["gen-", "gen-.partial", "gen-12x", "MANIFEST.json", "gen-+1", "xgen-1"] {
             assert_eq!(GenEntry::parse(other), None, "{other}");
         }
+    }
+
+    #[test]
+    fn a_keyed_store_seals_its_manifests_and_refuses_what_does_not_hold() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = ImageKey::from_bytes(&[7; 32]);
+        let store = Store::open(tmp.path()).unwrap().with_key(Some(key.clone()));
+        let commit = |names: &[&str]| {
+            let generation = store.begin().unwrap();
+            let vms = write_sealed_images_in(generation.path(), generation.number(), names, Some(&key));
+            generation.commit(&vms).unwrap()
+        };
+        commit(&["a", "b"]);
+        let second = commit(&["a", "b"]);
+        assert!(second.mac.is_some() && second.vms.iter().all(|vm| vm.mac.is_some()), "{second:?}");
+        assert_eq!(store.latest().unwrap(), Some(second.clone()));
+        for vm in &second.vms {
+            store.check_image(second.generation, vm).unwrap();
+        }
+        // Without the key, the same directory reads as always.
+        assert_eq!(Store::open_existing(tmp.path()).unwrap().latest().unwrap(), Some(second.clone()));
+
+        // Generation 1's image of a, put in generation 2's place: authentic,
+        // and refused, since it is not the one the manifest sealed.
+        fs::copy(tmp.path().join("gen-000001/a.mekha"), tmp.path().join("gen-000002/a.mekha")).unwrap();
+        let e = store.check_image(2, &second.vms[0]).unwrap_err();
+        assert!(e.to_string().contains("is not the one the manifest recorded"), "{e}");
+
+        // A manifest edited to match (what anyone who can write it can do).
+        let path = tmp.path().join(MANIFEST);
+        let mut edited = second.clone();
+        edited.vms[0].header_crc32c ^= 1;
+        fs::write(&path, serde_json::to_vec(&edited).unwrap()).unwrap();
+        let e = store.latest().unwrap_err();
+        assert!(
+            matches!(e, StoreError::NotAuthentic { .. }) && e.to_string().contains("does not match its MAC"),
+            "{e}"
+        );
+        edited.mac = None;
+        fs::write(&path, serde_json::to_vec(&edited).unwrap()).unwrap();
+        assert!(store.latest().unwrap_err().to_string().contains("carries no MAC"));
+        let other = Store::open_existing(tmp.path()).unwrap().with_key(Some(ImageKey::from_bytes(&[8; 32])));
+        fs::write(&path, serde_json::to_vec(&second).unwrap()).unwrap();
+        assert!(other.latest().is_err());
+
+        // Unsealed images are not committed under a key.
+        let generation = store.begin().unwrap();
+        let vms = write_images(&generation, &["a"]);
+        let e = generation.commit(&vms).unwrap_err();
+        assert!(e.to_string().contains("carries no MAC"), "{e}");
     }
 }

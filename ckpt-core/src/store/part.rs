@@ -115,7 +115,7 @@ impl Store {
         let final_name = generation_name(number);
         let images: Vec<(&str, PathBuf)> =
             vms.iter().map(|vm| (vm.as_str(), partial.join(format!("{vm}.{IMAGE_EXTENSION}")))).collect();
-        let entries = seal_images(&partial, &final_name, &images)?;
+        let entries = seal_images(&partial, &final_name, &images, self.key.as_ref())?;
         let final_path = self.dir.join(&final_name);
         fs::rename(&partial, &final_path).map_err(StoreError::io("renaming generation to", &final_path))?;
         sync_dir(&self.dir).map_err(StoreError::io("syncing", &self.dir))?;
@@ -228,6 +228,7 @@ mod tests {
             size: 1,
             header_crc32c: 1,
             host: Some("n1".into()),
+            mac: None,
         };
         for (bad, why) in [
             (part("b", "gen-000001/b.mekha"), "not in the generation's directory gen-000002"),

@@ -45,12 +45,12 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     if current.as_ref().is_some_and(|session| session.status().is_active()) {
         return Err("a checkpoint of this VM is already running".into());
     }
-    let params = Params::from_args(&args)?;
-    // SAFETY: QMP handlers run in the main loop with the BQL held.
-    check_disks(unsafe { &Bql::assume_held() }, args.allow_writable_disks.unwrap_or(false))?;
-    worker::check_target(&args.path)?;
+    let mut params = Params::from_args(&args)?;
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
+    check_disks(&bql, args.allow_writable_disks.unwrap_or(false))?;
+    worker::check_target(&args.path)?;
+    params.key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
     let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto), params.staging_budget)?;
     let info = Info {
         status: Status::Live,

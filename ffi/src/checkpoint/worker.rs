@@ -282,6 +282,9 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
             UringWriter::new(builder.file(), WriterOptions::default()).map_err(|e| format!("io_uring writer: {e}"))?;
         let layout = ram.layout().clone();
         let mut persist = Persister::new(staging, writer, move |p| layout.page_offset(p));
+        if let Some(key) = &params.key {
+            persist.set_key(key);
+        }
         shared.update(|info| info.staging_budget_bytes = budget);
 
         let stopped = match capture {
@@ -314,6 +317,12 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
     for (page, crc) in persist.page_crcs().iter().enumerate() {
         builder.set_page_crc(page as u64, *crc);
     }
+    if let (Some(key), Some(tags)) = (&params.key, persist.page_tags()) {
+        builder.set_key(key);
+        for (page, tag) in tags.iter().enumerate() {
+            builder.set_page_tag(page as u64, *tag);
+        }
+    }
     let stats = persist.stats();
     shared.update(|info| {
         info.written_bytes = stats.bytes;
@@ -324,7 +333,9 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
     builder.set_net_frames(stopped.net_frames);
     // The image records how it was made (the INFO section).
     let info_json = serde_json::to_value(shared.info()).ok();
-    builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
+    let finished =
+        builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
+    shared.update(|info| info.mac = finished.mac.map(|m| m.to_hex()));
     Ok(())
 }
 
