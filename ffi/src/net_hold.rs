@@ -29,7 +29,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mekha_ckpt_core::image::NetFrames;
+use mekha_ckpt_core::image::{NetFrames, MAX_FRAME_LEN, MAX_NETDEV_ID_LEN};
 
 use crate::qemu::{self, clocks, net, Bql};
 
@@ -56,9 +56,21 @@ pub(crate) fn begin(bql: &Bql) {
     net::hold_begin(bql, MAX_HOLD_BYTES);
 }
 
-/// A copy of the held frames (just before the resume).
+/// A copy of the held frames (just before the resume), without what the
+/// image cannot hold: those frames still reach the running guest, but a
+/// restore will not have them.
 pub(crate) fn snapshot(bql: &Bql) -> NetFrames {
-    net::held(bql)
+    let mut frames = net::held(bql);
+    for n in frames.take_unstorable().netdevs {
+        eprintln!(
+            "mekha: {} frame(s) in flight toward netdev {:?} cannot be stored in the image (ids of 1 to \
+             {MAX_NETDEV_ID_LEN} bytes, frames of 1 to {MAX_FRAME_LEN}): a restore of this checkpoint will not \
+             have them",
+            n.frames.len(),
+            n.netdev.chars().take(64).collect::<String>()
+        );
+    }
+    frames
 }
 
 /// Passes the held frames on to the guests; returns how many were

@@ -63,6 +63,28 @@ impl NetFrames {
         }
     }
 
+    /// Removes and returns what the section cannot hold (a netdev id
+    /// empty or longer than [`MAX_NETDEV_ID_LEN`], a frame empty or longer
+    /// than [`MAX_FRAME_LEN`] or with an unknown flag), which
+    /// [`encode`](Self::encode) would refuse: QEMU's ids have no length
+    /// limit, so a VM may well hold such frames.
+    pub fn take_unstorable(&mut self) -> NetFrames {
+        let mut unstorable = NetFrames::default();
+        self.netdevs.retain_mut(|n| {
+            if n.netdev.is_empty() || n.netdev.len() > MAX_NETDEV_ID_LEN {
+                unstorable.netdevs.push(n.clone());
+                return false;
+            }
+            let storable = |f: &NetFrame| (1..=MAX_FRAME_LEN).contains(&f.data.len()) && f.flags & !KNOWN_FLAGS == 0;
+            for f in n.frames.iter().filter(|f| !storable(f)) {
+                unstorable.push(&n.netdev, n.vnet_hdr_len, f.flags, &f.data);
+            }
+            n.frames.retain(storable);
+            !n.frames.is_empty()
+        });
+        unstorable
+    }
+
     pub fn frame_count(&self) -> u64 {
         self.netdevs.iter().map(|n| n.frames.len() as u64).sum()
     }
@@ -84,7 +106,8 @@ impl NetFrames {
     /// # Panics
     /// On what the format cannot hold: a netdev id empty or longer than
     /// [`MAX_NETDEV_ID_LEN`], a netdev twice, a frame empty or longer than
-    /// [`MAX_FRAME_LEN`], an unknown flag.
+    /// [`MAX_FRAME_LEN`], an unknown flag ([`take_unstorable`](Self::take_unstorable)
+    /// takes those out first).
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8 + self.byte_count() as usize + 8 * self.frame_count() as usize);
         out.extend_from_slice(&(self.netdevs.len() as u32).to_le_bytes());
@@ -260,5 +283,19 @@ mod tests {
         assert!(
             NetFrames::decode(&[1, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 1, 0, 0, 0, b'x']).is_err()
         );
+    }
+
+    #[test]
+    fn what_the_format_cannot_hold_is_taken_out_before_encoding() {
+        let long = "n".repeat(MAX_NETDEV_ID_LEN + 1);
+        let mut f = NetFrames::default();
+        f.push("net0", 12, 0, &[1; 60]);
+        f.push(&long, 12, 0, &[2; 60]);
+        f.push("net0", 12, 0x80, &[3; 60]);
+        f.push("net1", 0, 0, &[]);
+        let taken = f.take_unstorable();
+        assert_eq!(f.summary().netdevs, [("net0".to_owned(), 1)]);
+        assert_eq!(taken.summary().netdevs, [("net0".to_owned(), 1), (long, 1), ("net1".to_owned(), 1)]);
+        assert_eq!(NetFrames::decode(&f.encode()).unwrap(), f);
     }
 }
