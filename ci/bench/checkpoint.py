@@ -15,13 +15,16 @@ Methods, each on its own freshly booted VM:
   mekha          __org.mekha_checkpoint mode=mtd into a file (default
                  staging = RAM)
   mekha-cow      the same with mode=cow (copy-on-write capture)
+  mekha-sealed   mekha-cow with the image sealed under a key (key-secret:
+                 every page tagged, a MAC over the image)
   stop-migrate   stop, migrate file:, wait, cont
   live-migrate   migrate file: with the VM running, capped; migrate_cancel
                  when it does not end
   bg-snapshot    migrate file: with the background-snapshot capability
   snapshot-save  the snapshot-save job into a qcow2 disk (vmstate and devices)
 and restores into a fresh QEMU started with -incoming defer: mekha's
-__org.mekha_restore (lazy and bulk) from the mekha image, stock
+__org.mekha_restore (lazy and bulk) from the mekha image, the same
+with the key from the sealed image (pages read and their tags checked), stock
 migrate-incoming file: from the stop-migrate image, each with the image's
 page cache dropped first (posix_fadvise DONTNEED after fsync).
 
@@ -84,9 +87,12 @@ BOOT_TIMEOUT_S = 120
 DONE_TIMEOUT_S = 600             # one checkpoint or restore, at most
 EVENTS_PER_S = (10, 60)          # wanted rate of compute events; the chunk adapts
 
-METHODS = ["mekha", "mekha-cow", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"]
+METHODS = ["mekha", "mekha-cow", "mekha-sealed", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save"]
 CLOCKS = "clocks"                # the --methods value of the clock measurement
-RESTORES = ["mekha-lazy", "mekha-bulk", "stock-incoming"]
+RESTORES = ["mekha-lazy", "mekha-bulk", "mekha-keyed", "stock-incoming"]
+# The image key of mekha-sealed: a fixed one, since only the cost is measured.
+KEY_SECRET = "mekha-bench-key"
+KEY_HEX = "6d" * 32
 
 CLOCK_MIB = 512                  # VM of the clock measurement
 CLOCK_MS = 1000                  # the probe's clock sampling interval there
@@ -371,10 +377,17 @@ class Bench:
     def run_mekha_cow(self, vm, steady, tag):
         return self.run_mekha(vm, steady, tag, mode="cow")
 
-    def run_mekha(self, vm, steady, tag, mode="mtd"):
+    def run_mekha_sealed(self, vm, steady, tag):
+        lend_key(vm.qmp)
+        return self.run_mekha(vm, steady, tag, mode="cow", sealed=True)
+
+    def run_mekha(self, vm, steady, tag, mode="mtd", sealed=False):
         path = self.images / f"{tag}.mekha"
         q = vm.qmp
-        mark, t0, done, info = mekha_checkpoint(q, {"path": str(path), "mode": mode})
+        args = {"path": str(path), "mode": mode}
+        if sealed:
+            args["key-secret"] = KEY_SECRET
+        mark, t0, done, info = mekha_checkpoint(q, args)
         evs = q.events_since(mark)
         status_t = {}
         status_info = {}
@@ -644,7 +657,11 @@ class Bench:
                 self.enable_events(q)
             mark = q.mark()
             if kind.startswith("mekha"):
-                _, t0, _ = q.timed("__org.mekha_restore", {"path": str(image), "lazy": kind == "mekha-lazy"})
+                args = {"path": str(image), "lazy": kind == "mekha-lazy"}
+                if kind == "mekha-keyed":
+                    lend_key(q)
+                    args["key-secret"] = KEY_SECRET
+                _, t0, _ = q.timed("__org.mekha_restore", args)
                 done = q.wait_event(lambda e: e.name == "__org.mekha_RESTORE", mark, DONE_TIMEOUT_S)
                 info = q.execute("__org.mekha_query-restore")
                 if info["status"] != "completed":
@@ -823,7 +840,9 @@ class Bench:
                         images[method] = (image, r["probe_args"])
                 for kind in RESTORES:
                     source = "stop-migrate"
-                    if kind.startswith("mekha"):
+                    if kind == "mekha-keyed":
+                        source = "mekha-sealed"
+                    elif kind.startswith("mekha"):
                         source = "mekha" if "mekha" in images else "mekha-cow"
                     if source not in images:
                         continue
@@ -836,6 +855,11 @@ class Bench:
         if CLOCKS in self.args.methods:
             self.clocks = self.clock_gaps()
         return time.time() - started
+
+
+def lend_key(q):
+    """Puts the bench's image key into the QEMU behind `q` as a secret."""
+    q.execute("object-add", {"qom-type": "secret", "id": KEY_SECRET, "data": KEY_HEX, "format": "raw"})
 
 
 def mekha_checkpoint(q, args):

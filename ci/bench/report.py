@@ -8,16 +8,18 @@ import statistics
 LABELS = {
     "mekha": "mekha MTD checkpoint",
     "mekha-cow": "mekha copy-on-write checkpoint",
+    "mekha-sealed": "mekha copy-on-write, sealed under a key",
     "stop-migrate": "stock stop + migrate file: + cont",
     "live-migrate": "stock live migrate file:",
     "bg-snapshot": "stock background-snapshot",
     "snapshot-save": "stock snapshot-save (qcow2)",
     "mekha-lazy": "mekha restore, lazy",
     "mekha-bulk": "mekha restore, lazy=false",
+    "mekha-keyed": "mekha restore of a sealed image with its key (read, tags checked)",
     "stock-incoming": "stock migrate-incoming file:",
 }
 # Checkpoint methods in table order.
-ORDER = ("mekha", "mekha-cow", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save")
+ORDER = ("mekha", "mekha-cow", "mekha-sealed", "stop-migrate", "live-migrate", "bg-snapshot", "snapshot-save")
 SPAN_COLORS = {
     "live copy": "#4C72B0",
     "preparing": "#8FAADC",
@@ -43,6 +45,7 @@ RTC_LIMIT_S = 1.0                # mekha: RTC within this of CLOCK_REALTIME afte
 LINE_COLORS = {
     "mekha": "#2CA02C",
     "mekha-cow": "#17BECF",
+    "mekha-sealed": "#8C564B",
     "stop-migrate": "#D62728",
     "live-migrate": "#9467BD",
     "bg-snapshot": "#1F77B4",
@@ -199,6 +202,16 @@ def tables(data, summary):
                 lr = ratio(m["lost_ms"], cow["lost_ms"]) if (cow["lost_ms"] or 0) > 0 else None
                 ratios.append(f"- {LABELS[method]} / mekha copy-on-write: pause {f(ratio(m['pause_ms'], cow['pause_ms']), 1)}x, "
                               f"lost work {f(lr, 1)}x")
+        sealed = ms.get("mekha-sealed")
+        if cow and sealed:
+            ratios.append(f"- cost of the key: {LABELS['mekha-sealed']} / mekha copy-on-write: pause "
+                          f"{f(ratio(sealed['pause_ms'], cow['pause_ms']), 2)}x, total "
+                          f"{f(ratio(sealed['total_ms'], cow['total_ms']), 2)}x, lost work {f(sealed['lost_ms'])} ms "
+                          f"vs {f(cow['lost_ms'])} ms")
+        rs = s["restores"]
+        if rs.get("mekha-keyed") and rs.get("mekha-bulk"):
+            ratios.append(f"- cost of the key at restore: {LABELS['mekha-keyed']} / {LABELS['mekha-bulk']}: to running "
+                          f"{f(ratio(rs['mekha-keyed']['running_ms'], rs['mekha-bulk']['running_ms']), 2)}x")
         lines.append("Ratios (same run, medians):")
         lines.extend(ratios)
         if cow:
@@ -254,7 +267,7 @@ def tables(data, summary):
                          "| image MiB | / stock | guest ok |")
             lines.append("|---|---:|---:|---:|---:|---:|---:|---|")
             stock = rs.get("stock-incoming", {}).get("running_ms")
-            for kind in ("mekha-lazy", "mekha-bulk", "stock-incoming"):
+            for kind in ("mekha-lazy", "mekha-bulk", "mekha-keyed", "stock-incoming"):
                 r = rs.get(kind)
                 if r is None:
                     continue

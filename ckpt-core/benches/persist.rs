@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Persist throughput (staged pages drained with CRCs through io_uring,
 //! then fdatasync) against a `dd oflag=direct bs=1M`-like loop of O_DIRECT
-//! pwrites on the same disk, in the same run. Files go to `MEKHA_BENCH_DIR`,
+//! pwrites on the same disk, in the same run; and the same drain with each
+//! page also tagged under an image key (`--key-file`). Files go to `MEKHA_BENCH_DIR`,
 //! default the system temp dir.
 
 use std::fs::{File, OpenOptions};
@@ -11,6 +12,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mekha_ckpt_core::image::ImageKey;
 use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::Staging;
 use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
@@ -35,8 +37,9 @@ fn page_content(page: u64) -> [u8; PAGE_SIZE] {
     data
 }
 
-/// Time of one flush_all of PAGES freshly staged pages into a new file.
-fn persist_once() -> (Duration, bool) {
+/// Time of one flush_all of PAGES freshly staged pages into a new file,
+/// each page tagged under `key` if given.
+fn persist_once(key: Option<&ImageKey>) -> (Duration, bool) {
     let file = tempfile::tempfile_in(dir()).unwrap();
     let mut staging = Staging::new(PAGES, BYTES).unwrap();
     for page in 0..PAGES {
@@ -44,6 +47,9 @@ fn persist_once() -> (Duration, bool) {
     }
     let writer = UringWriter::new(&file, WriterOptions::default()).unwrap();
     let mut persister = Persister::new(staging, writer, |p| RAM_START + p * PAGE_SIZE as u64);
+    if let Some(key) = key {
+        persister.set_key(key);
+    }
     let start = Instant::now();
     persister.flush_all().unwrap();
     let elapsed = start.elapsed();
@@ -105,24 +111,28 @@ fn mbps(d: Duration) -> f64 {
 
 fn ratio() {
     let buf = DdBuffer::new();
-    let mut dd = Vec::new();
-    let mut persist = Vec::new();
+    let key = ImageKey::from_bytes(&[7; 32]);
+    let (mut dd, mut persist, mut sealed) = (Vec::new(), Vec::new(), Vec::new());
     let mut direct = false;
-    // Interleaved, so that both see the same disk weather.
+    // Interleaved, so that all see the same disk weather.
     for _ in 0..5 {
         dd.push(dd_direct_once(&buf));
-        let (t, d) = persist_once();
+        let (t, d) = persist_once(None);
         persist.push(t);
         direct = d;
+        sealed.push(persist_once(Some(&key)).0);
     }
-    dd.sort();
-    persist.sort();
-    let (dd, persist) = (mbps(dd[dd.len() / 2]), mbps(persist[persist.len() / 2]));
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        mbps(v[v.len() / 2])
+    };
+    let (dd, persist, sealed) = (median(dd), median(persist), median(sealed));
     println!("persist vs O_DIRECT pwrite loop, 128 MiB to {} (median of 5):", dir().display());
     println!(
         "  dd-like O_DIRECT 1 MiB: {dd:.0} MB/s, persist (O_DIRECT {direct}): {persist:.0} MB/s, persist/dd = {:.2}",
         persist / dd
     );
+    println!("  persist sealed under a key: {sealed:.0} MB/s, sealed/persist = {:.2}", sealed / persist);
 }
 
 fn benches(c: &mut Criterion) {
@@ -135,7 +145,11 @@ fn benches(c: &mut Criterion) {
     group.sample_size(10).measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_millis(500));
     group.throughput(Throughput::Bytes(BYTES));
     group.bench_function("flush_all_128MiB", |b| {
-        b.iter_custom(|iters| (0..iters).map(|_| black_box(persist_once()).0).sum());
+        b.iter_custom(|iters| (0..iters).map(|_| black_box(persist_once(None)).0).sum());
+    });
+    let key = ImageKey::from_bytes(&[7; 32]);
+    group.bench_function("flush_all_128MiB_sealed", |b| {
+        b.iter_custom(|iters| (0..iters).map(|_| black_box(persist_once(Some(&key))).0).sum());
     });
     group.bench_function("dd_direct_128MiB", |b| {
         b.iter_custom(|iters| (0..iters).map(|_| dd_direct_once(&buf)).sum());

@@ -7,6 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use mekha_ckpt_core::image::format::FORMAT_MINOR;
 use mekha_ckpt_core::image::{Identity, Image, ImageBuilder, RamBlock};
 use mekha_ckpt_core::store::Store;
 use serde_json::{json, Value};
@@ -78,7 +79,7 @@ fn inspect_an_image() {
     let run = mekha(&["image", "inspect", s(&path)]);
     assert_eq!(run.code, 0, "{}", run.all());
     for expected in [
-        "format 1.1",
+        &format!("format 1.{FORMAT_MINOR}"),
         "VM node1: machine pc-i440fx-10.0, QEMU 10.0.2",
         "RAM 4.1 MiB in 2 blocks: 1040 pages, 1029 zero",
         "pc.ram",
@@ -146,7 +147,7 @@ fn verify_names_the_damage() {
         (
             "newer version",
             Box::new(|p| OpenOptions::new().write(true).open(p).unwrap().write_all_at(&[2, 0], 8).unwrap()),
-            "uses format 2.1, which is newer than this mekha (1.x)".into(),
+            format!("uses format 2.{FORMAT_MINOR}, which is newer than this mekha (1.x)"),
         ),
         ("bad magic", Box::new(|p| flip_bit(p, 3)), "is not a mekha image (bad magic)".into()),
     ];

@@ -1,10 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The on-disk image of one VM: format 1.1.
+//! The on-disk image of one VM: format 1.2.
 //!
 //! An image holds one VM's RAM, one CRC32C per RAM page, QEMU's device
 //! state, its clocks at the checkpoint instant, the network frames in
 //! flight toward it at that instant and a description of the VM, in one
-//! (sparse) file. All integers
+//! (sparse) file; sealed under a key, also a tag per page and a MAC. All integers
 //! are little-endian; all checksums are CRC32C (Castagnoli, as computed by
 //! SSE4.2's `crc32` instruction, initial value and final xor `0xffffffff`;
 //! the CRC32C of `"123456789"` is `0xe3069283`).
@@ -27,7 +27,7 @@
 //! |---|---|---|
 //! | 0 | 8 | magic `MEKHAIMG` (ASCII) |
 //! | 8 | 2 | format major version: 1 |
-//! | 10 | 2 | format minor version: 1 (1.0 had no TIME and no NET_FRAMES section) |
+//! | 10 | 2 | format minor version: 2 (1.0 had no TIME and no NET_FRAMES section, 1.1 no AUTH and PAGE_TAGS) |
 //! | 12 | 4 | flags: none defined in 1.0; readers ignore bits they do not know |
 //! | 16 | 8 | creation time, nanoseconds since the Unix epoch |
 //! | 24 | 4 | section count `n` (at most 126) |
@@ -70,6 +70,8 @@
 //! | 5 | INFO | no | UTF-8 JSON object: free-form checkpoint statistics |
 //! | 6 | TIME | no | the clocks at the checkpoint instant (since 1.1): 32 bytes, see below |
 //! | 7 | NET_FRAMES | no | the network frames in flight toward the VM at the checkpoint instant (since 1.1), see below |
+//! | 8 | AUTH | no | the MAC under the image key and each section's tag (since 1.2), see below |
+//! | 9 | PAGE_TAGS | no | each page's tag under the image key: 16 bytes per page, in global page order (since 1.2) |
 //!
 //! Kind 0 is invalid. IDENTITY, PAGE_CRCS, DEVICE_STATE and RAM must be
 //! present. JSON readers ignore fields they do not know.
@@ -131,6 +133,40 @@
 //! id whose header length is `h`; it warns about the others and drops
 //! them ([`NetFrames`]).
 //!
+//! ## Sealed images: AUTH and PAGE_TAGS (since 1.2)
+//!
+//! An image written with an image key ([`ImageKey`]: 32 bytes) is sealed:
+//! whoever lacks the key cannot change it without a reader holding the
+//! key noticing, which CRCs cannot promise. Four keys are derived from it
+//! with BLAKE3's `derive_key` and these contexts: `"mekha 2026-12 image
+//! page tags"` (P), `"mekha 2026-12 image section tags"` (S), `"mekha
+//! 2026-12 image MAC"` (M), `"mekha 2026-12 manifest MAC"` (a manifest's
+//! MAC, `crate::store`); the key id is the first 16 bytes of the
+//! derivation with `"mekha 2026-12 image key id"`.
+//!
+//! PAGE_TAGS holds, for every page, the first 16 bytes of BLAKE3 keyed
+//! with P over the page's 4096 bytes (a page never written: the tag of
+//! zeros). AUTH is:
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | version: 1 |
+//! | 4 | 4 | tag count `k` |
+//! | 8 | 16 | the key id |
+//! | 24 | 8 | reserved, zero |
+//! | 32 | 40 × `k` | per tagged section: kind (4), reserved (4), BLAKE3 keyed with S over the section's bytes (32) |
+//! | 32 + 40`k` | 32 | the MAC |
+//!
+//! Every section but RAM and AUTH is tagged. The MAC is BLAKE3 keyed
+//! with M over: the header's major, minor (2 bytes each), page size (4)
+//! and creation time (8); the directory entries (32 bytes each, as in the
+//! header) of every section but AUTH, by ascending kind; AUTH's bytes
+//! before the MAC. A reader given the key refuses an image without AUTH,
+//! one whose key id is another's, and one whose MAC does not match; then
+//! it checks each section's and page's tag on the bytes it uses (a
+//! restore maps no page from the file, which could change after the
+//! check). Readers without the key skip both sections.
+//!
 //! ## RAM and pages
 //!
 //! The RAM blocks of IDENTITY, in their order, determine where every page
@@ -175,7 +211,9 @@ pub use error::{ImageError, Result};
 pub use format::{page_crc, Producer, Section, SectionKind, ZERO_PAGE_CRC};
 pub use inspect::{inspect, inspect_image, BlockSummary, Inspection, SectionSummary, TimeSummary};
 pub use layout::{Identity, Layout, RamBlock};
-pub use net_frames::{NetFrame, NetFrames, NetFramesSummary, NetdevFrames, FRAME_RAW, MAX_FRAME_LEN};
+pub use net_frames::{
+    NetFrame, NetFrames, NetFramesSummary, NetdevFrames, FRAME_RAW, MAX_FRAME_LEN, MAX_NETDEV_ID_LEN,
+};
 pub use reader::{HeaderInfo, Image};
 pub use verify::{verify, verify_image, BadPage, BadSection, VerifyReport, MAX_REPORTED_BAD_PAGES};
 

@@ -142,14 +142,13 @@ impl Image {
     }
 
     /// Whether `data` is what page `page` held when the image was written:
-    /// its CRC32C and, opened with a key, its tag.
+    /// its tag, opened with a key (which finds any change a CRC would), else
+    /// its CRC32C.
     pub fn page_matches(&self, page: u64, data: &[u8]) -> bool {
-        if super::format::page_crc(data) != self.page_crcs[page as usize] {
-            return false;
+        match &self.sealed {
+            Some(s) => constant_time_eq::constant_time_eq_16(&s.seal.key.page_tag(data), &s.page_tags[page as usize]),
+            None => super::format::page_crc(data) == self.page_crcs[page as usize],
         }
-        self.sealed.as_ref().is_none_or(|s| {
-            constant_time_eq::constant_time_eq_16(&s.seal.key.page_tag(data), &s.page_tags[page as usize])
-        })
     }
 
     /// Whether page `page` was all zeros when the image was written (as a

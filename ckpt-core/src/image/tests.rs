@@ -11,7 +11,7 @@ use tempfile::TempDir;
 use zerocopy::byteorder::little_endian::{U16, U32};
 use zerocopy::{FromBytes, IntoBytes};
 
-use super::format::{HeaderBlock, HEADER_SIZE};
+use super::format::{HeaderBlock, FORMAT_MINOR, HEADER_SIZE};
 use super::*;
 use crate::PAGE_SIZE;
 
@@ -350,7 +350,10 @@ fn versions() {
     file.write_all_at(&2u16.to_le_bytes(), 8).unwrap();
     let err = open_err(&path);
     assert!(matches!(err, ImageError::NewerFormat { major: 2, .. }), "{err}");
-    assert!(err.to_string().contains("format 2.2, which is newer than this mekha (1.x)"), "{err}");
+    assert!(
+        err.to_string().contains(&format!("format 2.{FORMAT_MINOR}, which is newer than this mekha (1.x)")),
+        "{err}"
+    );
 
     fs::write(&path, &original).unwrap();
     rewrite_header(&path, |h| h.header.major = U16::new(0));
@@ -381,7 +384,7 @@ fn time_record_round_trips_and_is_checked() {
     builder.set_time(record);
     builder.finish(DEVICE_STATE, None).unwrap();
     let image = Image::open(&path).unwrap();
-    assert_eq!(image.header().minor, 2);
+    assert_eq!(image.header().minor, FORMAT_MINOR);
     assert_eq!(image.time().unwrap(), Some(record));
     assert_eq!(verify(&path).unwrap().sections_checked, 4, "the TIME section is checked by verify");
 

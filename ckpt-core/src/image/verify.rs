@@ -176,13 +176,14 @@ fn check_pages(image: &Image, report: &mut VerifyReport) -> std::io::Result<()> 
 /// Checks one page: its bytes, or `None` for a hole (zeros).
 fn record_page(image: &Image, report: &mut VerifyReport, page: u64, data: Option<&[u8]>) {
     report.pages_checked += 1;
-    let (matches, computed) = match data {
-        Some(data) => (image.page_matches(page, data), page_crc(data)),
-        None => (image.page_was_zero(page), ZERO_PAGE_CRC),
+    let matches = match data {
+        Some(data) => image.page_matches(page, data),
+        None => image.page_was_zero(page),
     };
     if matches {
         return;
     }
+    let computed = data.map_or(ZERO_PAGE_CRC, page_crc);
     let stored = image.page_crcs()[page as usize];
     report.bad_pages += 1;
     if report.first_bad_pages.len() < MAX_REPORTED_BAD_PAGES {

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The image reader and verifier on any file (`mekha_fuzz::sparse_image`):
-//! `Image::open`, then everything a restore, `mekha image inspect` and
-//! `mekha image verify` read of an image it accepted. Nothing may panic,
-//! and an accepted image is consistent with itself.
+//! `Image::open` (and `Image::open_sealed`, whose AUTH parsing must
+//! refuse, not panic), then everything a restore, `mekha image inspect`
+//! and `mekha image verify` read of an image it accepted. Nothing may
+//! panic, and an accepted image is consistent with itself.
 
 #![no_main]
 
@@ -10,7 +11,7 @@ use std::sync::LazyLock;
 
 use libfuzzer_sys::fuzz_target;
 use mekha_ckpt_core::image::layout::BLOCK_ALIGN;
-use mekha_ckpt_core::image::{check_compatible, inspect_image, verify_image, Image, NetFrames};
+use mekha_ckpt_core::image::{check_compatible, inspect_image, verify_image, Image, ImageKey, NetFrames};
 use mekha_ckpt_core::vtime::{resume_offset, TimePolicy};
 use mekha_ckpt_core::PAGE_SIZE;
 use mekha_fuzz::scratch::MemFile;
@@ -26,7 +27,12 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(image) = Image::open(FILE.path()) {
         exercise(&image);
     }
+    if let Ok(image) = Image::open_sealed(FILE.path(), &KEY) {
+        exercise(&image);
+    }
 });
+
+static KEY: LazyLock<ImageKey> = LazyLock::new(|| ImageKey::from_bytes(&[0x6d; 32]));
 
 fn exercise(image: &Image) {
     let layout = image.layout();
