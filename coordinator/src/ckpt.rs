@@ -6,10 +6,10 @@
 use std::path::Path;
 use std::time::Duration;
 
+use mekha_ckpt_core::image::ImageKey;
 use mekha_ckpt_core::store::{Manifest, Store};
 
 use crate::qmp::QmpError;
-use mekha_ckpt_core::image::ImageKey;
 
 /// How guest RAM is captured (`__org.mekha_CheckpointMode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]

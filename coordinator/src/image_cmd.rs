@@ -295,11 +295,7 @@ fn verify_member<'a>(member: &'a Member, key: Option<&ImageKey>) -> Verdict<'a> 
         report,
         code,
     };
-    let opened = match key {
-        Some(key) => image::Image::open_sealed(&member.path, key),
-        None => image::Image::open(&member.path),
-    };
-    let image = match opened {
+    let image = match image::Image::open_with(&member.path, key) {
         Ok(image) => image,
         Err(e) => return verdict(vec![e.to_string()], None, member.code_for(&e)),
     };

@@ -162,11 +162,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     let lease = args.lease()?;
     let ram = GuestRam::current(&bql)?;
     let key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
-    let image = match &key {
-        Some(key) => Image::open_sealed(&args.path, key),
-        None => Image::open(&args.path),
-    }
-    .map_err(|e| e.to_string())?;
+    let image = Image::open_with(&args.path, key.as_ref()).map_err(|e| e.to_string())?;
     check_mac(&image, args.mac.as_deref())?;
     let record = image.time().map_err(|e| e.to_string())?;
     let net_frames = image.net_frames().map_err(|e| e.to_string())?.unwrap_or_default();

@@ -66,7 +66,7 @@ impl ImageKey {
             mac: derive("mekha 2026-12 image MAC"),
             manifest: derive("mekha 2026-12 manifest MAC"),
             id: id[..16].try_into().expect("16 bytes"),
-            hex: Zeroizing::new(key.iter().map(|b| format!("{b:02x}")).collect()),
+            hex: Zeroizing::new(hex(key)),
         }
     }
 
@@ -75,11 +75,8 @@ impl ImageKey {
         let text = std::str::from_utf8(text).map_err(|_| "an image key is 64 hex digits, not binary".to_owned())?;
         let text = text.trim();
         let mut key = Zeroizing::new([0u8; 32]);
-        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        if !unhex(text, key.as_mut()) {
             return Err(format!("an image key is 64 hex digits, not {} characters of text", text.len()));
-        }
-        for (i, byte) in key.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
         }
         Ok(ImageKey::from_bytes(&key))
     }
@@ -193,15 +190,11 @@ impl Mac {
     }
 
     pub fn parse(text: &str) -> Result<Mac, String> {
-        let bad = || format!("a MAC is {} hex digits, not {text:?}", 2 * TAG_LEN);
-        if text.len() != 2 * TAG_LEN || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
         let mut mac = [0u8; TAG_LEN];
-        for (i, byte) in mac.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).map_err(|_| bad())?;
+        match unhex(text, &mut mac) {
+            true => Ok(Mac(mac)),
+            false => Err(format!("a MAC is {} hex digits, not {text:?}", 2 * TAG_LEN)),
         }
-        Ok(Mac(mac))
     }
 }
 
@@ -213,6 +206,18 @@ impl fmt::Display for Mac {
 
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Fills `out` from exactly `2 * out.len()` hex digits; false if `text`
+/// is not that.
+fn unhex(text: &str, out: &mut [u8]) -> bool {
+    if text.len() != 2 * out.len() || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return false;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).expect("hex digits");
+    }
+    true
 }
 
 /// The AUTH section of an image being written: each section's tag (all

@@ -4,8 +4,8 @@
 //! An image holds one VM's RAM, one CRC32C per RAM page, QEMU's device
 //! state, its clocks at the checkpoint instant, the network frames in
 //! flight toward it at that instant and a description of the VM, in one
-//! (sparse) file; sealed under a key, also a tag per page and a MAC. All integers
-//! are little-endian; all checksums are CRC32C (Castagnoli, as computed by
+//! (sparse) file; sealed under a key, also a tag per page and a MAC. All
+//! integers are little-endian; all checksums are CRC32C (Castagnoli, as computed by
 //! SSE4.2's `crc32` instruction, initial value and final xor `0xffffffff`;
 //! the CRC32C of `"123456789"` is `0xe3069283`).
 //!

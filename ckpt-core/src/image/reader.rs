@@ -73,7 +73,8 @@ impl Image {
         Image::open_with(path, Some(key))
     }
 
-    fn open_with(path: &Path, key: Option<&ImageKey>) -> Result<Image> {
+    /// [`open_sealed`](Self::open_sealed) with a key, else [`open`](Self::open).
+    pub fn open_with(path: &Path, key: Option<&ImageKey>) -> Result<Image> {
         let file = File::open(path).map_err(ImageError::io("opening image", path))?;
         let meta = file.metadata().map_err(ImageError::io("reading image", path))?;
         if !meta.is_file() {

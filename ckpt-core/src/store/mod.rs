@@ -362,7 +362,7 @@ impl Store {
         if !vm.image_is_inside() {
             return Err(refuse("it is not inside the checkpoint directory".into()));
         }
-        let image = open_image(&path, self.key.as_ref()).map_err(|e| refuse(e.to_string()))?;
+        let image = Image::open_with(&path, self.key.as_ref()).map_err(|e| refuse(e.to_string()))?;
         match vm.mismatches(image.file_len(), image.header().header_crc32c, image.mac()) {
             problems if problems.is_empty() => Ok(()),
             problems => Err(refuse(problems.join("; "))),
@@ -671,7 +671,8 @@ fn seal_images<N: AsRef<str>, P: AsRef<Path>>(
                 })
             }
         };
-        let image = open_image(path, key).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
+        let image =
+            Image::open_with(path, key).map_err(|source| StoreError::Image { name: name.to_owned(), source })?;
         image.file().sync_all().map_err(StoreError::io("syncing", path))?;
         entries.push(ManifestVm {
             name: name.to_owned(),
@@ -684,14 +685,6 @@ fn seal_images<N: AsRef<str>, P: AsRef<Path>>(
     }
     sync_dir(dir).map_err(StoreError::io("syncing", dir))?;
     Ok(entries)
-}
-
-/// An image, sealed under `key` if one is given.
-fn open_image(path: &Path, key: Option<&ImageKey>) -> std::result::Result<Image, ImageError> {
-    match key {
-        Some(key) => Image::open_sealed(path, key),
-        None => Image::open(path),
-    }
 }
 
 /// `gen-000007`: six digits keep a listing in order for the first million.
