@@ -22,10 +22,9 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::{
-    generation_name, remove_if_present, replace_file, seal_images, GenEntry, ManifestVm, Result, Store, StoreError,
-    IMAGE_EXTENSION, MANIFEST,
-};
+use super::files::{remove_if_present, replace_file};
+use super::generation::{generation_name, seal_images, GenEntry};
+use super::{ManifestVm, Result, Store, StoreError, IMAGE_EXTENSION, MANIFEST};
 use crate::image::sync_dir;
 use crate::private;
 
@@ -70,7 +69,7 @@ impl Store {
     /// parts, or generations no marker claims, is refused: nothing of
     /// another cluster is ever deleted.
     pub fn begin_part(&self, number: u64, keep: &[u64], committer: &str, cluster: &str) -> Result<PathBuf> {
-        let _lock = self.lock()?;
+        let _lock = super::lock::exclusive(&self.dir)?;
         if self.dir.join(MANIFEST).exists() {
             return Err(StoreError::HoldsManifest { path: self.dir.clone() });
         }
@@ -110,7 +109,7 @@ impl Store {
     /// name. Returns the images' manifest entries (without the host, which
     /// the committer fills in).
     pub fn seal_part(&self, number: u64, vms: &[String]) -> Result<Vec<ManifestVm>> {
-        let _lock = self.lock()?;
+        let _lock = super::lock::exclusive(&self.dir)?;
         let partial = self.part_path(number);
         let final_name = generation_name(number);
         let images: Vec<(&str, PathBuf)> =
@@ -124,7 +123,7 @@ impl Store {
 
     /// Drops this host's unfinished part of generation `number`, if any.
     pub fn abort_part(&self, number: u64) -> Result<()> {
-        let _lock = self.lock()?;
+        let _lock = super::lock::exclusive(&self.dir)?;
         let path = self.part_path(number);
         match fs::remove_dir_all(&path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(StoreError::io("removing", &path)(e)),
