@@ -269,6 +269,7 @@ async fn checkpoints_on_sigusr1_and_on_sigterm_then_exits() {
     // SAFETY: plain signals to our child.
     unsafe { libc::kill(pid, libc::SIGUSR1) };
     wait_generation(1);
+    // SAFETY: as above.
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

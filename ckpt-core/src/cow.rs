@@ -319,7 +319,9 @@ fn copy_once(
     // SAFETY: inside the region, which is write-protected: nobody changes
     // the page until it is released after this copy.
     let src = unsafe { region.host.add(index as usize * PAGE_SIZE) };
-    if !(crate::page_is_zero(unsafe { &*src.cast::<[u8; PAGE_SIZE]>() }) && persist.record_zero(page)) {
+    // SAFETY: as above: a whole page of the region, unchanged meanwhile.
+    let data = unsafe { &*src.cast::<[u8; PAGE_SIZE]>() };
+    if !(crate::page_is_zero(data) && persist.record_zero(page)) {
         // SAFETY: as above; staging memory never overlaps guest RAM.
         match unsafe { persist.staging_mut().stage_from_ptr(page, src) } {
             Ok(()) => {}

@@ -180,7 +180,10 @@ unsafe extern "C" fn on_event(
     // SAFETY: `opaque` is the sender `register_events` leaked; the strings
     // are libvirt's, valid during the call.
     let lines = unsafe { &*(opaque as *const UnboundedSender<Vec<u8>>) };
-    let text = |p: *const c_char| (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned());
+    let text = |p: *const c_char| {
+        // SAFETY: as above, a NUL-terminated string of libvirt's.
+        (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+    };
     let data = text(details).and_then(|d| serde_json::from_str::<Value>(&d).ok()).unwrap_or(json!({}));
     let event = json!({
         "event": text(event).unwrap_or_default(),
@@ -208,8 +211,8 @@ fn start_event_loop() -> Result<(), String> {
             }
             std::thread::Builder::new()
                 .name("libvirt-events".into())
-                // SAFETY: the default implementation, registered above.
                 .spawn(|| loop {
+                    // SAFETY: the default implementation, registered above.
                     unsafe { sys::virEventRunDefaultImpl() };
                 })
                 .map(drop)

@@ -131,8 +131,9 @@ fn unescape(field: &str) -> String {
 fn space(path: &Path) -> Result<(u64, u64), String> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
-    // SAFETY: statvfs fills the zeroed struct we own from a valid C string.
+    // SAFETY: a plain C struct, for which zeros are a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: statvfs fills the struct we own from a valid C string.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return Err(format!("statvfs {}: {}", path.display(), std::io::Error::last_os_error()));
     }

@@ -47,8 +47,8 @@ pub unsafe extern "C" fn mekha_qmp_command(
 ) -> MekhaStatus {
     let outcome = guarded(|| {
         // SAFETY: the caller passes valid C strings (see the header).
-        let name = unsafe { CStr::from_ptr(name) }.to_string_lossy();
-        let args = unsafe { CStr::from_ptr(args_json) }.to_string_lossy();
+        let (name, args) = unsafe { (CStr::from_ptr(name), CStr::from_ptr(args_json)) };
+        let (name, args) = (name.to_string_lossy(), args.to_string_lossy());
         qmp::dispatch(&name, &args)
     });
     let (status, text) = match outcome {

@@ -26,8 +26,10 @@ pub(crate) fn ram_blocks() -> Vec<RamBlock> {
         // SAFETY: QEMU passes a valid block for the duration of the call
         // and our own Vec as opaque.
         let (block, out) = unsafe { (&*block, &mut *(opaque as *mut Vec<RamBlock>)) };
+        // SAFETY: as above, the block's name with it.
+        let name = unsafe { c_str(block.name) };
         out.push(RamBlock {
-            name: unsafe { c_str(block.name) }.unwrap_or_default(),
+            name: name.unwrap_or_default(),
             used_length: block.used_length,
             max_length: block.max_length,
             page_size: block.page_size,
@@ -61,9 +63,11 @@ pub(crate) fn disks(_bql: &Bql) -> Vec<Disk> {
         // SAFETY: QEMU passes a valid disk for the duration of the call
         // and our own Vec as opaque.
         let (disk, out) = unsafe { (&*disk, &mut *(opaque as *mut Vec<Disk>)) };
+        // SAFETY: as above, the disk's strings with it.
+        let (device, node) = unsafe { (c_str(disk.device), c_str(disk.node)) };
         out.push(Disk {
-            device: unsafe { c_str(disk.device) }.unwrap_or_default(),
-            node: unsafe { c_str(disk.node) }.unwrap_or_default(),
+            device: device.unwrap_or_default(),
+            node: node.unwrap_or_default(),
             writable: disk.writable,
             inserted: disk.inserted,
         });
@@ -106,16 +110,22 @@ pub(crate) fn vm_identity() -> VmIdentity {
 /// # Safety
 /// `p` is NULL or a valid NUL-terminated string.
 unsafe fn c_str(p: *const std::ffi::c_char) -> Option<String> {
+    // SAFETY: the caller's promise.
     (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
 }
 
-/// A QEMU error string (`char **err` out-parameters), owned.
-fn take_error(err: *mut std::ffi::c_char) -> String {
+/// A QEMU error string (`char **err` out-parameters), taken over and freed.
+///
+/// # Safety
+/// `err` is NULL or a string QEMU allocated (g_strdup) for the caller,
+/// used by no one else.
+unsafe fn take_error(err: *mut std::ffi::c_char) -> String {
     if err.is_null() {
         return "unknown error".to_owned();
     }
-    // SAFETY: QEMU returned a g_strdup'ed NUL-terminated string.
+    // SAFETY: the caller's promise: a NUL-terminated string.
     let message = unsafe { CStr::from_ptr(err) }.to_string_lossy().into_owned();
+    // SAFETY: QEMU's allocation, ours to free, unused from here on.
     unsafe { boundary::mekha_qemu_free(err as *mut c_void) };
     message
 }
@@ -124,7 +134,8 @@ fn take_error(err: *mut std::ffi::c_char) -> String {
 fn check(call: impl FnOnce(*mut *mut std::ffi::c_char) -> c_int) -> Result<(), String> {
     let mut err = std::ptr::null_mut();
     if call(&mut err) < 0 {
-        Err(take_error(err))
+        // SAFETY: a failed `char **err` call left NULL or its message there.
+        Err(unsafe { take_error(err) })
     } else {
         Ok(())
     }
@@ -338,11 +349,9 @@ pub(crate) mod net {
     unsafe fn netdev(n: *const boundary::MekhaNetdev) -> Netdev {
         // SAFETY: QEMU passes a valid netdev description for the call.
         let n = unsafe { &*n };
-        Netdev {
-            id: unsafe { c_str(n.id) }.unwrap_or_default(),
-            vnet_hdr_len: n.vnet_hdr_len,
-            error: unsafe { c_str(n.error) },
-        }
+        // SAFETY: its strings are QEMU's, valid for the call.
+        let (id, error) = unsafe { (c_str(n.id), c_str(n.error)) };
+        Netdev { id: id.unwrap_or_default(), vnet_hdr_len: n.vnet_hdr_len, error }
     }
 
     /// Attaches a hold filter to every NIC's netdev lacking one; describes

@@ -488,8 +488,10 @@ fn check_zero_pages(image: &Image, first: u64, count: usize) -> Result<(), Strin
 /// # Safety
 /// `[ptr, ptr+len)` is guest RAM no one else uses now.
 unsafe fn zero_guest_range(ptr: *mut u8, len: usize, anonymous: bool) {
+    // SAFETY: the caller's range; dropping private anonymous pages zeroes them.
     if anonymous && unsafe { libc::madvise(ptr as *mut libc::c_void, len, libc::MADV_DONTNEED) } == 0 {
         return;
     }
+    // SAFETY: the caller's range, which no one else uses.
     unsafe { std::ptr::write_bytes(ptr, 0, len) };
 }

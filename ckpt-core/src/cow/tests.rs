@@ -20,6 +20,7 @@ struct Memory {
 
 // SAFETY: plain memory; the tests synchronise through write protection.
 unsafe impl Send for Memory {}
+// SAFETY: as above.
 unsafe impl Sync for Memory {}
 
 impl Memory {

@@ -561,7 +561,7 @@ fn forge_same_crc(data: &mut [u8], at: usize, fix: usize) {
         }
         if e != 0 {
             basis.push((e, m));
-            basis.sort_by(|a, b| b.0.cmp(&a.0));
+            basis.sort_by_key(|&(e, _)| std::cmp::Reverse(e));
         }
     }
     let (mut rest, mut flips) = (base ^ before, 0u32);

@@ -8,7 +8,8 @@ const RTC_SINCE_EPOCH: &str = "/sys/class/rtc/rtc0/since_epoch";
 
 fn clock_ns(clock: libc::clockid_t) -> u64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // clock_gettime cannot fail for these clocks with a valid pointer.
+    // SAFETY: a valid pointer to our timespec; clock_gettime cannot fail
+    // for these clocks with it.
     unsafe { libc::clock_gettime(clock, &mut ts) };
     (ts.tv_sec as u64).wrapping_mul(1_000_000_000).wrapping_add(ts.tv_nsec as u64)
 }

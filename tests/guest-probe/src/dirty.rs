@@ -64,6 +64,7 @@ pub fn run(mem_mib: u64, rate_mib_s: u64, out: &Output, stats: &Arc<Stats>) {
             // stores are not elided (nothing reads them in this program).
             let word = unsafe { base.add(page * WORDS_PER_PAGE) };
             let expect = if pass == 0 { 0 } else { tag(pass - 1, page as u64) };
+            // SAFETY: as above.
             let found = unsafe { word.read_volatile() };
             if found != expect {
                 let n = stats.mismatches.fetch_add(1, Ordering::Relaxed);
@@ -79,6 +80,7 @@ pub fn run(mem_mib: u64, rate_mib_s: u64, out: &Output, stats: &Arc<Stats>) {
                     );
                 }
             }
+            // SAFETY: as above.
             unsafe { word.write_volatile(tag(pass, page as u64)) };
             written += 1;
 

@@ -28,10 +28,12 @@ impl Output {
         let file = if path == "-" {
             // A duplicate of fd 1 as a plain File: writes go straight to
             // write(2), without std's stdout buffer in between.
+            // SAFETY: dup has no memory preconditions.
             let fd = unsafe { libc::dup(1) };
             if fd < 0 {
                 return Err(io::Error::last_os_error());
             }
+            // SAFETY: a descriptor just made, owned by no one else.
             unsafe { File::from_raw_fd(fd) }
         } else {
             OpenOptions::new().append(true).create(true).custom_flags(libc::O_NOCTTY).open(path)?
