@@ -2,7 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """End-to-end checkpoint benchmark: mekha's MTD and copy-on-write checkpoints beside stock
 QEMU's ways of saving a running VM, on the reference workload of the
-design notes' "Targets" (ARCHITECTURE.md in the team's shared design notes).
+design's "Targets" (docs/design.md).
 
 Run through ci/bench-checkpoint (which builds everything first). Every VM
 is a fresh QEMU (the patched binary, which is also stock QEMU for every

@@ -2,8 +2,7 @@
 # SPDX-License-Identifier: GPL-2.0-or-later
 """Cluster checkpoint benchmark: mekha's coordinated checkpoint and restart
 of N VMs beside stock QEMU driven the way a user would script it, on the
-cluster targets of the design notes ("Targets" in ARCHITECTURE.md, the
-team's shared design notes).
+cluster targets of the design ("Targets" in docs/design.md).
 
 Run through ci/bench-cluster (which builds everything first). For each N
 (default 1,2,3,4) and repetition, each method gets a fresh cluster: N VMs

@@ -8,7 +8,7 @@ from report import f, median, ratio
 
 METHODS = ("mekha", "stock")
 LABELS = {"mekha": "mekha", "stock": "stock QEMU (scripted QMP)"}
-SKEW_LIMIT_MS = 1.0              # ARCHITECTURE.md: suspend skew <= 1 ms on one host
+SKEW_LIMIT_MS = 1.0              # docs/design.md: suspend skew <= 1 ms on one host
 RESTART_RATIO = 0.5              # restore to running <= 0.5x stock migrate-incoming
 
 # (label, section, key, digits, scale)
@@ -214,7 +214,7 @@ def tables(data, summary):
                                             for v in per[method][f'{section}.{key}_all'])
                     for method in METHODS if method in per)
                 for label, section, key, digits, scale in ROWS if key.endswith("_ms")) + ".")
-    lines += ["", "## Targets (ARCHITECTURE.md), this run", ""]
+    lines += ["", "## Targets (docs/design.md), this run", ""]
     lines += checks(summary)
     lines += ["", "Notes: every time is a QMP event timestamp of QEMU (the host's CLOCK_REALTIME) or a host time of "
               "this script on the same clock. mekha's checkpoint latency and restart time start when the `mekha` "

@@ -277,7 +277,7 @@ def tables(data, summary):
     if data.get("clocks"):
         lines.extend(clock_table(data["clocks"]))
     lines.append("")
-    lines.append("## Targets (ARCHITECTURE.md), this run")
+    lines.append("## Targets (docs/design.md), this run")
     lines.append("")
     lines.extend(checks(summary, data.get("clocks")))
     lines.append("")

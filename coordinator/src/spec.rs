@@ -25,9 +25,11 @@
 //! lease_ms = 5000                             # also the restart's
 //! persist_concurrency = 2
 //! progress_timeout_ms = 60000                 # a VM stuck this long fails it (and the restart)
+//! allow_writable_disks = false                # true: snapshot the disks yourself (docs/disks.md)
 //!
 //! [restore]
 //! time = "continue"                           # continue | host | catch-up
+//! catch_up_ppm = 50000                        # with catch-up: 5% faster than the host
 //!
 //! [[vm]]
 //! name = "node0"
@@ -45,8 +47,9 @@
 //! restart; the spec's arguments must not set those.
 //!
 //! On another host, a VM's agent runs it with the same paths (QEMU, disks,
-//! checkpoint directory: a filesystem all hosts share, as batch clusters
-//! have), its state in `STATE_DIR/HOST/`, and its NIC on that host's
+//! checkpoint directory: on a filesystem all hosts share, or, where a host
+//! does not share it, that host's own copy keeping its part; see
+//! `parts`), its state in `STATE_DIR/HOST/`, and its NIC on that host's
 //! bridge: joining the hosts' bridges into one segment (a physical uplink,
 //! VXLAN) is the site's network, not mekha's.
 

@@ -1,7 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Writes the committed seed corpus (`corpus/TARGET/`) from what mekha
 //! itself makes: images by its image builder, markers by its store, specs
-//! as the README writes them, agent lines as the coordinator and the
+//! as docs/cli.md writes them, agent lines as the coordinator and the
 //! agent encode them.
 //!
 //! cargo run --manifest-path tests/fuzz/Cargo.toml --example seeds -- tests/fuzz/corpus
@@ -140,6 +140,7 @@ fn image_in(dir: &Path, vm: &str) -> PathBuf {
     path
 }
 
+/// The spec of docs/cli.md ("Cluster spec"), with more options set.
 const README_SPEC: &str = r#"name = "job42"
 checkpoint_dir = "/scratch/job42/ckpt"
 state_dir = "/run/mekha/job42"

@@ -16,7 +16,7 @@ use mekha_coordinator::qmp::json_line;
 use mekha_coordinator::tls::{Identity, Role};
 
 /// The seeds' paths: VMs' state under /run/mekha, checkpoints under
-/// /scratch, the README's QEMU.
+/// /scratch, the QEMU of docs/cli.md's spec.
 const STATE_ROOT: &str = "/run/mekha";
 const CHECKPOINT_ROOT: &str = "/scratch";
 static POLICY: LazyLock<Policy> = LazyLock::new(|| {
