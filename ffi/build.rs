@@ -17,6 +17,7 @@ fn main() {
         .allowlist_var("MEKHA_.*")
         .rustified_enum("MekhaStatus")
         .rustified_enum("MekhaEvent")
+        .rustified_enum("MekhaReport")
         .use_core()
         .generate_comments(true)
         .layout_tests(true)

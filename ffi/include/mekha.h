@@ -217,6 +217,19 @@ int mekha_qemu_vm_resume(char **err);
  */
 void mekha_qemu_shutdown_request(void);
 
+/* How bad what the library reports is. */
+typedef enum MekhaReport {
+    MEKHA_REPORT_ERROR = 0,
+    MEKHA_REPORT_WARNING = 1,
+    MEKHA_REPORT_INFO = 2,
+} MekhaReport;
+
+/*
+ * Report @message through QEMU's error reporting (error_report and
+ * friends: prefixed, timestamped with -msg timestamp=on).  Any thread.
+ */
+void mekha_qemu_report(MekhaReport level, const char *message);
+
 /*
  * The bytes of QEMU's 'secret' object @id (the image key), in *@data
  * (*@len bytes, free with mekha_qemu_free).  -1 and *@err if there is no

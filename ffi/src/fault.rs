@@ -51,7 +51,7 @@ pub(crate) fn point(point: Point) {
     if !stall {
         panic!("fault injected at {} (MEKHA_FAULT)", point.name());
     }
-    eprintln!("mekha: fault injected at {}: this thread stalls (MEKHA_FAULT)", point.name());
+    crate::qemu::report::warn(&format!("fault injected at {}: this thread stalls (MEKHA_FAULT)", point.name()));
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }

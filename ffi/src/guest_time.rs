@@ -183,7 +183,7 @@ fn start_catch_up(state: &mut State) {
         catch_up(generation, ppm, vm_clock);
     });
     if let Err(e) = spawned {
-        eprintln!("mekha: cannot start time catch-up, the guest keeps its lag: {e}");
+        crate::qemu::report::warn(&format!("cannot start time catch-up, the guest keeps its lag: {e}"));
         state.catching_up = false;
     }
 }

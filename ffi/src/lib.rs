@@ -69,7 +69,7 @@ pub unsafe extern "C" fn mekha_vm_run_state(running: bool) {
     let hooks: [fn(bool); 2] = [guest_time::on_run_state, net_hold::on_run_state];
     for hook in hooks {
         if let Err(panic) = catch_unwind(|| hook(running)) {
-            eprintln!("mekha: internal error in the run-state hook: {}", panic_message(&panic));
+            crate::qemu::report::error(&format!("internal error in the run-state hook: {}", panic_message(&panic)));
         }
     }
 }

@@ -43,10 +43,10 @@ pub(crate) const MAX_HOLD_BYTES: u64 = 64 << 20;
 pub(crate) fn prepare(bql: &Bql) {
     for netdev in net::attach(bql) {
         if let Some(error) = netdev.error {
-            eprintln!(
-                "mekha: frames toward the guest through netdev {} cannot be held across a checkpoint: {error}",
+            crate::qemu::report::warn(&format!(
+                "frames toward the guest through netdev {} cannot be held across a checkpoint: {error}",
                 netdev.id
-            );
+            ));
         }
     }
 }
@@ -62,13 +62,13 @@ pub(crate) fn begin(bql: &Bql) {
 pub(crate) fn snapshot(bql: &Bql) -> NetFrames {
     let mut frames = net::held(bql);
     for n in frames.take_unstorable().netdevs {
-        eprintln!(
-            "mekha: {} frame(s) in flight toward netdev {:?} cannot be stored in the image (ids of 1 to \
+        crate::qemu::report::warn(&format!(
+            "{} frame(s) in flight toward netdev {:?} cannot be stored in the image (ids of 1 to \
              {MAX_NETDEV_ID_LEN} bytes, frames of 1 to {MAX_FRAME_LEN}): a restore of this checkpoint will not \
              have them",
             n.frames.len(),
             n.netdev.chars().take(64).collect::<String>()
-        );
+        ));
     }
     frames
 }
@@ -112,10 +112,10 @@ pub(crate) fn restore(bql: &Bql, frames: &NetFrames, image: &str) -> Injected {
             },
         };
         if let Some(why) = refusal {
-            eprintln!(
-                "mekha: restore of {image}: the {count} frame(s) in flight toward netdev {} are dropped: {why}",
+            crate::qemu::report::warn(&format!(
+                "restore of {image}: the {count} frame(s) in flight toward netdev {} are dropped: {why}",
                 held.netdev
-            );
+            ));
             done.dropped += count;
             continue;
         }
@@ -147,7 +147,9 @@ pub(crate) fn on_run_state(running: bool) {
             let bql = unsafe { Bql::assume_held() };
             let dropped = net::release(&bql);
             if dropped > 0 {
-                eprintln!("mekha: {dropped} frame(s) toward the restored guest were dropped: its hold was full");
+                crate::qemu::report::warn(&format!(
+                    "{dropped} frame(s) toward the restored guest were dropped: its hold was full"
+                ));
             }
         });
     }

@@ -198,7 +198,7 @@ pub(crate) fn main_loop_call(f: impl FnOnce() + Send + 'static) {
         // SAFETY: opaque is the box leaked below, run exactly once.
         let f = unsafe { Box::from_raw(opaque as *mut Box<dyn FnOnce() + Send>) };
         if let Err(panic) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
-            eprintln!("mekha: internal error in a main-loop call: {}", crate::panic_message(&panic));
+            report::error(&format!("internal error in a main-loop call: {}", crate::panic_message(&panic)));
         }
     }
     let f: Box<Box<dyn FnOnce() + Send>> = Box::new(Box::new(f));
@@ -214,6 +214,28 @@ pub(crate) fn emit_event(event: Event, data: &serde_json::Value) {
     let json = std::ffi::CString::new(data.to_string()).expect("JSON has no NUL");
     // SAFETY: valid C string for the duration of the call.
     unsafe { boundary::mekha_qemu_emit_event(event, json.as_ptr()) };
+}
+
+/// What the library has to say, through QEMU's own error reporting
+/// (`error_report`: the program's prefix, `-msg timestamp=on`), never
+/// straight to stderr.
+pub(crate) mod report {
+    use super::boundary::{self, MekhaReport};
+
+    fn report(level: MekhaReport, message: &str) {
+        // A NUL inside would cut the message short; none is expected.
+        let message = std::ffi::CString::new(message.replace('\0', " ")).expect("no NUL left");
+        // SAFETY: a valid C string for the call; any thread may report.
+        unsafe { boundary::mekha_qemu_report(level, message.as_ptr()) };
+    }
+
+    pub(crate) fn error(message: &str) {
+        report(MekhaReport::MEKHA_REPORT_ERROR, message)
+    }
+
+    pub(crate) fn warn(message: &str) {
+        report(MekhaReport::MEKHA_REPORT_WARNING, message)
+    }
 }
 
 /// The image key held by QEMU's `secret` object `id`.

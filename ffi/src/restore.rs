@@ -95,14 +95,14 @@ fn watch_lease() {
             }
             let why = format!("the coordinator's lease expired: it was not heard from for {} ms", every.as_millis());
             if info.status == Status::Failed {
-                eprintln!("mekha: {why}; the restore failed, QEMU shuts down");
+                crate::qemu::report::error(&format!("{why}; the restore failed, QEMU shuts down"));
             } else {
                 info.status = Status::Failed;
                 info.error = Some(format!(
                     "{why} and never resumed the VM, which did not run; QEMU shuts down (restart the cluster \
                      again)"
                 ));
-                eprintln!("mekha: {}", info.error.as_deref().unwrap_or_default());
+                crate::qemu::report::error(info.error.as_deref().unwrap_or_default());
             }
             info.clone()
         };
@@ -168,7 +168,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
     let net_frames = image.net_frames().map_err(|e| e.to_string())?.unwrap_or_default();
     let compat = check_compatible(image.identity(), ram.identity()).map_err(|m| m.to_string())?;
     for warning in &compat.warnings {
-        eprintln!("mekha: restore of {}: {warning}", args.path.display());
+        crate::qemu::report::warn(&format!("restore of {}: {warning}", args.path.display()));
     }
     let refusal = match key {
         // A mapping reads the file when the guest first touches a page,
@@ -245,11 +245,13 @@ fn spawn_lease_watch() {
             watch_lease();
             Ok(())
         }) {
-            eprintln!("mekha: the restore's lease watch failed: {e}");
+            crate::qemu::report::error(&format!("the restore's lease watch failed: {e}"));
         }
     });
     if let Err(e) = spawned {
-        eprintln!("mekha: cannot watch the restore's lease ({e}): the VM waits for its resume without one");
+        crate::qemu::report::error(&format!(
+            "cannot watch the restore's lease ({e}): the VM waits for its resume without one"
+        ));
         *LEASE.lock().unwrap_or_else(PoisonError::into_inner) = None;
     }
 }
@@ -287,7 +289,7 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
                     info.resume_at_ns = None;
                     info.status = Status::Failed;
                     info.error = Some(format!("resuming the restored VM failed: {e}; QEMU shuts down"));
-                    eprintln!("mekha: {}", info.error.as_deref().unwrap_or_default());
+                    crate::qemu::report::error(info.error.as_deref().unwrap_or_default());
                     info.clone()
                 };
                 shut_down(&bql, &snapshot);

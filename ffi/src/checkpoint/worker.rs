@@ -175,7 +175,7 @@ impl Drop for ResumeGuard {
                 qemu::ckpt::vm_start(&bql);
             }
             net_hold::release(&bql);
-            eprintln!("mekha: the checkpoint failed while the VM was stopped; the VM was resumed");
+            crate::qemu::report::error("the checkpoint failed while the VM was stopped; the VM was resumed");
         });
     }
 }
