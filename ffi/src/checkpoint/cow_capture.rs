@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 
-use super::worker::{self, StopWindow, Stopped, Tracking};
+use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
 use super::{Session, Status};
 use crate::qemu;
@@ -67,7 +67,7 @@ pub(super) fn capture(
 
     let abort = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = worker::stop_vm(shared)?;
+        let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
         // Whatever happens now, the VM runs again before this thread lets
         // go of the BQL for good, and the frames held meanwhile are
         // released; a failed protect leaves nothing protected, and a
@@ -83,7 +83,7 @@ pub(super) fn capture(
         // instant, the main loop running meanwhile (it reads the frames
         // that reach the stopped VM into the hold).
         let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| devices.is_ok()));
-        let resumed = worker::resume_vm(bql, stopped, tracking, resume_guard);
+        let resumed = pause::resume_vm(bql, stopped, tracking, resume_guard);
         shared.update(|info| resumed.record(info, stopped_at, resumed_at));
         let (copier, device_state) = match (copier, devices) {
             (Ok(copier), Ok(state)) => (copier, state),

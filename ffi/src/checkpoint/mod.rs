@@ -21,6 +21,7 @@
 
 mod cow_capture;
 mod mtd_capture;
+mod pause;
 mod worker;
 
 use std::sync::{Arc, Mutex, PoisonError};

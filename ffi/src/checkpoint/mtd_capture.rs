@@ -22,7 +22,7 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
-use super::worker::{self, StopWindow, Stopped, Tracking};
+use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
 use super::{Session, Status};
 use crate::guest_ram::GuestRam;
@@ -128,7 +128,7 @@ fn pause(
     tracking: &mut Tracking,
 ) -> Result<Stopped, String> {
     let mut pages = Vec::new();
-    let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = worker::stop_vm(shared)?;
+    let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released.
     let result = (|| {
@@ -150,7 +150,7 @@ fn pause(
     // hold (RAM and devices are captured: anything the main loop does to
     // the stopped VM now is after the instant).
     let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| result.is_ok()));
-    let resumed = worker::resume_vm(bql, stopped, tracking, resume_guard);
+    let resumed = pause::resume_vm(bql, stopped, tracking, resume_guard);
     shared.update(|info| resumed.record(info, stopped_at, resumed_at));
     let device_state = result?;
     shared.update(|info| {
@@ -199,9 +199,9 @@ fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], when_full:
 
 fn make_room(persist: &mut Persister, hot: &[u64]) -> Result<(), String> {
     let quarter = (persist.staging().budget_bytes() / PAGE_SIZE as u64 / 4).max(1);
-    let freed = persist.drain(quarter, PageFilter::Except(hot)).map_err(super::worker::write_error)?;
+    let freed = persist.drain(quarter, PageFilter::Except(hot)).map_err(write_error)?;
     if freed == 0 {
-        persist.drain(quarter, PageFilter::All).map_err(super::worker::write_error)?;
+        persist.drain(quarter, PageFilter::All).map_err(write_error)?;
     }
     Ok(())
 }
@@ -215,11 +215,9 @@ fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<
     while persist.staging().available_bytes() < need {
         let pages = persist.staging().staged_pages();
         let wanted = (need - persist.staging().available_bytes()) / PAGE_SIZE as u64;
-        let mut freed = persist
-            .drain(wanted.max(1), PageFilter::Except(planner.dirty_set()))
-            .map_err(super::worker::write_error)?;
+        let mut freed = persist.drain(wanted.max(1), PageFilter::Except(planner.dirty_set())).map_err(write_error)?;
         if freed == 0 {
-            freed = persist.drain(wanted.max(1), PageFilter::All).map_err(super::worker::write_error)?;
+            freed = persist.drain(wanted.max(1), PageFilter::All).map_err(write_error)?;
         }
         if freed == 0 || pages == 0 {
             break;
@@ -258,4 +256,8 @@ fn end_reason_name(reason: EndReason) -> &'static str {
         EndReason::BudgetSpent => "budget-spent",
         EndReason::EndCommand => "end-command",
     }
+}
+
+fn write_error(e: impl std::fmt::Display) -> String {
+    format!("writing staged pages: {e}")
 }
