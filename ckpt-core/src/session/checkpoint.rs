@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -235,6 +235,10 @@ pub struct Session {
     cancelled: AtomicBool,
     persist_released: AtomicBool,
     lease: Mutex<Option<Lease>>,
+    /// Commands so far (end, cancel, persist release), and the worker's
+    /// wake-up when one comes ([`Session::wait_until`]).
+    commands: Mutex<u64>,
+    command_came: Condvar,
     /// Called with the progress whenever the status changed (QMP events).
     on_status: Box<dyn Fn(&Info) + Send + Sync>,
 }
@@ -249,6 +253,8 @@ impl Session {
             cancelled: AtomicBool::new(false),
             persist_released: AtomicBool::new(false),
             lease: Mutex::new(lease.map(|every| Lease::new(every, Instant::now()))),
+            commands: Mutex::new(0),
+            command_came: Condvar::new(),
             on_status,
         }
     }
@@ -295,6 +301,7 @@ impl Session {
             info.resume_at_ns = args.resume_at;
         });
         self.end_requested.store(true, Ordering::Relaxed);
+        self.wake();
         Ok(())
     }
 
@@ -304,6 +311,7 @@ impl Session {
         match self.status() {
             Status::Live | Status::Staged => {
                 self.cancelled.store(true, Ordering::Relaxed);
+                self.wake();
                 Ok(())
             }
             Status::Paused | Status::Capturing => Err("the checkpoint has stopped the VM already: it cannot be \
@@ -319,6 +327,7 @@ impl Session {
             return Err("no checkpoint is running".into());
         }
         self.persist_released.store(true, Ordering::Relaxed);
+        self.wake();
         Ok(())
     }
 
@@ -342,6 +351,28 @@ impl Session {
 
     pub fn persist_released(&self) -> bool {
         self.persist_released.load(Ordering::Relaxed)
+    }
+
+    /// Blocks until `done` holds, or for `at_most`: a command wakes the
+    /// wait at once, so that it need not poll; `at_most` is how often it
+    /// looks at what no command signals (the lease, the clock). Returns
+    /// whether `done` holds.
+    pub fn wait_until(&self, at_most: Duration, done: impl Fn(&Session) -> bool) -> bool {
+        let commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+        // Checked under the lock a command takes to wake us: none is missed.
+        if done(self) {
+            return true;
+        }
+        let seen = *commands;
+        let woken = self.command_came.wait_timeout_while(commands, at_most, |n| *n == seen);
+        drop(woken.unwrap_or_else(PoisonError::into_inner));
+        done(self)
+    }
+
+    /// A command came: its flag is set; wakes [`wait_until`](Self::wait_until).
+    fn wake(&self) {
+        *self.commands.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        self.command_came.notify_all();
     }
 }
 

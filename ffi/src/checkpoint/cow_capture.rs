@@ -22,7 +22,7 @@
 //! copy at most.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
@@ -52,11 +52,10 @@ pub(super) fn capture(
         info.pause_estimate_ns = 2_000_000;
     });
     if params.mtd.hold {
-        while !shared.end_requested() {
-            if let Some(abandon) = shared.abandoned() {
-                return Err(abandon.message().into());
-            }
-            std::thread::sleep(Duration::from_millis(1));
+        let settled = |s: &Session| s.end_requested() || s.abandoned().is_some();
+        while !shared.wait_until(super::worker::LEASE_CHECK, settled) {}
+        if let Some(abandon) = shared.abandoned().filter(|_| !shared.end_requested()) {
+            return Err(abandon.message().into());
         }
         shared.update(|info| info.end_reason = Some("end-command".into()));
     }

@@ -83,8 +83,9 @@ fn live_phase(
         }
         pages.clear();
         if planner.next_cycle(&mut pages) == 0 {
-            // Hold mode with nothing stale: wait for the end command.
-            std::thread::sleep(Duration::from_millis(1));
+            // Hold mode with nothing stale: wait for the end command (or
+            // the next look at the clock and the lease).
+            shared.wait_until(Duration::from_millis(1), Session::end_requested);
         }
         copy_pages(ram, persist, &pages, WhenFull::Drain { hot: planner.dirty_set() })?;
         if last_report.elapsed() >= Duration::from_millis(50) {

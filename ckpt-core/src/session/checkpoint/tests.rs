@@ -143,3 +143,26 @@ fn persist_is_released_only_for_an_active_checkpoint() {
     done.update(|i| i.status = Status::Completed);
     assert_eq!(done.release_persist().unwrap_err(), "no checkpoint is running");
 }
+
+#[test]
+fn a_command_wakes_a_waiting_worker_at_once() {
+    let (s, _) = session(None);
+    s.update(|i| i.status = Status::Staged);
+    let s = Arc::new(s);
+    let waiter = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            // Far longer than the test may take: only the command ends it.
+            let released = s.wait_until(Duration::from_secs(600), Session::persist_released);
+            (released, started.elapsed())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    s.release_persist().unwrap();
+    let (released, waited) = waiter.join().unwrap();
+    assert!(released && waited < Duration::from_secs(60), "{released} after {waited:?}");
+    // Already true: no wait at all; never true: back after `at_most`.
+    assert!(s.wait_until(Duration::from_secs(600), Session::persist_released));
+    assert!(!s.wait_until(Duration::from_millis(10), Session::end_requested));
+}
