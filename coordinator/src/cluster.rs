@@ -677,7 +677,10 @@ pub async fn restore(
     // polls stay, at their pace, for what an event would not tell.
     let mut events: Vec<broadcast::Receiver<Event>> = vms.iter().map(|vm| vm.qmp.subscribe()).collect();
     let loads = join_all(vms.iter().zip(&images).map(|(vm, image)| {
-        let mut args = json!({ "path": image, "start": false, "time": options.time.as_str() });
+        // Read, not mapped from the image (the library's default where it
+        // can): a mapped file cannot be write-protected, and the restarted
+        // VMs must checkpoint again in copy-on-write mode.
+        let mut args = json!({ "path": image, "start": false, "time": options.time.as_str(), "lazy": false });
         if let Some(ppm) = options.catch_up_ppm {
             args["catch-up-ppm"] = ppm.into();
         }

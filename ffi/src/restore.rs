@@ -18,6 +18,7 @@
 
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -325,6 +326,21 @@ fn check_mac(image: &Image, expected: Option<&str>) -> Result<(), String> {
     }
 }
 
+/// Set once a restore mapped guest RAM from its image: a private file
+/// mapping, which userfaultfd cannot write-protect (the kernel protects
+/// anonymous, shmem and hugetlb memory only), so copy-on-write capture is
+/// impossible for the rest of this QEMU's life.
+static MAPPED_FROM_IMAGE: AtomicBool = AtomicBool::new(false);
+
+/// Why copy-on-write capture cannot protect guest RAM because of a
+/// restore, if it cannot.
+pub(crate) fn cow_refusal() -> Option<&'static str> {
+    MAPPED_FROM_IMAGE.load(Ordering::Relaxed).then_some(
+        "guest RAM is mapped from the image it was restored from (a lazy restore), and write protection cannot \
+         cover a file mapping: checkpoint this VM with MTD, or restore it with lazy=false",
+    )
+}
+
 /// Why guest RAM cannot be mapped from the image, if it cannot.
 fn lazy_refusal(ram: &GuestRam) -> Option<String> {
     for (i, block) in ram.identity().ram_blocks.iter().enumerate() {
@@ -412,6 +428,7 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
             if mapped == libc::MAP_FAILED || mapped as *mut u8 != host {
                 return Err(format!("mapping the image into guest RAM failed: {}", std::io::Error::last_os_error()));
             }
+            MAPPED_FROM_IMAGE.store(true, Ordering::Relaxed);
         }
     }
     Ok(())

@@ -128,6 +128,9 @@ fn register_cow(ram: &GuestRam) -> Result<WriteProtect, String> {
     if !Capabilities::probe().userfaultfd_wp {
         return Err("this host's kernel offers no userfaultfd write protection (or forbids userfaultfd)".into());
     }
+    if let Some(why) = crate::restore::cow_refusal() {
+        return Err(why.into());
+    }
     let regions = ram.write_protect_regions()?;
     // Untouched pages are populated rather than protected by the kernel's
     // WP_UNPOPULATED: reading maps huge zero pages where QEMU's RAM is
