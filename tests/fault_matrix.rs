@@ -12,26 +12,21 @@ mod common;
 
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{cluster_job, json_of, mekha_all, wait_checkpoint_settled};
+use common::fault::{committed_generation, verifies, CHECKPOINT_STEPS, LEASE_MS, MODES};
+use common::{cluster_job, json_of, mekha_all, mekha_all_command, wait_checkpoint_settled};
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Artifacts, Cluster};
 use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
-const LEASE_MS: &str = "1000";
-const CHECKPOINT_STEPS: [&str; 6] = ["prepare", "live", "rendezvous", "stopped", "persisting", "committing"];
 
 /// `mekha ARGS` on every VM, killed at `step`.
 fn mekha_killed_at(artifacts: &Artifacts, step: &str, args: &[&str], cluster: &Cluster, dir: &Path) -> Output {
-    let mut cmd = Command::new(&artifacts.mekha);
-    cmd.env("MEKHA_COORDINATOR_FAULT", step).args(args);
-    for qmp in cluster.cli_qmp_paths() {
-        cmd.arg("--qmp").arg(qmp);
-    }
-    let out = cmd.arg("--dir").arg(dir).output().unwrap();
+    let mut cmd = mekha_all_command(artifacts, args, &cluster.cli_qmp_paths(), dir);
+    let out = cmd.env("MEKHA_COORDINATOR_FAULT", step).output().unwrap();
     assert_eq!(
         out.status.signal(),
         Some(libc::SIGABRT),
@@ -40,16 +35,6 @@ fn mekha_killed_at(artifacts: &Artifacts, step: &str, args: &[&str], cluster: &C
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-fn committed_generation(images: &Path) -> u64 {
-    let manifest: Value = serde_json::from_slice(&std::fs::read(images.join("MANIFEST.json")).unwrap()).unwrap();
-    manifest["generation"].as_u64().unwrap()
-}
-
-fn verifies(artifacts: &Artifacts, images: &Path) {
-    let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(images).output().unwrap();
-    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -64,7 +49,7 @@ async fn a_coordinator_killed_at_any_step_loses_nothing() {
     json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &cluster.cli_qmp_paths(), &images));
     let mut rows = Vec::new();
 
-    for mode in ["cow", "mtd"] {
+    for mode in MODES {
         for step in CHECKPOINT_STEPS {
             let killed = Instant::now();
             let args = ["checkpoint", "--mode", mode, "--lease-ms", LEASE_MS];

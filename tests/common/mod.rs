@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // each test binary uses its own share of these
 
+pub mod fault;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -99,12 +101,18 @@ pub fn reference_checksum(steps: u64, chunk: u64) -> String {
 
 /// Runs `mekha ARGS --qmp Q1 --qmp Q2 ... --dir DIR`.
 pub fn mekha_all(artifacts: &Artifacts, args: &[&str], qmps: &[PathBuf], dir: &Path) -> Output {
+    mekha_all_command(artifacts, args, qmps, dir).output().unwrap()
+}
+
+/// `mekha ARGS --qmp Q1 --qmp Q2 ... --dir DIR`, to run.
+pub fn mekha_all_command(artifacts: &Artifacts, args: &[&str], qmps: &[PathBuf], dir: &Path) -> Command {
     let mut cmd = Command::new(&artifacts.mekha);
     cmd.args(args);
     for qmp in qmps {
         cmd.arg("--qmp").arg(qmp);
     }
-    cmd.arg("--dir").arg(dir).output().unwrap()
+    cmd.arg("--dir").arg(dir);
+    cmd
 }
 
 /// Waits for the checkpoint to be completed or failed, from its events:

@@ -148,43 +148,61 @@ impl FakeHosts {
     /// makes) and `policy`'s options (`--state-root` ...); its output goes
     /// to `logs/agent-I.log`.
     pub fn start_agents(&mut self, mekha: &Path, tls: &Path, policy: &[&str], logs: &Path) -> Result<()> {
-        for (i, host) in self.hosts.iter_mut().enumerate() {
-            let mut command = match &host.own_storage {
-                // `ip netns exec` runs its command in a mount namespace of
-                // its own (a slave of the root one): a tmpfs mounted there
-                // is seen by the agent and the QEMUs it starts only.
-                Some(dir) => {
-                    let mut c = host.netns.command("sh");
-                    c.args(["-c", r#"mkdir -p "$0" && mount -t tmpfs -o size=1g mekha-own "$0" && exec "$@""#])
-                        .arg(dir)
-                        .arg(mekha);
-                    c
-                }
-                None => host.netns.command(mekha),
-            };
-            let agent = command
-                .args(["agent", "--listen", &format!("{}:{AGENT_PORT}", host.address)])
-                .arg("--tls-dir")
-                .arg(tls.join(&host.address))
-                .args(policy)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(logs.join(format!("agent-{i}.log")))?)
-                .spawn()
-                .context("starting mekha agent")?;
-            host.agent = Some(agent);
-        }
-        for host in &self.hosts {
-            let deadline = Instant::now() + Duration::from_secs(15);
-            let address = format!("{}:{AGENT_PORT}", host.address);
-            while std::net::TcpStream::connect(&address).is_err() {
-                if Instant::now() > deadline {
-                    bail!("mekha agent on {address} does not listen");
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        for i in 0..self.hosts.len() {
+            let bundle = tls.join(&self.hosts[i].address);
+            self.start_agent(i, mekha, &bundle, policy, logs)?;
         }
         Ok(())
+    }
+
+    /// Starts (or starts again, once killed) host `i`'s agent with the TLS
+    /// bundle `bundle`, as [`FakeHosts::start_agents`] does; returns once
+    /// it listens. Its output is appended to `logs/agent-I.log`. A host
+    /// given storage of its own gets a new, empty one.
+    pub fn start_agent(&mut self, i: usize, mekha: &Path, bundle: &Path, policy: &[&str], logs: &Path) -> Result<()> {
+        let host = &mut self.hosts[i];
+        let mut command = match &host.own_storage {
+            // `ip netns exec` runs its command in a mount namespace of
+            // its own (a slave of the root one): a tmpfs mounted there
+            // is seen by the agent and the QEMUs it starts only.
+            Some(dir) => {
+                let mut c = host.netns.command("sh");
+                c.args(["-c", r#"mkdir -p "$0" && mount -t tmpfs -o size=1g mekha-own "$0" && exec "$@""#])
+                    .arg(dir)
+                    .arg(mekha);
+                c
+            }
+            None => host.netns.command(mekha),
+        };
+        let log = std::fs::File::options().create(true).append(true).open(logs.join(format!("agent-{i}.log")))?;
+        let agent = command
+            .args(["agent", "--listen", &format!("{}:{AGENT_PORT}", host.address)])
+            .arg("--tls-dir")
+            .arg(bundle)
+            .args(policy)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting mekha agent")?;
+        host.agent = Some(agent);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let address = format!("{}:{AGENT_PORT}", host.address);
+        while std::net::TcpStream::connect(&address).is_err() {
+            if Instant::now() > deadline {
+                bail!("mekha agent on {address} does not listen");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Kills host `i`'s agent (SIGKILL) and reaps it; its VMs run on.
+    pub fn kill_agent(&mut self, i: usize) {
+        if let Some(mut agent) = self.hosts[i].agent.take() {
+            let _ = agent.kill();
+            let _ = agent.wait();
+        }
     }
 
     /// Makes host `i` (whose agent is not started yet) and the VMs its

@@ -1,0 +1,75 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The fault-matrix tests' shared part: a `mekha` run stopped at a step of
+//! its protocol (`MEKHA_COORDINATOR_FAULT=STEP:stop`) while the test fails
+//! another part of the cluster, and the checks every case makes of the
+//! checkpoint directory.
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use mekha_rig::{Artifacts, ProbeLog};
+use serde_json::Value;
+
+/// The lease of every case: short, so that VMs left alone settle soon.
+pub const LEASE_MS: &str = "1000";
+pub const MODES: [&str; 2] = ["cow", "mtd"];
+pub const CHECKPOINT_STEPS: [&str; 6] = ["prepare", "live", "rendezvous", "stopped", "persisting", "committing"];
+
+/// Runs `cmd` (a `mekha` command) stopped at `step`: once it stopped
+/// there, `inject` fails what it fails, then the run goes on to its end.
+/// How long it ran until it stopped, and its output.
+pub fn stopped_at(mut cmd: Command, step: &str, inject: impl FnOnce()) -> (Duration, Output) {
+    let started = Instant::now();
+    let mut child = cmd
+        .env("MEKHA_COORDINATOR_FAULT", format!("{step}:stop"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let out = child.wait_with_output().unwrap();
+            panic!("{step}: mekha ended ({status}) before it got there: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        // The third field of /proc/PID/stat: T once SIGSTOP took effect.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T')) {
+            break;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{step}: mekha never got there");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let reached = started.elapsed();
+    inject();
+    // SAFETY: a plain signal to the child this function started.
+    unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    (reached, child.wait_with_output().unwrap())
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The generation `MANIFEST.json` commits (0: none yet).
+pub fn committed_generation(images: &Path) -> u64 {
+    std::fs::read(images.join("MANIFEST.json"))
+        .map_or(0, |m| serde_json::from_slice::<Value>(&m).unwrap()["generation"].as_u64().unwrap())
+}
+
+/// `mekha image verify` of the latest generation passes.
+pub fn verifies(artifacts: &Artifacts, images: &Path) {
+    let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(images).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+}
+
+/// Waits for a probe event `ev` logged after the first `since` events.
+pub fn wait_new_event(log: &ProbeLog, since: usize, ev: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !log.events().iter().skip(since).any(|e| e.ev == ev) {
+        assert!(Instant::now() < deadline, "no {ev} event in {}: {}", log.path().display(), log.tail(5));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
