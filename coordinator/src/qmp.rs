@@ -58,7 +58,11 @@ pub fn json_line(value: &impl Serialize) -> Vec<u8> {
     line
 }
 
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>;
+/// The commands waiting for their reply; `None` once the connection
+/// closed, so that a command sent after that fails at once rather than
+/// wait out its timeout for a reply that cannot come (a peer gone, such
+/// as an agent or a tunnel, may still take writes).
+type Pending = Arc<Mutex<Option<HashMap<u64, oneshot::Sender<Result<Value, (String, String)>>>>>>;
 
 /// A byte stream a QMP monitor speaks over: its Unix socket, or a
 /// forwarding of it (see `transport`).
@@ -114,7 +118,7 @@ impl Qmp {
             return Err(protocol(format!("not a QMP monitor (greeting: {greeting_line})")));
         }
 
-        let pending: Pending = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let (events, _) = broadcast::channel(1024);
         let reader = tokio::spawn(read_loop(lines, pending.clone(), events.clone()));
         let qmp = Qmp {
@@ -154,14 +158,17 @@ impl Qmp {
             request["arguments"] = args;
         }
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id, tx);
+        match self.pending.lock().unwrap().as_mut() {
+            Some(pending) => pending.insert(id, tx),
+            None => return Err(QmpError::Closed { path: self.path.clone() }),
+        };
         let sent = self.writer.lock().await.write_all(&json_line(&request)).await;
         if sent.is_err() {
-            self.pending.lock().unwrap().remove(&id);
+            self.pending.lock().unwrap().as_mut().map(|p| p.remove(&id));
             return Err(QmpError::Closed { path: self.path.clone() });
         }
         let reply = tokio::time::timeout(self.timeout, rx).await.map_err(|_| {
-            self.pending.lock().unwrap().remove(&id);
+            self.pending.lock().unwrap().as_mut().map(|p| p.remove(&id));
             QmpError::Timeout { command: command.into(), timeout: self.timeout }
         })?;
         match reply {
@@ -191,7 +198,7 @@ async fn read_loop(
             continue;
         }
         let Some(id) = msg.get("id").and_then(Value::as_u64) else { continue };
-        let Some(waiter) = pending.lock().unwrap().remove(&id) else { continue };
+        let Some(waiter) = pending.lock().unwrap().as_mut().and_then(|p| p.remove(&id)) else { continue };
         let outcome = if let Some(ret) = msg.get("return") {
             Ok(ret.clone())
         } else {
@@ -203,6 +210,37 @@ async fn read_loop(
         };
         let _ = waiter.send(outcome);
     }
-    // Dropping the senders wakes every waiter with Closed.
-    pending.lock().unwrap().clear();
+    // Dropping the senders wakes every waiter with Closed; later commands
+    // fail at once.
+    pending.lock().unwrap().take();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that has closed its side but still takes writes (an agent
+    /// or a tunnel gone): a command sent afterwards fails at once.
+    #[tokio::test]
+    async fn a_command_after_the_peer_closed_fails_at_once() {
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        let (read, mut write) = tokio::io::split(theirs);
+        let monitor = tokio::spawn(async move {
+            write.write_all(b"{\"QMP\": {\"version\": {}, \"capabilities\": []}}\n").await.unwrap();
+            let mut lines = BufReader::new(read).lines();
+            lines.next_line().await.unwrap();
+            write.write_all(b"{\"return\": {}, \"id\": 1}\n").await.unwrap();
+            // Ends its side; keeps reading what comes.
+            write.shutdown().await.unwrap();
+            while let Ok(Some(_)) = lines.next_line().await {}
+        });
+        let qmp = Qmp::over(Box::new(ours), "peer".into()).await.unwrap();
+        while !qmp.reader.is_finished() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let asked = tokio::time::timeout(Duration::from_secs(5), qmp.execute("query-status", Value::Null)).await;
+        assert!(matches!(asked, Ok(Err(QmpError::Closed { .. }))), "{asked:?}");
+        drop(qmp);
+        monitor.await.unwrap();
+    }
 }
