@@ -12,10 +12,10 @@
 mod common;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fault::{
-    committed_generation, stderr, stopped_at, verifies, wait_new_event, CHECKPOINT_STEPS, LEASE_MS, MODES,
+    committed_generation, stderr, stopped_at, verifies, wait_new_event, wait_running, CHECKPOINT_STEPS, LEASE_MS, MODES,
 };
 use common::{cluster_job, json_of, mekha_all, mekha_all_command, wait_checkpoint_settled};
 use mekha_coordinator::qmp::Qmp;
@@ -25,17 +25,6 @@ use serde_json::Value;
 const BOOT: Duration = Duration::from_secs(120);
 /// The VM whose QEMU is killed.
 const VICTIM: usize = 1;
-
-/// Waits (10 s at most) for the VM behind `sock` to run: a VM resumes at
-/// the instant it was given, which may be ahead still.
-async fn wait_running(sock: &Path) {
-    let qmp = Qmp::connect(sock).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while qmp.execute("query-status", Value::Null).await.unwrap()["status"] != "running" {
-        assert!(Instant::now() < deadline, "{}: not resumed", sock.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
 
 /// Every VM started again waiting for its state, its files in `dir`.
 async fn relaunch_incoming(cluster: &mut Cluster, artifacts: &Artifacts, dir: &Path) {

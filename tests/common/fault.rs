@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Artifacts, ProbeLog};
 use serde_json::Value;
 
@@ -71,5 +72,16 @@ pub fn wait_new_event(log: &ProbeLog, since: usize, ev: &str, limit: Duration) {
     while !log.events().iter().skip(since).any(|e| e.ev == ev) {
         assert!(Instant::now() < deadline, "no {ev} event in {}: {}", log.path().display(), log.tail(5));
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Waits (10 s at most) for the VM behind `sock` to run: a VM resumes at
+/// the instant it was given, which may be ahead still.
+pub async fn wait_running(sock: &Path) {
+    let qmp = Qmp::connect(sock).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while qmp.execute("query-status", Value::Null).await.unwrap()["status"] != "running" {
+        assert!(Instant::now() < deadline, "{}: not resumed", sock.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
