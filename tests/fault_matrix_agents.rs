@@ -25,13 +25,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::fault::{
-    committed_generation, stderr, stopped_at, verifies, wait_new_event, wait_running, CHECKPOINT_STEPS, LEASE_MS, MODES,
+    checkpoint_verdict, committed_generation, settled_and_running, stderr, stopped_at, verifies, wait_new_event,
+    wait_running, CHECKPOINT_STEPS, LEASE_MS, MODES,
 };
-use common::{cluster_job, json_of, wait_checkpoint_settled};
-use mekha_coordinator::qmp::Qmp;
+use common::{cluster_job, json_of};
 use mekha_rig::netns::BRIDGE;
 use mekha_rig::{Artifacts, FakeHosts, ProbeLog, SpecVm};
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 /// Where the coordinator reaches h1's agent: the relay. h1's agent has a
@@ -172,23 +171,6 @@ impl Rig {
         log.rsplit("--- mekha: QEMU started").next().unwrap().to_owned()
     }
 
-    /// Both VMs run, and their checkpoints (if any) settled: what each
-    /// checkpoint's status came to.
-    async fn settled_and_running(&self, case: &str) -> Vec<String> {
-        let mut outcomes = Vec::new();
-        for i in 0..2 {
-            let qmp = Qmp::connect(self.qmp_path(i)).await.unwrap();
-            let settled = wait_checkpoint_settled(&qmp).await;
-            let status = qmp.execute("query-status", Value::Null).await.unwrap();
-            assert_eq!(status["status"], "running", "{case}: node{i} after {settled}");
-            if let Some(error) = settled["error"].as_str() {
-                eprintln!("{case}: node{i}'s checkpoint: {error}");
-            }
-            outcomes.push(settled["status"].as_str().unwrap().to_owned());
-        }
-        outcomes
-    }
-
     /// Waits for both VMs to run the job on (past `since` events each),
     /// none having rebooted.
     fn job_goes_on(&self, since: &[usize]) {
@@ -289,22 +271,9 @@ async fn row(rig: &mut Rig, fault: Fault, rows: &mut Vec<String>) {
             let case = format!("{name}/{mode}/{step}");
             let before = committed_generation(&rig.ckpt);
             let cmd = rig.mekha(&["checkpoint", "--mode", mode]);
-            let (reached, out) = stopped_at(cmd, step, || rig.inject(fault));
-            let settled = rig.settled_and_running(&case).await;
-            let committed = committed_generation(&rig.ckpt);
-            let outcome = if step == "committing" {
-                // Every image was durable before the fault: the cut is whole.
-                assert!(out.status.success(), "{case}: {}", stderr(&out));
-                assert_eq!(committed, before + 1, "{case}");
-                format!("committed generation {committed} (every image durable before the fault)")
-            } else {
-                assert!(!out.status.success(), "{case}: committed without node1");
-                assert!(names_node1(&out), "{case}: {}", stderr(&out));
-                assert_eq!(committed, before, "{case}: a generation was committed");
-                format!("failed naming node1; generation {committed} latest")
-            };
-            verifies(&rig.artifacts, &rig.ckpt);
-            eprintln!("{case}: {}", stderr(&out).lines().last().unwrap_or_default());
+            let (reached, out) = stopped_at(cmd, step, |_| rig.inject(fault));
+            let settled = settled_and_running(&case, &[rig.qmp_path(0), rig.qmp_path(1)]).await;
+            let outcome = checkpoint_verdict(&case, step, &out, before, RELAY, &rig.artifacts, &rig.ckpt);
             rig.repair(fault);
             rows.push(format!(
                 "| {name} | {step} | {mode} | at {} ms; {outcome}; checkpoints {}; VMs running; verifies |",
@@ -319,7 +288,7 @@ async fn row(rig: &mut Rig, fault: Fault, rows: &mut Vec<String>) {
     // Counted once the restart stopped the running VMs: from then on, only
     // a restored guest that runs adds events.
     let mut since = Vec::new();
-    let (_, out) = stopped_at(rig.mekha(&["restart"]), "restore-loading", || {
+    let (_, out) = stopped_at(rig.mekha(&["restart"]), "restore-loading", |_| {
         since = rig.events();
         rig.inject(fault)
     });
@@ -349,7 +318,7 @@ async fn row(rig: &mut Rig, fault: Fault, rows: &mut Vec<String>) {
     // Counted once the restart stopped the running VMs: from then on, only
     // a restored guest that runs adds events.
     let mut since = Vec::new();
-    let (_, out) = stopped_at(rig.mekha(&["restart"]), "restore-resuming", || {
+    let (_, out) = stopped_at(rig.mekha(&["restart"]), "restore-resuming", |_| {
         since = rig.events();
         rig.inject(fault)
     });

@@ -15,12 +15,11 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::fault::{
-    committed_generation, stderr, stopped_at, verifies, wait_new_event, wait_running, CHECKPOINT_STEPS, LEASE_MS, MODES,
+    checkpoint_verdict, committed_generation, settled_and_running, stderr, stopped_at, verifies, wait_new_event,
+    wait_running, CHECKPOINT_STEPS, LEASE_MS, MODES,
 };
-use common::{cluster_job, json_of, mekha_all, mekha_all_command, wait_checkpoint_settled};
-use mekha_coordinator::qmp::Qmp;
+use common::{cluster_job, json_of, mekha_all, mekha_all_command};
 use mekha_rig::{Artifacts, Cluster};
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 /// The VM whose QEMU is killed.
@@ -66,26 +65,10 @@ async fn a_qemu_killed_at_any_step_loses_nothing() {
             let before = committed_generation(&images);
             let args = ["checkpoint", "--mode", mode, "--lease-ms", LEASE_MS];
             let cmd = mekha_all_command(&artifacts, &args, &cluster.cli_qmp_paths(), &images);
-            let (reached, out) = stopped_at(cmd, step, || cluster.vms[VICTIM].kill());
-            let qmp = Qmp::connect(cluster.vms[1 - VICTIM].cli_qmp_path()).await.unwrap();
-            let settled = wait_checkpoint_settled(&qmp).await["status"].as_str().unwrap().to_owned();
-            let running = qmp.execute("query-status", Value::Null).await.unwrap();
-            assert_eq!(running["status"], "running", "{mode}/{step}: the surviving VM");
-            drop(qmp);
-            let committed = committed_generation(&images);
-            let outcome = if step == "committing" {
-                // Every image was durable before the kill: the cut is whole.
-                assert!(out.status.success(), "{mode}/{step}: {}", stderr(&out));
-                assert_eq!(committed, before + 1, "{mode}/{step}");
-                format!("committed generation {committed} (every image durable before the kill)")
-            } else {
-                assert!(!out.status.success(), "{mode}/{step}: committed without {victim}");
-                assert!(stderr(&out).contains(&victim), "{mode}/{step}: {}", stderr(&out));
-                assert_eq!(committed, before, "{mode}/{step}: a generation was committed");
-                format!("failed naming {victim}; generation {committed} latest")
-            };
-            verifies(&artifacts, &images);
-            eprintln!("{mode}/{step}: {}", stderr(&out).lines().last().unwrap_or_default());
+            let (reached, out) = stopped_at(cmd, step, |_| cluster.vms[VICTIM].kill());
+            let case = format!("{mode}/{step}");
+            let settled = settled_and_running(&case, &[cluster.vms[1 - VICTIM].cli_qmp_path()]).await.remove(0);
+            let outcome = checkpoint_verdict(&case, step, &out, before, &victim, &artifacts, &images);
             restart_from(&mut cluster, &artifacts, &dir.join(format!("{mode}-{step}")), &images).await;
             rows.push(format!(
                 "| QEMU killed | {step} | {mode} | killed after {} ms; {outcome}; node0 {settled}, running; \
@@ -99,7 +82,7 @@ async fn a_qemu_killed_at_any_step_loses_nothing() {
     // other VM, loaded, exits at the end of its lease without having run.
     relaunch_incoming(&mut cluster, &artifacts, &dir.join("restore-loading")).await;
     let cmd = mekha_all_command(&artifacts, &["restore", "--lease-ms", LEASE_MS], &cluster.cli_qmp_paths(), &images);
-    let (_, out) = stopped_at(cmd, "restore-loading", || cluster.vms[VICTIM].kill());
+    let (_, out) = stopped_at(cmd, "restore-loading", |_| cluster.vms[VICTIM].kill());
     assert!(!out.status.success() && stderr(&out).contains(&victim), "{}", stderr(&out));
     let survivor = &mut cluster.vms[1 - VICTIM];
     assert!(survivor.wait_exit(Duration::from_secs(15)).is_some(), "node0 waits on after its lease");
@@ -116,7 +99,7 @@ async fn a_qemu_killed_at_any_step_loses_nothing() {
     // instant and runs on alone; the restart reports the lost VM.
     relaunch_incoming(&mut cluster, &artifacts, &dir.join("restore-resuming")).await;
     let cmd = mekha_all_command(&artifacts, &["restore", "--lease-ms", LEASE_MS], &cluster.cli_qmp_paths(), &images);
-    let (_, out) = stopped_at(cmd, "restore-resuming", || cluster.vms[VICTIM].kill());
+    let (_, out) = stopped_at(cmd, "restore-resuming", |_| cluster.vms[VICTIM].kill());
     assert!(!out.status.success() && stderr(&out).contains(&victim), "{}", stderr(&out));
     wait_running(&cluster.vms[1 - VICTIM].cli_qmp_path()).await;
     let log = cluster.vms[1 - VICTIM].log();

@@ -4,7 +4,7 @@
 //! another part of the cluster, and the checks every case makes of the
 //! checkpoint directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -18,9 +18,10 @@ pub const MODES: [&str; 2] = ["cow", "mtd"];
 pub const CHECKPOINT_STEPS: [&str; 6] = ["prepare", "live", "rendezvous", "stopped", "persisting", "committing"];
 
 /// Runs `cmd` (a `mekha` command) stopped at `step`: once it stopped
-/// there, `inject` fails what it fails, then the run goes on to its end.
+/// there, `inject(PID)` fails what it fails, then the run goes on to its
+/// end.
 /// How long it ran until it stopped, and its output.
-pub fn stopped_at(mut cmd: Command, step: &str, inject: impl FnOnce()) -> (Duration, Output) {
+pub fn stopped_at(mut cmd: Command, step: &str, inject: impl FnOnce(u32)) -> (Duration, Output) {
     let started = Instant::now();
     let mut child = cmd
         .env("MEKHA_COORDINATOR_FAULT", format!("{step}:stop"))
@@ -44,7 +45,7 @@ pub fn stopped_at(mut cmd: Command, step: &str, inject: impl FnOnce()) -> (Durat
         std::thread::sleep(Duration::from_millis(2));
     }
     let reached = started.elapsed();
-    inject();
+    inject(pid);
     // SAFETY: a plain signal to the child this function started.
     unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     (reached, child.wait_with_output().unwrap())
@@ -84,4 +85,60 @@ pub async fn wait_running(sock: &Path) {
         assert!(Instant::now() < deadline, "{}: not resumed", sock.display());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// The processes `pid` started (its threads' children).
+pub fn children(pid: u32) -> Vec<u32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let listed = tasks.flatten().map(|t| std::fs::read_to_string(t.path().join("children")).unwrap_or_default());
+    listed.flat_map(|l| l.split_whitespace().map(|p| p.parse().unwrap()).collect::<Vec<u32>>()).collect()
+}
+
+/// The verdict on a checkpoint that lost node1 (or `way`, the agent or
+/// host it is reached through) at `step`, from its output and the
+/// generation committed before: once
+/// every image is durable (committing) the cut is whole and is committed;
+/// before, the checkpoint fails naming node1 and commits nothing. Checks
+/// that the latest generation verifies; says what came of it.
+pub fn checkpoint_verdict(
+    case: &str,
+    step: &str,
+    out: &Output,
+    before: u64,
+    way: &str,
+    artifacts: &Artifacts,
+    images: &Path,
+) -> String {
+    let committed = committed_generation(images);
+    let said = stderr(out);
+    eprintln!("{case}: {}", said.lines().last().unwrap_or_default());
+    let verdict = if step == "committing" {
+        assert!(out.status.success(), "{case}: {said}");
+        assert_eq!(committed, before + 1, "{case}");
+        format!("committed generation {committed} (every image durable before the fault)")
+    } else {
+        assert!(!out.status.success(), "{case}: committed without node1");
+        assert!(said.contains("node1") || said.contains(way), "{case}: {said}");
+        assert_eq!(committed, before, "{case}: a generation was committed");
+        format!("failed naming node1; generation {committed} latest")
+    };
+    verifies(artifacts, images);
+    verdict
+}
+
+/// The VMs behind `socks` settle their checkpoints and run: what each
+/// checkpoint came to.
+pub async fn settled_and_running(case: &str, socks: &[PathBuf]) -> Vec<String> {
+    let mut outcomes = Vec::new();
+    for sock in socks {
+        let qmp = Qmp::connect(sock).await.unwrap();
+        let settled = crate::common::wait_checkpoint_settled(&qmp).await;
+        let status = qmp.execute("query-status", Value::Null).await.unwrap();
+        assert_eq!(status["status"], "running", "{case}: {} after {settled}", sock.display());
+        if let Some(error) = settled["error"].as_str() {
+            eprintln!("{case}: {}'s checkpoint: {error}", sock.display());
+        }
+        outcomes.push(settled["status"].as_str().unwrap().to_owned());
+    }
+    outcomes
 }
