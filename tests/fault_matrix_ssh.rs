@@ -20,13 +20,17 @@ use std::time::Duration;
 
 use common::fault::{
     checkpoint_verdict, children, committed_generation, settled_and_running, stderr, stopped_at, wait_new_event,
-    wait_running, CHECKPOINT_STEPS, LEASE_MS, MODES,
+    wait_running, CHECKPOINT_STEPS, MODES,
 };
 use common::{cluster_job, json_of};
 use mekha_rig::vm::Nic;
 use mekha_rig::{Artifacts, FakeHosts, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(120);
+/// Two ssh processes per VM carry every command: on a loaded host (two
+/// TCG VMs and a build on 2 CPUs) a 1 s lease once ran out between a poll
+/// and the next command, failing a checkpoint before its step.
+const LEASE_MS: &str = "2000";
 
 /// `mekha ARGS` on `vms` through ssh, into `images`.
 fn mekha_ssh(artifacts: &Artifacts, args: &[&str], hosts: &FakeHosts, vms: &[Vm], images: &Path) -> Command {
