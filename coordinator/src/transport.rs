@@ -173,14 +173,15 @@ pub async fn connect(endpoint: &Endpoint, reach: &Reach) -> Result<(Box<dyn Stre
             Err(format!("{endpoint}: this mekha was built without libvirt (feature \"libvirt\")"))
         }
         Endpoint::Ssh { .. } => {
-            let (local, tunnel) = open_tunnel(endpoint, &reach.ssh_options).await?;
-            Ok((Box::new(unix(local).await?), Some(tunnel)))
+            let (stream, tunnel) = open_tunnel(endpoint, &reach.ssh_options).await?;
+            Ok((Box::new(stream), Some(tunnel)))
         }
     }
 }
 
-/// ssh forwarding `endpoint`'s socket to a local one.
-async fn open_tunnel(endpoint: &Endpoint, ssh_options: &[String]) -> Result<(PathBuf, Tunnel), String> {
+/// ssh forwarding `endpoint`'s socket to a local one, and a connection
+/// through it.
+async fn open_tunnel(endpoint: &Endpoint, ssh_options: &[String]) -> Result<(UnixStream, Tunnel), String> {
     let Endpoint::Ssh { destination, port, socket } = endpoint else { unreachable!("an ssh endpoint") };
     let dir = tempfile::Builder::new().prefix("mekha-ssh-").tempdir().map_err(|e| format!("{endpoint}: {e}"))?;
     let local = dir.path().join("qmp.sock");
@@ -202,8 +203,13 @@ async fn open_tunnel(endpoint: &Endpoint, ssh_options: &[String]) -> Result<(Pat
         .map_err(|e| format!("{endpoint}: running ssh: {e}"))?;
     let started = Instant::now();
     loop {
+        // ssh binds the socket before it listens: refused until then.
         if local.exists() {
-            return Ok((local, Tunnel { child, dir }));
+            match UnixStream::connect(&local).await {
+                Ok(stream) => return Ok((stream, Tunnel { child, dir })),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => return Err(format!("cannot connect to QMP socket {}: {e}", local.display())),
+            }
         }
         if let Ok(Some(status)) = child.try_wait() {
             let mut message = String::new();
