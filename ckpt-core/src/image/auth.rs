@@ -204,7 +204,8 @@ impl fmt::Display for Mac {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex digits of `bytes`.
+pub(crate) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
@@ -296,18 +297,15 @@ impl Seal {
         Ok(Seal { key: key.clone(), mac: Mac(stored), tags })
     }
 
-    /// The tag the writer sealed for section `kind`, if any.
-    pub fn tag(&self, kind: SectionKind) -> Option<[u8; TAG_LEN]> {
-        self.tags.iter().find(|(k, _)| *k == kind).map(|(_, tag)| *tag)
+    /// Whether `computed` is the tag the writer sealed for section `kind`
+    /// (none sealed: never).
+    pub fn section_tag_is(&self, kind: SectionKind, computed: &[u8; TAG_LEN]) -> bool {
+        let sealed = self.tags.iter().find(|(k, _)| *k == kind).map(|(_, tag)| tag);
+        sealed.is_some_and(|tag| constant_time_eq::constant_time_eq_32(tag, computed))
     }
 
     /// Whether `bytes` are what the writer sealed as section `kind`.
     pub fn section_matches(&self, kind: SectionKind, bytes: &[u8]) -> bool {
-        tag_matches(self.tag(kind), &self.key.section_tag(bytes))
+        self.section_tag_is(kind, &self.key.section_tag(bytes))
     }
-}
-
-/// Whether a computed tag is the sealed one (none sealed: never).
-pub(crate) fn tag_matches(sealed: Option<[u8; TAG_LEN]>, computed: &[u8; TAG_LEN]) -> bool {
-    sealed.is_some_and(|tag| constant_time_eq::constant_time_eq_32(&tag, computed))
 }

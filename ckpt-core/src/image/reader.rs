@@ -168,14 +168,9 @@ impl Image {
         read_section(&self.file, &self.path, self.sealed.as_ref().map(|s| &s.seal), section)
     }
 
-    /// Opened with a key: the tag the writer sealed for section `kind`.
-    pub(crate) fn section_tag(&self, kind: SectionKind) -> Option<Option<[u8; super::auth::TAG_LEN]>> {
-        self.sealed.as_ref().map(|s| s.seal.tag(kind))
-    }
-
-    /// Opened with a key: the key.
-    pub(crate) fn key(&self) -> Option<&ImageKey> {
-        self.sealed.as_ref().map(|s| &s.seal.key)
+    /// Opened with a key: the seal that held (its key, its tags).
+    pub(crate) fn seal(&self) -> Option<&Seal> {
+        self.sealed.as_ref().map(|s| &s.seal)
     }
 
     pub fn path(&self) -> &Path {

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use super::auth::tag_matches;
 use super::error::{ImageError, Result};
 use super::format::{page_crc, SectionKind, ZERO_PAGE_CRC};
 use super::layout::RAM_START;
@@ -124,12 +123,11 @@ fn check_sections(image: &Image, report: &mut VerifyReport) -> std::io::Result<(
             _ => false,
         };
         if !opened {
-            let mut hasher = image.key().map(|k| k.section_hasher());
+            let seal = image.seal();
+            let mut hasher = seal.map(|s| s.key.section_hasher());
             let computed = sums_of_range(image.file(), section.offset, section.length, hasher.as_mut())?;
-            let mac_mismatch = hasher.is_some_and(|h| {
-                let sealed = image.section_tag(section.kind).flatten();
-                !tag_matches(sealed, h.finalize().as_bytes())
-            });
+            let mac_mismatch =
+                seal.zip(hasher).is_some_and(|(s, h)| !s.section_tag_is(section.kind, h.finalize().as_bytes()));
             if computed != section.crc32c || mac_mismatch {
                 report.bad_sections.push(BadSection {
                     kind: section.kind.to_string(),
