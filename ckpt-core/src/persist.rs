@@ -161,6 +161,19 @@ impl Persister {
         self.seal.as_ref().map(|(_, _, tags)| tags.as_slice())
     }
 
+    /// The zero page's tag under the key (zeros without one).
+    fn zero_tag(&self) -> PageTag {
+        self.seal.as_ref().map_or_else(PageTag::default, |(_, zero, _)| *zero)
+    }
+
+    /// What the file now holds at `page`: its CRC and, with a key, its tag.
+    fn record_sums(&mut self, page: u64, crc: u32, tag: PageTag) {
+        self.crcs[page as usize] = crc;
+        if let Some((_, _, tags)) = &mut self.seal {
+            tags[page as usize] = tag;
+        }
+    }
+
     pub fn staging(&self) -> &Staging {
         &self.staging
     }
@@ -188,10 +201,7 @@ impl Persister {
         if bit(&self.nonzero_on_disk, page) || !self.staging.mark_zero(page) {
             return false;
         }
-        self.crcs[page as usize] = self.zero_crc;
-        if let Some((_, zero, tags)) = &mut self.seal {
-            tags[page as usize] = *zero;
-        }
+        self.record_sums(page, self.zero_crc, self.zero_tag());
         self.stats.zero_pages_skipped += 1;
         true
     }
@@ -282,9 +292,8 @@ impl Persister {
             let crc = crc32c::crc32c(data);
             let zero = crc == self.zero_crc && crate::page_is_zero(data);
             let tag = match &self.seal {
-                Some((_, zero_tag, _)) if zero => *zero_tag,
-                Some((key, _, _)) => key.page_tag(data),
-                None => PageTag::default(),
+                Some((key, _, _)) if !zero => key.page_tag(data),
+                _ => self.zero_tag(),
             };
             if zero && !bit(&self.nonzero_on_disk, page) {
                 if let Some(c) = chunk.take() {
@@ -292,10 +301,7 @@ impl Persister {
                 }
                 self.staging.complete(&Run { first_page: page, pages: 1 });
                 *handed_off = page + 1;
-                self.crcs[page as usize] = crc;
-                if let Some((_, _, tags)) = &mut self.seal {
-                    tags[page as usize] = tag;
-                }
+                self.record_sums(page, crc, tag);
                 self.stats.zero_pages_skipped += 1;
                 outcome.pages += 1;
                 continue;
@@ -362,10 +368,7 @@ impl Persister {
             Ok(()) => {
                 self.staging.complete(&chunk.run);
                 for (page, sum) in chunk.run.page_range().zip(&chunk.sums) {
-                    self.crcs[page as usize] = sum.crc;
-                    if let Some((_, _, tags)) = &mut self.seal {
-                        tags[page as usize] = sum.tag;
-                    }
+                    self.record_sums(page, sum.crc, sum.tag);
                     set_bit(&mut self.nonzero_on_disk, page, !sum.zero);
                 }
                 self.stats.bytes += chunk.run.bytes() as u64;
