@@ -217,4 +217,5 @@ pub use net_frames::{
 pub use reader::{HeaderInfo, Image};
 pub use verify::{verify, verify_image, BadPage, BadSection, VerifyReport, MAX_REPORTED_BAD_PAGES};
 
+pub(crate) use auth::hex;
 pub(crate) use durable::{now_unix_ns, sync_dir};

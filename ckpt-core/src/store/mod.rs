@@ -220,8 +220,7 @@ impl Store {
         if n != bytes.len() as isize {
             return Err(StoreError::io("making an id for", &self.dir)(io::Error::last_os_error()));
         }
-        let id: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        replace_file(&self.dir, STORE_ID, format!("{id}\n").as_bytes())
+        replace_file(&self.dir, STORE_ID, format!("{}\n", crate::image::hex(&bytes)).as_bytes())
     }
 
     /// `gen-N` and `gen-N.partial` entries of the directory.
