@@ -169,7 +169,7 @@ pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
         ),
     };
     let mut options = cmd.options(&defaults);
-    options.vm.key = image_key::load(key_file.as_deref()).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
+    options.vm.key = image_key::load(key_file.as_deref())?;
     checkpoint_vms(&vms, &dir, &options, cmd.json, cmd.on_signal).await
 }
 
@@ -259,7 +259,7 @@ async fn checkpoint_once(
 }
 
 pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
-    let key = image_key::load(cmd.key_file.as_deref()).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
+    let key = image_key::load(cmd.key_file.as_deref())?;
     let vms = cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?;
     let d = RestoreOptions::default();
     let options = RestoreOptions {

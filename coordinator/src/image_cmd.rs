@@ -49,8 +49,7 @@ pub fn run(command: ImageCommand) -> Result<(), CommandFailure> {
     match command {
         ImageCommand::Inspect { path, json } => run_inspect(&path, json),
         ImageCommand::Verify { path, key_file, json } => {
-            let key = crate::image_key::load(key_file.as_deref())
-                .map_err(|message| CommandFailure { code: exit::USAGE, message })?;
+            let key = crate::image_key::load(key_file.as_deref())?;
             run_verify(&path, key.as_ref(), json)
         }
     }

@@ -19,6 +19,7 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use zeroize::Zeroizing;
 
+use crate::exit::{self, CommandFailure};
 use crate::qmp::{Qmp, QmpError};
 
 /// The id of the `secret` object a command reads the key from.
@@ -37,9 +38,10 @@ pub fn create(path: &Path) -> Result<ImageKey, String> {
     Ok(key)
 }
 
-/// Loads `--key-file`, if given.
-pub fn load(path: Option<&Path>) -> Result<Option<ImageKey>, String> {
-    path.map(ImageKey::load).transpose()
+/// Loads `--key-file` (or a spec's `key_file`), if given: a key that
+/// cannot be used is a usage error.
+pub fn load(path: Option<&Path>) -> Result<Option<ImageKey>, CommandFailure> {
+    path.map(ImageKey::load).transpose().map_err(|e| CommandFailure::new(exit::USAGE, e))
 }
 
 /// Puts the key into the QEMU behind `qmp` (replacing one a killed
@@ -85,7 +87,8 @@ mod tests {
         assert_eq!(load(Some(&path)).unwrap().unwrap().id(), key.id());
         assert!(create(&path).unwrap_err().contains("exists"), "replaced a key");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(load(Some(&path)).unwrap_err().contains("chmod 600"));
+        let refused = load(Some(&path)).unwrap_err();
+        assert!(refused.code == exit::USAGE && refused.message.contains("chmod 600"), "{}", refused.message);
         assert_ne!(create(&dir.path().join("other.key")).unwrap().id(), key.id());
     }
 }

@@ -46,7 +46,7 @@ pub async fn up(path: &Path, json: bool) -> Result<(), CommandFailure> {
 /// committed checkpoint, and resumed together.
 pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Result<(), CommandFailure> {
     let spec = load(path)?;
-    let key = image_key::load(spec.key_file.as_deref()).map_err(|e| CommandFailure::new(exit::USAGE, e))?;
+    let key = image_key::load(spec.key_file.as_deref())?;
     // Refuse before anything is stopped if there is nothing to restart.
     crate::ckpt::latest_checkpoint(&spec.checkpoint_dir, key.as_ref())?;
     stop_everywhere(&spec, false).await?;
