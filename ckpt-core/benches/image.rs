@@ -35,7 +35,7 @@ fn image(dir: &std::path::Path, dense: bool, key: Option<&ImageKey>) -> std::pat
     if dense {
         let mut page = vec![0u8; PAGE_SIZE];
         for p in 0..RAM / PAGE_SIZE as u64 {
-            page.fill(p as u8 | 1);
+            page.fill((p & 0xff) as u8 | 1);
             page[..8].copy_from_slice(&p.to_le_bytes());
             builder.write_page(p, &page).unwrap();
         }

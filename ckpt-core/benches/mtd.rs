@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use mekha_ckpt_core::mtd::{MtdParams, MtdPlanner};
+use mekha_ckpt_core::width::to_usize;
 
 const SIZES: [(&str, u64); 2] = [("512MiB", 131_072), ("2GiB", 524_288)];
 
 /// A dirty bitmap: a contiguous hot eighth plus every 97th page.
 fn hot_bitmap(pages: u64) -> Vec<u64> {
-    let mut bits = vec![0u64; pages.div_ceil(64) as usize];
+    let mut bits = vec![0u64; to_usize(pages.div_ceil(64))];
     for page in (pages / 4..pages / 4 + pages / 8).chain((0..pages).step_by(97)) {
         bits[(page / 64) as usize] |= 1 << (page % 64);
     }

@@ -14,6 +14,7 @@ use mekha_ckpt_core::PAGE_SIZE;
 const PAGES: usize = 16_384;
 const BYTES: usize = PAGES * PAGE_SIZE;
 
+#[expect(clippy::cast_possible_truncation, reason = "a fill pattern: the low byte")]
 fn source() -> Vec<u8> {
     (0..BYTES).map(|i| (i * 7 + i / 4096) as u8).collect()
 }

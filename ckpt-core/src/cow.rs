@@ -35,6 +35,7 @@ use userfaultfd::{Event, EventBuffer, FeatureFlags, RegisterMode, Uffd, UffdBuil
 
 use crate::persist::Persister;
 use crate::staging::StageError;
+use crate::width::{page_bytes, to_usize};
 use crate::PAGE_SIZE;
 
 /// `UFFD_FEATURE_WP_UNPOPULATED` (Linux 6.4): protection covers pages
@@ -149,7 +150,7 @@ impl WriteProtect {
         regions.sort_by_key(|r| r.host as usize);
         let mut wp = WriteProtect { uffd, regions: Vec::new(), unpopulated, protected: false };
         for region in regions {
-            let len = region.pages as usize * PAGE_SIZE;
+            let len = page_bytes(region.pages);
             wp.uffd
                 .register_with_mode(region.host.cast(), len, RegisterMode::WRITE_PROTECT)
                 .map_err(|source| CowError::Register { addr: region.host as usize, len, source })?;
@@ -172,7 +173,7 @@ impl WriteProtect {
             return;
         }
         for region in &self.regions {
-            for page in 0..region.pages as usize {
+            for page in 0..to_usize(region.pages) {
                 // SAFETY: inside the region (the caller's contract); a
                 // volatile read is not optimized out.
                 unsafe { std::ptr::read_volatile(region.host.add(page * PAGE_SIZE)) };
@@ -185,7 +186,7 @@ impl WriteProtect {
     pub fn protect(&mut self) -> Result<(), CowError> {
         self.protected = true;
         for region in &self.regions {
-            if let Err(e) = self.uffd.write_protect(region.host.cast(), region.pages as usize * PAGE_SIZE) {
+            if let Err(e) = self.uffd.write_protect(region.host.cast(), page_bytes(region.pages)) {
                 self.release_all();
                 return Err(CowError::Protect(e));
             }
@@ -208,7 +209,7 @@ impl WriteProtect {
         assert!(self.protected, "capture before protect");
         let started = Instant::now();
         let total_pages = self.regions.iter().map(|r| r.first_page + r.pages).max().unwrap_or(0);
-        let mut copied = vec![0u64; total_pages.div_ceil(64) as usize];
+        let mut copied = vec![0u64; to_usize(total_pages.div_ceil(64))];
         let mut stats = CowStats::default();
         let mut events = EventBuffer::new(EVENT_BATCH);
         let mut last_progress = Instant::now();
@@ -225,9 +226,9 @@ impl WriteProtect {
                     copy_once(persist, &region, i, &mut copied, &mut stats)?;
                 }
                 // SAFETY: inside the region.
-                let start = unsafe { region.host.add(next as usize * PAGE_SIZE) };
+                let start = unsafe { region.host.add(page_bytes(next)) };
                 self.uffd
-                    .remove_write_protection(start.cast(), (end - next) as usize * PAGE_SIZE, true)
+                    .remove_write_protection(start.cast(), page_bytes(end - next), true)
                     .map_err(CowError::Unprotect)?;
                 next = end;
                 if last_progress.elapsed() >= Duration::from_millis(50) {
@@ -287,7 +288,7 @@ impl WriteProtect {
     /// (the range is ours and registered).
     fn release_all(&mut self) {
         for region in &self.regions {
-            let _ = self.uffd.remove_write_protection(region.host.cast(), region.pages as usize * PAGE_SIZE, true);
+            let _ = self.uffd.remove_write_protection(region.host.cast(), page_bytes(region.pages), true);
         }
         self.protected = false;
     }
@@ -297,7 +298,7 @@ impl Drop for WriteProtect {
     fn drop(&mut self) {
         self.release_all();
         for region in &self.regions {
-            let _ = self.uffd.unregister(region.host.cast(), region.pages as usize * PAGE_SIZE);
+            let _ = self.uffd.unregister(region.host.cast(), page_bytes(region.pages));
         }
     }
 }
@@ -318,7 +319,7 @@ fn copy_once(
     }
     // SAFETY: inside the region, which is write-protected: nobody changes
     // the page until it is released after this copy.
-    let src = unsafe { region.host.add(index as usize * PAGE_SIZE) };
+    let src = unsafe { region.host.add(page_bytes(index)) };
     // SAFETY: as above: a whole page of the region, unchanged meanwhile.
     let data = unsafe { &*src.cast::<[u8; PAGE_SIZE]>() };
     if !(crate::page_is_zero(data) && persist.record_zero(page)) {

@@ -22,7 +22,7 @@ pub const SLACK: Duration = Duration::from_micros(200);
 
 /// The host's wall clock, ns since the Unix epoch.
 pub fn wall_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| crate::width::saturating_i64(d.as_nanos()))
 }
 
 /// A wall-clock instant to wait for, with its monotonic bound: taken once,

@@ -16,6 +16,7 @@
 //! - [`cow`]: copy-on-write capture through userfaultfd write protection.
 //! - [`host`]: kernel facilities of this host.
 //! - [`vtime`]: time virtualization: the TIME record and offset math.
+//! - [`width`]: conversions between the integer widths the code mixes.
 
 pub mod cow;
 pub mod host;
@@ -29,6 +30,7 @@ pub mod staging;
 pub mod store;
 pub mod uring;
 pub mod vtime;
+pub mod width;
 
 /// Guest page size mekha tracks and stores (x86 base page).
 pub const PAGE_SIZE: usize = 4096;

@@ -45,6 +45,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+use crate::width::to_usize;
 use crate::PAGE_SIZE;
 
 /// Tunables of one checkpoint's live phase.
@@ -296,7 +297,7 @@ impl MtdPlanner {
 }
 
 fn bitmap_words(pages: u64) -> usize {
-    pages.div_ceil(64) as usize
+    to_usize(pages.div_ceil(64))
 }
 
 /// Valid bits of the last word of a bitmap of `pages` bits.
@@ -390,8 +391,8 @@ mod tests {
     impl Sim {
         fn new(pages: u64) -> Sim {
             Sim {
-                memory: vec![0; pages as usize],
-                copy: vec![None; pages as usize],
+                memory: vec![0; to_usize(pages)],
+                copy: vec![None; to_usize(pages)],
                 bitmap: vec![0; bitmap_words(pages)],
                 version: 0,
             }
@@ -399,8 +400,8 @@ mod tests {
 
         fn write(&mut self, page: u64) {
             self.version += 1;
-            self.memory[page as usize] = self.version;
-            self.bitmap[page as usize / 64] |= 1 << (page % 64);
+            self.memory[to_usize(page)] = self.version;
+            self.bitmap[to_usize(page) / 64] |= 1 << (page % 64);
         }
 
         fn sync(&mut self, planner: &mut MtdPlanner) {
@@ -410,7 +411,7 @@ mod tests {
 
         fn copy(&mut self, pages: &[u64]) {
             for &p in pages {
-                self.copy[p as usize] = Some(self.memory[p as usize]);
+                self.copy[to_usize(p)] = Some(self.memory[to_usize(p)]);
             }
         }
 
@@ -427,13 +428,13 @@ mod tests {
         let mut sim = Sim::new(total);
         let mut pages = Vec::new();
         let mut cycles = 0;
-        let mut seen = vec![false; total as usize];
+        let mut seen = vec![false; to_usize(total)];
         while planner.live_phase_end(secs(1), false).is_none() {
             let n = planner.next_cycle(&mut pages);
             assert!(n > 0 && n <= 50, "cycle of {n} pages");
             for &p in &pages {
-                assert!(!seen[p as usize], "page {p} copied twice");
-                seen[p as usize] = true;
+                assert!(!seen[to_usize(p)], "page {p} copied twice");
+                seen[to_usize(p)] = true;
             }
             sim.copy(&pages);
             cycles += 1;
@@ -559,7 +560,7 @@ mod tests {
         assert_eq!(pages.len(), 200);
         let mut bits = vec![0u64; 4];
         for p in [5u64, 70, 130, 199] {
-            bits[p as usize / 64] |= 1 << (p % 64);
+            bits[to_usize(p) / 64] |= 1 << (p % 64);
         }
         // Bits past the last page are ignored.
         bits[3] |= 1 << 63;
@@ -606,15 +607,15 @@ mod tests {
             let mut rng = Rng(seed);
             let total = 1 + rng.below(700);
             let p = MtdParams {
-                dirty_per_cycle: rng.below(20) as u32,
-                clean_per_cycle: rng.below(20) as u32,
+                dirty_per_cycle: u32::try_from(rng.below(20)).unwrap(),
+                clean_per_cycle: u32::try_from(rng.below(20)).unwrap(),
                 epoch: Duration::from_millis(1 + rng.below(50)),
                 live_budget: Duration::from_millis(rng.below(3000)),
                 hold: rng.below(2) == 0,
             };
             let mut planner = MtdPlanner::new(total, p);
             let mut sim = Sim::new(total);
-            let mut written = vec![false; total as usize];
+            let mut written = vec![false; to_usize(total)];
             let hot = 1 + rng.below(total);
             let write_rate = rng.below(10);
             let mut pages = Vec::new();
@@ -624,7 +625,7 @@ mod tests {
                     // Mostly a hot region, sometimes anywhere.
                     let page = if rng.below(4) == 0 { rng.below(total) } else { rng.below(hot) };
                     sim.write(page);
-                    written[page as usize] = true;
+                    written[to_usize(page)] = true;
                 };
                 for _ in 0..rng.below(write_rate + 1) {
                     write(&mut sim, &mut rng);
@@ -639,7 +640,7 @@ mod tests {
                 }
                 planner.next_cycle(&mut pages);
                 // The guest runs while the cycle's pages are being copied.
-                let split = rng.below(pages.len() as u64 + 1) as usize;
+                let split = to_usize(rng.below(pages.len() as u64 + 1));
                 sim.copy(&pages[..split]);
                 for _ in 0..rng.below(3) {
                     write(&mut sim, &mut rng);
@@ -651,7 +652,7 @@ mod tests {
             for _ in 0..rng.below(20) {
                 let page = rng.below(total);
                 sim.write(page);
-                written[page as usize] = true;
+                written[to_usize(page)] = true;
             }
             sim.sync(&mut planner);
             let behind = sim.behind();
@@ -663,7 +664,7 @@ mod tests {
                 assert!(pages.binary_search(p).is_ok(), "seed {seed}: page {p} behind but not in final pages");
             }
             for &p in &pages {
-                let i = p as usize;
+                let i = to_usize(p);
                 assert!(written[i] || sim.copy[i].is_none(), "seed {seed}: page {p} copied again needlessly");
             }
             sim.copy(&pages);

@@ -22,6 +22,7 @@ use serde::Serialize;
 use crate::image::{ImageKey, PageTag};
 use crate::staging::{PageFilter, Run, Staging};
 use crate::uring::UringWriter;
+use crate::width::to_usize;
 use crate::PAGE_SIZE;
 
 /// Longest single write; bounds how much one request holds in flight.
@@ -139,9 +140,9 @@ impl Persister {
             page_offset: Box::new(page_offset),
             sized: total == 0,
             // The file reads as zeros where nothing was written.
-            crcs: vec![zero_crc; total as usize],
+            crcs: vec![zero_crc; to_usize(total)],
             seal: None,
-            nonzero_on_disk: vec![0; total.div_ceil(64) as usize],
+            nonzero_on_disk: vec![0; to_usize(total.div_ceil(64))],
             chunks: Vec::new(),
             free_tokens: Vec::new(),
             stats,
@@ -168,9 +169,9 @@ impl Persister {
 
     /// What the file now holds at `page`: its CRC and, with a key, its tag.
     fn record_sums(&mut self, page: u64, crc: u32, tag: PageTag) {
-        self.crcs[page as usize] = crc;
+        self.crcs[to_usize(page)] = crc;
         if let Some((_, _, tags)) = &mut self.seal {
-            tags[page as usize] = tag;
+            tags[to_usize(page)] = tag;
         }
     }
 
@@ -342,12 +343,12 @@ impl Persister {
                 self.chunks.len() as u64 - 1
             }
         };
-        self.chunks[token as usize] = Some(chunk);
+        self.chunks[to_usize(token)] = Some(chunk);
         // SAFETY: the chunk's pages are InFlight: staging neither changes
         // nor unmaps them until finish() completes or fails the chunk,
         // which happens only after the writer returned the completion.
         if let Err(e) = unsafe { self.writer.submit(token, buf, len, offset) } {
-            self.chunks[token as usize] = None;
+            self.chunks[to_usize(token)] = None;
             self.free_tokens.push(token);
             return Err(e);
         }
@@ -362,7 +363,7 @@ impl Persister {
     }
 
     fn finish(&mut self, token: u64, result: io::Result<()>, outcome: &mut Outcome) {
-        let chunk = self.chunks[token as usize].take().expect("completion of a chunk in flight");
+        let chunk = self.chunks[to_usize(token)].take().expect("completion of a chunk in flight");
         self.free_tokens.push(token);
         match result {
             Ok(()) => {
@@ -473,7 +474,7 @@ mod tests {
             // Pages past the end of a sparse file read as zeros.
             let _ = file.read_at(&mut back, offset(page)).unwrap();
             assert!(back == content(page, version), "page {page} differs from version {version}");
-            assert_eq!(p.page_crcs()[page as usize], crc32c::crc32c(&back), "crc of page {page}");
+            assert_eq!(p.page_crcs()[to_usize(page)], crc32c::crc32c(&back), "crc of page {page}");
         }
     }
 
@@ -483,7 +484,7 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         let mut p = persister(&file, total, total);
         // Version 0 is a zero page; versions go up on every re-stage.
-        let mut expected = vec![0u64; total as usize];
+        let mut expected = vec![0u64; to_usize(total)];
         let mut x = 1u64;
         let mut rand = |n: u64| {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
@@ -497,7 +498,7 @@ mod tests {
                 let v = if rand(5) == 0 { 0 } else { version + 1 };
                 version += 1;
                 stage(&mut p, page, &content(page, v));
-                expected[page as usize] = v;
+                expected[to_usize(page)] = v;
             }
             match round % 3 {
                 0 => p.drain(rand(500), PageFilter::All).unwrap(),
@@ -602,7 +603,7 @@ mod tests {
         let stats = p.stats();
         // 300 pages = 1.17 MiB per block: one full 1 MiB write and a rest.
         assert_eq!(stats.writes, 4);
-        check_file(&file, &p, &vec![1; total as usize]);
+        check_file(&file, &p, &vec![1; to_usize(total)]);
     }
 
     #[test]
@@ -611,11 +612,11 @@ mod tests {
         let budget = 50;
         let file = tempfile::tempfile().unwrap();
         let mut p = persister(&file, total, budget);
-        let mut expected = vec![0u64; total as usize];
+        let mut expected = vec![0u64; to_usize(total)];
         for pass in 1..=3u64 {
             for page in (0..total).filter(|pg| pg % pass == 0) {
                 stage(&mut p, page, &content(page, pass));
-                expected[page as usize] = pass;
+                expected[to_usize(page)] = pass;
                 assert!(p.staging().resident_bytes() <= p.staging().budget_bytes());
             }
         }
@@ -663,6 +664,6 @@ mod tests {
         let grown = Command::new("mount").args(["-o", "remount,size=8m"]).arg(&mnt).status().unwrap();
         assert!(grown.success());
         p.flush_all().unwrap();
-        check_file(&file, &p, &vec![7; total as usize]);
+        check_file(&file, &p, &vec![7; to_usize(total)]);
     }
 }

@@ -40,6 +40,7 @@ use std::io;
 use std::ops::Range;
 use std::ptr::NonNull;
 
+use crate::width::{page_bytes, to_usize};
 use crate::PAGE_SIZE;
 
 /// Where a page is in its way to disk.
@@ -75,7 +76,7 @@ impl Run {
     }
 
     pub fn bytes(&self) -> usize {
-        self.pages as usize * PAGE_SIZE
+        page_bytes(self.pages)
     }
 }
 
@@ -130,7 +131,7 @@ impl Staging {
     /// Maps address space for `total_pages` pages; at most `budget_bytes`
     /// (rounded down to pages) of them will ever be resident.
     pub fn new(total_pages: u64, budget_bytes: u64) -> io::Result<Staging> {
-        let len = total_pages as usize * PAGE_SIZE;
+        let len = page_bytes(total_pages);
         let base = if len == 0 {
             NonNull::dangling()
         } else {
@@ -154,7 +155,7 @@ impl Staging {
             unsafe { libc::madvise(addr, len, libc::MADV_NOHUGEPAGE) };
             NonNull::new(addr.cast()).expect("mmap returned NULL")
         };
-        let words = total_pages.div_ceil(64) as usize;
+        let words = to_usize(total_pages.div_ceil(64));
         Ok(Staging {
             base,
             total_pages,
@@ -398,8 +399,7 @@ impl Staging {
     fn madvise_free(&self, (start, end): (u64, u64)) {
         // SAFETY: our own private anonymous pages, none Staged or InFlight;
         // they read back as zeros if ever touched again.
-        let rc =
-            unsafe { libc::madvise(self.slot(start).cast(), (end - start) as usize * PAGE_SIZE, libc::MADV_DONTNEED) };
+        let rc = unsafe { libc::madvise(self.slot(start).cast(), page_bytes(end - start), libc::MADV_DONTNEED) };
         debug_assert_eq!(rc, 0, "madvise: {}", io::Error::last_os_error());
     }
 
@@ -423,7 +423,7 @@ impl Staging {
 
     fn slot(&self, page: u64) -> *mut u8 {
         // SAFETY: callers pass pages below total_pages.
-        unsafe { self.base.as_ptr().add(page as usize * PAGE_SIZE) }
+        unsafe { self.base.as_ptr().add(page_bytes(page)) }
     }
 }
 
@@ -431,7 +431,7 @@ impl Drop for Staging {
     fn drop(&mut self) {
         if self.total_pages > 0 {
             // SAFETY: our mapping; no borrow of it outlives `self`.
-            unsafe { libc::munmap(self.base.as_ptr().cast(), self.total_pages as usize * PAGE_SIZE) };
+            unsafe { libc::munmap(self.base.as_ptr().cast(), page_bytes(self.total_pages)) };
         }
     }
 }
@@ -461,8 +461,8 @@ mod tests {
 
     /// Pages of the mapping the kernel has resident, from mincore(2).
     fn kernel_resident_pages(staging: &Staging) -> u64 {
-        let len = staging.total_pages as usize * PAGE_SIZE;
-        let mut vec = vec![0u8; staging.total_pages as usize];
+        let len = page_bytes(staging.total_pages);
+        let mut vec = vec![0u8; to_usize(staging.total_pages)];
         // SAFETY: our mapping; `vec` has one byte per page.
         let rc = unsafe { libc::mincore(staging.base.as_ptr().cast(), len, vec.as_mut_ptr()) };
         assert_eq!(rc, 0, "mincore: {}", io::Error::last_os_error());
@@ -516,7 +516,7 @@ mod tests {
     fn take_runs_honours_max_and_filter() {
         let mut s = Staging::new(300, u64::MAX).unwrap();
         for page in (60..140).chain(250..300) {
-            s.stage(page, &page_of(page as u8)).unwrap();
+            s.stage(page, &page_of((page & 0xff) as u8)).unwrap();
         }
         let mut only = vec![0u64; 5];
         for page in (100..260).filter(|p| p % 50 != 0) {
@@ -564,7 +564,7 @@ mod tests {
         let total = 1000u64;
         let budget = 64;
         let mut s = Staging::new(total, budget * PAGE_SIZE as u64).unwrap();
-        let mut expected: Vec<Option<u8>> = vec![None; total as usize];
+        let mut expected: Vec<Option<u8>> = vec![None; to_usize(total)];
         let mut x = 12345u64;
         let mut rand = |n: u64| {
             x ^= x << 13;
@@ -577,9 +577,9 @@ mod tests {
             match rand(12) {
                 1.. => {
                     let page = rand(total);
-                    let byte = step as u8;
+                    let byte = (step & 0xff) as u8;
                     match s.stage(page, &page_of(byte)) {
-                        Ok(()) => expected[page as usize] = Some(byte),
+                        Ok(()) => expected[to_usize(page)] = Some(byte),
                         Err(StageError::Full) => full += 1,
                         Err(e) => panic!("{e}"),
                     }
@@ -587,15 +587,15 @@ mod tests {
                 0 => {
                     for run in s.take_runs(rand(40), PageFilter::All) {
                         for page in run.page_range() {
-                            let offset = (page - run.first_page) as usize * PAGE_SIZE;
-                            let want = page_of(expected[page as usize].unwrap());
+                            let offset = page_bytes(page - run.first_page);
+                            let want = page_of(expected[to_usize(page)].unwrap());
                             assert_eq!(&s.run_data(&run)[offset..offset + PAGE_SIZE], &want);
                         }
                         if rand(4) == 0 {
                             s.fail(&run);
                         } else {
                             s.complete(&run);
-                            run.page_range().for_each(|p| expected[p as usize] = None);
+                            run.page_range().for_each(|p| expected[to_usize(p)] = None);
                         }
                     }
                     if rand(3) == 0 {
@@ -611,7 +611,7 @@ mod tests {
         assert!(full > 100, "the budget was never reached");
         assert_eq!(s.peak_resident_bytes(), s.budget_bytes());
         for page in 0..total {
-            assert_eq!(s.page_data(page).map(|d| d[1]), expected[page as usize], "page {page}");
+            assert_eq!(s.page_data(page).map(|d| d[1]), expected[to_usize(page)], "page {page}");
         }
     }
 
@@ -622,13 +622,13 @@ mod tests {
         let total = 640;
         let mut s = Staging::new(total, u64::MAX).unwrap();
         for page in 0..total {
-            s.stage(page, &page_of(page as u8)).unwrap();
+            s.stage(page, &page_of((page & 0xff) as u8)).unwrap();
         }
         // Write all but a scattered set: single pages, runs across word
         // boundaries, whole busy words.
         let keep = |p: u64| p.is_multiple_of(97) || (120..140).contains(&p) || (256..320).contains(&p) || p == 639;
         let mut only = vec![0u64; 10];
-        (0..total).filter(|&p| !keep(p)).for_each(|p| only[p as usize / 64] |= 1 << (p % 64));
+        (0..total).filter(|&p| !keep(p)).for_each(|p| only[to_usize(p) / 64] |= 1 << (p % 64));
         let runs = s.take_runs(u64::MAX, PageFilter::Only(&only));
         for run in &runs {
             s.complete(run);
@@ -641,7 +641,7 @@ mod tests {
         assert_eq!(kernel_resident_pages(&s), kept);
         assert_eq!(s.resident_bytes(), kept * PAGE_SIZE as u64);
         for page in (0..total).filter(|&p| keep(p)) {
-            assert_eq!(s.page_data(page).unwrap(), &page_of(page as u8), "page {page}");
+            assert_eq!(s.page_data(page).unwrap(), &page_of((page & 0xff) as u8), "page {page}");
         }
         for run in &inflight {
             s.complete(run);

@@ -22,6 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 
 use io_uring::{opcode, types, IoUring};
 
+use crate::width::to_usize;
 use crate::PAGE_SIZE;
 
 /// Settings of a writer.
@@ -229,7 +230,9 @@ impl UringWriter {
         let rest = op.len - op.done;
         // SAFETY: inside the caller's buffer.
         let buf = unsafe { op.buf.add(op.done) };
-        let entry = opcode::Write::new(types::Fd(self.file.as_raw_fd()), buf, rest as u32)
+        // A request beyond 4 GiB goes as a short write: its rest is queued
+        // again, as for any short write.
+        let entry = opcode::Write::new(types::Fd(self.file.as_raw_fd()), buf, u32::try_from(rest).unwrap_or(u32::MAX))
             .offset(op.offset + op.done as u64)
             .build()
             .user_data(slot as u64);
@@ -274,7 +277,7 @@ impl UringWriter {
     /// short or retryable ones are queued again.
     fn collect(&mut self) -> io::Result<()> {
         let cqes: Vec<(usize, i32)> =
-            self.ring.completion().map(|cqe| (cqe.user_data() as usize, cqe.result())).collect();
+            self.ring.completion().map(|cqe| (to_usize(cqe.user_data()), cqe.result())).collect();
         let mut requeued = false;
         for (slot, result) in cqes {
             #[cfg(test)]
@@ -404,9 +407,9 @@ mod tests {
         };
         let mut submitted = BTreeMap::new();
         for token in 0..300 {
-            let pages = 1 + rand(32) as usize;
-            let src = rand((data.len() - pages) as u64) as usize;
-            let dst = rand((expected.len() - pages) as u64) as usize;
+            let pages = 1 + to_usize(rand(32));
+            let src = to_usize(rand((data.len() - pages) as u64));
+            let dst = to_usize(rand((expected.len() - pages) as u64));
             // A write over one still in flight could land first: wait.
             if submitted.values().any(|&(d, n)| d < dst + pages && dst < d + n) {
                 for c in writer.drain().unwrap() {

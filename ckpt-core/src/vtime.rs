@@ -102,7 +102,8 @@ pub fn catch_up_step(offset_ns: i64, elapsed_ns: i64, ppm: u32) -> i64 {
     if offset_ns >= 0 || elapsed_ns <= 0 {
         return 0;
     }
-    let step = (i128::from(elapsed_ns) * i128::from(ppm) / 1_000_000) as i64;
+    // Positive here; beyond i64 it saturates (and min caps it anyway).
+    let step = i64::try_from(i128::from(elapsed_ns) * i128::from(ppm) / 1_000_000).unwrap_or(i64::MAX);
     step.min(-offset_ns)
 }
 

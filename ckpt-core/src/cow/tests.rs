@@ -11,6 +11,7 @@ use std::thread;
 use super::*;
 use crate::staging::Staging;
 use crate::uring::{UringWriter, WriterOptions};
+use crate::width::{page_bytes, to_usize};
 
 /// An anonymous private mapping, unmapped on drop.
 struct Memory {
@@ -29,7 +30,7 @@ impl Memory {
         let base = unsafe {
             libc::mmap(
                 std::ptr::null_mut(),
-                pages as usize * PAGE_SIZE,
+                page_bytes(pages),
                 libc::PROT_READ | libc::PROT_WRITE,
                 libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
                 -1,
@@ -43,7 +44,7 @@ impl Memory {
     fn page(&self, page: u64) -> *mut u8 {
         assert!(page < self.pages);
         // SAFETY: in bounds.
-        unsafe { self.base.add(page as usize * PAGE_SIZE) }
+        unsafe { self.base.add(page_bytes(page)) }
     }
 
     fn write(&self, page: u64, data: &[u8; PAGE_SIZE]) {
@@ -60,7 +61,7 @@ impl Memory {
 impl Drop for Memory {
     fn drop(&mut self) {
         // SAFETY: our mapping.
-        unsafe { libc::munmap(self.base.cast(), self.pages as usize * PAGE_SIZE) };
+        unsafe { libc::munmap(self.base.cast(), page_bytes(self.pages)) };
     }
 }
 
@@ -160,7 +161,7 @@ fn capture_under_writes(allow_unpopulated: bool, budget_pages: u64) -> CowStats 
         let _ = file.read_at(&mut back, page * PAGE_SIZE as u64).unwrap();
         let want = content(page, before(page).unwrap_or(0));
         assert!(back == want, "page {page}: the image does not hold its content at the instant");
-        assert_eq!(persist.page_crcs()[page as usize], crc32c::crc32c(&want), "crc of page {page}");
+        assert_eq!(persist.page_crcs()[to_usize(page)], crc32c::crc32c(&want), "crc of page {page}");
     }
     // Every write after the instant reached memory.
     for (w, pages) in written.iter().enumerate() {

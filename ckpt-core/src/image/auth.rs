@@ -232,7 +232,7 @@ pub(crate) fn seal(
 ) -> (Vec<u8>, Mac) {
     let mut tags = AuthHead {
         version: U32::new(AUTH_VERSION),
-        tag_count: U32::new(payloads.len() as u32),
+        tag_count: U32::new(u32::try_from(payloads.len()).expect("one per section")),
         key_id: key.id,
         reserved: [0; 8],
     }

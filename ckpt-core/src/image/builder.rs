@@ -16,11 +16,12 @@ use super::durable::{now_unix_ns, parent_dir, sync_dir, with_suffix};
 use super::error::{ImageError, Result};
 use super::format::{
     check_identity, page_crc, HeaderBlock, IdentityRecord, Producer, Section, SectionKind, FORMAT_MAJOR, FORMAT_MINOR,
-    MAGIC, MAX_SECTIONS, SECTION_ALIGN, ZERO_PAGE_CRC,
+    MAGIC, MAX_SECTIONS, PAGE_SIZE_FIELD, SECTION_ALIGN, ZERO_PAGE_CRC,
 };
 use super::layout::{Identity, Layout, RAM_START};
 use super::net_frames::NetFrames;
 use crate::vtime::TimeRecord;
+use crate::width::to_usize;
 use crate::PAGE_SIZE;
 
 /// An image being written. Dropping it without [`finish`](Self::finish)
@@ -82,7 +83,7 @@ impl ImageBuilder {
             path_partial,
             file,
             identity: identity.clone(),
-            page_crcs: vec![ZERO_PAGE_CRC; layout.total_pages() as usize],
+            page_crcs: vec![ZERO_PAGE_CRC; to_usize(layout.total_pages())],
             seal: None,
             layout,
             extra_sections: Vec::new(),
@@ -125,7 +126,7 @@ impl ImageBuilder {
         let total = self.page_crcs.len();
         *self
             .page_crcs
-            .get_mut(page as usize)
+            .get_mut(to_usize(page))
             .unwrap_or_else(|| panic!("page {page} beyond the image's {total} pages")) = crc;
     }
 
@@ -140,7 +141,7 @@ impl ImageBuilder {
     /// Records the tag of the data written for global page `page`.
     pub fn set_page_tag(&mut self, page: u64, tag: PageTag) {
         let (_, tags) = self.seal.as_mut().expect("set_key() before page tags");
-        tags[page as usize] = tag;
+        tags[to_usize(page)] = tag;
     }
 
     /// Writes one page through [`file`](Self::file) and records its CRC32C
@@ -152,7 +153,7 @@ impl ImageBuilder {
             .map_err(ImageError::io("writing image", &self.path_partial))?;
         self.set_page_crc(page, page_crc(data));
         if let Some((key, tags)) = &mut self.seal {
-            tags[page as usize] = key.page_tag(data);
+            tags[to_usize(page)] = key.page_tag(data);
         }
         Ok(())
     }
@@ -284,7 +285,7 @@ impl ImageBuilder {
         MacHeader {
             major: U16::new(FORMAT_MAJOR),
             minor: U16::new(FORMAT_MINOR),
-            page_size: U32::new(PAGE_SIZE as u32),
+            page_size: U32::new(PAGE_SIZE_FIELD),
             created_unix_ns: U64::new(self.created_unix_ns),
         }
     }
@@ -295,8 +296,8 @@ impl ImageBuilder {
         block.header.major = U16::new(FORMAT_MAJOR);
         block.header.minor = U16::new(FORMAT_MINOR);
         block.header.created_unix_ns = U64::new(self.created_unix_ns);
-        block.header.section_count = U32::new(sections.len() as u32);
-        block.header.page_size = U32::new(PAGE_SIZE as u32);
+        block.header.section_count = U32::new(u32::try_from(sections.len()).expect("at most MAX_SECTIONS"));
+        block.header.page_size = U32::new(PAGE_SIZE_FIELD);
         for (entry, section) in block.sections.iter_mut().zip(sections) {
             *entry = section.to_entry();
         }

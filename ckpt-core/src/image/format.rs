@@ -27,6 +27,9 @@ pub const MAX_SECTIONS: usize = (HEADER_SIZE - size_of::<FileHeader>()) / size_o
 pub const SECTION_ALIGN: u64 = 4096;
 /// Section flag: a reader that does not know the kind must refuse the image.
 pub const SECTION_REQUIRED: u32 = 1;
+/// The header's `page_size`: [`PAGE_SIZE`], the only size this mekha writes.
+pub const PAGE_SIZE_FIELD: u32 = 4096;
+const _: () = assert!(PAGE_SIZE_FIELD as usize == PAGE_SIZE);
 /// CRC32C of a page of zeros, the checksum of every page never written.
 pub const ZERO_PAGE_CRC: u32 = 0x98F9_4189;
 

@@ -12,6 +12,7 @@ use super::format::{Producer, ZERO_PAGE_CRC};
 use super::layout::Identity;
 use super::net_frames::NetFramesSummary;
 use super::reader::{HeaderInfo, Image};
+use crate::width::to_usize;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
@@ -90,7 +91,7 @@ pub fn inspect_image(image: &Image) -> Result<Inspection> {
         .enumerate()
         .map(|(i, b)| {
             let (first_page, pages) = layout.block_pages(i);
-            let range = first_page as usize..(first_page + pages) as usize;
+            let range = to_usize(first_page)..to_usize(first_page + pages);
             BlockSummary {
                 name: b.name.clone(),
                 length: b.length,

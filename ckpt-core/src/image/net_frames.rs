@@ -4,6 +4,7 @@
 //! would have received them (layout in the module doc of
 //! [`crate::image`]).
 
+use crate::width::to_usize;
 use serde::Serialize;
 
 /// QEMU's largest frame (`NET_BUFSIZE`: 64 KiB of payload plus headers);
@@ -109,8 +110,8 @@ impl NetFrames {
     /// [`MAX_FRAME_LEN`], an unknown flag ([`take_unstorable`](Self::take_unstorable)
     /// takes those out first).
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(8 + self.byte_count() as usize + 8 * self.frame_count() as usize);
-        out.extend_from_slice(&(self.netdevs.len() as u32).to_le_bytes());
+        let mut out = Vec::with_capacity(8 + to_usize(self.byte_count()) + 8 * to_usize(self.frame_count()));
+        out.extend_from_slice(&u32::try_from(self.netdevs.len()).expect("netdevs fit u32").to_le_bytes());
         out.extend_from_slice(&0u32.to_le_bytes());
         for (i, n) in self.netdevs.iter().enumerate() {
             assert!(
@@ -119,15 +120,15 @@ impl NetFrames {
                 n.netdev
             );
             assert!(self.netdevs[..i].iter().all(|m| m.netdev != n.netdev), "netdev {} twice", n.netdev);
-            out.extend_from_slice(&(n.frames.len() as u32).to_le_bytes());
+            out.extend_from_slice(&u32::try_from(n.frames.len()).expect("frames fit u32").to_le_bytes());
             out.extend_from_slice(&n.vnet_hdr_len.to_le_bytes());
-            out.extend_from_slice(&(n.netdev.len() as u16).to_le_bytes());
+            out.extend_from_slice(&u16::try_from(n.netdev.len()).expect("checked above").to_le_bytes());
             out.extend_from_slice(&0u16.to_le_bytes());
             out.extend_from_slice(n.netdev.as_bytes());
             for f in &n.frames {
                 assert!((1..=MAX_FRAME_LEN).contains(&f.data.len()), "a frame of {} bytes", f.data.len());
                 assert_eq!(f.flags & !KNOWN_FLAGS, 0, "unknown frame flags {:#x}", f.flags);
-                out.extend_from_slice(&(f.data.len() as u32).to_le_bytes());
+                out.extend_from_slice(&u32::try_from(f.data.len()).expect("checked above").to_le_bytes());
                 out.extend_from_slice(&f.flags.to_le_bytes());
                 out.extend_from_slice(&f.data);
             }

@@ -14,11 +14,12 @@ use super::auth::{ImageKey, Mac, MacHeader, PageTag, Seal, SealError, PAGE_TAG_L
 use super::error::{ImageError, Result};
 use super::format::{
     check_identity, HeaderBlock, IdentityRecord, Producer, Section, SectionKind, FORMAT_MAJOR, HEADER_SIZE, MAGIC,
-    MAX_SECTIONS, ZERO_PAGE_CRC,
+    MAX_SECTIONS, PAGE_SIZE_FIELD, ZERO_PAGE_CRC,
 };
 use super::layout::{Identity, Layout, RAM_START};
 use super::net_frames::NetFrames;
 use crate::vtime::TimeRecord;
+use crate::width::to_usize;
 use crate::PAGE_SIZE;
 
 /// Sections an image must have, whatever their flags say.
@@ -147,19 +148,19 @@ impl Image {
     /// its CRC32C.
     pub fn page_matches(&self, page: u64, data: &[u8]) -> bool {
         match &self.sealed {
-            Some(s) => constant_time_eq::constant_time_eq_16(&s.seal.key.page_tag(data), &s.page_tags[page as usize]),
-            None => super::format::page_crc(data) == self.page_crcs[page as usize],
+            Some(s) => constant_time_eq::constant_time_eq_16(&s.seal.key.page_tag(data), &s.page_tags[to_usize(page)]),
+            None => super::format::page_crc(data) == self.page_crcs[to_usize(page)],
         }
     }
 
     /// Whether page `page` was all zeros when the image was written (as a
     /// hole of the file reads).
     pub fn page_was_zero(&self, page: u64) -> bool {
-        self.page_crcs[page as usize] == ZERO_PAGE_CRC
+        self.page_crcs[to_usize(page)] == ZERO_PAGE_CRC
             && self
                 .sealed
                 .as_ref()
-                .is_none_or(|s| constant_time_eq::constant_time_eq_16(&s.zero_page_tag, &s.page_tags[page as usize]))
+                .is_none_or(|s| constant_time_eq::constant_time_eq_16(&s.zero_page_tag, &s.page_tags[to_usize(page)]))
     }
 
     /// A section's bytes, checked against its CRC32C and, opened with a
@@ -301,7 +302,7 @@ impl std::fmt::Debug for Image {
 /// Reads and validates the header block and the section directory.
 fn read_header(file: &File, path: &Path, file_len: u64) -> Result<(HeaderInfo, MacHeader, Vec<Section>)> {
     let mut buf = vec![0u8; HEADER_SIZE];
-    let available = file_len.min(HEADER_SIZE as u64) as usize;
+    let available = to_usize(file_len.min(HEADER_SIZE as u64));
     file.read_exact_at(&mut buf[..available], 0).map_err(ImageError::io("reading image", path))?;
     let magic_bytes = available.min(MAGIC.len());
     if buf[..magic_bytes] != MAGIC[..magic_bytes] {
@@ -329,7 +330,7 @@ fn read_header(file: &File, path: &Path, file_len: u64) -> Result<(HeaderInfo, M
     if stored != computed {
         return Err(ImageError::HeaderChecksum { path: path.to_owned(), stored, computed });
     }
-    if h.page_size.get() as usize != PAGE_SIZE {
+    if h.page_size.get() != PAGE_SIZE_FIELD {
         return Err(ImageError::malformed(
             path,
             format!("pages of {} bytes (this mekha handles {PAGE_SIZE})", h.page_size.get()),
@@ -453,7 +454,7 @@ fn read_section(file: &File, path: &Path, seal: Option<&Seal>, section: &Section
             ),
         ));
     }
-    let mut bytes = vec![0u8; section.length as usize];
+    let mut bytes = vec![0u8; to_usize(section.length)];
     file.read_exact_at(&mut bytes, section.offset).map_err(ImageError::io("reading image", path))?;
     let computed = crc32c::crc32c(&bytes);
     if computed != section.crc32c {
@@ -478,10 +479,10 @@ pub(crate) fn sums_of_range(
     length: u64,
     mut tag: Option<&mut blake3::Hasher>,
 ) -> io::Result<u32> {
-    let mut buf = vec![0u8; (length as usize).min(READ_CHUNK)];
+    let mut buf = vec![0u8; to_usize(length).min(READ_CHUNK)];
     let (mut crc, mut done) = (0u32, 0u64);
     while done < length {
-        let n = ((length - done) as usize).min(buf.len());
+        let n = to_usize(length - done).min(buf.len());
         file.read_exact_at(&mut buf[..n], offset + done)?;
         crc = crc32c::crc32c_append(crc, &buf[..n]);
         if let Some(tag) = tag.as_mut() {

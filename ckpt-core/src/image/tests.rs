@@ -13,6 +13,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use super::format::{HeaderBlock, FORMAT_MINOR, HEADER_SIZE};
 use super::*;
+use crate::width::to_usize;
 use crate::PAGE_SIZE;
 
 const DEVICE_STATE: &[u8] = b"QEVM\0\0\0\x03 pretend device state";
@@ -29,8 +30,9 @@ fn identity() -> Identity {
 }
 
 /// A page whose bytes say which page it is.
+#[expect(clippy::cast_possible_truncation, reason = "a fill pattern: the low byte")]
 fn page_data(page: u64) -> Vec<u8> {
-    (0..PAGE_SIZE).map(|i| (page as usize * 7 + i) as u8 | 1).collect()
+    (0..PAGE_SIZE).map(|i| (to_usize(page) * 7 + i) as u8 | 1).collect()
 }
 
 const WRITTEN: [u64; 5] = [0, 1, 767, 768, 770];
@@ -511,7 +513,7 @@ fn malformed_directories_are_refused() {
             Box::new(|h, i| {
                 let last = h.header.section_count.get() as usize - 1;
                 h.sections[i] = h.sections[last];
-                h.header.section_count = U32::new(last as u32);
+                h.header.section_count = U32::new(u32::try_from(last).unwrap());
             }),
             "the DEVICE_STATE section is missing",
         ),
@@ -606,7 +608,7 @@ fn a_sealed_image_opens_under_its_key_only() {
         let auth = block.sections[..count].iter().position(|e| e.kind.get() == 8).unwrap();
         block.sections[auth] = block.sections[count - 1];
         block.sections[count - 1] = Default::default();
-        block.header.section_count = U32::new(count as u32 - 1);
+        block.header.section_count = U32::new(u32::try_from(count).unwrap() - 1);
     });
     assert!(matches!(Image::open_sealed(&path, &key(1)).unwrap_err(), ImageError::Unsealed { .. }));
 }
@@ -638,7 +640,7 @@ fn a_section_changed_with_its_crc_kept_is_refused() {
     let (_dir, path, _) = build_sealed(&key(1));
     let section = section_of(&path, SectionKind::DeviceState);
     let file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
-    let mut bytes = vec![0u8; section.length as usize];
+    let mut bytes = vec![0u8; to_usize(section.length)];
     file.read_exact_at(&mut bytes, section.offset).unwrap();
     forge_same_crc(&mut bytes, 20, 8);
     file.write_all_at(&bytes, section.offset).unwrap();

@@ -17,6 +17,7 @@ use super::error::{ImageError, Result};
 use super::format::{page_crc, SectionKind, ZERO_PAGE_CRC};
 use super::layout::RAM_START;
 use super::reader::{sums_of_range, Image, READ_CHUNK};
+use crate::width::{page_bytes, to_usize};
 use crate::PAGE_SIZE;
 
 /// Bad pages listed one by one in a report; the rest are only counted.
@@ -161,7 +162,7 @@ fn check_pages(image: &Image, report: &mut VerifyReport) -> std::io::Result<()> 
             }
             for i in 0..n {
                 let page = first_page + done + i;
-                let start = i as usize * PAGE_SIZE;
+                let start = page_bytes(i);
                 let data = (!in_hole).then(|| &buf[start..start + PAGE_SIZE]);
                 record_page(image, report, page, data);
             }
@@ -182,7 +183,7 @@ fn record_page(image: &Image, report: &mut VerifyReport, page: u64, data: Option
         return;
     }
     let computed = data.map_or(ZERO_PAGE_CRC, page_crc);
-    let stored = image.page_crcs()[page as usize];
+    let stored = image.page_crcs()[to_usize(page)];
     report.bad_pages += 1;
     if report.first_bad_pages.len() < MAX_REPORTED_BAD_PAGES {
         let (block, offset_in_block) = image.page_place(page);

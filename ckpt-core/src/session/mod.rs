@@ -16,7 +16,7 @@ pub const MAX_INSTANT_AHEAD: Duration = Duration::from_secs(60);
 /// Refuses an instant `at` (wall clock, ns) further ahead of `now_ns`
 /// than [`MAX_INSTANT_AHEAD`]; `name` is the argument's.
 pub fn check_instant(name: &str, at: Option<i64>, now_ns: i64) -> Result<(), String> {
-    let horizon = now_ns.saturating_add(MAX_INSTANT_AHEAD.as_nanos() as i64);
+    let horizon = now_ns.saturating_add(crate::width::saturating_i64(MAX_INSTANT_AHEAD.as_nanos()));
     match at {
         Some(at) if at > horizon => {
             Err(format!("{name} is more than {} s ahead of this host's clock", MAX_INSTANT_AHEAD.as_secs()))

@@ -34,7 +34,7 @@ fn write_sealed_images_in(dir: &Path, number: u64, names: &[&str], key: Option<&
             if let Some(key) = key {
                 builder.set_key(key);
             }
-            builder.write_page(3, &[number as u8; 4096]).unwrap();
+            builder.write_page(3, &[(number & 0xff) as u8; 4096]).unwrap();
             builder.finish(b"device state", None).unwrap();
             (name.to_owned(), path)
         })
