@@ -1,0 +1,343 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! A cluster checkpoint: prepare, live phase, rendezvous, persist and
+//! commit (the protocol is in the parent module's documentation).
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use mekha_ckpt_core::store::Store;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use super::rendezvous::{instant_of, nanos, wall_ns, Rendezvous, RESUME_SLACK, STOP_LEAD};
+use super::space::{check_space, storage_of};
+use super::{cancel_all, first_failure, query_all, Attached, ClusterOptions, Progress, POLL};
+use crate::ckpt::CkptError;
+use crate::fault::{self, Step};
+use crate::image_key;
+use crate::parts::Parts;
+use crate::schedule::{PendingImage, PersistSchedule};
+use crate::stall::{StallWatch, Stalled};
+
+/// One VM's part of a committed cluster checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct VmCheckpoint {
+    pub vm: String,
+    pub image: PathBuf,
+    /// Stop instant reached minus T, ns (positive: late).
+    pub stop_skew_ns: i64,
+    /// Resume instant reached minus T2, ns (positive: late).
+    pub resume_skew_ns: i64,
+    /// `__org.mekha_query-checkpoint` at completion.
+    pub progress: Value,
+}
+
+/// A committed cluster checkpoint.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterCheckpoint {
+    pub dir: PathBuf,
+    pub generation: u64,
+    /// The stop instant T and the resume instant T2 (wall clock, ns).
+    pub stop_at_ns: i64,
+    pub resume_at_ns: i64,
+    /// From the first command to T.
+    pub live_ms: f64,
+    /// From the first command to the committed manifest.
+    pub latency_ms: f64,
+    /// Whether every VM was ready at the end of the live phase (else the
+    /// time budget ended it).
+    pub all_ready: bool,
+    /// Largest |skew| over the VMs, ns.
+    pub stop_skew_ns: i64,
+    pub resume_skew_ns: i64,
+    /// Longest pause of a VM, ns.
+    pub max_pause_ns: u64,
+    pub written_bytes: u64,
+    pub vms: Vec<VmCheckpoint>,
+}
+
+/// Runs the protocol above on `vms` into a new generation of `dir`.
+pub async fn checkpoint(
+    vms: &[Attached],
+    dir: &Path,
+    options: &ClusterOptions,
+    progress: Progress<'_>,
+) -> Result<ClusterCheckpoint, CkptError> {
+    let started = Instant::now();
+    let store = Store::open(dir)?.with_key(options.vm.key.clone());
+    // Prepare, for the storage: room for about what the last checkpoint
+    // of these VMs took (it stays until this one is committed).
+    let (here, storage) = storage_of(vms, dir).await?;
+    let parts = Parts::of(vms, &storage, &here);
+    let previous = store.latest().ok().flatten();
+    let last_size = |i: usize| previous.as_ref().and_then(|m| m.vm(&vms[i].name)).map_or(0, |v| v.size);
+    check_space(&storage, last_size, "the last checkpoint of its VMs took")?;
+    let generation = store.begin()?;
+    let number = generation.number();
+    // begin made the directory's id, if it had none.
+    let cluster = store.id()?.unwrap_or_default();
+    if let Err(e) = parts.begin(dir, &cluster, number, previous.as_ref().map(|m| m.generation)).await {
+        let _ = generation.abort();
+        return Err(e);
+    }
+    // The same path on every host: here, or in a host's own copy of `dir`.
+    let mut images = Vec::new();
+    for vm in vms {
+        images.push(generation.image_path(&vm.name)?);
+    }
+    let outcome = run_checkpoint(vms, &images, dir, options, progress, started).await;
+    let sealed = match outcome {
+        Ok(r) => parts.seal(vms, dir, number).await.map(|sealed| (r, sealed)),
+        Err(e) => Err(e),
+    };
+    let ((states, rendezvous), mut sealed) = match sealed {
+        Ok(r) => r,
+        Err(e) => {
+            parts.abort(dir, number).await;
+            let _ = generation.abort();
+            return Err(e);
+        }
+    };
+    // Images on other hosts: their MACs as their QEMUs reported them
+    // (each restore checks its own under the key).
+    for entry in &mut sealed {
+        let state = vms.iter().zip(&states).find(|(vm, _)| vm.name == entry.name).map(|(_, s)| s);
+        entry.mac = state.and_then(|s| s["mac"].as_str()).map(str::to_owned);
+    }
+    let named: Vec<(&str, &Path)> = vms
+        .iter()
+        .zip(&images)
+        .enumerate()
+        .filter(|(i, _)| !parts.holds(*i))
+        .map(|(_, (vm, p))| (vm.name.as_str(), p.as_path()))
+        .collect();
+    fault::step(Step::Committing);
+    let manifest = generation.commit_with_parts(&named, sealed)?;
+    // Committed: the images live under the generation's final name.
+    let images: Vec<PathBuf> = vms.iter().map(|vm| store.resolve(&manifest, &vm.name)).collect::<Result<_, _>>()?;
+
+    let (stop_at, resume_at) = rendezvous.instants;
+    let per_vm: Vec<VmCheckpoint> = vms
+        .iter()
+        .zip(images)
+        .zip(states)
+        .map(|((vm, image), state)| VmCheckpoint {
+            vm: vm.name.clone(),
+            image,
+            stop_skew_ns: state["stopped-at-ns"].as_i64().map_or(0, |t| t - stop_at),
+            resume_skew_ns: state["resumed-at-ns"].as_i64().map_or(0, |t| t - resume_at),
+            progress: state,
+        })
+        .collect();
+    Ok(ClusterCheckpoint {
+        dir: dir.to_owned(),
+        generation: number,
+        stop_at_ns: stop_at,
+        resume_at_ns: resume_at,
+        live_ms: rendezvous.live.as_secs_f64() * 1e3,
+        latency_ms: started.elapsed().as_secs_f64() * 1e3,
+        all_ready: rendezvous.all_ready,
+        stop_skew_ns: per_vm.iter().map(|v| v.stop_skew_ns.abs()).max().unwrap_or(0),
+        resume_skew_ns: per_vm.iter().map(|v| v.resume_skew_ns.abs()).max().unwrap_or(0),
+        max_pause_ns: per_vm.iter().map(|v| v.progress["pause-ns"].as_u64().unwrap_or(0)).max().unwrap_or(0),
+        written_bytes: per_vm.iter().map(|v| v.progress["written-bytes"].as_u64().unwrap_or(0)).sum(),
+        vms: per_vm,
+    })
+}
+
+/// Steps 1 to 4; on any failure, cancels what can be cancelled.
+async fn run_checkpoint(
+    vms: &[Attached],
+    images: &[PathBuf],
+    dir: &Path,
+    options: &ClusterOptions,
+    progress: Progress<'_>,
+    started: Instant,
+) -> Result<(Vec<Value>, Rendezvous), CkptError> {
+    // 1. Prepare.
+    let starts = join_all(vms.iter().zip(images).map(|(vm, image)| {
+        let args = checkpoint_args(image, options);
+        image_key::execute_with(&vm.qmp, options.vm.key.as_ref(), "checkpoint", args)
+    }))
+    .await;
+    if let Some((vm, e)) = vms.iter().zip(&starts).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
+        let message = format!("{}: the checkpoint was refused: {e}", vm.name);
+        cancel_all(vms).await;
+        return Err(CkptError::Refused(message));
+    }
+    fault::step(Step::Prepare);
+
+    // 2. Live phase, up to the global ending condition.
+    let mut round_trip = Duration::ZERO;
+    let (states, all_ready) = loop {
+        let asked = Instant::now();
+        let states = match query_all(vms).await {
+            Ok(states) => states,
+            Err(e) => {
+                cancel_all(vms).await;
+                return Err(e);
+            }
+        };
+        round_trip = round_trip.max(asked.elapsed());
+        fault::step(Step::Live);
+        progress(&states);
+        if let Some(e) = first_failure(vms, &states) {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+        let all_ready = states.iter().all(|s| s["ready"] == true);
+        if all_ready || started.elapsed() >= options.time_budget {
+            break (states, all_ready);
+        }
+        tokio::time::sleep(POLL).await;
+    };
+
+    // 3. Rendezvous.
+    let pause = states.iter().filter_map(|s| s["pause-estimate-ns"].as_u64()).max().unwrap_or(0);
+    let stop_at = wall_ns() + nanos(STOP_LEAD + 2 * round_trip);
+    let resume_at = stop_at + (pause as i64) * 3 / 2 + nanos(RESUME_SLACK);
+    let ends = join_all(
+        vms.iter()
+            .map(|vm| vm.qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at }))),
+    )
+    .await;
+    if let Some((vm, e)) = vms.iter().zip(&ends).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
+        // Some VMs will stop at T without it: their images are worthless.
+        let message = format!("{}: the end of the live phase was refused: {e}", vm.name);
+        cancel_all(vms).await;
+        return Err(CkptError::Refused(message));
+    }
+    fault::step(Step::Rendezvous);
+    let live = started.elapsed();
+
+    // 4. Wait for every image to be staged; check that each storage target
+    // has room for its images (if not, nothing is written and the VMs,
+    // already running, lose nothing); then schedule the writes.
+    // A VM may rightly stand still, stopped, until the resume instant.
+    let resumed = instant_of(resume_at);
+    let done = |s: &str| s == "staged" || s == "completed";
+    let states = wait_all(vms, progress, done, resumed, options.progress_timeout).await?;
+    let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
+    let storage = match storage_of(vms, dir).await {
+        Ok((_, s)) => s,
+        Err(e) => {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+    };
+    // Headers, extent index and device state beyond the staged pages.
+    let with_overhead = |i: usize| staged(i) + staged(i) / 64 + (1 << 20);
+    if let Err(e) = check_space(&storage, with_overhead, "the staged images need") {
+        cancel_all(vms).await;
+        return Err(e);
+    }
+    let pending: Vec<PendingImage> =
+        (0..vms.len()).map(|i| PendingImage { target: storage[i].target.clone(), bytes: staged(i) }).collect();
+    let mut schedule = PersistSchedule::new(&pending, options.persist_concurrency);
+    let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
+    let states = loop {
+        for i in schedule.start() {
+            if let Err(e) = vms[i].qmp.execute_mekha("checkpoint-persist", Value::Null).await {
+                cancel_all(vms).await;
+                return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)));
+            }
+            fault::step(Step::Persisting);
+        }
+        let states = query_all(vms).await?;
+        progress(&states);
+        if let Some(e) = first_failure(vms, &states) {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+        let written: Vec<usize> = schedule.writing().filter(|&i| states[i]["status"] == "completed").collect();
+        for i in written {
+            schedule.finished(i);
+        }
+        if schedule.done() {
+            break states;
+        }
+        // Only the images being written must progress: the others wait
+        // for the schedule.
+        if let Some(stalled) = stalls.observe(&states, |i| schedule.writing().any(|w| w == i)) {
+            cancel_all(vms).await;
+            return Err(stalled_checkpoint(vms, stalled));
+        }
+        tokio::time::sleep(POLL).await;
+    };
+    Ok((states, Rendezvous { instants: (stop_at, resume_at), live, all_ready }))
+}
+
+fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
+    let o = &options.vm;
+    let mut args = json!({
+        "path": image,
+        "mode": o.mode.as_str(),
+        "hold": true,
+        "persist-hold": true,
+        "lease-ms": options.lease.as_millis() as u64,
+        "allow-writable-disks": o.allow_writable_disks,
+    });
+    for (key, value) in [("staging-mib", o.staging_mib), ("epoch-ms", o.epoch_ms)] {
+        if let Some(v) = value {
+            args[key] = v.into();
+        }
+    }
+    for (key, value) in [("dirty-share", o.dirty_share), ("clean-share", o.clean_share)] {
+        if let Some(v) = value {
+            args[key] = v.into();
+        }
+    }
+    args
+}
+
+/// Polls until every VM's status passes `done`; gives up when a VM not
+/// done shows no progress for `limit` after `watched_from`.
+async fn wait_all(
+    vms: &[Attached],
+    progress: Progress<'_>,
+    done: impl Fn(&str) -> bool,
+    watched_from: Instant,
+    limit: Duration,
+) -> Result<Vec<Value>, CkptError> {
+    let mut stalls = StallWatch::new(vms.len(), limit);
+    loop {
+        let states = match query_all(vms).await {
+            Ok(s) => s,
+            Err(e) => {
+                cancel_all(vms).await;
+                return Err(e);
+            }
+        };
+        progress(&states);
+        if let Some(e) = first_failure(vms, &states) {
+            cancel_all(vms).await;
+            return Err(e);
+        }
+        if states.iter().any(|s| s["stopped-at-ns"].is_i64()) {
+            fault::step(Step::Stopped);
+        }
+        let is_done = |i: usize| done(states[i]["status"].as_str().unwrap_or(""));
+        if (0..vms.len()).all(is_done) {
+            return Ok(states);
+        }
+        let watched = Instant::now() >= watched_from;
+        if let Some(stalled) = stalls.observe(&states, |i| watched && !is_done(i)) {
+            cancel_all(vms).await;
+            return Err(stalled_checkpoint(vms, stalled));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+fn stalled_checkpoint(vms: &[Attached], stalled: Stalled) -> CkptError {
+    CkptError::Failed {
+        vm: vms[stalled.vm].name.clone(),
+        message: format!(
+            "it made no progress for {} ms (status {}): the checkpoint was given up and nothing was committed; \
+             the previous checkpoint (if any) stays",
+            stalled.idle.as_millis(),
+            stalled.status
+        ),
+    }
+}
