@@ -19,7 +19,6 @@ use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use zeroize::Zeroizing;
 
-use crate::exit::{self, CommandFailure};
 use crate::qmp::{Qmp, QmpError};
 
 /// The id of the `secret` object a command reads the key from.
@@ -36,12 +35,6 @@ pub fn create(path: &Path) -> Result<ImageKey, String> {
     file.write_all(format!("{}\n", key.to_hex()).as_bytes()).map_err(what)?;
     file.sync_all().map_err(what)?;
     Ok(key)
-}
-
-/// Loads `--key-file` (or a spec's `key_file`), if given: a key that
-/// cannot be used is a usage error.
-pub fn load(path: Option<&Path>) -> Result<Option<ImageKey>, CommandFailure> {
-    path.map(ImageKey::load).transpose().map_err(|e| CommandFailure::new(exit::USAGE, e))
 }
 
 /// Puts the key into the QEMU behind `qmp` (replacing one a killed
@@ -84,11 +77,11 @@ mod tests {
         let path = dir.path().join("cluster.key");
         let key = create(&path).unwrap();
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        assert_eq!(load(Some(&path)).unwrap().unwrap().id(), key.id());
+        assert_eq!(ImageKey::load(&path).unwrap().id(), key.id());
         assert!(create(&path).unwrap_err().contains("exists"), "replaced a key");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        let refused = load(Some(&path)).unwrap_err();
-        assert!(refused.code == exit::USAGE && refused.message.contains("chmod 600"), "{}", refused.message);
+        let refused = ImageKey::load(&path).unwrap_err();
+        assert!(refused.contains("chmod 600"), "{refused}");
         assert_ne!(create(&dir.path().join("other.key")).unwrap().id(), key.id());
     }
 }

@@ -3,7 +3,7 @@
 //! the given QMP sockets, checkpointed together and restarted together.
 //!
 //! Batch-scheduler habits: one JSON summary with `--json`, exit codes of
-//! [`crate::exit`], progress on a terminal only, and `--on-signal` to
+//! [`super::exit`], progress on a terminal only, and `--on-signal` to
 //! checkpoint when the scheduler signals (Slurm's `--signal=B:USR1@T`):
 //! SIGUSR1 checkpoints and goes on waiting, SIGTERM checkpoints and exits.
 //! Without it, SIGINT or SIGTERM during a checkpoint cancels it cleanly.
@@ -15,12 +15,13 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
-use crate::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy, MIN_LEASE_MS};
-use crate::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
-use crate::exit::{self, CommandFailure};
-use crate::image_key;
-use crate::spec::{CheckpointSpec, Spec};
-use crate::transport::Reach;
+use mekha_coordinator::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy, MIN_LEASE_MS};
+use mekha_coordinator::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
+use mekha_coordinator::spec::{CheckpointSpec, Spec};
+use mekha_coordinator::transport::Reach;
+
+use super::exit::{self, CommandFailure};
+use super::key;
 
 /// How remote QMP sockets are reached (see `transport`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -169,7 +170,7 @@ pub async fn run_checkpoint(cmd: CheckpointCmd) -> Result<(), CommandFailure> {
         ),
     };
     let mut options = cmd.options(&defaults);
-    options.vm.key = image_key::load(key_file.as_deref())?;
+    options.vm.key = key::load(key_file.as_deref())?;
     checkpoint_vms(&vms, &dir, &options, cmd.json, cmd.on_signal).await
 }
 
@@ -259,7 +260,7 @@ async fn checkpoint_once(
 }
 
 pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
-    let key = image_key::load(cmd.key_file.as_deref())?;
+    let key = key::load(cmd.key_file.as_deref())?;
     let vms = cluster::attach(&cmd.qmp, &cmd.reach.reach()).await?;
     let d = RestoreOptions::default();
     let options = RestoreOptions {

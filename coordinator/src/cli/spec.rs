@@ -11,16 +11,17 @@ use std::time::Duration;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
-use crate::agent::Request;
-use crate::ckpt::{RestoreOptions, TimePolicy, DEFAULT_LEASE, DEFAULT_PROGRESS_TIMEOUT};
-use crate::ckpt_cmd::restore_vms;
-use crate::cluster;
-use crate::exit::{self, CommandFailure};
-use crate::image_key;
-use crate::launch;
-use crate::spec::{HostSpec, Spec};
-use crate::storage::{self, StorageReport};
-use crate::transport::Reach;
+use mekha_coordinator::agent::Request;
+use mekha_coordinator::ckpt::{RestoreOptions, TimePolicy, DEFAULT_LEASE, DEFAULT_PROGRESS_TIMEOUT};
+use mekha_coordinator::cluster;
+use mekha_coordinator::launch;
+use mekha_coordinator::spec::{HostSpec, Spec};
+use mekha_coordinator::storage::{self, StorageReport};
+use mekha_coordinator::transport::Reach;
+
+use super::checkpoint::restore_vms;
+use super::exit::{self, CommandFailure};
+use super::key;
 
 /// How long `down` and `restart` wait for QEMU to quit before killing it.
 const QUIT_GRACE: Duration = Duration::from_secs(5);
@@ -46,9 +47,9 @@ pub async fn up(path: &Path, json: bool) -> Result<(), CommandFailure> {
 /// committed checkpoint, and resumed together.
 pub async fn restart(path: &Path, time: Option<TimePolicy>, json: bool) -> Result<(), CommandFailure> {
     let spec = load(path)?;
-    let key = image_key::load(spec.key_file.as_deref())?;
+    let key = key::load(spec.key_file.as_deref())?;
     // Refuse before anything is stopped if there is nothing to restart.
-    crate::ckpt::latest_checkpoint(&spec.checkpoint_dir, key.as_ref())?;
+    mekha_coordinator::ckpt::latest_checkpoint(&spec.checkpoint_dir, key.as_ref())?;
     stop_everywhere(&spec, false).await?;
     start_everywhere(&spec, true).await?;
     let vms = cluster::attach(&spec.qmp_endpoints(), &spec.reach()).await?;
@@ -197,7 +198,7 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
         }
     }
     // Status reads what is there; a restart checks it under the key.
-    let latest = crate::ckpt::latest_checkpoint(&spec.checkpoint_dir, None).ok().map(|(_, m)| m);
+    let latest = mekha_coordinator::ckpt::latest_checkpoint(&spec.checkpoint_dir, None).ok().map(|(_, m)| m);
     if json {
         let doc = json!({ "spec": spec.name, "vms": vms, "storage": storage, "latest_checkpoint": latest });
         println!("{}", serde_json::to_string_pretty(&doc).expect("JSON encodes"));

@@ -28,9 +28,9 @@ impl CommandFailure {
     }
 }
 
-impl From<crate::qmp::QmpError> for CommandFailure {
-    fn from(e: crate::qmp::QmpError) -> CommandFailure {
-        use crate::qmp::QmpError;
+impl From<mekha_coordinator::qmp::QmpError> for CommandFailure {
+    fn from(e: mekha_coordinator::qmp::QmpError) -> CommandFailure {
+        use mekha_coordinator::qmp::QmpError;
         let code = match &e {
             QmpError::Connect { .. } | QmpError::Closed { .. } | QmpError::Protocol { .. } => UNREACHABLE,
             e if e.is_command_not_found() => NOT_MEKHA,
@@ -45,11 +45,11 @@ impl From<crate::qmp::QmpError> for CommandFailure {
     }
 }
 
-impl From<crate::ckpt::CkptError> for CommandFailure {
-    fn from(e: crate::ckpt::CkptError) -> CommandFailure {
+impl From<mekha_coordinator::ckpt::CkptError> for CommandFailure {
+    fn from(e: mekha_coordinator::ckpt::CkptError) -> CommandFailure {
         match e {
-            crate::ckpt::CkptError::Qmp(q) => CommandFailure::from(q),
-            crate::ckpt::CkptError::Unreachable(message) => CommandFailure { code: UNREACHABLE, message },
+            mekha_coordinator::ckpt::CkptError::Qmp(q) => CommandFailure::from(q),
+            mekha_coordinator::ckpt::CkptError::Unreachable(message) => CommandFailure { code: UNREACHABLE, message },
             e => CommandFailure { code: FAILURE, message: e.to_string() },
         }
     }

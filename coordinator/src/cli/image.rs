@@ -16,7 +16,7 @@ use mekha_ckpt_core::store::{Manifest, ManifestVm, Store};
 use serde::Serialize;
 use serde_json::json;
 
-use crate::exit;
+use super::exit::{self, CommandFailure};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum ImageCommand {
@@ -43,13 +43,11 @@ pub enum ImageCommand {
     },
 }
 
-pub use crate::exit::CommandFailure;
-
 pub fn run(command: ImageCommand) -> Result<(), CommandFailure> {
     match command {
         ImageCommand::Inspect { path, json } => run_inspect(&path, json),
         ImageCommand::Verify { path, key_file, json } => {
-            let key = crate::image_key::load(key_file.as_deref())?;
+            let key = super::key::load(key_file.as_deref())?;
             run_verify(&path, key.as_ref(), json)
         }
     }
