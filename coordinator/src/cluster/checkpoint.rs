@@ -10,7 +10,7 @@ use mekha_ckpt_core::store::Store;
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use super::rendezvous::{instant_of, nanos, wall_ns, Rendezvous, RESUME_SLACK, STOP_LEAD};
+use super::rendezvous::{checkpoint_instants, instant_of, skew, wall_ns, widest, Rendezvous};
 use super::space::{check_space, storage_of};
 use super::{cancel_all, first_failure, query_all, Attached, ClusterOptions, Progress, POLL};
 use crate::ckpt::CkptError;
@@ -125,8 +125,8 @@ pub async fn checkpoint(
         .map(|((vm, image), state)| VmCheckpoint {
             vm: vm.name.clone(),
             image,
-            stop_skew_ns: state["stopped-at-ns"].as_i64().map_or(0, |t| t - stop_at),
-            resume_skew_ns: state["resumed-at-ns"].as_i64().map_or(0, |t| t - resume_at),
+            stop_skew_ns: skew(state["stopped-at-ns"].as_i64(), stop_at),
+            resume_skew_ns: skew(state["resumed-at-ns"].as_i64(), resume_at),
             progress: state,
         })
         .collect();
@@ -138,8 +138,8 @@ pub async fn checkpoint(
         live_ms: rendezvous.live.as_secs_f64() * 1e3,
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         all_ready: rendezvous.all_ready,
-        stop_skew_ns: per_vm.iter().map(|v| v.stop_skew_ns.abs()).max().unwrap_or(0),
-        resume_skew_ns: per_vm.iter().map(|v| v.resume_skew_ns.abs()).max().unwrap_or(0),
+        stop_skew_ns: widest(per_vm.iter().map(|v| v.stop_skew_ns)),
+        resume_skew_ns: widest(per_vm.iter().map(|v| v.resume_skew_ns)),
         max_pause_ns: per_vm.iter().map(|v| v.progress["pause-ns"].as_u64().unwrap_or(0)).max().unwrap_or(0),
         written_bytes: per_vm.iter().map(|v| v.progress["written-bytes"].as_u64().unwrap_or(0)).sum(),
         vms: per_vm,
@@ -195,8 +195,7 @@ async fn run_checkpoint(
 
     // 3. Rendezvous.
     let pause = states.iter().filter_map(|s| s["pause-estimate-ns"].as_u64()).max().unwrap_or(0);
-    let stop_at = wall_ns() + nanos(STOP_LEAD + 2 * round_trip);
-    let resume_at = stop_at + (pause as i64) * 3 / 2 + nanos(RESUME_SLACK);
+    let (stop_at, resume_at) = checkpoint_instants(wall_ns(), round_trip, pause);
     let ends = join_all(
         vms.iter()
             .map(|vm| vm.qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at }))),

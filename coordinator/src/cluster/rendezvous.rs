@@ -1,18 +1,22 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The rendezvous: the instants every VM of a cluster stops and resumes
-//! at, on the hosts' wall clocks.
+//! at, on the hosts' wall clocks, and how far each VM landed from them.
+//!
+//! The arithmetic is pure (the wall clock's "now" is an argument), so
+//! that the margins are tested without a clock; `wall_ns` and
+//! `instant_of` are the only readers of the clocks.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 /// Lead of the stop instant over "now" beyond the command's round trip:
 /// the library ends its live phase 20 ms before T to prepare the pause.
-pub(super) const STOP_LEAD: Duration = Duration::from_millis(40);
+const STOP_LEAD: Duration = Duration::from_millis(40);
 /// Lead of a restart's resume instant beyond twice the commands' round
 /// trip: the library naps until 0.5 ms before the instant.
-pub(super) const RESUME_LEAD: Duration = Duration::from_millis(10);
+const RESUME_LEAD: Duration = Duration::from_millis(10);
 /// Slack of the resume instant over the slowest VM's pause estimate; also
 /// the time frames in flight between stopped VMs have to arrive.
-pub(super) const RESUME_SLACK: Duration = Duration::from_millis(5);
+const RESUME_SLACK: Duration = Duration::from_millis(5);
 
 /// How a checkpoint's rendezvous went.
 pub(super) struct Rendezvous {
@@ -24,15 +28,114 @@ pub(super) struct Rendezvous {
     pub(super) all_ready: bool,
 }
 
-/// The monotonic instant of wall-clock instant `wall` (ns); now if past.
-pub(super) fn instant_of(wall: i64) -> Instant {
-    Instant::now() + Duration::from_nanos((wall - wall_ns()).max(0) as u64)
+/// A checkpoint's stop instant T and resume instant T2 (wall clock, ns),
+/// from `now`: the commands go out together, as the last queries did, so
+/// T leaves twice their slowest round trip and the library's lead; T2
+/// leaves the slowest VM's pause estimate and half of it again, and the
+/// slack for frames in flight.
+pub(super) fn checkpoint_instants(now: i64, round_trip: Duration, pause_estimate_ns: u64) -> (i64, i64) {
+    let stop_at = now + nanos(STOP_LEAD + 2 * round_trip);
+    let resume_at = stop_at + (pause_estimate_ns as i64) * 3 / 2 + nanos(RESUME_SLACK);
+    (stop_at, resume_at)
 }
 
+/// A restart's common resume instant (wall clock, ns), from `now`: twice
+/// the resume commands' round trip, and a margin for the nap to end.
+pub(super) fn restart_instant(now: i64, round_trip: Duration) -> i64 {
+    now + nanos(RESUME_LEAD + 2 * round_trip)
+}
+
+/// Whether a round of queries that took `round_trip` renewed every lease
+/// of length `lease` in time: a slower round may have let one run out
+/// unseen.
+pub(super) fn renewed_in_time(round_trip: Duration, lease: Duration) -> bool {
+    round_trip < lease / 2
+}
+
+/// How far after `planned` a VM `reached` its instant, ns (positive:
+/// late); 0 when it did not report one.
+pub(super) fn skew(reached: Option<i64>, planned: i64) -> i64 {
+    reached.map_or(0, |t| t - planned)
+}
+
+/// The largest |skew| of `skews`, ns; 0 for none.
+pub(super) fn widest(skews: impl IntoIterator<Item = i64>) -> i64 {
+    skews.into_iter().map(i64::abs).max().unwrap_or(0)
+}
+
+/// How long from wall-clock `now` to wall-clock `wall` (ns); zero if past.
+fn until(wall: i64, now: i64) -> Duration {
+    Duration::from_nanos((wall - now).max(0) as u64)
+}
+
+/// The monotonic instant of wall-clock instant `wall` (ns); now if past.
+pub(super) fn instant_of(wall: i64) -> Instant {
+    Instant::now() + until(wall, wall_ns())
+}
+
+/// The wall clock, ns since the Unix epoch: the clock the instants are on.
 pub(super) fn wall_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as i64
 }
 
-pub(super) fn nanos(d: Duration) -> i64 {
+fn nanos(d: Duration) -> i64 {
     d.as_nanos() as i64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: i64 = 1_000_000;
+
+    #[test]
+    fn the_stop_instant_leaves_two_round_trips_and_the_lead() {
+        let now = 1_000 * MS;
+        let (stop, resume) = checkpoint_instants(now, Duration::from_millis(3), 0);
+        assert_eq!(stop, now + 40 * MS + 6 * MS);
+        // No pause expected: T2 is T plus the slack for frames in flight.
+        assert_eq!(resume, stop + 5 * MS);
+    }
+
+    #[test]
+    fn the_resume_instant_leaves_half_the_pause_estimate_again() {
+        let (stop, resume) = checkpoint_instants(0, Duration::ZERO, 10 * MS as u64);
+        assert_eq!(stop, 40 * MS);
+        assert_eq!(resume - stop, 15 * MS + 5 * MS);
+        // A pause estimate of a whole second still keeps T2 after T.
+        let (stop, resume) = checkpoint_instants(0, Duration::from_millis(250), 1_000 * MS as u64);
+        assert_eq!(stop, 540 * MS);
+        assert_eq!(resume, 540 * MS + 1_505 * MS);
+    }
+
+    #[test]
+    fn a_restart_resumes_two_round_trips_and_the_lead_from_now() {
+        assert_eq!(restart_instant(7, Duration::ZERO), 7 + 10 * MS);
+        assert_eq!(restart_instant(0, Duration::from_micros(1_500)), 13 * MS);
+    }
+
+    #[test]
+    fn a_round_renews_leases_in_time_only_within_half_of_one() {
+        let lease = Duration::from_millis(2_000);
+        assert!(renewed_in_time(Duration::from_millis(999), lease));
+        assert!(!renewed_in_time(Duration::from_millis(1_000), lease));
+        assert!(!renewed_in_time(Duration::from_secs(5), lease));
+    }
+
+    #[test]
+    fn skews_are_signed_and_the_widest_is_absolute() {
+        assert_eq!(skew(Some(105), 100), 5);
+        assert_eq!(skew(Some(97), 100), -3);
+        assert_eq!(skew(None, 100), 0);
+        assert_eq!(widest([5, -7, 2]), 7);
+        assert_eq!(widest([]), 0);
+    }
+
+    #[test]
+    fn an_instant_in_the_past_is_now() {
+        assert_eq!(until(100, 250), Duration::ZERO);
+        assert_eq!(until(250, 100), Duration::from_nanos(150));
+        let before = Instant::now();
+        assert!(instant_of(0) >= before && instant_of(0) <= Instant::now());
+    }
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
-use super::rendezvous::{instant_of, nanos, wall_ns, RESUME_LEAD};
+use super::rendezvous::{instant_of, renewed_in_time, restart_instant, skew, wall_ns, widest};
 use super::{next_event, query_all_named, renew_lease, Attached, Progress, POLL};
 use crate::ckpt::{latest_checkpoint, CkptError, RestoreOptions};
 use crate::fault::{self, Step};
@@ -132,7 +132,7 @@ pub async fn restore(
         if states.iter().all(|s| s["status"] == "completed") {
             // A round slower than half the lease may have let a VM's lease
             // run out unseen: resume only on a round that cannot have.
-            if options.paused || round_trip < options.lease / 2 {
+            if options.paused || renewed_in_time(round_trip, options.lease) {
                 break states;
             }
             let since = *slow_since.get_or_insert_with(Instant::now);
@@ -165,7 +165,7 @@ pub async fn restore(
     if !options.paused {
         // The resume commands go out together, as the last queries did:
         // twice their round trip, and a margin for the nap to end.
-        let at = wall_ns() + nanos(RESUME_LEAD + 2 * round_trip);
+        let at = restart_instant(wall_ns(), round_trip);
         let resumes = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("resume", json!({ "at": at })))).await;
         for (vm, r) in vms.iter().zip(resumes) {
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
@@ -206,10 +206,7 @@ pub async fn restore(
         .map(|((vm, image), state)| VmRestore {
             vm: vm.name.clone(),
             image,
-            resume_skew_ns: match (resume_at, state["resumed-at-ns"].as_i64()) {
-                (Some(at), Some(t)) => t - at,
-                _ => 0,
-            },
+            resume_skew_ns: resume_at.map_or(0, |at| skew(state["resumed-at-ns"].as_i64(), at)),
             progress: state,
         })
         .collect();
@@ -217,7 +214,7 @@ pub async fn restore(
         dir: dir.to_owned(),
         generation: manifest.generation,
         resume_at_ns: resume_at,
-        resume_skew_ns: per_vm.iter().map(|v| v.resume_skew_ns.abs()).max().unwrap_or(0),
+        resume_skew_ns: widest(per_vm.iter().map(|v| v.resume_skew_ns)),
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         vms: per_vm,
     })
