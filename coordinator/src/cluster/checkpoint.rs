@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::join_all;
 use mekha_ckpt_core::store::Store;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::rendezvous::{checkpoint_instants, instant_of, skew, wall_ns, widest, Rendezvous};
@@ -21,7 +21,7 @@ use crate::schedule::{PendingImage, PersistSchedule};
 use crate::stall::{StallWatch, Stalled};
 
 /// One VM's part of a committed cluster checkpoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmCheckpoint {
     pub vm: String,
     pub image: PathBuf,
@@ -34,7 +34,7 @@ pub struct VmCheckpoint {
 }
 
 /// A committed cluster checkpoint.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterCheckpoint {
     pub dir: PathBuf,
     pub generation: u64,

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures::future::join_all;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
@@ -24,7 +24,7 @@ fn lost_restore(name: &str, e: QmpError) -> CkptError {
 }
 
 /// One VM of a restart.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct VmRestore {
     pub vm: String,
     pub image: PathBuf,
@@ -35,7 +35,7 @@ pub struct VmRestore {
 }
 
 /// A restarted cluster.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterRestore {
     pub dir: PathBuf,
     pub generation: u64,
