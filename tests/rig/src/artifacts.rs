@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! Where ci/build leaves what the tests run.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
+
+use crate::probe::{parse_line, ProbeEvent};
 
 /// Paths of the patched QEMU, the guest kernel and initramfs, and the CLI.
 #[derive(Debug, Clone)]
@@ -18,10 +21,34 @@ pub struct Artifacts {
 
 impl Artifacts {
     /// The probe's checksum after `steps` steps of `chunk`, computed on the
-    /// host by the same probe binary: what an uninterrupted run gives. The
-    /// probe runs in a network namespace of its own: it binds its port,
-    /// which a probe of another test may hold on the host.
+    /// host by the same probe binary: what an uninterrupted run gives.
     pub fn reference_checksum(&self, steps: u64, chunk: u64) -> Result<String> {
+        let done = self.run_probe_computation(steps, chunk, |_| {})?;
+        Ok(done.str("checksum").unwrap_or("?").to_owned())
+    }
+
+    /// The probe's checksum at every chunk boundary up to `steps`, by
+    /// step, from the same host run.
+    pub fn reference_checksums(&self, steps: u64, chunk: u64) -> Result<BTreeMap<u64, String>> {
+        let mut sums = BTreeMap::new();
+        self.run_probe_computation(steps, chunk, |e| {
+            if let (Some(step), Some(sum)) = (e.u64("step"), e.str("checksum")) {
+                sums.insert(step, sum.to_owned());
+            }
+        })?;
+        Ok(sums)
+    }
+
+    /// Runs the probe's computation on the host, giving every `compute`
+    /// event to `on_compute`; returns its `compute_done` event. The probe
+    /// runs in a network namespace of its own: it binds its port, which a
+    /// probe of another test may hold on the host.
+    fn run_probe_computation(
+        &self,
+        steps: u64,
+        chunk: u64,
+        mut on_compute: impl FnMut(&ProbeEvent),
+    ) -> Result<ProbeEvent> {
         use std::io::BufRead;
         let mut child = std::process::Command::new("unshare")
             .arg("--net")
@@ -30,20 +57,27 @@ impl Artifacts {
             .stdout(std::process::Stdio::piped())
             .spawn()?;
         let lines = std::io::BufReader::new(child.stdout.take().expect("piped")).lines();
-        let done = lines.map_while(std::result::Result::ok).find(|l| l.contains("\"compute_done\""));
+        let mut done = None;
+        for line in lines.map_while(std::result::Result::ok) {
+            let Some(e) = parse_line(&line) else { continue };
+            match e.ev.as_str() {
+                "compute" => on_compute(&e),
+                "compute_done" => {
+                    done = Some(e);
+                    break;
+                }
+                _ => {}
+            }
+        }
         let _ = child.kill();
         let _ = child.wait();
-        let Some(done) = done else { bail!("the probe on the host reported no result") };
-        let v: serde_json::Value = serde_json::from_str(&done[done.find('{').unwrap_or(0)..])?;
-        Ok(v["checksum"].as_str().unwrap_or("?").to_owned())
+        done.ok_or_else(|| anyhow::anyhow!("the probe on the host reported no result"))
     }
 
     /// The artefacts under the workspace's target directory (or
     /// `$CARGO_TARGET_DIR`); `$MEKHA_QEMU` overrides the QEMU binary.
     pub fn locate() -> Result<Artifacts> {
-        let target = std::env::var_os("CARGO_TARGET_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+        let target = target_dir();
         let qemu = std::env::var_os("MEKHA_QEMU")
             .map(PathBuf::from)
             .unwrap_or_else(|| target.join("qemu/bin/qemu-system-x86_64"));
@@ -61,4 +95,11 @@ impl Artifacts {
         }
         Ok(artifacts)
     }
+}
+
+/// The workspace's target directory, or `$CARGO_TARGET_DIR`.
+pub fn target_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
 }

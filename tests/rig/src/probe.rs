@@ -92,7 +92,7 @@ impl ProbeLog {
 }
 
 /// Parses `... @probe {json}`: kernel output may precede the mark.
-fn parse_line(line: &str) -> Option<ProbeEvent> {
+pub(crate) fn parse_line(line: &str) -> Option<ProbeEvent> {
     let start = line.find(MARK)?;
     let json: Value = serde_json::from_str(&line[start + MARK.len() - 1..]).ok()?;
     let ev = json.get("ev")?.as_str()?.to_owned();
