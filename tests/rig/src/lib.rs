@@ -9,6 +9,7 @@
 //! Everything it starts is torn down on drop, panics included.
 
 pub mod artifacts;
+pub mod bench;
 pub mod cluster;
 pub mod hosts;
 pub mod libvirt;

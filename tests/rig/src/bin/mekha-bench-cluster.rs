@@ -1,0 +1,110 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The cluster checkpoint benchmark (ci/bench-cluster; not a test, CI
+//! never runs it): for each N and repetition, mekha's coordinated
+//! checkpoint and restart (`mekha checkpoint` / `mekha restore`) and stock
+//! QEMU scripted over QMP, each on a fresh cluster of N VMs. Prints a
+//! table per N with the design's targets, and writes results.md and
+//! results.json into the output directory (docs/benchmarks.md).
+//!
+//! It and the QEMUs and CLIs it starts run at nice -10 by default
+//! (`--nice`) to damp the noise of other load. Every QEMU is killed and
+//! every namespace deleted at exit, on Ctrl-C, SIGTERM and errors; images
+//! are deleted once measured.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use mekha_rig::bench::cluster::{workload, Bench};
+use mekha_rig::bench::cluster_data::Results;
+use mekha_rig::bench::cluster_report::{summarize, summary_json, tables};
+use mekha_rig::bench::host::{loadavg, set_nice, Host};
+use mekha_rig::bench::stats::now;
+use mekha_rig::bench::{log, set_log_name};
+use mekha_rig::Artifacts;
+
+#[derive(Parser)]
+#[command(about = "Cluster checkpoint benchmark: mekha beside stock QEMU scripted over QMP")]
+// ci/bench-cluster passes --out, and the caller's own --out after it wins.
+#[command(args_override_self = true)]
+struct Args {
+    /// N = 1,3 and one repetition.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory (default target/bench/cluster).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Repetitions (default 3, --quick 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Cluster sizes, comma-separated (default 1,2,3,4; --quick 1,3).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<usize>>,
+    /// Nice value of the bench, its QEMUs and the mekha CLI (0 leaves it).
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    nice: i32,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let sizes = args.sizes.unwrap_or_else(|| if args.quick { vec![1, 3] } else { vec![1, 2, 3, 4] });
+    if sizes.iter().any(|&n| !(1..=200).contains(&n)) {
+        bail!("cluster sizes must be within 1..200");
+    }
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    // SAFETY: a plain system call.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("ci/bench-cluster needs root (network namespaces, taps)");
+    }
+    // Before any thread starts: threads inherit the value.
+    let nice = set_nice(args.nice);
+    set_log_name("bench-cluster");
+    let artifacts = Artifacts::locate()?;
+    let out =
+        std::path::absolute(args.out.unwrap_or_else(|| mekha_rig::artifacts::target_dir().join("bench/cluster")))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let sizes_text: Vec<String> = sizes.iter().map(ToString::to_string).collect();
+    log(&format!("output in {}; N = {}; {reps} repetition(s)", out.display(), sizes_text.join(",")));
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut host = Host::at_start();
+    let started = now();
+    let mut bench = Bench::new(artifacts, &out)?;
+    let finished = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // On a signal the bench's future is dropped: its clusters kill
+        // their VMs and delete their namespaces.
+        tokio::select! {
+            () = bench.run(&sizes, reps) => Ok::<_, anyhow::Error>(true),
+            _ = tokio::signal::ctrl_c() => Ok(false),
+            _ = term.recv() => Ok(false),
+            _ = hup.recv() => Ok(false),
+        }
+    })?;
+    if !finished {
+        log("signal: stopping");
+        std::process::exit(130);
+    }
+    let elapsed = now() - started;
+    host.loadavg_end = loadavg();
+    let mut data = Results {
+        quick: args.quick,
+        reps,
+        sizes,
+        nice,
+        elapsed_s: elapsed,
+        workload: workload(),
+        host,
+        runs: bench.runs,
+        summary: Default::default(),
+    };
+    let summary = summarize(&data);
+    data.summary = summary_json(&summary);
+    let text = tables(&data, &summary);
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&data)? + "\n")?;
+    std::fs::write(out.join("results.md"), &text)?;
+    print!("{text}");
+    log(&format!("done in {:.1} min", elapsed / 60.0));
+    Ok(())
+}
