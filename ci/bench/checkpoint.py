@@ -70,9 +70,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import common  # noqa: E402
 import report  # noqa: E402
 from common import drop_cache, fmt, log, remove  # noqa: E402
-import common  # noqa: E402
 from qmp import QmpError  # noqa: E402
 from vm import Artifacts, Vm, kill_all  # noqa: E402
 
@@ -351,7 +351,7 @@ class Bench:
         before = [t for t, _ in pts if t < t0]
         after = [t for t, _ in pts if t > te]
         edges = before[-1:] + inside + after[:1]
-        gaps = [(b - a, a) for a, b in zip(edges, edges[1:])]
+        gaps = [(b - a, a) for a, b in zip(edges, edges[1:], strict=False)]
         gap, gap_at = max(gaps) if gaps else (None, None)
         r = {
             "lost_ms": lost_ms(pts, rate, t0, te),

@@ -49,7 +49,7 @@ def run(measure, cleanup, images):
         elapsed = measure()
     except KeyboardInterrupt:
         log("interrupted")
-        raise SystemExit(130)
+        raise SystemExit(130) from None
     finally:
         cleanup()
         shutil.rmtree(images, ignore_errors=True)

@@ -42,7 +42,7 @@ class Qmp:
             except OSError:
                 self.sock.close()
                 if time.time() > deadline:
-                    raise QmpError(f"no QMP socket at {path} after {timeout:.0f} s")
+                    raise QmpError(f"no QMP socket at {path} after {timeout:.0f} s") from None
                 time.sleep(0.05)
         self.cond = threading.Condition()
         self.events = []
@@ -104,7 +104,7 @@ class Qmp:
     def answer(self, cid, timeout=60.0):
         """Waits for the answer to `cid`: (return value, host time)."""
         with self.cond:
-            ok = self.cond.wait_for(lambda: cid in self.answers or self.closed, timeout)
+            self.cond.wait_for(lambda: cid in self.answers or self.closed, timeout)
             if cid not in self.answers:
                 raise QmpError("QMP connection closed" if self.closed else f"no answer in {timeout} s")
             msg, t = self.answers.pop(cid)

@@ -253,7 +253,7 @@ def tables(data, summary):
             if m is None:
                 continue
 
-            def pct(key):
+            def pct(key, m=m):
                 a, b = m.get(f"cpu_steady_{key}"), m.get(f"cpu_window_{key}")
                 return f"{f(a * 100 if a is not None else None)} -> {f(b * 100 if b is not None else None)}"
             lines.append(f"| {LABELS[method]} | {pct('vcpu')} | {pct('vcpu_wait')} | {pct('other')} | "

@@ -120,7 +120,7 @@ class Vm:
             except OSError:
                 s.close()
                 if time.time() > deadline:
-                    raise RuntimeError(f"no serial socket at {self.serial_path}")
+                    raise RuntimeError(f"no serial socket at {self.serial_path}") from None
                 time.sleep(0.02)
         self._serial_sock = s
         threading.Thread(target=self._serial_reader, name=f"serial-{self.name}", daemon=True).start()
