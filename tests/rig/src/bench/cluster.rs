@@ -21,12 +21,15 @@ use mekha_coordinator::cluster::{ClusterCheckpoint, ClusterRestore};
 use mekha_coordinator::qmp::{Qmp, QmpError};
 use serde_json::{json, Value};
 
-use super::cluster_data::*;
+use super::cluster_data::{
+    Checkpoint, ComputeCheck, Job, MekhaCheckpoint, MekhaRestart, Method, Mismatch, Restart, Run, Span,
+    StockCheckpoint, StockRestart, VmCheckpoint, VmRestart, Workload,
+};
 use super::console::{Console, TimedProbeEvent};
 use super::events::{EventLog, TimedEvent};
 use super::host::{drop_cache, loadavg};
 use super::log;
-use super::stats::{fmt, ms, now, spread, spread_all};
+use super::stats::{ms, now, plain, spread, spread_all};
 use crate::{Artifacts, Cluster, ClusterConfig};
 
 pub const MEM_MIB: u32 = 256;
@@ -101,7 +104,29 @@ fn latest(events: &[TimedProbeEvent], ev: &str) -> BTreeMap<Link, TimedProbeEven
     out
 }
 
-/// The bench: options, where it writes, what it measured so far.
+/// One method on one fresh cluster: where its files go.
+struct Trial {
+    /// `nN-rREP-METHOD`: names its directories and its log lines.
+    tag: String,
+    method: Method,
+    /// Its checkpoint's directory (mekha) or images (stock).
+    ckdir: PathBuf,
+    /// Its VMs' directories and the CLI's output.
+    run_dir: PathBuf,
+    /// The image files written, to delete once measured.
+    images: Vec<PathBuf>,
+}
+
+impl Trial {
+    fn cleanup(&self) {
+        for p in &self.images {
+            let _ = std::fs::remove_file(p);
+        }
+        let _ = std::fs::remove_dir_all(&self.ckdir);
+    }
+}
+
+/// The bench: where it writes, what it measured so far.
 pub struct Bench {
     artifacts: Artifacts,
     vms_dir: PathBuf,
@@ -141,50 +166,46 @@ impl Bench {
     async fn measure(&self, n: usize, rep: usize, method: Method) -> Run {
         let tag = format!("n{n}-r{rep}-{}", method.name());
         log(&format!("{tag}: booting {n} VM(s)"));
+        let mut trial =
+            Trial { method, ckdir: self.images.join(&tag), run_dir: self.vms_dir.join(&tag), images: Vec::new(), tag };
         let mut r = Run::new(n, rep, method);
-        let ckdir = self.images.join(&tag);
-        let run_dir = self.vms_dir.join(&tag);
-        let _ = std::fs::create_dir_all(&run_dir);
-        let mut images = Vec::new();
-        let outcome = self.checkpointed(&tag, n, method, &ckdir, &run_dir, &mut r, &mut images).await;
-        let (mut cluster, originals, t_stop) = match outcome {
+        let _ = std::fs::create_dir_all(&trial.run_dir);
+        let (mut cluster, originals, t_stop) = match self.checkpointed(&mut trial, n, &mut r).await {
             Ok(c) => c,
             Err(e) => {
-                log(&format!("{tag}: checkpoint failed: {e:#}"));
+                log(&format!("{}: checkpoint failed: {e:#}", trial.tag));
                 r.error = Some(format!("checkpoint: {e:#}"));
-                cleanup_images(&ckdir, &images);
+                trial.cleanup();
                 return r;
             }
         };
-        let restarted = self.restarted(&tag, method, &mut cluster, &originals, t_stop, &ckdir, &images, &mut r).await;
-        if let Err(e) = restarted {
-            log(&format!("{tag}: restart failed: {e:#}"));
+        if let Err(e) = self.restarted(&trial, &mut cluster, &originals, t_stop, &mut r).await {
+            log(&format!("{}: restart failed: {e:#}", trial.tag));
             r.restart_error = Some(format!("{e:#}"));
         }
         drop(cluster);
-        cleanup_images(&ckdir, &images);
+        trial.cleanup();
         r
     }
 
     /// Boots a cluster, checkpoints it, lets it run on AFTER_S and kills
     /// its VMs: the cluster (its namespace kept), the probe events its
     /// guests printed, and the host time of the first STOP.
-    #[allow(clippy::too_many_arguments)]
     async fn checkpointed(
         &self,
-        tag: &str,
+        trial: &mut Trial,
         n: usize,
-        method: Method,
-        ckdir: &Path,
-        run_dir: &Path,
         r: &mut Run,
-        images: &mut Vec<PathBuf>,
     ) -> Result<(Cluster, Vec<Vec<TimedProbeEvent>>, Option<f64>)> {
-        let (mut cluster, nodes) = self.boot_settled(tag, n, r).await?;
+        let tag = trial.tag.clone();
+        let (mut cluster, nodes) = self.boot_settled(&tag, n, r).await?;
         r.loadavg_before = Some(loadavg());
-        let mut ck = match method {
-            Method::Mekha => self.checkpoint_mekha(&nodes, &cluster, ckdir, run_dir, images).await?,
-            Method::Stock => checkpoint_stock(&nodes, ckdir, images).await?,
+        let mut ck = match trial.method {
+            Method::Mekha => {
+                let qmps = cluster.cli_qmp_paths();
+                self.checkpoint_mekha(&nodes, &qmps, &trial.ckdir, &trial.run_dir, &mut trial.images).await?
+            }
+            Method::Stock => checkpoint_stock(&nodes, &trial.ckdir, &mut trial.images).await?,
         };
         let stops: Vec<Option<f64>> = ck.vms.iter().map(|v| v.stop_t).collect();
         let resumes: Vec<Option<f64>> = ck.vms.iter().map(|v| Some(v.resume_t)).collect();
@@ -201,11 +222,11 @@ impl Bench {
         log(&format!(
             "{tag}: checkpoint: cluster pause {} ms, suspend skew {} ms, resume skew {} ms, latency {} ms, {} MiB \
              written",
-            fmt(ck.cluster_pause_ms, 1, ""),
-            fmt(ck.suspend_skew_ms, 3, ""),
-            fmt(ck.resume_skew_ms, 3, ""),
-            fmt(ck.latency_ms, 0, ""),
-            fmt(ck.written_bytes.map(|b| b as f64 / (1u64 << 20) as f64), 1, ""),
+            plain(ck.cluster_pause_ms, 1),
+            plain(ck.suspend_skew_ms, 3),
+            plain(ck.resume_skew_ms, 3),
+            plain(ck.latency_ms, 0),
+            plain(ck.written_bytes.map(|b| b as f64 / (1u64 << 20) as f64), 1),
         ));
         r.checkpoint = Some(ck);
         tokio::time::sleep(Duration::from_secs_f64(AFTER_S)).await;
@@ -223,21 +244,18 @@ impl Bench {
 
     /// Starts the killed cluster again waiting for its images, restarts it
     /// and checks that its job went on.
-    #[allow(clippy::too_many_arguments)]
     async fn restarted(
         &self,
-        tag: &str,
-        method: Method,
+        trial: &Trial,
         cluster: &mut Cluster,
         originals: &[Vec<TimedProbeEvent>],
         t_stop: Option<f64>,
-        ckdir: &Path,
-        images: &[PathBuf],
         r: &mut Run,
     ) -> Result<()> {
-        let files = match method {
-            Method::Mekha => image_files(ckdir),
-            Method::Stock => images.to_vec(),
+        let tag = &trial.tag;
+        let files = match trial.method {
+            Method::Mekha => image_files(&trial.ckdir),
+            Method::Stock => trial.images.clone(),
         };
         for path in &files {
             drop_cache(path)?;
@@ -250,9 +268,9 @@ impl Bench {
                 bail!("{}: QEMU not waiting for an incoming migration: {status}", node.name);
             }
         }
-        let mut rs = match method {
-            Method::Mekha => self.restart_mekha(&nodes, ckdir, &self.vms_dir.join(tag)).await?,
-            Method::Stock => restart_stock(&nodes, images).await?,
+        let mut rs = match trial.method {
+            Method::Mekha => self.restart_mekha(&nodes, &cluster.cli_qmp_paths(), &trial.ckdir, &trial.run_dir).await?,
+            Method::Stock => restart_stock(&nodes, &trial.images).await?,
         };
         let resumes: Vec<Option<f64>> = rs.vms.iter().map(|v| Some(v.resume_t)).collect();
         let last_resume = resumes.iter().flatten().copied().reduce(f64::max);
@@ -263,8 +281,8 @@ impl Bench {
         rs.loaded_ms = ms(loaded.map(|t| t - rs.t0));
         log(&format!(
             "{tag}: restart: all running after {} ms, resume skew {} ms; waiting for the job",
-            fmt(rs.restart_ms, 0, ""),
-            fmt(rs.resume_skew_ms, 3, "")
+            plain(rs.restart_ms, 0),
+            plain(rs.resume_skew_ms, 3)
         ));
         r.restart = Some(rs);
         let job = job_check(cluster, &nodes, originals, t_stop.unwrap_or(r.restart.as_ref().unwrap().t0)).await;
@@ -369,13 +387,13 @@ impl Bench {
     async fn checkpoint_mekha(
         &self,
         nodes: &[Node],
-        cluster: &Cluster,
+        cli_qmps: &[PathBuf],
         ckdir: &Path,
         log_dir: &Path,
         images: &mut Vec<PathBuf>,
     ) -> Result<Checkpoint> {
         let marks: Vec<usize> = nodes.iter().map(|n| n.events.mark()).collect();
-        let (summary, t0, t1) = self.mekha("checkpoint", &cluster.cli_qmp_paths(), ckdir, log_dir).await?;
+        let (summary, t0, t1) = self.mekha("checkpoint", cli_qmps, ckdir, log_dir).await?;
         let s: ClusterCheckpoint = serde_json::from_value(summary).context("mekha checkpoint's summary")?;
         let resumed = wait_resumed(nodes, &marks).await?;
         let mut vms = Vec::new();
@@ -467,10 +485,15 @@ impl Bench {
         })
     }
 
-    async fn restart_mekha(&self, nodes: &[Node], ckdir: &Path, log_dir: &Path) -> Result<Restart> {
+    async fn restart_mekha(
+        &self,
+        nodes: &[Node],
+        cli_qmps: &[PathBuf],
+        ckdir: &Path,
+        log_dir: &Path,
+    ) -> Result<Restart> {
         let marks: Vec<usize> = nodes.iter().map(|n| n.events.mark()).collect();
-        let qmps: Vec<PathBuf> = nodes.iter().map(|n| cli_qmp_path(&n.qmp)).collect();
-        let (summary, t0, t1) = self.mekha("restore", &qmps, ckdir, log_dir).await?;
+        let (summary, t0, t1) = self.mekha("restore", cli_qmps, ckdir, log_dir).await?;
         let s: ClusterRestore = serde_json::from_value(summary).context("mekha restore's summary")?;
         let resumed = wait_resumed(nodes, &marks).await?;
         let mut vms = Vec::new();
@@ -549,11 +572,6 @@ impl Bench {
             }
         }
     }
-}
-
-/// The second monitor of the VM whose first monitor `qmp` is.
-fn cli_qmp_path(qmp: &Qmp) -> PathBuf {
-    qmp.path().with_file_name("cli-qmp.sock")
 }
 
 /// Connects to every VM's first monitor and follows its console.
@@ -926,11 +944,4 @@ fn image_files(ckdir: &Path) -> Vec<PathBuf> {
     }
     out.sort();
     out
-}
-
-fn cleanup_images(ckdir: &Path, images: &[PathBuf]) {
-    for p in images {
-        let _ = std::fs::remove_file(p);
-    }
-    let _ = std::fs::remove_dir_all(ckdir);
 }

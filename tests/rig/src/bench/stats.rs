@@ -71,6 +71,12 @@ pub fn fmt(value: Option<f64>, digits: usize, suffix: &str) -> String {
     }
 }
 
+/// A figure for a log line: `digits` decimals, no grouping; `-` when
+/// missing.
+pub fn plain(value: Option<f64>, digits: usize) -> String {
+    value.map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +112,7 @@ mod tests {
         assert_eq!(fmt(Some(0.0004), 3, ""), "0.000");
         assert_eq!(fmt(Some(-1234.5), 0, "x"), "-1,234x");
         assert_eq!(fmt(Some(12.25), 2, " ms"), "12.25 ms");
+        assert_eq!(plain(Some(1234.56), 1), "1234.6");
+        assert_eq!(plain(None, 1), "-");
     }
 }
