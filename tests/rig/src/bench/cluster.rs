@@ -19,6 +19,7 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use mekha_coordinator::cluster::{ClusterCheckpoint, ClusterRestore};
 use mekha_coordinator::qmp::{Qmp, QmpError};
+use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::cluster_data::{
@@ -102,6 +103,16 @@ fn latest(events: &[TimedProbeEvent], ev: &str) -> BTreeMap<Link, TimedProbeEven
         }
     }
     out
+}
+
+/// A run of the mekha CLI: its `--json` summary, the host times it
+/// started and exited, each VM's event mark before it and its RESUME.
+struct CliRun<T> {
+    summary: T,
+    t0: f64,
+    t1: f64,
+    marks: Vec<usize>,
+    resumed: Vec<TimedEvent>,
 }
 
 /// One method on one fresh cluster: where its files go.
@@ -355,11 +366,19 @@ impl Bench {
     }
 
     /// Runs `mekha VERB --json --qmp ... --dir DIR` on the VMs' second
-    /// monitors: its JSON summary, the host times it started and exited.
-    async fn mekha(&self, verb: &str, qmps: &[PathBuf], ckdir: &Path, log_dir: &Path) -> Result<(Value, f64, f64)> {
+    /// monitors and waits for every VM's RESUME event after it.
+    async fn mekha<T: DeserializeOwned>(
+        &self,
+        verb: &str,
+        nodes: &[Node],
+        cli_qmps: &[PathBuf],
+        ckdir: &Path,
+        log_dir: &Path,
+    ) -> Result<CliRun<T>> {
+        let marks: Vec<usize> = nodes.iter().map(|n| n.events.mark()).collect();
         let mut cmd = tokio::process::Command::new(&self.artifacts.mekha);
         cmd.args([verb, "--json"]);
-        for q in qmps {
+        for q in cli_qmps {
             cmd.arg("--qmp").arg(q);
         }
         cmd.arg("--dir").arg(ckdir).kill_on_drop(true);
@@ -372,16 +391,17 @@ impl Bench {
         std::fs::write(log_dir.join(format!("mekha-{verb}.stderr")), &out.stderr)?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);
-            let tail = &stderr.trim()[stderr.trim().len().saturating_sub(1500)..];
+            // Its last 1500 characters: the error is at the end.
+            let chars: Vec<char> = stderr.trim().chars().collect();
+            let tail: String = chars[chars.len().saturating_sub(1500)..].iter().collect();
             bail!("mekha {verb} exited {}: {tail}", out.status);
         }
         let summary = serde_json::from_slice(&out.stdout).with_context(|| {
-            format!(
-                "mekha {verb}: no JSON summary: {:?}",
-                String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)])
-            )
+            let head = String::from_utf8_lossy(&out.stdout[..out.stdout.len().min(500)]).into_owned();
+            format!("mekha {verb}: no JSON summary: {head:?}")
         })?;
-        Ok((summary, t0, t1))
+        let resumed = wait_resumed(nodes, &marks).await?;
+        Ok(CliRun { summary, t0, t1, marks, resumed })
     }
 
     async fn checkpoint_mekha(
@@ -392,10 +412,8 @@ impl Bench {
         log_dir: &Path,
         images: &mut Vec<PathBuf>,
     ) -> Result<Checkpoint> {
-        let marks: Vec<usize> = nodes.iter().map(|n| n.events.mark()).collect();
-        let (summary, t0, t1) = self.mekha("checkpoint", cli_qmps, ckdir, log_dir).await?;
-        let s: ClusterCheckpoint = serde_json::from_value(summary).context("mekha checkpoint's summary")?;
-        let resumed = wait_resumed(nodes, &marks).await?;
+        let cli: CliRun<ClusterCheckpoint> = self.mekha("checkpoint", nodes, cli_qmps, ckdir, log_dir).await?;
+        let CliRun { summary: s, t0, t1, marks, resumed } = cli;
         let mut vms = Vec::new();
         for ((node, &mark), res) in nodes.iter().zip(&marks).zip(resumed) {
             let v = s.vms.iter().find(|v| v.vm == node.name).ok_or_else(|| anyhow!("no summary of {}", node.name))?;
@@ -492,10 +510,8 @@ impl Bench {
         ckdir: &Path,
         log_dir: &Path,
     ) -> Result<Restart> {
-        let marks: Vec<usize> = nodes.iter().map(|n| n.events.mark()).collect();
-        let (summary, t0, t1) = self.mekha("restore", cli_qmps, ckdir, log_dir).await?;
-        let s: ClusterRestore = serde_json::from_value(summary).context("mekha restore's summary")?;
-        let resumed = wait_resumed(nodes, &marks).await?;
+        let cli: CliRun<ClusterRestore> = self.mekha("restore", nodes, cli_qmps, ckdir, log_dir).await?;
+        let CliRun { summary: s, t0, t1, marks, resumed } = cli;
         let mut vms = Vec::new();
         for ((node, &mark), res) in nodes.iter().zip(&marks).zip(resumed) {
             let prog = s.vms.iter().find(|v| v.vm == node.name).map(|v| v.progress.clone()).unwrap_or(json!({}));
