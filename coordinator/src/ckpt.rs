@@ -12,7 +12,7 @@ use mekha_ckpt_core::store::{Manifest, Store};
 use crate::qmp::QmpError;
 
 /// How guest RAM is captured (`__org.mekha_CheckpointMode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CaptureMode {
     /// Copy-on-write where the VM and host allow it, MTD otherwise.
     #[default]
@@ -34,7 +34,7 @@ impl CaptureMode {
 }
 
 /// How a restored VM's clocks stand to the host's (`__org.mekha_TimePolicy`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TimePolicy {
     /// Every guest clock resumes from the checkpoint instant.
     #[default]

@@ -15,13 +15,14 @@ use std::time::Duration;
 use serde_json::Value;
 use tokio::signal::unix::{signal, SignalKind};
 
-use mekha_coordinator::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, TimePolicy, MIN_LEASE_MS};
+use mekha_coordinator::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, MIN_LEASE_MS};
 use mekha_coordinator::cluster::{self, Attached, ClusterCheckpoint, ClusterOptions, ClusterRestore};
 use mekha_coordinator::spec::{CheckpointSpec, Spec};
 use mekha_coordinator::transport::Reach;
 
 use super::exit::{self, CommandFailure};
 use super::key;
+use super::values::{ModeArg, TimeArg};
 
 /// How remote QMP sockets are reached (see `transport`).
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -61,7 +62,7 @@ pub struct CheckpointCmd {
     /// runs and stops for the last dirty pages; auto takes cow where RAM is
     /// private anonymous and the kernel has userfaultfd write protection.
     #[arg(long, value_enum)]
-    pub mode: Option<CaptureMode>,
+    pub mode: Option<ModeArg>,
     /// End the live phase of every VM after this long, whatever the dirty
     /// rates (the stop then copies more; default 10000).
     #[arg(long, value_name = "MS")]
@@ -122,8 +123,8 @@ pub struct RestoreCmd {
     /// clock resumes from the checkpoint instant), host (stock: the RTC
     /// jumps by the gap), catch-up (continue, then run guest time faster
     /// until it has caught up with the host).
-    #[arg(long, value_enum, default_value_t = TimePolicy::Continue)]
-    pub time: TimePolicy,
+    #[arg(long, value_enum, default_value_t = TimeArg::Continue)]
+    pub time: TimeArg,
     /// Catch-up rate in parts per million (default 50000: 5% faster).
     #[arg(long, value_name = "PPM")]
     pub catch_up_ppm: Option<u32>,
@@ -180,7 +181,7 @@ impl CheckpointCmd {
         let d = ClusterOptions::default();
         ClusterOptions {
             vm: CheckpointOptions {
-                mode: self.mode.or(spec.mode.map(Into::into)).unwrap_or_default(),
+                mode: self.mode.map(CaptureMode::from).or(spec.mode.map(Into::into)).unwrap_or_default(),
                 staging_mib: self.staging_mib.or(spec.staging_mib),
                 epoch_ms: self.epoch_ms,
                 allow_writable_disks: self.allow_writable_disks || spec.allow_writable_disks.unwrap_or(false),
@@ -265,7 +266,7 @@ pub async fn run_restore(cmd: RestoreCmd) -> Result<(), CommandFailure> {
     let d = RestoreOptions::default();
     let options = RestoreOptions {
         paused: cmd.paused,
-        time: cmd.time,
+        time: cmd.time.into(),
         catch_up_ppm: cmd.catch_up_ppm,
         lag_ns: cmd.lag_ns,
         lease: cmd.lease_ms.map_or(d.lease, Duration::from_millis),

@@ -8,18 +8,19 @@ pub mod image;
 pub mod key;
 pub mod spec;
 pub mod tls;
+pub mod values;
 pub mod vm;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
-use mekha_coordinator::ckpt::TimePolicy;
 use mekha_coordinator::{agent, image_key};
 
 use exit::CommandFailure;
 use key::KeyCommand;
 use tls::TlsCommand;
+use values::TimeArg;
 
 /// Exit codes: 0 success, 1 failure, 2 bad usage, 3 a VM unreachable over
 /// QMP, 4 a VM whose QEMU lacks the mekha patches, 5 an image or checkpoint
@@ -65,7 +66,7 @@ pub enum Command {
         spec: PathBuf,
         /// Time policy (default: the spec's [restore] time, else continue).
         #[arg(long, value_enum)]
-        time: Option<TimePolicy>,
+        time: Option<TimeArg>,
         /// Print one JSON summary instead of text.
         #[arg(long)]
         json: bool,
@@ -93,7 +94,7 @@ pub enum Command {
         /// RTC jumps to the host's time), catch-up runs guest time faster
         /// until the lag is gone.
         #[arg(long, value_enum)]
-        policy: Option<TimePolicy>,
+        policy: Option<TimeArg>,
         /// Catch-up rate in parts per million (default 50000).
         #[arg(long, value_name = "PPM", requires = "policy")]
         catch_up_ppm: Option<u32>,
@@ -150,11 +151,13 @@ pub async fn run(command: Command) -> Result<(), CommandFailure> {
     type Failure = CommandFailure;
     match command {
         Command::Info { qmp, json } => vm::info(qmp, json).await,
-        Command::Time { qmp, policy, catch_up_ppm, json } => vm::time(qmp, policy, catch_up_ppm, json).await,
+        Command::Time { qmp, policy, catch_up_ppm, json } => {
+            vm::time(qmp, policy.map(Into::into), catch_up_ppm, json).await
+        }
         Command::Checkpoint(cmd) => checkpoint::run_checkpoint(cmd).await,
         Command::Restore(cmd) => checkpoint::run_restore(cmd).await,
         Command::Up { spec, json } => spec::up(&spec, json).await,
-        Command::Restart { spec, time, json } => spec::restart(&spec, time, json).await,
+        Command::Restart { spec, time, json } => spec::restart(&spec, time.map(Into::into), json).await,
         Command::Down { spec } => spec::down(&spec).await,
         Command::Status { spec, json } => spec::status(&spec, json).await,
         Command::Image { command } => image::run(command),

@@ -7,6 +7,8 @@ use std::path::PathBuf;
 use clap::Subcommand;
 use mekha_coordinator::tls;
 
+use super::values::RoleArg;
+
 #[derive(Subcommand)]
 pub enum TlsCommand {
     /// Make a cluster CA in its own directory (or reuse the one there),
@@ -43,7 +45,7 @@ pub enum TlsCommand {
         name: String,
         /// What agents do for it.
         #[arg(long, value_enum)]
-        role: tls::Role,
+        role: RoleArg,
         #[arg(long, value_name = "N", default_value_t = tls::DEFAULT_DAYS)]
         days: u32,
     },
@@ -82,6 +84,7 @@ pub fn run(command: TlsCommand) -> Result<Vec<PathBuf>, String> {
             tls::ca::init(&ca(ca_dir), &dir.unwrap_or_else(tls::default_dir), &agent, days)
         }
         TlsCommand::Client { ca_dir, dir, name, role, days } => {
+            let role = tls::Role::from(role);
             let (written, serial) = tls::ca::client(&ca(ca_dir), &dir, &name, role, days)?;
             eprintln!("issued {name:?} ({role}), serial {serial}");
             Ok(written)

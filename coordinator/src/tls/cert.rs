@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 /// What a client certificate allows on an agent, carried in its subject
 /// as the organizational unit `mekha-ROLE`. Each role includes the ones
 /// before it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Role {
     /// Reads only: an agent's storage report, its VMs' pids, checks of
