@@ -2,6 +2,7 @@
 //! A cluster checkpoint: prepare, live phase, rendezvous, persist and
 //! commit (the protocol is in the parent module's documentation).
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -86,7 +87,8 @@ pub async fn checkpoint(
     for vm in vms {
         images.push(generation.image_path(&vm.name)?);
     }
-    let outcome = run_checkpoint(vms, &images, dir, options, progress, started).await;
+    let steps = run_checkpoint(vms, &images, dir, options, progress, started);
+    let outcome = cancelling_on_failure(vms, steps).await;
     let sealed = match outcome {
         Ok(r) => parts.seal(vms, dir, number).await.map(|sealed| (r, sealed)),
         Err(e) => Err(e),
@@ -146,7 +148,57 @@ pub async fn checkpoint(
     })
 }
 
-/// Steps 1 to 4; on any failure, cancels what can be cancelled.
+/// Awaits `steps` (steps 1 to 4 of a checkpoint, see [`run_checkpoint`])
+/// and, when they fail, cancels every VM's checkpoint (but where a step
+/// says otherwise, see [`StepFailed`]).
+///
+/// The cancel is a scope around the steps, not a guard that cancels on
+/// drop: cancelling is a QMP exchange with every VM and a bounded wait
+/// for their checkpoints to end, which a `Drop` (synchronous) cannot
+/// await, and a task spawned from one may not outlive the runtime of a
+/// `mekha` about to exit. So every way out of the steps is a returned
+/// error, and the cancel is awaited before the error goes on. A caller
+/// that drops this future midway (the command line on a signal) cancels
+/// by itself.
+async fn cancelling_on_failure<T>(
+    vms: &[Attached],
+    steps: impl Future<Output = Result<T, StepFailed>>,
+) -> Result<T, CkptError> {
+    match steps.await {
+        Ok(outcome) => Ok(outcome),
+        Err(StepFailed { error, cancel }) => {
+            if cancel {
+                cancel_all(vms).await;
+            }
+            Err(error)
+        }
+    }
+}
+
+/// Why the steps of a checkpoint stopped, and whether the VMs'
+/// checkpoints are to be cancelled (any error `?` turns into one that
+/// cancels them).
+struct StepFailed {
+    error: CkptError,
+    cancel: bool,
+}
+
+impl From<CkptError> for StepFailed {
+    fn from(error: CkptError) -> StepFailed {
+        StepFailed { error, cancel: true }
+    }
+}
+
+impl StepFailed {
+    /// A failure that leaves the VMs' checkpoints to end by themselves
+    /// (their leases).
+    fn leaving_checkpoints(error: CkptError) -> StepFailed {
+        StepFailed { error, cancel: false }
+    }
+}
+
+/// Steps 1 to 4: prepare, live phase, rendezvous, persist. Run inside
+/// [`cancelling_on_failure`].
 async fn run_checkpoint(
     vms: &[Attached],
     images: &[PathBuf],
@@ -154,7 +206,7 @@ async fn run_checkpoint(
     options: &ClusterOptions,
     progress: Progress<'_>,
     started: Instant,
-) -> Result<(Vec<Value>, Rendezvous), CkptError> {
+) -> Result<(Vec<Value>, Rendezvous), StepFailed> {
     // 1. Prepare.
     let starts = join_all(vms.iter().zip(images).map(|(vm, image)| {
         let args = checkpoint_args(image, options);
@@ -162,9 +214,7 @@ async fn run_checkpoint(
     }))
     .await;
     if let Some((vm, e)) = vms.iter().zip(&starts).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
-        let message = format!("{}: the checkpoint was refused: {e}", vm.name);
-        cancel_all(vms).await;
-        return Err(CkptError::Refused(message));
+        return Err(CkptError::Refused(format!("{}: the checkpoint was refused: {e}", vm.name)).into());
     }
     fault::step(Step::Prepare);
 
@@ -172,19 +222,12 @@ async fn run_checkpoint(
     let mut round_trip = Duration::ZERO;
     let (states, all_ready) = loop {
         let asked = Instant::now();
-        let states = match query_all(vms).await {
-            Ok(states) => states,
-            Err(e) => {
-                cancel_all(vms).await;
-                return Err(e);
-            }
-        };
+        let states = query_all(vms).await?;
         round_trip = round_trip.max(asked.elapsed());
         fault::step(Step::Live);
         progress(&states);
         if let Some(e) = first_failure(vms, &states) {
-            cancel_all(vms).await;
-            return Err(e);
+            return Err(e.into());
         }
         let all_ready = states.iter().all(|s| s["ready"] == true);
         if all_ready || started.elapsed() >= options.time_budget {
@@ -203,9 +246,7 @@ async fn run_checkpoint(
     .await;
     if let Some((vm, e)) = vms.iter().zip(&ends).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
         // Some VMs will stop at T without it: their images are worthless.
-        let message = format!("{}: the end of the live phase was refused: {e}", vm.name);
-        cancel_all(vms).await;
-        return Err(CkptError::Refused(message));
+        return Err(CkptError::Refused(format!("{}: the end of the live phase was refused: {e}", vm.name)).into());
     }
     fault::step(Step::Rendezvous);
     let live = started.elapsed();
@@ -218,19 +259,10 @@ async fn run_checkpoint(
     let done = |s: &str| s == "staged" || s == "completed";
     let states = wait_all(vms, progress, done, resumed, options.progress_timeout).await?;
     let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
-    let storage = match storage_of(vms, dir).await {
-        Ok((_, s)) => s,
-        Err(e) => {
-            cancel_all(vms).await;
-            return Err(e);
-        }
-    };
+    let (_, storage) = storage_of(vms, dir).await?;
     // Headers, extent index and device state beyond the staged pages.
     let with_overhead = |i: usize| staged(i) + staged(i) / 64 + (1 << 20);
-    if let Err(e) = check_space(&storage, with_overhead, "the staged images need") {
-        cancel_all(vms).await;
-        return Err(e);
-    }
+    check_space(&storage, with_overhead, "the staged images need")?;
     let pending: Vec<PendingImage> =
         (0..vms.len()).map(|i| PendingImage { target: storage[i].target.clone(), bytes: staged(i) }).collect();
     let mut schedule = PersistSchedule::new(&pending, options.persist_concurrency);
@@ -238,16 +270,17 @@ async fn run_checkpoint(
     let states = loop {
         for i in schedule.start() {
             if let Err(e) = vms[i].qmp.execute_mekha("checkpoint-persist", Value::Null).await {
-                cancel_all(vms).await;
-                return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)));
+                return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)).into());
             }
             fault::step(Step::Persisting);
         }
-        let states = query_all(vms).await?;
+        // A VM lost while the images are written leaves the others'
+        // checkpoints as they are (as it always did: unlike every other
+        // failure here, it cancels none).
+        let states = query_all(vms).await.map_err(StepFailed::leaving_checkpoints)?;
         progress(&states);
         if let Some(e) = first_failure(vms, &states) {
-            cancel_all(vms).await;
-            return Err(e);
+            return Err(e.into());
         }
         let written: Vec<usize> = schedule.writing().filter(|&i| states[i]["status"] == "completed").collect();
         for i in written {
@@ -259,8 +292,7 @@ async fn run_checkpoint(
         // Only the images being written must progress: the others wait
         // for the schedule.
         if let Some(stalled) = stalls.observe(&states, |i| schedule.writing().any(|w| w == i)) {
-            cancel_all(vms).await;
-            return Err(stalled_checkpoint(vms, stalled));
+            return Err(stalled_checkpoint(vms, stalled).into());
         }
         tokio::time::sleep(POLL).await;
     };
@@ -291,7 +323,8 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
 }
 
 /// Polls until every VM's status passes `done`; gives up when a VM not
-/// done shows no progress for `limit` after `watched_from`.
+/// done shows no progress for `limit` after `watched_from`. A step of
+/// [`run_checkpoint`]: its failures cancel the checkpoints there.
 async fn wait_all(
     vms: &[Attached],
     progress: Progress<'_>,
@@ -301,16 +334,9 @@ async fn wait_all(
 ) -> Result<Vec<Value>, CkptError> {
     let mut stalls = StallWatch::new(vms.len(), limit);
     loop {
-        let states = match query_all(vms).await {
-            Ok(s) => s,
-            Err(e) => {
-                cancel_all(vms).await;
-                return Err(e);
-            }
-        };
+        let states = query_all(vms).await?;
         progress(&states);
         if let Some(e) = first_failure(vms, &states) {
-            cancel_all(vms).await;
             return Err(e);
         }
         if states.iter().any(|s| s["stopped-at-ns"].is_i64()) {
@@ -322,7 +348,6 @@ async fn wait_all(
         }
         let watched = Instant::now() >= watched_from;
         if let Some(stalled) = stalls.observe(&states, |i| watched && !is_done(i)) {
-            cancel_all(vms).await;
             return Err(stalled_checkpoint(vms, stalled));
         }
         tokio::time::sleep(POLL).await;
