@@ -21,6 +21,10 @@ use super::{check_instant, ms, Lease};
 use crate::image::{ImageKey, NetFrames};
 use crate::mtd::MtdParams;
 
+/// How long one sleep of [`Session::wait_for`] lasts without a lease: only
+/// a command ends such a wait, this merely bounds each sleep.
+const NO_LEASE_WAKE: Duration = Duration::from_secs(3600);
+
 /// `__org.mekha_CheckpointArgs`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -367,6 +371,20 @@ impl Session {
         let woken = self.command_came.wait_timeout_while(commands, at_most, |n| *n == seen);
         drop(woken.unwrap_or_else(PoisonError::into_inner));
         done(self)
+    }
+
+    /// Blocks until `done` holds, where `done` depends on the commands and
+    /// the lease only (an end, a cancel, a persist release, a silent
+    /// coordinator): a command wakes the wait, and the lease's expiry is
+    /// waited for as such (a renewal only moves it later, so the wait
+    /// wakes at the old instant and waits on).
+    pub fn wait_for(&self, done: impl Fn(&Session) -> bool) {
+        loop {
+            let left = self.lease.lock().unwrap_or_else(PoisonError::into_inner).map(|l| l.left(Instant::now()));
+            if self.wait_until(left.unwrap_or(NO_LEASE_WAKE), &done) {
+                return;
+            }
+        }
     }
 
     /// A command came: its flag is set; wakes [`wait_until`](Self::wait_until).

@@ -50,6 +50,13 @@ impl Lease {
     pub fn expired(&self, now: Instant) -> bool {
         now.saturating_duration_since(self.last_heard) > self.every
     }
+
+    /// How long from `now` until the lease expires unless heard from
+    /// again (never less than a millisecond, so that a wait for it ends
+    /// past the instant, not at it).
+    pub fn left(&self, now: Instant) -> Duration {
+        (self.last_heard + self.every).saturating_duration_since(now).max(Duration::from_millis(1))
+    }
 }
 
 /// Milliseconds from an optional argument, or a default.

@@ -53,7 +53,7 @@ pub(super) fn capture(
     });
     if params.mtd.hold {
         let settled = |s: &Session| s.end_requested() || s.abandoned().is_some();
-        while !shared.wait_until(super::worker::LEASE_CHECK, settled) {}
+        shared.wait_for(settled);
         if let Some(abandon) = shared.abandoned().filter(|_| !shared.end_requested()) {
             return Err(abandon.message().into());
         }

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use mekha_ckpt_core::cow::WriteProtect;
 use mekha_ckpt_core::host::Capabilities;
@@ -24,10 +24,6 @@ use crate::qemu::{self, Bql, QemuThread};
 
 /// Pages written between two progress reports while persisting (64 MiB).
 const PERSIST_STEP_PAGES: u64 = (64 << 20) / PAGE_SIZE as u64;
-
-/// How often a wait for the coordinator's command looks at its lease (a
-/// command itself wakes the wait at once).
-pub(super) const LEASE_CHECK: Duration = Duration::from_millis(20);
 
 /// Cheap checks of the image path, for a clear error before anything runs.
 pub(super) fn check_target(path: &Path) -> Result<(), String> {
@@ -239,7 +235,7 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
 fn wait_for_persist(shared: &Session) -> Result<(), String> {
     shared.update(|info| info.status = Status::Staged);
     let settled = |s: &Session| s.persist_released() || s.abandoned().is_some();
-    while !shared.wait_until(LEASE_CHECK, settled) {}
+    shared.wait_for(settled);
     match shared.abandoned().filter(|_| !shared.persist_released()) {
         Some(Abandon::Cancelled) => Err(Abandon::Cancelled.message().into()),
         // Not heard from: written anyway, only the coordinator commits it.

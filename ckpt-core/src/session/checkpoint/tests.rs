@@ -166,3 +166,38 @@ fn a_command_wakes_a_waiting_worker_at_once() {
     assert!(s.wait_until(Duration::from_secs(600), Session::persist_released));
     assert!(!s.wait_until(Duration::from_millis(10), Session::end_requested));
 }
+
+#[test]
+fn a_wait_for_the_coordinator_ends_at_its_command_or_its_lease() {
+    // A silent coordinator: the wait ends once the lease runs out, with
+    // no command to wake it.
+    let (s, _) = session(Some(Duration::from_millis(40)));
+    let settled = |s: &Session| s.end_requested() || s.abandoned().is_some();
+    s.wait_for(settled);
+    assert_eq!(s.abandoned(), Some(Abandon::LeaseExpired));
+    // Without a lease only the command ends it.
+    let (s, _) = session(None);
+    let s = Arc::new(s);
+    let waiter = {
+        let s = s.clone();
+        std::thread::spawn(move || s.wait_for(|s| s.end_requested() || s.abandoned().is_some()))
+    };
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(!waiter.is_finished());
+    s.request_end(EndArgs::default(), 1_000_000_000_000).unwrap();
+    waiter.join().unwrap();
+    assert!(s.end_requested() && s.abandoned().is_none());
+}
+
+#[test]
+fn a_lease_tells_how_long_it_has_left() {
+    let start = Instant::now();
+    let mut lease = Lease::new(Duration::from_millis(40), start);
+    assert_eq!(lease.left(start), Duration::from_millis(40));
+    assert_eq!(lease.left(start + Duration::from_millis(30)), Duration::from_millis(10));
+    // Due or past: a millisecond, so that a wait ends past the instant.
+    assert_eq!(lease.left(start + Duration::from_millis(40)), Duration::from_millis(1));
+    assert_eq!(lease.left(start + Duration::from_secs(9)), Duration::from_millis(1));
+    lease.heard(start + Duration::from_millis(30));
+    assert_eq!(lease.left(start + Duration::from_millis(40)), Duration::from_millis(30));
+}
