@@ -19,8 +19,8 @@
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::time::Instant;
 
 use mekha_ckpt_core::image::{check_compatible, Image, Mac};
 use mekha_ckpt_core::session::Lease;
@@ -52,6 +52,8 @@ static INFO: Mutex<Info> = Mutex::new(Info {
 
 /// The coordinator's lease on a restore from its command to its resume.
 static LEASE: Mutex<Option<Lease>> = Mutex::new(None);
+/// Signalled when the resume takes [`LEASE`] away: its watch ends at once.
+static LEASE_TAKEN: Condvar = Condvar::new();
 
 /// The coordinator spoke: renews its lease, if one runs.
 fn heard() {
@@ -73,16 +75,19 @@ pub(crate) fn query(args: QueryArgs) -> Info {
 /// the coordinator falls silent first — the VM loading, loaded, or its
 /// load failed — fails the restore and shuts QEMU down.
 fn watch_lease() {
-    let every = loop {
-        {
-            let mut lease = LEASE.lock().unwrap_or_else(PoisonError::into_inner);
+    let every = {
+        let mut lease = LEASE.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
             let Some(l) = *lease else { return };
-            if l.expired(Instant::now()) {
+            let now = Instant::now();
+            if l.expired(now) {
                 *lease = None;
                 break l.every();
             }
+            // A renewal only moves the expiry later: past this one, look
+            // again.
+            lease = LEASE_TAKEN.wait_timeout(lease, l.left(now)).unwrap_or_else(PoisonError::into_inner).0;
         }
-        std::thread::sleep(LEASE_CHECK);
     };
     qemu::main_loop_call(move || {
         // SAFETY: main-loop calls run with the BQL held.
@@ -110,9 +115,6 @@ fn watch_lease() {
         shut_down(&bql, &snapshot);
     });
 }
-
-/// How often the lease is checked.
-const LEASE_CHECK: Duration = Duration::from_millis(20);
 
 fn finish(outcome: Result<(), String>, started: Instant) {
     let snapshot = {
@@ -272,6 +274,7 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
     }
     // The coordinator decided: the VM runs at the instant, lease or not.
     let lease = LEASE.lock().unwrap_or_else(PoisonError::into_inner).take();
+    LEASE_TAKEN.notify_all();
     let spawned = std::thread::Builder::new().name("mekha-resume".into()).spawn(move || {
         let _thread = QemuThread::register();
         let resumed = guarded(|| {
