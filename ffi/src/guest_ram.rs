@@ -7,6 +7,7 @@ use std::ffi::CString;
 
 use mekha_ckpt_core::cow::Region;
 use mekha_ckpt_core::image::{Identity, Layout, RamBlock as ImageRamBlock};
+use mekha_ckpt_core::session::{Error, Result};
 use mekha_ckpt_core::PAGE_SIZE;
 
 use crate::qemu::{self, Bql};
@@ -29,15 +30,15 @@ pub(crate) struct GuestRam {
 
 impl GuestRam {
     /// Reads QEMU's RAM blocks now (BQL held: the block list is stable).
-    pub(crate) fn current(_bql: &Bql) -> Result<GuestRam, String> {
+    pub(crate) fn current(_bql: &Bql) -> Result<GuestRam> {
         let id = qemu::vm_identity();
         let qemu_blocks: Vec<_> = qemu::ram_blocks().into_iter().filter(|b| b.migratable).collect();
         if qemu_blocks.is_empty() {
-            return Err("the VM has no migratable RAM".into());
+            return Err(Error::unsupported("the VM has no migratable RAM"));
         }
         for b in &qemu_blocks {
             if b.used_length % PAGE_SIZE as u64 != 0 {
-                return Err(format!("RAM block {} is not a whole number of pages", b.name));
+                return Err(Error::unsupported(format!("RAM block {} is not a whole number of pages", b.name)));
             }
         }
         let image_blocks: Vec<ImageRamBlock> = qemu_blocks
@@ -97,12 +98,12 @@ impl GuestRam {
     /// Guest RAM for copy-on-write capture: every block, provided all are
     /// private anonymous memory (write protection does not see writes
     /// made through another mapping of shared memory, e.g. vhost-user's).
-    pub(crate) fn write_protect_regions(&self) -> Result<Vec<Region>, String> {
+    pub(crate) fn write_protect_regions(&self) -> Result<Vec<Region>> {
         if let Some(b) = self.blocks.iter().find(|b| !b.anonymous) {
-            return Err(format!(
+            return Err(Error::unsupported(format!(
                 "RAM block {} is shared or file-backed: write protection would miss writes through its other mappings",
                 b.name.to_string_lossy()
-            ));
+            )));
         }
         Ok(self
             .blocks
@@ -117,7 +118,7 @@ impl GuestRam {
 
     /// Pulls the dirty log and fetches-and-clears every block's bits into
     /// one global bitmap (bit = page written since the previous call).
-    pub(crate) fn sync_dirty(&self, bql: &Bql, bitmap: &mut Vec<u64>) -> Result<(), String> {
+    pub(crate) fn sync_dirty(&self, bql: &Bql, bitmap: &mut Vec<u64>) -> Result<()> {
         bitmap.clear();
         bitmap.resize(self.total_pages().div_ceil(64) as usize, 0);
         qemu::ckpt::dirty_log_sync(bql);

@@ -19,8 +19,9 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mekha_ckpt_core::session::time::{catch_up_ppm, Info, SetArgs};
+use mekha_ckpt_core::session::Result;
 use mekha_ckpt_core::vtime::{catch_up_step, resume_offset, TimePolicy, TimeRecord, DEFAULT_CATCH_UP_PPM};
-use serde::Serialize;
 
 use crate::qemu::{self, clocks, Bql, QemuThread};
 
@@ -37,38 +38,10 @@ pub(crate) struct RestoreTime {
 }
 
 impl RestoreTime {
-    pub(crate) fn new(
-        policy: Option<TimePolicy>,
-        ppm: Option<u32>,
-        lag_ns: Option<i64>,
-    ) -> Result<RestoreTime, String> {
+    pub(crate) fn new(policy: Option<TimePolicy>, ppm: Option<u32>, lag_ns: Option<i64>) -> Result<RestoreTime> {
         let policy = policy.unwrap_or_default();
-        Ok(RestoreTime { policy, ppm: check_ppm(ppm)?, lag_ns })
+        Ok(RestoreTime { policy, ppm: catch_up_ppm(ppm)?, lag_ns })
     }
-}
-
-fn check_ppm(ppm: Option<u32>) -> Result<u32, String> {
-    match ppm {
-        Some(0) => Err("catch-up-ppm must be positive".into()),
-        Some(p) if p > 1_000_000 => {
-            Err("catch-up-ppm above 1000000 would run guest time more than twice as fast".into())
-        }
-        Some(p) => Ok(p),
-        None => Ok(DEFAULT_CATCH_UP_PPM),
-    }
-}
-
-/// `__org.mekha_TimeInfo`.
-#[derive(Debug, Clone, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub(crate) struct Info {
-    policy: TimePolicy,
-    lag_ns: i64,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    catch_up_ppm: Option<u32>,
-    catching_up: bool,
-    advanced_ns: i64,
-    virtual_ns: i64,
 }
 
 struct State {
@@ -145,15 +118,8 @@ pub(crate) fn query() -> Info {
 }
 
 /// `__org.mekha_set-time`.
-#[derive(Debug, serde::Deserialize)]
-#[serde(rename_all = "kebab-case", deny_unknown_fields)]
-pub(crate) struct SetArgs {
-    policy: TimePolicy,
-    catch_up_ppm: Option<u32>,
-}
-
-pub(crate) fn set(args: SetArgs) -> Result<(), String> {
-    let ppm = check_ppm(args.catch_up_ppm)?;
+pub(crate) fn set(args: SetArgs) -> Result<()> {
+    let ppm = catch_up_ppm(args.catch_up_ppm)?;
     // SAFETY: QMP handlers run with the BQL held.
     let bql = unsafe { Bql::assume_held() };
     let mut state = STATE.lock().unwrap();

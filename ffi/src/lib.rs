@@ -24,6 +24,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use boundary::MekhaStatus;
+use mekha_ckpt_core::session;
 
 /// See `mekha_abi_version` in include/mekha.h.
 ///
@@ -53,7 +54,9 @@ pub unsafe extern "C" fn mekha_qmp_command(
     });
     let (status, text) = match outcome {
         Ok(json) => (MekhaStatus::MEKHA_OK, json),
-        Err(message) => (MekhaStatus::MEKHA_ERROR, message),
+        // QMP's error classes are QEMU's: the kind stays in the status
+        // infos, the command's error is its message.
+        Err(e) => (MekhaStatus::MEKHA_ERROR, e.message),
     };
     // SAFETY: the caller passes a valid out-pointer.
     unsafe { *reply = into_c_string(text) };
@@ -96,9 +99,10 @@ fn into_c_string(text: String) -> *mut c_char {
 /// Runs `f`; a panic (a bug in mekha) becomes its error, so that what it
 /// served (a QMP command, a checkpoint, a restore) fails instead of never
 /// ending.
-pub(crate) fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
-    catch_unwind(AssertUnwindSafe(f))
-        .unwrap_or_else(|panic| Err(format!("mekha: internal error: {}", panic_message(&panic))))
+pub(crate) fn guarded<T>(f: impl FnOnce() -> session::Result<T>) -> session::Result<T> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|panic| {
+        Err(session::Error::internal(format!("mekha: internal error: {}", panic_message(&panic))))
+    })
 }
 
 pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> &str {

@@ -5,6 +5,7 @@ use std::ffi::{c_int, c_void, CStr};
 
 use crate::boundary::{self, MekhaRamBlock, MekhaVmIdentity};
 use mekha_ckpt_core::image::ImageKey;
+use mekha_ckpt_core::session::{Error, Result};
 
 /// A guest RAM block, copied out of QEMU.
 #[derive(Debug, Clone)]
@@ -131,11 +132,11 @@ unsafe fn take_error(err: *mut std::ffi::c_char) -> String {
 }
 
 /// Runs a `char **err`-style QEMU call; Err carries QEMU's message.
-fn check(call: impl FnOnce(*mut *mut std::ffi::c_char) -> c_int) -> Result<(), String> {
+fn check(call: impl FnOnce(*mut *mut std::ffi::c_char) -> c_int) -> Result<()> {
     let mut err = std::ptr::null_mut();
     if call(&mut err) < 0 {
         // SAFETY: a failed `char **err` call left NULL or its message there.
-        Err(unsafe { take_error(err) })
+        Err(Error::qemu(unsafe { take_error(err) }))
     } else {
         Ok(())
     }
@@ -239,11 +240,13 @@ pub(crate) mod report {
 }
 
 /// The image key held by QEMU's `secret` object `id`.
-pub(crate) fn image_key(_bql: &Bql, id: &str) -> Result<ImageKey, String> {
-    let c_id = std::ffi::CString::new(id).map_err(|_| format!("key-secret {id:?} holds a NUL byte"))?;
+pub(crate) fn image_key(_bql: &Bql, id: &str) -> Result<ImageKey> {
+    let c_id = std::ffi::CString::new(id)
+        .map_err(|_| Error::invalid_argument(format!("key-secret {id:?} holds a NUL byte")))?;
     let (mut data, mut len) = (std::ptr::null_mut(), 0usize);
     // SAFETY: BQL held; valid C string; QEMU fills data and len on success.
-    check(|err| unsafe { boundary::mekha_qemu_secret_lookup(c_id.as_ptr(), &mut data, &mut len, err) })?;
+    check(|err| unsafe { boundary::mekha_qemu_secret_lookup(c_id.as_ptr(), &mut data, &mut len, err) })
+        .map_err(|e| Error::invalid_argument(e.message))?;
     // SAFETY: on success, data points to len bytes QEMU allocated for us.
     let bytes = zeroize::Zeroizing::new(unsafe { std::slice::from_raw_parts(data, len) }.to_vec());
     // SAFETY: the secret's copy is no longer used; wipe it before freeing.
@@ -251,14 +254,14 @@ pub(crate) fn image_key(_bql: &Bql, id: &str) -> Result<ImageKey, String> {
         std::ptr::write_bytes(data, 0, len);
         boundary::mekha_qemu_free(data as *mut c_void);
     }
-    ImageKey::parse(&bytes).map_err(|e| format!("key-secret {id}: {e}"))
+    ImageKey::parse(&bytes).map_err(|e| Error::invalid_argument(format!("key-secret {id}: {e}")))
 }
 
 /// Checkpoint support in QEMU; every function wants the BQL (`_bql`).
 pub(crate) mod ckpt {
     use super::*;
 
-    pub(crate) fn begin(_bql: &Bql) -> Result<(), String> {
+    pub(crate) fn begin(_bql: &Bql) -> Result<()> {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_checkpoint_begin(err) })
     }
@@ -274,22 +277,20 @@ pub(crate) mod ckpt {
     }
 
     /// Fetches and clears block `name`'s dirty bits into `bitmap`.
-    pub(crate) fn dirty_log_fetch(
-        _bql: &Bql,
-        name: &std::ffi::CStr,
-        bitmap: &mut [u64],
-        pages: u64,
-    ) -> Result<(), String> {
+    pub(crate) fn dirty_log_fetch(_bql: &Bql, name: &std::ffi::CStr, bitmap: &mut [u64], pages: u64) -> Result<()> {
         assert!(bitmap.len() as u64 >= pages.div_ceil(64));
         // SAFETY: BQL held; bitmap holds `pages` bits.
         let rc = unsafe { boundary::mekha_qemu_dirty_log_fetch(name.as_ptr(), bitmap.as_mut_ptr(), pages) };
         if rc < 0 {
-            return Err(format!("RAM block {} changed size or vanished during the checkpoint", name.to_string_lossy()));
+            return Err(Error::qemu(format!(
+                "RAM block {} changed size or vanished during the checkpoint",
+                name.to_string_lossy()
+            )));
         }
         Ok(())
     }
 
-    pub(crate) fn vm_stop(_bql: &Bql) -> Result<(), String> {
+    pub(crate) fn vm_stop(_bql: &Bql) -> Result<()> {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_vm_stop(err) })
     }
@@ -307,7 +308,7 @@ pub(crate) mod ckpt {
     }
 
     /// Saves every device's state (VM stopped).
-    pub(crate) fn save_devices(_bql: &Bql) -> Result<Vec<u8>, String> {
+    pub(crate) fn save_devices(_bql: &Bql) -> Result<Vec<u8>> {
         unsafe extern "C" fn sink(data: *const u8, len: usize, opaque: *mut c_void) {
             // SAFETY: QEMU passes a buffer valid for the call; opaque is our Vec.
             unsafe { (*(opaque as *mut Vec<u8>)).extend_from_slice(std::slice::from_raw_parts(data, len)) };
@@ -330,18 +331,18 @@ pub(crate) mod incoming {
         unsafe { boundary::mekha_qemu_incoming_pending() }
     }
 
-    pub(crate) fn load_devices(_bql: &Bql, state: &[u8]) -> Result<(), String> {
+    pub(crate) fn load_devices(_bql: &Bql, state: &[u8]) -> Result<()> {
         // SAFETY: BQL held; state valid for the call.
         check(|err| unsafe { boundary::mekha_qemu_load_devices(state.as_ptr(), state.len(), err) })
     }
 
-    pub(crate) fn finish(_bql: &Bql, start: bool) -> Result<(), String> {
+    pub(crate) fn finish(_bql: &Bql, start: bool) -> Result<()> {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_incoming_finish(start, err) })
     }
 
     /// Resumes a VM a restore left paused.
-    pub(crate) fn resume(_bql: &Bql) -> Result<(), String> {
+    pub(crate) fn resume(_bql: &Bql) -> Result<()> {
         // SAFETY: BQL held.
         check(|err| unsafe { boundary::mekha_qemu_vm_resume(err) })
     }

@@ -3,41 +3,44 @@
 //!
 //! Arguments arrive as the JSON object QEMU's marshaller already checked
 //! against the QAPI schema; replies are JSON values of the schema's return
-//! type, which the glue checks again on its way back.
+//! type, which the glue checks again on its way back. Both are the
+//! contract's types (`mekha_ckpt_core::session::commands`).
 
-use serde::de::DeserializeOwned;
-use serde_json::Value;
+use mekha_ckpt_core::session::commands::{
+    Checkpoint, CheckpointCancel, CheckpointEnd, CheckpointPersist, QueryCheckpoint, QueryInfo, QueryRestore,
+    QueryTime, Restore, Resume, SetTime,
+};
+use mekha_ckpt_core::session::{Command, Empty, Error, Result};
 
 use crate::{checkpoint, guest_time, info, restore};
 
 /// Handle `name` (without the `__org.mekha_` prefix) with `args_json`.
-/// Ok is the JSON reply, Err a message for the QMP client.
-pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String, String> {
-    let reply = match name {
-        "query-info" => to_json(info::query_info()),
-        "checkpoint" => checkpoint::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
-        "checkpoint-end" => checkpoint::end_live_phase(args(name, args_json)?).map(|()| empty())?,
-        "checkpoint-cancel" => checkpoint::cancel().map(|()| empty())?,
-        "checkpoint-persist" => checkpoint::release_persist().map(|()| empty())?,
-        "query-checkpoint" => to_json(checkpoint::query(args(name, args_json)?)),
-        "restore" => restore::start(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
-        "query-restore" => to_json(restore::query(args(name, args_json)?)),
-        "resume" => restore::resume(args(name, args_json)?).map(|()| empty())?,
-        "query-time" => to_json(guest_time::query()),
-        "set-time" => guest_time::set(args(name, args_json)?).map(|()| Value::Object(Default::default()))?,
-        _ => return Err(format!("mekha: this library does not implement command '{name}'")),
-    };
-    Ok(reply.to_string())
+/// Ok is the JSON reply, Err the failure for the QMP client.
+pub(crate) fn dispatch(name: &str, args_json: &str) -> Result<String> {
+    let json = args_json;
+    match name {
+        QueryInfo::NAME => answer::<QueryInfo>(json, |Empty {}| Ok(info::query_info())),
+        Checkpoint::NAME => answer::<Checkpoint>(json, |args| checkpoint::start(args).map(|()| Empty {})),
+        CheckpointEnd::NAME => {
+            answer::<CheckpointEnd>(json, |args| checkpoint::end_live_phase(args).map(|()| Empty {}))
+        }
+        CheckpointCancel::NAME => answer::<CheckpointCancel>(json, |Empty {}| checkpoint::cancel().map(|()| Empty {})),
+        CheckpointPersist::NAME => {
+            answer::<CheckpointPersist>(json, |Empty {}| checkpoint::release_persist().map(|()| Empty {}))
+        }
+        QueryCheckpoint::NAME => answer::<QueryCheckpoint>(json, |args| Ok(checkpoint::query(args))),
+        Restore::NAME => answer::<Restore>(json, |args| restore::start(args).map(|()| Empty {})),
+        QueryRestore::NAME => answer::<QueryRestore>(json, |args| Ok(restore::query(args))),
+        Resume::NAME => answer::<Resume>(json, |args| restore::resume(args).map(|()| Empty {})),
+        QueryTime::NAME => answer::<QueryTime>(json, |Empty {}| Ok(guest_time::query())),
+        SetTime::NAME => answer::<SetTime>(json, |args| guest_time::set(args).map(|()| Empty {})),
+        _ => Err(Error::invalid_argument(format!("mekha: this library does not implement command '{name}'"))),
+    }
 }
 
-fn args<T: DeserializeOwned>(name: &str, args_json: &str) -> Result<T, String> {
-    serde_json::from_str(args_json).map_err(|e| format!("mekha: bad arguments for {name}: {e}"))
-}
-
-fn empty() -> Value {
-    Value::Object(Default::default())
-}
-
-fn to_json(value: impl serde::Serialize) -> Value {
-    serde_json::to_value(value).expect("replies encode")
+/// Reads `C`'s arguments, runs `handle` and encodes its reply.
+fn answer<C: Command>(args_json: &str, handle: impl FnOnce(C::Args) -> Result<C::Reply>) -> Result<String> {
+    let args = serde_json::from_str(args_json)
+        .map_err(|e| Error::invalid_argument(format!("mekha: bad arguments for {}: {e}", C::NAME)))?;
+    Ok(serde_json::to_string(&handle(args)?).expect("replies encode"))
 }

@@ -23,7 +23,7 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use mekha_ckpt_core::image::{check_compatible, Image, Mac};
-use mekha_ckpt_core::session::Lease;
+use mekha_ckpt_core::session::{Error, ErrorKind, Lease, Result};
 use mekha_ckpt_core::PAGE_SIZE;
 
 use crate::guest_ram::GuestRam;
@@ -39,6 +39,7 @@ static INFO: Mutex<Info> = Mutex::new(Info {
     status: Status::None,
     path: None,
     error: None,
+    error_kind: None,
     lazy: false,
     ram_bytes: 0,
     verified_bytes: 0,
@@ -103,10 +104,12 @@ fn watch_lease() {
             if info.status == Status::Failed {
                 crate::qemu::report::error(&format!("{why}; the restore failed, QEMU shuts down"));
             } else {
-                info.status = Status::Failed;
-                info.error = Some(format!(
-                    "{why} and never resumed the VM, which did not run; QEMU shuts down (restart the cluster \
-                     again)"
+                info.fail(Error::new(
+                    ErrorKind::LeaseExpired,
+                    format!(
+                        "{why} and never resumed the VM, which did not run; QEMU shuts down (restart the cluster \
+                         again)"
+                    ),
                 ));
                 crate::qemu::report::error(info.error.as_deref().unwrap_or_default());
             }
@@ -116,7 +119,7 @@ fn watch_lease() {
     });
 }
 
-fn finish(outcome: Result<(), String>, started: Instant) {
+fn finish(outcome: Result<()>, started: Instant) {
     let snapshot = {
         let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
         if info.status != Status::Loading {
@@ -126,10 +129,7 @@ fn finish(outcome: Result<(), String>, started: Instant) {
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
             Ok(()) => info.status = Status::Completed,
-            Err(e) => {
-                info.status = Status::Failed;
-                info.error = Some(e);
-            }
+            Err(e) => info.fail(e),
         }
         info.clone()
     };
@@ -148,28 +148,30 @@ fn shut_down(bql: &Bql, failed: &Info) {
 }
 
 /// `__org.mekha_restore`: checks, then loads in the background.
-pub(crate) fn start(args: Args) -> Result<(), String> {
+pub(crate) fn start(args: Args) -> Result<()> {
     let started = Instant::now();
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
     if INFO.lock().unwrap_or_else(PoisonError::into_inner).status == Status::Loading {
-        return Err("a restore is already running".into());
+        return Err(Error::new(ErrorKind::Busy, "a restore is already running"));
     }
     if !qemu::incoming::pending(&bql) {
-        return Err("this QEMU does not wait for an incoming VM: start it with the VM's command line plus \
-                    '-incoming defer', and restore before anything else runs"
-            .into());
+        return Err(Error::unsupported(
+            "this QEMU does not wait for an incoming VM: start it with the VM's command line plus '-incoming \
+             defer', and restore before anything else runs",
+        ));
     }
     let time = RestoreTime::new(args.time, args.catch_up_ppm, args.lag_ns)?;
     let start_vm = args.starts();
     let lease = args.lease()?;
     let ram = GuestRam::current(&bql)?;
     let key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
-    let image = Image::open_with(&args.path, key.as_ref()).map_err(|e| e.to_string())?;
+    let image = Image::open_with(&args.path, key.as_ref())?;
     check_mac(&image, args.mac.as_deref())?;
-    let record = image.time().map_err(|e| e.to_string())?;
-    let net_frames = image.net_frames().map_err(|e| e.to_string())?.unwrap_or_default();
-    let compat = check_compatible(image.identity(), ram.identity()).map_err(|m| m.to_string())?;
+    let record = image.time()?;
+    let net_frames = image.net_frames()?.unwrap_or_default();
+    let compat = check_compatible(image.identity(), ram.identity())
+        .map_err(|m| Error::new(ErrorKind::ImageInvalid, m.to_string()))?;
     for warning in &compat.warnings {
         crate::qemu::report::warn(&format!("restore of {}: {warning}", args.path.display()));
     }
@@ -180,7 +182,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         None => lazy_refusal(&ram),
     };
     let lazy = match (args.lazy, refusal) {
-        (Some(true), Some(why)) => return Err(format!("lazy restore is impossible here: {why}")),
+        (Some(true), Some(why)) => return Err(Error::unsupported(format!("lazy restore is impossible here: {why}"))),
         (Some(false), _) | (None, Some(_)) => false,
         (_, None) => true,
     };
@@ -204,7 +206,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
             let _thread = QemuThread::register();
             let loaded = guarded(|| {
                 load_ram(&image, &ram, &compat.image_block, lazy)
-                    .and_then(|()| image.device_state().map_err(|e| e.to_string()))
+                    .and_then(|()| image.device_state().map_err(Error::from))
             });
             match loaded {
                 Ok(device_state) => qemu::main_loop_call(move || {
@@ -236,7 +238,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
                 Err(e) => finish(Err(e), started),
             }
         })
-        .map_err(|e| format!("cannot start the restore thread: {e}"))?;
+        .map_err(|e| Error::internal(format!("cannot start the restore thread: {e}")))?;
     Ok(())
 }
 
@@ -263,11 +265,11 @@ fn spawn_lease_watch() {
 /// instant (one for every VM of a cluster) or at once. Returns at once; a
 /// thread naps until shortly before the instant, then takes the BQL and
 /// spins to it.
-pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
+pub(crate) fn resume(args: ResumeArgs) -> Result<()> {
     {
         let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
         if info.status != Status::Completed || info.resume_at_ns.is_some() {
-            return Err("no restored VM waits to be resumed".into());
+            return Err(Error::wrong_status("no restored VM waits to be resumed"));
         }
         args.check(rendezvous::wall_ns())?;
         info.resume_at_ns = Some(args.at.unwrap_or_else(rendezvous::wall_ns));
@@ -291,8 +293,7 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
                 let snapshot = {
                     let mut info = INFO.lock().unwrap_or_else(PoisonError::into_inner);
                     info.resume_at_ns = None;
-                    info.status = Status::Failed;
-                    info.error = Some(format!("resuming the restored VM failed: {e}; QEMU shuts down"));
+                    info.fail(Error::new(e.kind, format!("resuming the restored VM failed: {e}; QEMU shuts down")));
                     crate::qemu::report::error(info.error.as_deref().unwrap_or_default());
                     info.clone()
                 };
@@ -308,23 +309,26 @@ pub(crate) fn resume(args: ResumeArgs) -> Result<(), String> {
             // Its watch may have ended when the lease was taken.
             spawn_lease_watch();
         }
-        return Err(format!("cannot start the resume thread: {e}"));
+        return Err(Error::internal(format!("cannot start the resume thread: {e}")));
     }
     Ok(())
 }
 
 /// Refuses an image other than the one whose MAC the caller expects (an
 /// older image of the same VM, sealed under the same key).
-fn check_mac(image: &Image, expected: Option<&str>) -> Result<(), String> {
+fn check_mac(image: &Image, expected: Option<&str>) -> Result<()> {
     let Some(expected) = expected else { return Ok(()) };
-    let expected = Mac::parse(expected)?;
+    let expected = Mac::parse(expected).map_err(Error::invalid_argument)?;
     match image.mac() {
-        None => Err("mac needs key-secret: a MAC is checked under the image key".into()),
+        None => Err(Error::invalid_argument("mac needs key-secret: a MAC is checked under the image key")),
         Some(mac) if mac == expected => Ok(()),
-        Some(mac) => Err(format!(
-            "image {} is authentic but not the one expected: its MAC is {mac}, not {expected} (an image of \
+        Some(mac) => Err(Error::new(
+            ErrorKind::NotAuthentic,
+            format!(
+                "image {} is authentic but not the one expected: its MAC is {mac}, not {expected} (an image of \
              another checkpoint put in its place?); nothing was restored",
-            image.path().display()
+                image.path().display()
+            ),
         )),
     }
 }
@@ -368,7 +372,7 @@ const CHUNK: usize = 8 << 20;
 /// hole is zero pages, whose checksums are checked against the table
 /// without reading, and which a bulk restore zeroes in guest RAM (ROM
 /// blocks hold QEMU's own content before the restore).
-fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) -> Result<(), String> {
+fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) -> Result<()> {
     fault::point(fault::Point::RestoreLoading);
     let layout = image.layout();
     let mut scratch = vec![0u8; if lazy { CHUNK } else { 0 }];
@@ -409,7 +413,7 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
                 image
                     .file()
                     .read_exact_at(buf, offset + done as u64)
-                    .map_err(|e| format!("reading {}: {e}", image.path().display()))?;
+                    .map_err(|e| Error::io(format_args!("reading {}", image.path().display()), &e))?;
                 check_pages(image, first_page + (done / PAGE_SIZE) as u64, buf)?;
                 add_verified(n);
                 done += n;
@@ -429,7 +433,8 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
                 )
             };
             if mapped == libc::MAP_FAILED || mapped as *mut u8 != host {
-                return Err(format!("mapping the image into guest RAM failed: {}", std::io::Error::last_os_error()));
+                let e = std::io::Error::last_os_error();
+                return Err(Error::io("mapping the image into guest RAM failed", &e));
             }
             MAPPED_FROM_IMAGE.store(true, Ordering::Relaxed);
         }
@@ -444,7 +449,7 @@ fn add_verified(bytes: usize) {
 
 /// The data and hole extents of `[offset, offset+len)` in the image, as
 /// (start, end, is_data) relative to `offset`, page-aligned.
-fn extents(image: &Image, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>, String> {
+fn extents(image: &Image, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>> {
     let fd = image.file().as_raw_fd();
     let seek = |pos: u64, whence| -> Option<u64> {
         // SAFETY: lseek on our own descriptor.
@@ -478,16 +483,22 @@ fn extents(image: &Image, offset: u64, len: u64) -> Result<Vec<(u64, u64, bool)>
     Ok(out)
 }
 
-fn damaged(image: &Image, page: u64) -> String {
+/// A page that fails its checksum, or under a key its tag: changed after
+/// it was written.
+fn damaged(image: &Image, page: u64) -> Error {
     let (name, at) = image.page_place(page);
-    format!(
-        "image {} is damaged: page {page} ({name} + {at:#x}) fails its {}; nothing was restored",
-        image.path().display(),
-        if image.mac().is_some() { "checksum or its MAC (changed after it was written?)" } else { "checksum" }
+    let kind = if image.mac().is_some() { ErrorKind::NotAuthentic } else { ErrorKind::ImageInvalid };
+    Error::new(
+        kind,
+        format!(
+            "image {} is damaged: page {page} ({name} + {at:#x}) fails its {}; nothing was restored",
+            image.path().display(),
+            if image.mac().is_some() { "checksum or its MAC (changed after it was written?)" } else { "checksum" }
+        ),
     )
 }
 
-fn check_pages(image: &Image, first: u64, data: &[u8]) -> Result<(), String> {
+fn check_pages(image: &Image, first: u64, data: &[u8]) -> Result<()> {
     for (i, page) in data.chunks_exact(PAGE_SIZE).enumerate() {
         let index = first + i as u64;
         if !image.page_matches(index, page) {
@@ -497,7 +508,7 @@ fn check_pages(image: &Image, first: u64, data: &[u8]) -> Result<(), String> {
     Ok(())
 }
 
-fn check_zero_pages(image: &Image, first: u64, count: usize) -> Result<(), String> {
+fn check_zero_pages(image: &Image, first: u64, count: usize) -> Result<()> {
     match (first..first + count as u64).find(|&page| !image.page_was_zero(page)) {
         Some(page) => Err(damaged(image, page)),
         None => Ok(()),

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{check_instant, ms, Lease};
+use super::{check_instant, ms, Error, ErrorKind, Lease, Result};
 use crate::image::{ImageKey, NetFrames};
 use crate::mtd::MtdParams;
 
@@ -26,28 +26,41 @@ use crate::mtd::MtdParams;
 const NO_LEASE_WAKE: Duration = Duration::from_secs(3600);
 
 /// `__org.mekha_CheckpointArgs`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Args {
     pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time_budget_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub staging_mib: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty_share: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub clean_share: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub persist_hold: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_writable_disks: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
 }
 
 /// `__org.mekha_CheckpointEndArgs`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct EndArgs {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_at: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_at: Option<i64>,
 }
 
@@ -58,6 +71,23 @@ pub enum Mode {
     Auto,
     Mtd,
     Cow,
+}
+
+impl Mode {
+    /// Its name in the schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Auto => "auto",
+            Mode::Mtd => "mtd",
+            Mode::Cow => "cow",
+        }
+    }
+}
+
+impl std::fmt::Display for Mode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// `__org.mekha_CheckpointStatus`.
@@ -76,8 +106,28 @@ pub enum Status {
 }
 
 impl Status {
+    /// Its name in the schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Live => "live",
+            Status::Paused => "paused",
+            Status::Capturing => "capturing",
+            Status::Staged => "staged",
+            Status::Persisting => "persisting",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+
     pub fn is_active(self) -> bool {
         matches!(self, Status::Live | Status::Paused | Status::Capturing | Status::Staged | Status::Persisting)
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -90,6 +140,8 @@ pub struct Info {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -131,6 +183,13 @@ pub struct Info {
 }
 
 impl Info {
+    /// Records the failure: its message, its kind, the failed status.
+    pub fn fail(&mut self, e: Error) {
+        self.error = Some(e.message);
+        self.error_kind = Some(e.kind);
+        self.status = Status::Failed;
+    }
+
     /// Records what the hold kept during the pause.
     pub fn set_net(&mut self, held: &NetFrames, dropped: u64) {
         self.net_held_frames = held.frame_count();
@@ -140,20 +199,21 @@ impl Info {
 }
 
 /// `__org.mekha_QueryCheckpointArgs`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct QueryArgs {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_lease: Option<bool>,
 }
 
 impl EndArgs {
     /// Instants within reach of `now_ns`, the resume after the stop.
-    pub fn check(&self, now_ns: i64) -> Result<(), String> {
+    pub fn check(&self, now_ns: i64) -> Result<()> {
         check_instant("stop-at", self.stop_at, now_ns)?;
         check_instant("resume-at", self.resume_at, now_ns)?;
         if let (Some(stop), Some(resume)) = (self.stop_at, self.resume_at) {
             if resume <= stop {
-                return Err("resume-at must come after stop-at".into());
+                return Err(Error::invalid_argument("resume-at must come after stop-at"));
             }
         }
         Ok(())
@@ -174,7 +234,7 @@ pub struct Params {
 }
 
 impl Params {
-    pub fn from_args(args: &Args) -> Result<Params, String> {
+    pub fn from_args(args: &Args) -> Result<Params> {
         let mtd = MtdParams {
             epoch: ms(args.epoch_ms, 3000),
             dirty_per_cycle: args.dirty_share.unwrap_or(50),
@@ -183,20 +243,22 @@ impl Params {
             hold: args.hold.unwrap_or(false),
         };
         if mtd.epoch.is_zero() {
-            return Err("epoch-ms must be positive".into());
+            return Err(Error::invalid_argument("epoch-ms must be positive"));
         }
         if mtd.dirty_per_cycle == 0 && mtd.clean_per_cycle == 0 {
-            return Err("dirty-share and clean-share cannot both be 0".into());
+            return Err(Error::invalid_argument("dirty-share and clean-share cannot both be 0"));
         }
         let staging_budget = match args.staging_mib {
-            Some(0) => return Err("staging-mib must be positive".into()),
+            Some(0) => return Err(Error::invalid_argument("staging-mib must be positive")),
             // A shift would wrap (2^44 MiB << 20 is 0: a budget that
             // never fits a page, and a checkpoint that spins forever).
-            Some(mib) => Some(mib.checked_mul(1 << 20).ok_or("staging-mib is too large")?),
+            Some(mib) => {
+                Some(mib.checked_mul(1 << 20).ok_or_else(|| Error::invalid_argument("staging-mib is too large"))?)
+            }
             None => None,
         };
         let lease = match args.lease_ms {
-            Some(0) => return Err("lease-ms must be positive".into()),
+            Some(0) => return Err(Error::invalid_argument("lease-ms must be positive")),
             // A held live phase ends only on its coordinator's command:
             // without a lease, one that is never heard from again would
             // hold forever.
@@ -227,6 +289,15 @@ impl Abandon {
             Abandon::Cancelled => "cancelled by the coordinator",
             Abandon::LeaseExpired => "the coordinator's lease expired: it was not heard from in time",
         }
+    }
+
+    /// The checkpoint's failure.
+    pub fn error(self) -> Error {
+        let kind = match self {
+            Abandon::Cancelled => ErrorKind::Cancelled,
+            Abandon::LeaseExpired => ErrorKind::LeaseExpired,
+        };
+        Error::new(kind, self.message())
     }
 }
 
@@ -294,10 +365,10 @@ impl Session {
 
     /// `checkpoint-end`: ends the live phase, at once or at the stop
     /// instant (`now_ns`: the host's wall clock).
-    pub fn request_end(&self, args: EndArgs, now_ns: i64) -> Result<(), String> {
+    pub fn request_end(&self, args: EndArgs, now_ns: i64) -> Result<()> {
         args.check(now_ns)?;
         if self.status() != Status::Live || self.end_requested() {
-            return Err("no checkpoint is in its live phase".into());
+            return Err(Error::wrong_status("no checkpoint is in its live phase"));
         }
         *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(args);
         self.update(|info| {
@@ -311,24 +382,24 @@ impl Session {
 
     /// `checkpoint-cancel`: only before the VM stops, or once the image
     /// waits in memory.
-    pub fn cancel(&self) -> Result<(), String> {
+    pub fn cancel(&self) -> Result<()> {
         match self.status() {
             Status::Live | Status::Staged => {
                 self.cancelled.store(true, Ordering::Relaxed);
                 self.wake();
                 Ok(())
             }
-            Status::Paused | Status::Capturing => Err("the checkpoint has stopped the VM already: it cannot be \
-                                                       cancelled until its image is staged"
-                .into()),
-            _ => Err("no checkpoint can be cancelled now".into()),
+            Status::Paused | Status::Capturing => Err(Error::wrong_status(
+                "the checkpoint has stopped the VM already: it cannot be cancelled until its image is staged",
+            )),
+            _ => Err(Error::wrong_status("no checkpoint can be cancelled now")),
         }
     }
 
     /// `checkpoint-persist`: a held image may be written now.
-    pub fn release_persist(&self) -> Result<(), String> {
+    pub fn release_persist(&self) -> Result<()> {
         if !self.status().is_active() {
-            return Err("no checkpoint is running".into());
+            return Err(Error::wrong_status("no checkpoint is running"));
         }
         self.persist_released.store(true, Ordering::Relaxed);
         self.wake();

@@ -1,11 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The library's QMP sessions as state machines, apart from QEMU: the
-//! arguments of each command and their validation, the statuses and what
-//! each allows, the coordinator's lease. The library (ffi/) drives QEMU
-//! with them; tests reach them without booting a VM.
+//! mekha's QMP contract and the library's sessions as state machines,
+//! apart from QEMU: each command's name, arguments and reply and each
+//! event's data ([`commands`]), the arguments' validation, the statuses
+//! and what each allows, the coordinator's lease, and the kinds of error
+//! ([`error`]). The library (ffi/) answers and drives QEMU with them, the
+//! coordinator and the tests call with them; `tests/qmp_schema.rs` holds
+//! them against `qapi/mekha.json`.
 
 pub mod checkpoint;
+pub mod commands;
+pub mod error;
+pub mod library;
 pub mod restore;
+pub mod time;
+
+pub use commands::{Command, Empty, Event, PREFIX};
+pub use error::{Error, ErrorKind, Result};
 
 use std::time::{Duration, Instant};
 
@@ -15,12 +25,13 @@ pub const MAX_INSTANT_AHEAD: Duration = Duration::from_secs(60);
 
 /// Refuses an instant `at` (wall clock, ns) further ahead of `now_ns`
 /// than [`MAX_INSTANT_AHEAD`]; `name` is the argument's.
-pub fn check_instant(name: &str, at: Option<i64>, now_ns: i64) -> Result<(), String> {
+pub fn check_instant(name: &str, at: Option<i64>, now_ns: i64) -> Result<()> {
     let horizon = now_ns.saturating_add(crate::width::saturating_i64(MAX_INSTANT_AHEAD.as_nanos()));
     match at {
-        Some(at) if at > horizon => {
-            Err(format!("{name} is more than {} s ahead of this host's clock", MAX_INSTANT_AHEAD.as_secs()))
-        }
+        Some(at) if at > horizon => Err(Error::invalid_argument(format!(
+            "{name} is more than {} s ahead of this host's clock",
+            MAX_INSTANT_AHEAD.as_secs()
+        ))),
         _ => Ok(()),
     }
 }
@@ -86,7 +97,7 @@ mod tests {
         check_instant("stop-at", None, now).unwrap();
         check_instant("stop-at", Some(now + 59_000_000_000), now).unwrap();
         let err = check_instant("stop-at", Some(now + 61_000_000_000), now).unwrap_err();
-        assert_eq!(err, "stop-at is more than 60 s ahead of this host's clock");
+        assert_eq!(err, Error::invalid_argument("stop-at is more than 60 s ahead of this host's clock"));
         check_instant("at", Some(i64::MAX), i64::MAX - 1).unwrap();
     }
 }

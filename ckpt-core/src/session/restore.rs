@@ -11,28 +11,37 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::check_instant;
+use super::{check_instant, Error, ErrorKind, Result};
 use crate::vtime::TimePolicy;
 
 /// `__org.mekha_RestoreArgs`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Args {
     pub path: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lazy: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<TimePolicy>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_ppm: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_ns: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }
 
 /// `__org.mekha_QueryRestoreArgs`.
-#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct QueryArgs {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_lease: Option<bool>,
 }
 
@@ -47,6 +56,24 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// Its name in the schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::None => "none",
+            Status::Loading => "loading",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for Status {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `__org.mekha_RestoreInfo`.
 #[derive(Debug, Clone, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -56,6 +83,8 @@ pub struct Info {
     pub path: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error_kind: Option<ErrorKind>,
     pub lazy: bool,
     pub ram_bytes: u64,
     pub verified_bytes: u64,
@@ -71,10 +100,20 @@ pub struct Info {
 }
 
 /// `__org.mekha_ResumeArgs`.
-#[derive(Debug, Clone, Copy, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ResumeArgs {
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub at: Option<i64>,
+}
+
+impl Info {
+    /// Records the failure: its message, its kind, the failed status.
+    pub fn fail(&mut self, e: Error) {
+        self.error = Some(e.message);
+        self.error_kind = Some(e.kind);
+        self.status = Status::Failed;
+    }
 }
 
 impl Args {
@@ -84,11 +123,13 @@ impl Args {
     }
 
     /// The coordinator's lease, checked: only for a restore left paused.
-    pub fn lease(&self) -> Result<Option<Duration>, String> {
+    pub fn lease(&self) -> Result<Option<Duration>> {
         match self.lease_ms {
             None => Ok(None),
-            Some(0) => Err("lease-ms must be positive".into()),
-            Some(_) if self.starts() => Err("lease-ms is for a restore left paused (start false)".into()),
+            Some(0) => Err(Error::invalid_argument("lease-ms must be positive")),
+            Some(_) if self.starts() => {
+                Err(Error::invalid_argument("lease-ms is for a restore left paused (start false)"))
+            }
             Some(ms) => Ok(Some(Duration::from_millis(ms))),
         }
     }
@@ -96,7 +137,7 @@ impl Args {
 
 impl ResumeArgs {
     /// An instant within reach of `now_ns`.
-    pub fn check(&self, now_ns: i64) -> Result<(), String> {
+    pub fn check(&self, now_ns: i64) -> Result<()> {
         check_instant("at", self.at, now_ns)
     }
 }
@@ -115,9 +156,9 @@ mod tests {
         let paused = args(r#"{"path": "/i", "start": false, "lease-ms": 2000}"#).unwrap();
         assert_eq!(paused.lease(), Ok(Some(Duration::from_millis(2000))));
         let started = args(r#"{"path": "/i", "lease-ms": 2000}"#).unwrap();
-        assert_eq!(started.lease().unwrap_err(), "lease-ms is for a restore left paused (start false)");
+        assert_eq!(started.lease().unwrap_err().message, "lease-ms is for a restore left paused (start false)");
         let zero = args(r#"{"path": "/i", "start": false, "lease-ms": 0}"#).unwrap();
-        assert_eq!(zero.lease().unwrap_err(), "lease-ms must be positive");
+        assert_eq!(zero.lease().unwrap_err().message, "lease-ms must be positive");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use std::time::Instant;
 
 use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
+use mekha_ckpt_core::session::{Error, Result};
 
 use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
@@ -43,7 +44,7 @@ pub(super) fn capture(
     wp: WriteProtect,
     persist: &mut Persister,
     tracking: &mut Tracking,
-) -> Result<Stopped, String> {
+) -> Result<Stopped> {
     let start = Instant::now();
     wp.populate();
     // Ready: the pause is protect + device state, whatever the guest does.
@@ -55,7 +56,7 @@ pub(super) fn capture(
         let settled = |s: &Session| s.end_requested() || s.abandoned().is_some();
         shared.wait_for(settled);
         if let Some(abandon) = shared.abandoned().filter(|_| !shared.end_requested()) {
-            return Err(abandon.message().into());
+            return Err(abandon.error());
         }
         shared.update(|info| info.end_reason = Some("end-command".into()));
     }
@@ -72,8 +73,7 @@ pub(super) fn capture(
         // released; a failed protect leaves nothing protected, and a
         // copier that cannot start releases what was.
         let mut wp = wp;
-        let copier =
-            wp.protect().map_err(|e| e.to_string()).and_then(|()| spawn_copier(scope, shared, wp, persist, &abort));
+        let copier = wp.protect().map_err(Error::from).and_then(|()| spawn_copier(scope, shared, wp, persist, &abort));
         let devices = copier.as_ref().map_err(Clone::clone).and_then(|_| qemu::ckpt::save_devices(&bql));
         if devices.is_err() {
             abort.store(true, Ordering::Relaxed);
@@ -91,7 +91,7 @@ pub(super) fn capture(
                 if let Ok(copier) = copier {
                     let _ = copier.join();
                 }
-                return Err(devices.err().unwrap_or_default());
+                return Err(devices.err().unwrap_or_else(|| Error::internal("the copy-on-write capture failed")));
             }
         };
         shared.update(|info| {
@@ -99,9 +99,12 @@ pub(super) fn capture(
             info.status = Status::Capturing;
         });
         match copier.join() {
-            Ok(copied) => copied.map_err(|e| e.to_string())?,
+            Ok(copied) => copied?,
             Err(panic) => {
-                return Err(format!("internal error in the copy-on-write thread: {}", crate::panic_message(&panic)))
+                return Err(Error::internal(format!(
+                    "internal error in the copy-on-write thread: {}",
+                    crate::panic_message(&panic)
+                )))
             }
         };
         Ok(Stopped { device_state, time, net_frames: resumed.net_frames })
@@ -117,11 +120,11 @@ fn spawn_copier<'scope>(
     mut wp: WriteProtect,
     persist: &'scope mut Persister,
     abort: &'scope AtomicBool,
-) -> Result<std::thread::ScopedJoinHandle<'scope, Result<CowStats, CowError>>, String> {
+) -> Result<std::thread::ScopedJoinHandle<'scope, Result<CowStats, CowError>>> {
     std::thread::Builder::new()
         .name("mekha-cow".into())
         .spawn_scoped(scope, move || wp.capture(persist, abort, |stats, persist| report(shared, stats, persist)))
-        .map_err(|e| format!("cannot start the copy-on-write thread: {e}"))
+        .map_err(|e| Error::internal(format!("cannot start the copy-on-write thread: {e}")))
 }
 
 fn report(shared: &Session, stats: &CowStats, persist: &Persister) {

@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 pub(crate) use mekha_ckpt_core::session::checkpoint::{
     Abandon, Args, EndArgs, Info, Mode, Params, QueryArgs, Session, Status,
 };
+use mekha_ckpt_core::session::{Error, ErrorKind, Result};
 
 use crate::qemu::{self, Bql, Event};
 use crate::rendezvous;
@@ -41,10 +42,10 @@ fn emit(info: &Info) {
 static CURRENT: Mutex<Option<Arc<Session>>> = Mutex::new(None);
 
 /// `__org.mekha_checkpoint`: validates and starts the worker.
-pub(crate) fn start(args: Args) -> Result<(), String> {
+pub(crate) fn start(args: Args) -> Result<()> {
     let mut current = CURRENT.lock().unwrap_or_else(PoisonError::into_inner);
     if current.as_ref().is_some_and(|session| session.status().is_active()) {
-        return Err("a checkpoint of this VM is already running".into());
+        return Err(Error::new(ErrorKind::Busy, "a checkpoint of this VM is already running"));
     }
     let mut params = Params::from_args(&args)?;
     // SAFETY: QMP handlers run in the main loop with the BQL held.
@@ -74,7 +75,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
         if let Some(prepared) = slot.lock().unwrap_or_else(PoisonError::into_inner).take() {
             prepared.cancel(&bql);
         }
-        return Err(format!("cannot start the checkpoint thread: {e}"));
+        return Err(Error::internal(format!("cannot start the checkpoint thread: {e}")));
     }
     *current = Some(shared);
     Ok(())
@@ -84,7 +85,7 @@ pub(crate) fn start(args: Args) -> Result<(), String> {
 /// whose disk was written after the instant would pair RAM from before with
 /// a disk from after, and corrupt what the guest has on it. So writable
 /// disks are refused unless the caller snapshots them itself.
-fn check_disks(bql: &Bql, allow_writable: bool) -> Result<(), String> {
+fn check_disks(bql: &Bql, allow_writable: bool) -> Result<()> {
     let writable: Vec<String> = qemu::disks(bql)
         .into_iter()
         .filter(|d| d.writable && d.inserted)
@@ -93,12 +94,12 @@ fn check_disks(bql: &Bql, allow_writable: bool) -> Result<(), String> {
     if writable.is_empty() || allow_writable {
         return Ok(());
     }
-    Err(format!(
+    Err(Error::unsupported(format!(
         "the VM has writable disks: {}. A checkpoint holds RAM and devices, not disk contents, so a restart would \
          pair the RAM of the checkpoint instant with disks written after it. Attach them read-only, or snapshot \
          them yourself at the checkpoint and pass allow-writable-disks",
         writable.join(", ")
-    ))
+    )))
 }
 
 /// The current checkpoint, if any, with its coordinator's lease renewed.
@@ -108,26 +109,31 @@ fn current() -> Option<Arc<Session>> {
     Some(session)
 }
 
+/// The current checkpoint for a command that acts on it, lease renewed.
+fn running() -> Result<Arc<Session>> {
+    current().ok_or_else(|| Error::wrong_status("no checkpoint is running"))
+}
+
 /// `__org.mekha_checkpoint-end`: ends the live phase, at once or with the
 /// stop (and resume) at wall-clock instants.
-pub(crate) fn end_live_phase(args: EndArgs) -> Result<(), String> {
+pub(crate) fn end_live_phase(args: EndArgs) -> Result<()> {
     let now = rendezvous::wall_ns();
     // Bad instants are refused before the lease is renewed.
     args.check(now)?;
-    current().ok_or("no checkpoint is running")?.request_end(args, now)
+    running()?.request_end(args, now)
 }
 
 /// `__org.mekha_checkpoint-cancel`: gives up a checkpoint that has not
 /// stopped the VM yet, or whose image waits in memory; the VM runs on and
 /// nothing is written.
-pub(crate) fn cancel() -> Result<(), String> {
-    current().ok_or("no checkpoint is running")?.cancel()
+pub(crate) fn cancel() -> Result<()> {
+    running()?.cancel()
 }
 
 /// `__org.mekha_checkpoint-persist`: a checkpoint started with
 /// persist-hold may write its staged image now.
-pub(crate) fn release_persist() -> Result<(), String> {
-    current().ok_or("no checkpoint is running")?.release_persist()
+pub(crate) fn release_persist() -> Result<()> {
+    running()?.release_persist()
 }
 
 /// `__org.mekha_query-checkpoint`; renews the coordinator's lease only

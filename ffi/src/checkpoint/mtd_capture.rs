@@ -18,7 +18,8 @@
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::mtd::{EndReason, MtdPlanner};
-use mekha_ckpt_core::persist::Persister;
+use mekha_ckpt_core::persist::{PersistError, Persister};
+use mekha_ckpt_core::session::{Error, ErrorKind, Result};
 use mekha_ckpt_core::staging::{PageFilter, StageError};
 use mekha_ckpt_core::PAGE_SIZE;
 
@@ -37,7 +38,7 @@ pub(super) fn capture(
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
     tracking: &mut Tracking,
-) -> Result<Stopped, String> {
+) -> Result<Stopped> {
     let (end_reason, live, planner) = live_phase(shared, params, ram, persist, bitmap)?;
     shared.update(|info| {
         info.end_reason = Some(end_reason_name(end_reason).into());
@@ -60,7 +61,7 @@ fn live_phase(
     ram: &GuestRam,
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
-) -> Result<(EndReason, Duration, MtdPlanner), String> {
+) -> Result<(EndReason, Duration, MtdPlanner)> {
     let start = Instant::now();
     let mut planner = MtdPlanner::new(ram.total_pages(), params.mtd.clone());
     let mut pages = Vec::new();
@@ -74,7 +75,7 @@ fn live_phase(
             planner.on_sync(bitmap);
         }
         if let Some(abandon) = shared.abandoned() {
-            return Err(abandon.message().into());
+            return Err(abandon.error());
         }
         let end_now = shared.end_requested()
             && shared.end_args().stop_at.is_none_or(|at| rendezvous::wall_ns() >= at - PREPARE_LEAD_NS);
@@ -127,7 +128,7 @@ fn pause(
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
     tracking: &mut Tracking,
-) -> Result<Stopped, String> {
+) -> Result<Stopped> {
     let mut pages = Vec::new();
     let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
@@ -137,12 +138,13 @@ fn pause(
         planner.on_sync(bitmap);
         planner.final_pages(&mut pages);
         copy_pages(ram, persist, &pages, WhenFull::Fail).map_err(|e| {
-            format!(
+            let message = format!(
                 "{e}: the {} MiB of pages left to copy at the stop do not fit in the staging budget ({} MiB), and the \
                  pause does not wait for the disk; the VM runs on. Give the checkpoint more staging memory",
                 (pages.len() as u64 * PAGE_SIZE as u64).div_ceil(1 << 20),
                 persist.staging().budget_bytes() >> 20
-            )
+            );
+            Error::new(e.kind, message)
         })?;
         qemu::ckpt::save_devices(&bql)
     })();
@@ -173,7 +175,7 @@ enum WhenFull<'a> {
 }
 
 /// Copies guest pages into staging, making room as `when_full` says.
-fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], when_full: WhenFull<'_>) -> Result<(), String> {
+fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], when_full: WhenFull<'_>) -> Result<()> {
     for &page in pages {
         let src = ram.page_ptr(page);
         // SAFETY: page_ptr points at a whole page of guest RAM, which stays
@@ -190,7 +192,7 @@ fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], when_full:
                 Ok(()) => break,
                 Err(e @ (StageError::Full | StageError::InFlight)) => match when_full {
                     WhenFull::Drain { hot } => make_room(persist, hot)?,
-                    WhenFull::Fail => return Err(e.to_string()),
+                    WhenFull::Fail => return Err(Error::new(ErrorKind::StagingFull, e.to_string())),
                 },
             }
         }
@@ -198,7 +200,7 @@ fn copy_pages(ram: &GuestRam, persist: &mut Persister, pages: &[u64], when_full:
     Ok(())
 }
 
-fn make_room(persist: &mut Persister, hot: &[u64]) -> Result<(), String> {
+fn make_room(persist: &mut Persister, hot: &[u64]) -> Result<()> {
     let quarter = (persist.staging().budget_bytes() / PAGE_SIZE as u64 / 4).max(1);
     let freed = persist.drain(quarter, PageFilter::Except(hot)).map_err(write_error)?;
     if freed == 0 {
@@ -210,7 +212,7 @@ fn make_room(persist: &mut Persister, hot: &[u64]) -> Result<(), String> {
 /// Before the VM stops, frees staging memory for the pause's copy so that
 /// no write happens while the guest waits (pages already staged are
 /// overwritten in place and need no more memory).
-fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<(), String> {
+fn make_room_for_pause(persist: &mut Persister, planner: &MtdPlanner) -> Result<()> {
     let status = planner.status();
     let need = status.final_copy_bytes.max(status.dirty_set * PAGE_SIZE as u64).min(persist.staging().budget_bytes());
     while persist.staging().available_bytes() < need {
@@ -259,6 +261,6 @@ fn end_reason_name(reason: EndReason) -> &'static str {
     }
 }
 
-fn write_error(e: impl std::fmt::Display) -> String {
-    format!("writing staged pages: {e}")
+fn write_error(e: PersistError) -> Error {
+    Error::from(e).context("writing staged pages")
 }

@@ -7,6 +7,7 @@
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::image::NetFrames;
+use mekha_ckpt_core::session::Result;
 use mekha_ckpt_core::vtime::TimeRecord;
 
 use super::{EndArgs, Info, Session};
@@ -61,7 +62,7 @@ impl Drop for ResumeGuard {
 /// Takes the BQL at the stop instant, holds the network frames toward the
 /// guest from just before the stop, stops the VM and reads its clocks.
 /// Both capture modes stop this way.
-pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow, String> {
+pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow> {
     let end = shared.end_args();
     let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
     net_hold::begin(&bql);

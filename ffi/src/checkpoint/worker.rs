@@ -11,6 +11,7 @@ use mekha_ckpt_core::cow::WriteProtect;
 use mekha_ckpt_core::host::Capabilities;
 use mekha_ckpt_core::image::ImageBuilder;
 use mekha_ckpt_core::persist::Persister;
+use mekha_ckpt_core::session::{Error, Result};
 use mekha_ckpt_core::staging::{PageFilter, Staging};
 use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
 use mekha_ckpt_core::PAGE_SIZE;
@@ -26,17 +27,17 @@ use crate::qemu::{self, Bql, QemuThread};
 const PERSIST_STEP_PAGES: u64 = (64 << 20) / PAGE_SIZE as u64;
 
 /// Cheap checks of the image path, for a clear error before anything runs.
-pub(super) fn check_target(path: &Path) -> Result<(), String> {
+pub(super) fn check_target(path: &Path) -> Result<()> {
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let meta = std::fs::metadata(dir).map_err(|e| format!("image directory {}: {e}", dir.display()))?;
+    let meta = std::fs::metadata(dir).map_err(|e| Error::io(format_args!("image directory {}", dir.display()), &e))?;
     if !meta.is_dir() {
-        return Err(format!("{} is not a directory", dir.display()));
+        return Err(Error::invalid_argument(format!("{} is not a directory", dir.display())));
     }
     if path.file_name().is_none() {
-        return Err(format!("{} names no file", path.display()));
+        return Err(Error::invalid_argument(format!("{} names no file", path.display())));
     }
     Ok(())
 }
@@ -64,15 +65,15 @@ impl Prepared {
     /// set before this checkpoint (QEMU marks all RAM dirty at allocation),
     /// and for copy-on-write registers guest RAM with a userfaultfd.
     /// `staging_budget`: bytes, none for all of RAM.
-    pub(super) fn new(bql: &Bql, mode: Mode, staging_budget: Option<u64>) -> Result<Prepared, String> {
+    pub(super) fn new(bql: &Bql, mode: Mode, staging_budget: Option<u64>) -> Result<Prepared> {
         let ram = GuestRam::current(bql)?;
         let cow = || check_cow_budget(&ram, staging_budget).and_then(|()| register_cow(&ram));
         let (capture, mode_reason) = match mode {
             Mode::Mtd => (Capture::Mtd, None),
-            Mode::Cow => (Capture::Cow(cow().map_err(|e| format!("copy-on-write capture: {e}"))?), None),
+            Mode::Cow => (Capture::Cow(cow().map_err(|e| e.context("copy-on-write capture"))?), None),
             Mode::Auto => match cow() {
                 Ok(wp) => (Capture::Cow(wp), None),
-                Err(e) => (Capture::Mtd, Some(e)),
+                Err(e) => (Capture::Mtd, Some(e.message)),
             },
         };
         qemu::ckpt::begin(bql)?;
@@ -106,26 +107,30 @@ impl Prepared {
 /// change it, and a guest write to a page not copied yet waits for that
 /// copy: were staging full, the copy would wait for staged pages to reach
 /// the disk, and the guest with it. So staging must hold all of RAM.
-fn check_cow_budget(ram: &GuestRam, staging_budget: Option<u64>) -> Result<(), String> {
+fn check_cow_budget(ram: &GuestRam, staging_budget: Option<u64>) -> Result<()> {
     let ram_bytes = ram.total_pages() * PAGE_SIZE as u64;
     match staging_budget {
-        Some(budget) if budget / PAGE_SIZE as u64 * (PAGE_SIZE as u64) < ram_bytes => Err(format!(
-            "the staging budget ({} MiB) is smaller than guest RAM ({} MiB): guest writes would wait for the disk \
+        Some(budget) if budget / PAGE_SIZE as u64 * (PAGE_SIZE as u64) < ram_bytes => {
+            Err(Error::invalid_argument(format!(
+                "the staging budget ({} MiB) is smaller than guest RAM ({} MiB): guest writes would wait for the disk \
              once staging is full",
-            budget >> 20,
-            ram_bytes.div_ceil(1 << 20)
-        )),
+                budget >> 20,
+                ram_bytes.div_ceil(1 << 20)
+            )))
+        }
         _ => Ok(()),
     }
 }
 
 /// Registers guest RAM for write protection, or says why it cannot be.
-fn register_cow(ram: &GuestRam) -> Result<WriteProtect, String> {
+fn register_cow(ram: &GuestRam) -> Result<WriteProtect> {
     if !Capabilities::probe().userfaultfd_wp {
-        return Err("this host's kernel offers no userfaultfd write protection (or forbids userfaultfd)".into());
+        return Err(Error::unsupported(
+            "this host's kernel offers no userfaultfd write protection (or forbids userfaultfd)",
+        ));
     }
     if let Some(why) = crate::restore::cow_refusal() {
-        return Err(why.into());
+        return Err(Error::unsupported(why));
     }
     let regions = ram.write_protect_regions()?;
     // Untouched pages are populated rather than protected by the kernel's
@@ -136,7 +141,7 @@ fn register_cow(ram: &GuestRam) -> Result<WriteProtect, String> {
     // SAFETY: the regions are QEMU's private anonymous RAM blocks, page
     // aligned, distinct, and stay mapped while the migration blocker
     // holds the block list (until the checkpoint ends).
-    unsafe { WriteProtect::register(&regions, false) }.map_err(|e| e.to_string())
+    unsafe { WriteProtect::register(&regions, false) }.map_err(Error::from)
 }
 
 /// Thread entry: runs the checkpoint and records its outcome. A panic (a
@@ -152,24 +157,21 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
         info.total_ns = started.elapsed().as_nanos() as u64;
         match outcome {
             Ok(()) => info.status = Status::Completed,
-            Err(e) => {
-                info.error = Some(e);
-                info.status = Status::Failed;
-            }
+            Err(e) => info.fail(e),
         }
     });
 }
 
-fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(), String> {
+fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<()> {
     let Prepared { ram, mut tracking, mut bitmap, capture, .. } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
 
-    let builder = ImageBuilder::create(&params.path, ram.identity()).map_err(|e| e.to_string())?;
+    let builder = ImageBuilder::create(&params.path, ram.identity())?;
     let result = (|| {
-        let staging = Staging::new(total, budget).map_err(|e| format!("staging area: {e}"))?;
+        let staging = Staging::new(total, budget).map_err(|e| Error::io("staging area", &e))?;
         let writer =
-            UringWriter::new(builder.file(), WriterOptions::default()).map_err(|e| format!("io_uring writer: {e}"))?;
+            UringWriter::new(builder.file(), WriterOptions::default()).map_err(|e| Error::io("io_uring writer", &e))?;
         let layout = ram.layout().clone();
         let mut persist = Persister::new(staging, writer, move |p| layout.page_offset(p));
         if let Some(key) = &params.key {
@@ -189,11 +191,12 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
         fault::point(fault::Point::CheckpointPersisting);
         // A step at a time, so that a coordinator sees the image being
         // written (it gives up on a VM that shows no progress).
-        while persist.drain(PERSIST_STEP_PAGES, PageFilter::All).map_err(|e| format!("writing the image: {e}"))? > 0 {
+        let write_error = |e| Error::from(e).context("writing the image");
+        while persist.drain(PERSIST_STEP_PAGES, PageFilter::All).map_err(write_error)? > 0 {
             let written = persist.stats().bytes;
             shared.update(|info| info.written_bytes = written);
         }
-        persist.flush_all().map_err(|e| format!("writing the image: {e}"))?;
+        persist.flush_all().map_err(write_error)?;
         Ok((stopped, persist))
     })();
     let (stopped, persist) = match result {
@@ -223,8 +226,9 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
     builder.set_net_frames(stopped.net_frames);
     // The image records how it was made (the INFO section).
     let info_json = serde_json::to_value(shared.info()).ok();
-    let finished =
-        builder.finish(&stopped.device_state, info_json.as_ref()).map_err(|e| format!("committing the image: {e}"))?;
+    let finished = builder
+        .finish(&stopped.device_state, info_json.as_ref())
+        .map_err(|e| Error::from(e).context("committing the image"))?;
     shared.update(|info| info.mac = finished.mac.map(|m| m.to_hex()));
     Ok(())
 }
@@ -232,12 +236,12 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
 /// With persist-hold: keeps the staged image in memory until the
 /// coordinator releases it, cancels it, or stops being heard from (then the
 /// image is written anyway: only the coordinator commits it).
-fn wait_for_persist(shared: &Session) -> Result<(), String> {
+fn wait_for_persist(shared: &Session) -> Result<()> {
     shared.update(|info| info.status = Status::Staged);
     let settled = |s: &Session| s.persist_released() || s.abandoned().is_some();
     shared.wait_for(settled);
     match shared.abandoned().filter(|_| !shared.persist_released()) {
-        Some(Abandon::Cancelled) => Err(Abandon::Cancelled.message().into()),
+        Some(Abandon::Cancelled) => Err(Abandon::Cancelled.error()),
         // Not heard from: written anyway, only the coordinator commits it.
         Some(Abandon::LeaseExpired) | None => Ok(()),
     }

@@ -10,7 +10,10 @@ fn args(json: &str) -> Result<Args, String> {
 }
 
 fn params(json: &str) -> Result<Params, String> {
-    Params::from_args(&args(json)?)
+    Params::from_args(&args(json)?).map_err(|e| {
+        assert_eq!(e.kind, ErrorKind::InvalidArgument, "{e}");
+        e.message
+    })
 }
 
 #[test]
@@ -53,9 +56,9 @@ fn end_instants_are_checked() {
     EndArgs::default().check(now).unwrap();
     EndArgs { stop_at: Some(now + 1), resume_at: Some(now + 2) }.check(now).unwrap();
     let backwards = EndArgs { stop_at: Some(now + 2), resume_at: Some(now + 2) };
-    assert_eq!(backwards.check(now).unwrap_err(), "resume-at must come after stop-at");
+    assert_eq!(backwards.check(now).unwrap_err(), Error::invalid_argument("resume-at must come after stop-at"));
     let far = EndArgs { stop_at: Some(now + 120_000_000_000), resume_at: None };
-    assert!(far.check(now).unwrap_err().starts_with("stop-at is more than 60 s ahead"));
+    assert!(far.check(now).unwrap_err().message.starts_with("stop-at is more than 60 s ahead"));
 }
 
 /// A session and how many status changes it reported.
@@ -89,7 +92,7 @@ fn the_live_phase_ends_once_and_only_while_live() {
     assert!(s.end_requested());
     assert_eq!(s.end_args(), end);
     assert_eq!(s.info().stop_at_ns, end.stop_at);
-    assert_eq!(s.request_end(end, now).unwrap_err(), "no checkpoint is in its live phase");
+    assert_eq!(s.request_end(end, now).unwrap_err(), Error::wrong_status("no checkpoint is in its live phase"));
     let (staged, _) = session(None);
     staged.update(|i| i.status = Status::Staged);
     assert!(staged.request_end(EndArgs::default(), now).is_err());
@@ -141,7 +144,7 @@ fn persist_is_released_only_for_an_active_checkpoint() {
     assert!(s.persist_released());
     let (done, _) = session(None);
     done.update(|i| i.status = Status::Completed);
-    assert_eq!(done.release_persist().unwrap_err(), "no checkpoint is running");
+    assert_eq!(done.release_persist().unwrap_err(), Error::wrong_status("no checkpoint is running"));
 }
 
 #[test]
@@ -200,4 +203,17 @@ fn a_lease_tells_how_long_it_has_left() {
     assert_eq!(lease.left(start + Duration::from_secs(9)), Duration::from_millis(1));
     lease.heard(start + Duration::from_millis(30));
     assert_eq!(lease.left(start + Duration::from_millis(40)), Duration::from_millis(30));
+}
+
+#[test]
+fn status_names_are_the_schema_names() {
+    for status in [Status::None, Status::Live, Status::Paused, Status::Capturing, Status::Staged, Status::Persisting]
+        .into_iter()
+        .chain([Status::Completed, Status::Failed])
+    {
+        assert_eq!(serde_json::to_value(status).unwrap(), status.as_str());
+    }
+    for mode in [Mode::Auto, Mode::Mtd, Mode::Cow] {
+        assert_eq!(serde_json::to_value(mode).unwrap(), mode.as_str());
+    }
 }
