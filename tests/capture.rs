@@ -15,9 +15,13 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Mode, QueryArgs, Status};
+use mekha_ckpt_core::session::commands::{
+    Checkpoint, CheckpointCancel, CheckpointEnd, QueryCheckpoint, QueryRestore, Restore,
+};
+use mekha_ckpt_core::session::{self, restore, Empty};
 use mekha_coordinator::qmp::{Event, Qmp};
 use mekha_rig::{Vm, VmConfig};
-use serde_json::{json, Value};
 
 const BOOT: Duration = Duration::from_secs(180);
 const COMPUTE: u64 = 1 << 40;
@@ -208,18 +212,32 @@ impl Drop for AgentReader {
 /// Starts a held copy-on-write checkpoint into `image` and waits until it
 /// is ready (the test is its coordinator).
 async fn start_held_cow(qmp: &Qmp, image: &Path) {
-    let args = json!({ "path": image, "mode": "cow", "hold": true, "lease-ms": 60000, "time-budget-ms": 60000 });
-    qmp.execute_mekha("checkpoint", args).await.unwrap();
+    let args = checkpoint::Args {
+        path: image.to_owned(),
+        mode: Some(Mode::Cow),
+        hold: Some(true),
+        lease_ms: Some(60_000),
+        time_budget_ms: Some(60_000),
+        ..Default::default()
+    };
+    qmp.call::<Checkpoint>(&args).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let info = qmp.execute_mekha("query-checkpoint", json!({ "renew-lease": true })).await.unwrap();
-        assert_eq!(info["status"], "live", "{info}");
-        if info["ready"] == true {
+        let info = qmp.call::<QueryCheckpoint>(&QueryArgs { renew_lease: Some(true) }).await.unwrap();
+        assert_eq!(info.status, Status::Live, "{info:?}");
+        if info.ready {
             return;
         }
-        assert!(Instant::now() < deadline, "the checkpoint is not ready: {info}");
+        assert!(Instant::now() < deadline, "the checkpoint is not ready: {info:?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Ends the held checkpoint's live phase: stop at `stop`, resume at
+/// `resume` (wall clock, ns).
+async fn end_at(qmp: &Qmp, stop: i64, resume: i64) {
+    let end = EndArgs { stop_at: Some(stop), resume_at: Some(resume) };
+    qmp.call::<CheckpointEnd>(&end).await.unwrap();
 }
 
 /// The next QMP event named `name`, within `timeout`.
@@ -247,21 +265,26 @@ async fn completes_without_deadlock(qmp: &Qmp, vm: &Vm) {
     let settled = tokio::time::timeout(Duration::from_secs(30), common::wait_checkpoint_settled(qmp))
         .await
         .unwrap_or_else(|_| panic!("QEMU stopped answering after the pause (deadlocked?):\n{}", vm.stderr()));
-    assert_eq!(settled["status"], "completed", "{settled}");
-    let ms = |key: &str| settled[key].as_u64().unwrap_or(0) as f64 / 1e6;
-    eprintln!("pause {:.1} ms, copy {:.1} ms, {} write faults", ms("pause-ns"), ms("capture-ns"), settled["wp-faults"]);
-    let status = qmp.execute("query-status", Value::Null).await.unwrap();
-    assert_eq!(status["status"], "running", "{status}");
+    assert_eq!(settled.status, Status::Completed, "{settled:?}");
+    let ms = |ns: u64| ns as f64 / 1e6;
+    eprintln!(
+        "pause {:.1} ms, copy {:.1} ms, {} write faults",
+        ms(settled.pause_ns),
+        ms(settled.capture_ns),
+        settled.wp_faults
+    );
+    let status = qmp.status().await.unwrap();
+    assert_eq!(status.status, "running", "{status:?}");
 }
 
-async fn wait_restored(qmp: &Qmp) -> Value {
+async fn wait_restored(qmp: &Qmp) -> restore::Info {
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let info = qmp.execute_mekha("query-restore", Value::Null).await.unwrap();
-        if matches!(info["status"].as_str(), Some("completed" | "failed")) {
+        let info = qmp.call::<QueryRestore>(&Default::default()).await.unwrap();
+        if matches!(info.status, restore::Status::Completed | restore::Status::Failed) {
             return info;
         }
-        assert!(Instant::now() < deadline, "the restore did not end: {info}");
+        assert!(Instant::now() < deadline, "the restore did not end: {info:?}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -291,11 +314,11 @@ async fn cow_image_is_consistent_with_a_busy_agent_channel_during_the_pause() {
 
     start_held_cow(&qmp, &image).await;
     let stop = wall_ns() + 200_000_000;
-    qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop, "resume-at": stop + 1_500_000_000 })).await.unwrap();
+    end_at(&qmp, stop, stop + 1_500_000_000).await;
     let settled = common::wait_checkpoint_settled(&qmp).await;
-    assert_eq!(settled["status"], "completed", "{settled}");
+    assert_eq!(settled.status, Status::Completed, "{settled:?}");
     let before = reader.wait_for_more(20_000, BOOT, "the stream after the checkpoint");
-    eprintln!("checkpoint: {settled}\nstream: {before:?}");
+    eprintln!("checkpoint: {settled:?}\nstream: {before:?}");
     assert!(before.anomalies.is_empty(), "the running VM's stream: {before:?}");
     drop(reader);
     vm.kill();
@@ -306,9 +329,9 @@ async fn cow_image_is_consistent_with_a_busy_agent_channel_during_the_pause() {
     let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config).unwrap();
     let qmp = restored.qmp().await.unwrap();
     let reader = AgentReader::connect(&sock, SLOW_READS);
-    qmp.execute_mekha("restore", json!({ "path": image })).await.unwrap();
+    qmp.call::<Restore>(&restore::Args { path: image, ..Default::default() }).await.unwrap();
     let info = wait_restored(&qmp).await;
-    assert_eq!(info["status"], "completed", "{info}\nQEMU: {}", restored.stderr());
+    assert_eq!(info.status, restore::Status::Completed, "{info:?}\nQEMU: {}", restored.stderr());
     let after = reader.wait_for_more(20_000, BOOT, "the restored VM's stream");
     assert!(after.anomalies.is_empty(), "the restored VM's stream: {after:?}");
     let events = restored.log().events();
@@ -341,7 +364,7 @@ async fn cow_resume_writing_protected_ram_does_not_deadlock() {
     start_held_cow(&qmp, &dir.join("vm.mekha")).await;
     let mut events = qmp.subscribe();
     let stop = wall_ns() + 200_000_000;
-    qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop, "resume-at": stop + 200_000_000 })).await.unwrap();
+    end_at(&qmp, stop, stop + 200_000_000).await;
     next_event(&mut events, "STOP", Duration::from_secs(10)).await;
     let reader = AgentReader::connect(&sock, Duration::from_millis(5));
     completes_without_deadlock(&qmp, &vm).await;
@@ -403,7 +426,7 @@ async fn cow_resume_flushing_an_unheld_nic_does_not_deadlock() {
 
     start_held_cow(&qmp, &dir.join("vm.mekha")).await;
     let stop = wall_ns() + 200_000_000;
-    qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop, "resume-at": stop + 300_000_000 })).await.unwrap();
+    end_at(&qmp, stop, stop + 300_000_000).await;
     completes_without_deadlock(&qmp, &vm).await;
     assert!(vm.stderr().contains("cannot be held"), "{}", vm.stderr());
     exchanging(before + 2000)().unwrap();
@@ -486,36 +509,45 @@ async fn mtd_pause_stays_short_with_a_slow_disk_and_small_staging() {
     let image = disk.mount.join("vm.mekha");
 
     let mut events = qmp.subscribe();
-    let args = json!({ "path": image, "mode": "mtd", "staging-mib": 16, "time-budget-ms": 2000 });
-    qmp.execute_mekha("checkpoint", args).await.unwrap();
+    let args = checkpoint::Args {
+        path: image.clone(),
+        mode: Some(Mode::Mtd),
+        staging_mib: Some(16),
+        time_budget_ms: Some(2000),
+        ..Default::default()
+    };
+    qmp.call::<Checkpoint>(&args).await.unwrap();
     let settled = common::wait_checkpoint_settled(&qmp).await;
     let stop = next_event(&mut events, "STOP", Duration::from_secs(1)).await;
     let resume = next_event(&mut events, "RESUME", Duration::from_secs(1)).await;
     let pause_ms = (event_us(&resume) - event_us(&stop)) as f64 / 1000.0;
-    eprintln!("pause {pause_ms:.1} ms; {settled}");
-    assert!(pause_ms < 1000.0, "the VM stayed stopped {pause_ms:.1} ms, waiting for the disk: {settled}");
-    match settled["status"].as_str() {
-        Some("completed") => {}
-        Some("failed") => {
-            let error = settled["error"].as_str().unwrap_or("");
-            assert!(error.contains("staging budget") && error.contains("runs on"), "{settled}");
+    eprintln!("pause {pause_ms:.1} ms; {settled:?}");
+    assert!(pause_ms < 1000.0, "the VM stayed stopped {pause_ms:.1} ms, waiting for the disk: {settled:?}");
+    match settled.status {
+        Status::Completed => {}
+        Status::Failed => {
+            assert_eq!(settled.error_kind, Some(session::ErrorKind::StagingFull), "{settled:?}");
+            let error = settled.error.as_deref().unwrap_or("");
+            assert!(error.contains("staging budget") && error.contains("runs on"), "{settled:?}");
         }
-        _ => panic!("{settled}"),
+        _ => panic!("{settled:?}"),
     }
 
-    let cow = json!({ "path": image, "mode": "cow", "staging-mib": 16 });
-    let refused = qmp.execute_mekha("checkpoint", cow).await.unwrap_err().to_string();
+    let cow =
+        checkpoint::Args { path: image.clone(), mode: Some(Mode::Cow), staging_mib: Some(16), ..Default::default() };
+    let refused = qmp.call::<Checkpoint>(&cow).await.unwrap_err().to_string();
     assert!(refused.contains("staging budget") && refused.contains("wait for the disk"), "{refused}");
     if mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
-        qmp.execute_mekha("checkpoint", json!({ "path": image, "staging-mib": 16, "hold": true })).await.unwrap();
-        let info = qmp.execute_mekha("query-checkpoint", Value::Null).await.unwrap();
-        assert_eq!(info["mode"], "mtd", "{info}");
-        assert!(info["mode-reason"].as_str().unwrap_or("").contains("staging budget"), "{info}");
-        qmp.execute_mekha("checkpoint-cancel", Value::Null).await.unwrap();
+        let auto = checkpoint::Args { path: image, staging_mib: Some(16), hold: Some(true), ..Default::default() };
+        qmp.call::<Checkpoint>(&auto).await.unwrap();
+        let info = qmp.call::<QueryCheckpoint>(&Default::default()).await.unwrap();
+        assert_eq!(info.mode, Some(Mode::Mtd), "{info:?}");
+        assert!(info.mode_reason.as_deref().unwrap_or("").contains("staging budget"), "{info:?}");
+        qmp.call::<CheckpointCancel>(&Empty {}).await.unwrap();
         common::wait_checkpoint_settled(&qmp).await;
     }
-    let status = qmp.execute("query-status", Value::Null).await.unwrap();
-    assert_eq!(status["status"], "running", "{status}");
+    let status = qmp.status().await.unwrap();
+    assert_eq!(status.status, "running", "{status:?}");
     let step = log.events().iter().filter(|e| e.ev == "compute").filter_map(|e| e.u64("step")).max().unwrap();
     log.wait_for("progress after the checkpoint", BOOT, |e| e.ev == "compute" && e.u64("step").unwrap() > step)
         .unwrap();

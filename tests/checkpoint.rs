@@ -10,8 +10,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use mekha_ckpt_core::session::checkpoint::{Args, Mode, QueryArgs, Status};
+use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointCancel, QueryCheckpoint};
+use mekha_ckpt_core::session::{Empty, ErrorKind};
 use mekha_rig::{ProbeLog, Vm, VmConfig};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 /// Steps of the probe's computation: long enough to span the checkpoint.
@@ -260,31 +263,36 @@ async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     let refused_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let refused_leftovers: Vec<_> = walk(&small);
     let image = small.join("direct.mekha");
-    qmp.execute_mekha("checkpoint", serde_json::json!({ "path": image })).await.unwrap();
+    qmp.call::<Checkpoint>(&Args { path: image, ..Args::default() }).await.unwrap();
     let written = wait_checkpoint_settled(&qmp).await;
     let leftovers: Vec<_> = walk(&small);
     let _ = Command::new("umount").arg(&small).status();
     assert_eq!(out.status.code(), Some(1), "{refused_stderr}");
     assert!(refused_stderr.contains("not enough space"), "{refused_stderr}");
     assert!(!refused_leftovers.iter().any(|p| p.ends_with("MANIFEST.json")), "{refused_leftovers:?}");
-    assert_eq!(written["status"], "failed", "{written}");
-    assert!(written["error"].as_str().unwrap_or("").contains("No space left"), "{written}");
+    assert_eq!(written.status, Status::Failed, "{written:?}");
+    assert_eq!(written.error_kind, Some(ErrorKind::NoSpace), "{written:?}");
+    assert!(written.error.as_deref().unwrap_or("").contains("No space left"), "{written:?}");
     for files in [&refused_leftovers, &leftovers] {
         assert!(files.iter().all(|p| !p.ends_with(".mekha") && !p.ends_with(".partial")), "{files:?}");
     }
-    let status = qmp.execute("query-status", Value::Null).await.unwrap();
-    assert_eq!(status["status"], "running");
+    assert_eq!(qmp.status().await.unwrap().status, "running");
 
     // A good checkpoint: generation 1.
     json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
 
     // A second one dies with its QEMU in the middle of the live phase.
     let generation2 = images.join("gen-000002.partial");
-    let args = serde_json::json!({ "path": generation2.join("ck-2.mekha"), "hold": true, "time-budget-ms": 600000u64 });
+    let args = Args {
+        path: generation2.join("ck-2.mekha"),
+        hold: Some(true),
+        time_budget_ms: Some(600_000),
+        ..Args::default()
+    };
     std::fs::create_dir_all(&generation2).unwrap();
-    qmp.execute_mekha("checkpoint", args.clone()).await.unwrap();
+    qmp.call::<Checkpoint>(&args).await.unwrap();
     // One at a time.
-    let again = qmp.execute_mekha("checkpoint", args).await.unwrap_err();
+    let again = qmp.call::<Checkpoint>(&args).await.unwrap_err();
     assert!(again.to_string().contains("already running"), "{again}");
     tokio::time::sleep(Duration::from_millis(500)).await;
     vm.kill();
@@ -321,8 +329,7 @@ async fn damaged_or_interrupted_checkpoints_never_replace_the_good_one() {
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("checksum") && stderr.contains("page 100"), "{stderr}");
-    let status = target_qmp.execute("query-status", Value::Null).await.unwrap();
-    assert_ne!(status["status"], "running");
+    assert_ne!(target_qmp.status().await.unwrap().status, "running");
     target.kill();
 
     // Repaired, it restores and runs.
@@ -347,38 +354,46 @@ async fn status_polls_do_not_keep_a_dead_coordinators_checkpoint_alive() {
     vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
     // A held live phase waits for its coordinator's end command forever,
     // but for the lease.
-    let start = |name: &str| json!({ "path": dir.join(name), "mode": "mtd", "hold": true, "lease-ms": 1500, "time-budget-ms": 60000 });
+    let start = |name: &str| Args {
+        path: dir.join(name),
+        mode: Some(Mode::Mtd),
+        hold: Some(true),
+        lease_ms: Some(1500),
+        time_budget_ms: Some(60_000),
+        ..Args::default()
+    };
     let poll = |renew: bool| {
         let qmp = &qmp;
         async move {
-            let args = if renew { json!({ "renew-lease": true }) } else { Value::Null };
-            qmp.execute_mekha("query-checkpoint", args).await.unwrap()
+            let args = QueryArgs { renew_lease: renew.then_some(true) };
+            qmp.call::<QueryCheckpoint>(&args).await.unwrap()
         }
     };
 
     // The coordinator's polls keep it alive well past the lease.
-    qmp.execute_mekha("checkpoint", start("renewed.mekha")).await.unwrap();
+    qmp.call::<Checkpoint>(&start("renewed.mekha")).await.unwrap();
     let until = Instant::now() + Duration::from_secs(5);
     while Instant::now() < until {
         let state = poll(true).await;
-        assert_eq!(state["status"], "live", "renewed by its coordinator, yet: {state}");
+        assert_eq!(state.status, Status::Live, "renewed by its coordinator, yet: {state:?}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    qmp.execute_mekha("checkpoint-cancel", Value::Null).await.unwrap();
+    qmp.call::<CheckpointCancel>(&Empty {}).await.unwrap();
     wait_checkpoint_settled(&qmp).await;
 
     // Polled by someone else only: it gives up once the lease has run out.
-    qmp.execute_mekha("checkpoint", start("orphan.mekha")).await.unwrap();
+    qmp.call::<Checkpoint>(&start("orphan.mekha")).await.unwrap();
     let until = Instant::now() + Duration::from_secs(30);
     let state = loop {
         let state = poll(false).await;
-        if state["status"] != "live" || Instant::now() > until {
+        if state.status != Status::Live || Instant::now() > until {
             break state;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(state["status"], "failed", "a status poll kept the checkpoint alive: {state}");
-    assert!(state["error"].as_str().unwrap_or("").contains("lease expired"), "{state}");
+    assert_eq!(state.status, Status::Failed, "a status poll kept the checkpoint alive: {state:?}");
+    assert_eq!(state.error_kind, Some(ErrorKind::LeaseExpired), "{state:?}");
+    assert!(state.error.as_deref().unwrap_or("").contains("lease expired"), "{state:?}");
     assert!(vm.is_running(), "{}", vm.stderr());
 }
 
@@ -404,8 +419,8 @@ async fn a_panic_in_a_checkpoint_fails_it_and_leaves_the_vm_running() {
         assert!(!out.status.success(), "{point}: the checkpoint with a panic succeeded");
         assert!(stderr.contains("internal error") && stderr.contains(point), "{point}: {stderr}");
 
-        let status = qmp.execute("query-status", Value::Null).await.unwrap();
-        assert_eq!(status["status"], "running", "{point}: the VM was left {status}");
+        let status = qmp.status().await.unwrap();
+        assert_eq!(status.status, "running", "{point}: the VM was left {status:?}");
         let step = last_step(&log);
         log.wait_for("progress after the failed checkpoint", BOOT, |e| {
             e.ev == "compute" && e.u64("step").unwrap() > step

@@ -15,9 +15,12 @@ use common::{
     cluster_job, json_of, mekha_all, reference_checksum, wait_checkpoint_settled, wait_mid_exchange,
     CLUSTER_CHUNK as CHUNK, CLUSTER_COMPUTE as COMPUTE,
 };
+use mekha_ckpt_core::session::checkpoint::{Args, EndArgs, Mode, Status};
+use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, CheckpointEvent};
+use mekha_ckpt_core::session::ErrorKind;
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::Cluster;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 const MSGS: u64 = 400;
@@ -109,7 +112,7 @@ async fn a_vm_dying_midway_commits_nothing() {
         .unwrap();
     tokio::time::timeout(Duration::from_secs(30), async {
         while let Ok(e) = live.recv().await {
-            if e.event == "__org.mekha_CHECKPOINT" && e.data["status"] == "live" {
+            if e.mekha::<CheckpointEvent>().is_some_and(|info| info.status == Status::Live) {
                 return;
             }
         }
@@ -130,7 +133,7 @@ async fn a_vm_dying_midway_commits_nothing() {
     // Cancelled, or (if it had stopped already) written but never
     // committed; either way it settles and runs.
     wait_checkpoint_settled(&qmp).await;
-    assert_eq!(qmp.execute("query-status", Value::Null).await.unwrap()["status"], "running");
+    assert_eq!(qmp.status().await.unwrap().status, "running");
 }
 
 /// A coordinator that disappears mid-protocol: the library's lease brings
@@ -150,15 +153,17 @@ async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
     for (i, sock) in cluster.cli_qmp_paths().iter().enumerate() {
         let qmp = Qmp::connect(sock).await.unwrap();
         let path = images.join(format!("held{i}.mekha"));
-        qmp.execute_mekha("checkpoint", json!({ "path": path, "hold": true, "lease-ms": 1000 })).await.unwrap();
+        let args = Args { path, hold: Some(true), lease_ms: Some(1000), ..Args::default() };
+        qmp.call::<Checkpoint>(&args).await.unwrap();
     }
     tokio::time::sleep(Duration::from_millis(2500)).await;
     for sock in cluster.cli_qmp_paths() {
         let qmp = Qmp::connect(&sock).await.unwrap();
         let state = wait_checkpoint_settled(&qmp).await;
-        assert_eq!(state["status"], "failed", "{state}");
-        assert!(state["error"].as_str().unwrap().contains("lease expired"), "{state}");
-        assert_eq!(qmp.execute("query-status", Value::Null).await.unwrap()["status"], "running");
+        assert_eq!(state.status, Status::Failed, "{state:?}");
+        assert_eq!(state.error_kind, Some(ErrorKind::LeaseExpired), "{state:?}");
+        assert!(state.error.as_deref().unwrap().contains("lease expired"), "{state:?}");
+        assert_eq!(qmp.status().await.unwrap().status, "running");
     }
     assert!(!images.join("held0.mekha").exists() && !images.join("held1.mekha").exists());
 
@@ -168,23 +173,30 @@ async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
     for (i, sock) in cluster.cli_qmp_paths().iter().enumerate() {
         let qmp = Qmp::connect(sock).await.unwrap();
         let path = images.join(format!("staged{i}.mekha"));
-        let args = json!({ "path": path, "hold": true, "lease-ms": 1000, "persist-hold": true, "mode": "mtd" });
-        qmp.execute_mekha("checkpoint", args).await.unwrap();
+        let args = Args {
+            path,
+            hold: Some(true),
+            lease_ms: Some(1000),
+            persist_hold: Some(true),
+            mode: Some(Mode::Mtd),
+            ..Args::default()
+        };
+        qmp.call::<Checkpoint>(&args).await.unwrap();
         qmps.push(qmp);
     }
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
     let (stop_at, resume_at) = (now + 300_000_000, now + 350_000_000);
     for qmp in &qmps {
-        qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at })).await.unwrap();
+        qmp.call::<CheckpointEnd>(&EndArgs { stop_at: Some(stop_at), resume_at: Some(resume_at) }).await.unwrap();
     }
     drop(qmps);
     for sock in cluster.cli_qmp_paths() {
         let qmp = Qmp::connect(&sock).await.unwrap();
         let state = wait_checkpoint_settled(&qmp).await;
-        assert_eq!(state["status"], "completed", "{state}");
-        let resumed = state["resumed-at-ns"].as_i64().unwrap();
-        assert!(resumed >= resume_at, "resumed before T2: {state}");
-        assert_eq!(qmp.execute("query-status", Value::Null).await.unwrap()["status"], "running");
+        assert_eq!(state.status, Status::Completed, "{state:?}");
+        let resumed = state.resumed_at_ns.unwrap();
+        assert!(resumed >= resume_at, "resumed before T2: {state:?}");
+        assert_eq!(qmp.status().await.unwrap().status, "running");
     }
 }
 
@@ -225,8 +237,8 @@ async fn a_damaged_image_refuses_the_whole_restart() {
     assert!(stderr.contains("node1"), "the error does not name the VM: {stderr}");
     for sock in cluster.cli_qmp_paths() {
         let qmp = Qmp::connect(&sock).await.unwrap();
-        let status = qmp.execute("query-status", Value::Null).await.unwrap();
-        assert_ne!(status["status"], "running", "a VM of a refused restart runs: {status}");
+        let status = qmp.status().await.unwrap();
+        assert_ne!(status.status, "running", "a VM of a refused restart runs: {status:?}");
     }
 }
 

@@ -13,6 +13,8 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{cluster_job, json_of, mekha_all};
+use mekha_ckpt_core::session::commands::RestoreEvent;
+use mekha_ckpt_core::session::{restore, ErrorKind};
 use mekha_coordinator::qmp::{Event, Qmp};
 use mekha_rig::Cluster;
 use serde_json::Value;
@@ -40,7 +42,7 @@ fn timed_mekha(cluster: &Cluster, args: &[&str], dir: &Path) -> (std::process::O
 
 async fn status(sock: &Path) -> String {
     let qmp = Qmp::connect(sock).await.unwrap();
-    qmp.execute("query-status", Value::Null).await.unwrap()["status"].as_str().unwrap().to_owned()
+    qmp.status().await.unwrap().status
 }
 
 /// A VM whose checkpoint thread hangs while it writes its image (status
@@ -136,9 +138,10 @@ async fn a_vm_stuck_loading_fails_the_restart_and_no_vm_runs() {
     assert!(!names.contains(&"RESUME"), "node0 ran: {names:?}");
     let shutdown = seen.iter().find(|e| e.event == "SHUTDOWN").unwrap();
     assert_eq!(shutdown.data["reason"], "host-error", "{:?}", shutdown.data);
-    let restored = seen.iter().rev().find(|e| e.event == "__org.mekha_RESTORE").expect("a RESTORE event");
-    assert_eq!(restored.data["status"], "failed", "{:?}", restored.data);
-    assert!(restored.data["error"].as_str().unwrap().contains("lease expired"), "{:?}", restored.data);
+    let restored = seen.iter().rev().find_map(|e| e.mekha::<RestoreEvent>()).expect("a RESTORE event");
+    assert_eq!(restored.status, restore::Status::Failed, "{restored:?}");
+    assert_eq!(restored.error_kind, Some(ErrorKind::LeaseExpired), "{restored:?}");
+    assert!(restored.error.as_deref().unwrap().contains("lease expired"), "{restored:?}");
     assert!(cluster.vms[0].wait_exit(Duration::from_secs(10)).is_some(), "node0's QEMU did not exit");
     // The checkpoint is untouched: the next restart can use it.
     let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();

@@ -19,7 +19,6 @@ use common::fault::{committed_generation, verifies, CHECKPOINT_STEPS, LEASE_MS, 
 use common::{cluster_job, json_of, mekha_all, mekha_all_command, wait_checkpoint_settled};
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Artifacts, Cluster};
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 
@@ -59,9 +58,9 @@ async fn a_coordinator_killed_at_any_step_loses_nothing() {
             for sock in cluster.cli_qmp_paths() {
                 let qmp = Qmp::connect(&sock).await.unwrap();
                 let settled = wait_checkpoint_settled(&qmp).await;
-                let status = qmp.execute("query-status", Value::Null).await.unwrap();
-                assert_eq!(status["status"], "running", "{mode}/{step}: {status} after {settled}");
-                outcomes.push(settled["status"].as_str().unwrap().to_owned());
+                let status = qmp.status().await.unwrap();
+                assert_eq!(status.status, "running", "{mode}/{step}: {status:?} after {settled:?}");
+                outcomes.push(settled.status.to_string());
             }
             assert_eq!(committed_generation(&images), 1, "{mode}/{step}: a generation was committed");
             verifies(&artifacts, &images);
@@ -104,7 +103,7 @@ async fn a_coordinator_killed_at_any_step_loses_nothing() {
     for vm in &mut cluster.vms {
         let qmp = vm.qmp().await.unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while qmp.execute("query-status", Value::Null).await.unwrap()["status"] != "running" {
+        while qmp.status().await.unwrap().status != "running" {
             assert!(Instant::now() < deadline, "{}: not resumed", vm.config.name);
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

@@ -72,8 +72,8 @@ async fn libvirt_domains_checkpoint_and_restore_through_libvirts_remote_api() {
     let (stream, _) = transport::connect(&endpoint, &Reach::default()).await.unwrap();
     let watcher = Qmp::over(stream, endpoints[0].clone()).await.unwrap();
     let mut events = watcher.subscribe();
-    let status = watcher.execute("query-status", serde_json::Value::Null).await.unwrap();
-    assert_eq!(status["status"], "running", "{status}");
+    let status = watcher.status().await.unwrap();
+    assert_eq!(status.status, "running", "{status:?}");
 
     let images = dir.join("images");
     let summary = json_of(&mekha_all(&artifacts, &["checkpoint", "--json"], &endpoints, &images));

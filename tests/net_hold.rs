@@ -25,6 +25,9 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Mode, Status};
+use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, QueryCheckpoint, QueryRestore, Restore, Resume};
+use mekha_ckpt_core::session::{restore, Command};
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Cluster, ClusterConfig, Netns, ProbeLog, Vm};
 use serde_json::{json, Value};
@@ -49,25 +52,28 @@ fn wall_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
 }
 
-/// Runs `command` on every VM until `done` holds for all replies; fails
-/// on a reply that `failed` names. The test is the checkpoints'
-/// coordinator: its polls renew their leases.
-async fn poll_all(
+/// Runs query `C` with `args` on every VM until `done` holds for all
+/// replies; fails on a reply that `failed` names. The test is the
+/// checkpoints' coordinator: its polls renew their leases.
+async fn poll_all<C: Command>(
     qmps: &[Qmp],
-    command: &str,
+    args: &C::Args,
     timeout: Duration,
-    done: impl Fn(&Value) -> bool,
-    failed: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
+    done: impl Fn(&C::Reply) -> bool,
+    failed: impl Fn(&C::Reply) -> bool,
+) -> Vec<C::Reply>
+where
+    C::Reply: std::fmt::Debug,
+{
+    let command = C::NAME;
     let deadline = Instant::now() + timeout;
     loop {
         let mut replies = Vec::new();
         for qmp in qmps {
-            let args = if command == "query-checkpoint" { json!({ "renew-lease": true }) } else { Value::Null };
-            replies.push(qmp.execute_mekha(command, args).await.unwrap());
+            replies.push(qmp.call::<C>(args).await.unwrap());
         }
         if let Some(bad) = replies.iter().find(|r| failed(r)) {
-            panic!("{command}: {bad}");
+            panic!("{command}: {bad:?}");
         }
         if replies.iter().all(&done) {
             return replies;
@@ -263,15 +269,15 @@ async fn cow_checkpoint_holds_the_frames_in_flight() {
         mekha_test_skip::skip("this host has no userfaultfd write protection");
         return;
     }
-    frames_in_flight_are_neither_lost_nor_duplicated("cow").await;
+    frames_in_flight_are_neither_lost_nor_duplicated(Mode::Cow).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn mtd_checkpoint_holds_the_frames_in_flight() {
-    frames_in_flight_are_neither_lost_nor_duplicated("mtd").await;
+    frames_in_flight_are_neither_lost_nor_duplicated(Mode::Mtd).await;
 }
 
-async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
+async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: Mode) {
     let _one = ONE_AT_A_TIME.lock().await;
     let artifacts = common::artifacts();
     let dir = common::test_dir(&format!("net-hold-{mode}"));
@@ -302,34 +308,41 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
 
     // A coordinated checkpoint, through QMP as a coordinator does it.
     for (i, qmp) in qmps.iter().enumerate() {
-        let args = json!({ "path": image(&images, i), "mode": mode, "hold": true, "time-budget-ms": 60000 });
-        qmp.execute_mekha("checkpoint", args).await.unwrap();
+        let args = checkpoint::Args {
+            path: image(&images, i),
+            mode: Some(mode),
+            hold: Some(true),
+            time_budget_ms: Some(60_000),
+            ..Default::default()
+        };
+        qmp.call::<Checkpoint>(&args).await.unwrap();
     }
-    let failed = |r: &Value| r["status"] == "failed";
-    poll_all(&qmps, "query-checkpoint", Duration::from_secs(60), |r| r["ready"] == true, failed).await;
+    let failed = |r: &checkpoint::Info| r.status == Status::Failed;
+    let renew = checkpoint::QueryArgs { renew_lease: Some(true) };
+    poll_all::<QueryCheckpoint>(&qmps, &renew, Duration::from_secs(60), |r| r.ready, failed).await;
     let stop_at = wall_ns() + STOP_AHEAD_NS;
     let resume_at = stop_at + PAUSE_NS;
     for qmp in &qmps {
-        qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at })).await.unwrap();
+        qmp.call::<CheckpointEnd>(&EndArgs { stop_at: Some(stop_at), resume_at: Some(resume_at) }).await.unwrap();
     }
     let at_checkpoint: Vec<u64> = cluster.vms.iter().map(|vm| received(&vm.log(), "udp")).collect();
-    let infos =
-        poll_all(&qmps, "query-checkpoint", Duration::from_secs(120), |r| r["status"] == "completed", failed).await;
-    let held: Vec<u64> = infos.iter().map(|i| i["net-held-frames"].as_u64().unwrap()).collect();
+    let completed = |r: &checkpoint::Info| r.status == Status::Completed;
+    let infos = poll_all::<QueryCheckpoint>(&qmps, &renew, Duration::from_secs(120), completed, failed).await;
+    let held: Vec<u64> = infos.iter().map(|i| i.net_held_frames).collect();
     for (i, info) in infos.iter().enumerate() {
         eprintln!(
-            "node{i}: {} frames ({} bytes) held, {} dropped; mode {}, stopped {} ns after T, resumed {} ns after T2, \
-             pause {} us; ~{} UDP messages received before the checkpoint",
-            info["net-held-frames"],
-            info["net-held-bytes"],
-            info["net-dropped-frames"],
-            info["mode"],
-            info["stopped-at-ns"].as_i64().unwrap() - stop_at,
-            info["resumed-at-ns"].as_i64().unwrap() - resume_at,
-            info["pause-ns"].as_u64().unwrap() / 1000,
+            "node{i}: {} frames ({} bytes) held, {} dropped; mode {:?}, stopped {} ns after T, resumed {} ns after \
+             T2, pause {} us; ~{} UDP messages received before the checkpoint",
+            info.net_held_frames,
+            info.net_held_bytes,
+            info.net_dropped_frames,
+            info.mode,
+            info.stopped_at_ns.unwrap() - stop_at,
+            info.resumed_at_ns.unwrap() - resume_at,
+            info.pause_ns / 1000,
             at_checkpoint[i],
         );
-        assert_eq!(info["net-dropped-frames"], 0, "{info}");
+        assert_eq!(info.net_dropped_frames, 0, "{info:?}");
     }
     // The peer sends a message per millisecond each over UDP and TCP:
     // several were on the delayed link at T.
@@ -355,22 +368,25 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: &str) {
         restored_qmps.push(cluster.vms[i].qmp().await.unwrap());
     }
     for (i, qmp) in restored_qmps.iter().enumerate() {
-        qmp.execute_mekha("restore", json!({ "path": image(&images, i), "start": false })).await.unwrap();
+        let args = restore::Args { path: image(&images, i), start: Some(false), ..Default::default() };
+        qmp.call::<Restore>(&args).await.unwrap();
     }
+    let loaded = |r: &restore::Info| r.status == restore::Status::Completed;
+    let not_loaded = |r: &restore::Info| r.status == restore::Status::Failed;
     let restores =
-        poll_all(&restored_qmps, "query-restore", Duration::from_secs(120), |r| r["status"] == "completed", failed)
+        poll_all::<QueryRestore>(&restored_qmps, &Default::default(), Duration::from_secs(120), loaded, not_loaded)
             .await;
     let at = wall_ns() + 300_000_000;
     for qmp in &restored_qmps {
-        qmp.execute_mekha("resume", json!({ "at": at })).await.unwrap();
+        qmp.call::<Resume>(&restore::ResumeArgs { at: Some(at) }).await.unwrap();
     }
     for (i, restore) in restores.iter().enumerate() {
         eprintln!(
             "node{i} restored: {} frames injected, {} dropped",
-            restore["net-injected-frames"], restore["net-dropped-frames"]
+            restore.net_injected_frames, restore.net_dropped_frames
         );
-        assert_eq!(restore["net-injected-frames"].as_u64(), Some(held[i]), "{restore}");
-        assert_eq!(restore["net-dropped-frames"], 0, "{restore}");
+        assert_eq!(restore.net_injected_frames, held[i], "{restore:?}");
+        assert_eq!(restore.net_dropped_frames, 0, "{restore:?}");
     }
     for vm in &cluster.vms {
         let log = vm.log();

@@ -1,17 +1,21 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The QMP contract held against the QEMU that serves it: the Rust types
-//! of every mekha command's arguments, replies, statuses and events
-//! (`mekha_ckpt_core::session`, which the library parses and answers
-//! with and the coordinator reads) against the QAPI schema the patched
-//! QEMU reports (`query-qmp-schema`). A field added to one side only,
-//! renamed, or made optional in the schema but always expected in Rust,
-//! fails here before it fails a user.
+//! of every mekha command's arguments, replies, statuses, error kinds and
+//! events (`mekha_ckpt_core::session`, which the library parses and
+//! answers with and the coordinator and the tests call with) against the
+//! QAPI schema the patched QEMU reports (`query-qmp-schema`). A command
+//! or a field added to one side only, renamed, or made optional in the
+//! schema but always expected in Rust, fails here before it fails a user.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mekha_ckpt_core::session::{checkpoint, restore};
+use mekha_ckpt_core::session::commands::{
+    Checkpoint, CheckpointCancel, CheckpointEnd, CheckpointEvent, CheckpointPersist, QueryCheckpoint, QueryInfo,
+    QueryRestore, QueryTime, Restore, RestoreEvent, Resume, SetTime,
+};
+use mekha_ckpt_core::session::{checkpoint, library, restore, Command as QmpCommand, ErrorKind, Event, PREFIX};
 use mekha_ckpt_core::vtime::TimePolicy;
 use mekha_coordinator::qmp::Qmp;
 use serde::{Deserialize, Serialize};
@@ -44,11 +48,26 @@ impl Schema {
             .collect()
     }
 
+    /// The type of an object's member (of its elements, for an array).
+    fn member_type(&self, object: &Value, member: &str) -> &Value {
+        let m = object["members"].as_array().unwrap().iter().find(|m| m["name"] == member).unwrap();
+        let t = self.entity(m["type"].as_str().unwrap());
+        match t["meta-type"].as_str() {
+            Some("array") => self.entity(t["element-type"].as_str().unwrap()),
+            _ => t,
+        }
+    }
+
     /// The enum type of an object's member.
     fn member_enum(&self, object: &Value, member: &str) -> BTreeSet<String> {
-        let m = object["members"].as_array().unwrap().iter().find(|m| m["name"] == member).unwrap();
-        let e = self.entity(m["type"].as_str().unwrap());
+        let e = self.member_type(object, member);
         e["members"].as_array().expect("an enum").iter().map(|v| v["name"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// The names of every mekha command in the schema.
+    fn mekha_commands(&self) -> BTreeSet<String> {
+        let commands = self.0.values().filter(|e| e["meta-type"] == "command");
+        commands.filter_map(|e| e["name"].as_str()?.strip_prefix(PREFIX).map(str::to_owned)).collect()
     }
 }
 
@@ -80,6 +99,26 @@ fn same_reply<'de, T: Deserialize<'de> + Serialize + Default>(object: &Value, wh
 
 fn same_enum<'de, T: Deserialize<'de>>(schema: &Schema, object: &Value, member: &str, what: &str) {
     assert_eq!(names::<T>(), schema.member_enum(object, member), "{what}: Rust (left) and the QAPI schema (right)");
+}
+
+/// A command: its arguments and its reply are the contract's; returns
+/// its name.
+fn same_command<C: QmpCommand>(schema: &Schema) -> String
+where
+    C::Reply: Default,
+{
+    let name = format!("{PREFIX}{}", C::NAME);
+    same_arguments::<C::Args>(schema, &name);
+    same_reply::<C::Reply>(schema.type_of(&name, "ret-type"), &format!("{name}'s reply"));
+    C::NAME.to_owned()
+}
+
+/// An event: its data are the contract's.
+fn same_event<E: Event>(schema: &Schema)
+where
+    E::Data: Default,
+{
+    same_reply::<E::Data>(schema.type_of(E::NAME, "arg-type"), E::NAME);
 }
 
 /// The patched QEMU with no machine: only its QMP monitor.
@@ -118,23 +157,41 @@ async fn the_rust_types_are_the_qapi_schema_qemu_reports() {
         entities.as_array().unwrap().iter().map(|e| (e["name"].as_str().unwrap().to_owned(), e.clone())).collect(),
     );
 
-    same_arguments::<checkpoint::Args>(&schema, "__org.mekha_checkpoint");
-    same_arguments::<checkpoint::EndArgs>(&schema, "__org.mekha_checkpoint-end");
-    same_arguments::<checkpoint::QueryArgs>(&schema, "__org.mekha_query-checkpoint");
-    same_arguments::<restore::Args>(&schema, "__org.mekha_restore");
-    same_arguments::<restore::QueryArgs>(&schema, "__org.mekha_query-restore");
-    same_arguments::<restore::ResumeArgs>(&schema, "__org.mekha_resume");
+    // Every command, each once in Rust: none is missing on either side.
+    let rust_commands = BTreeSet::from([
+        same_command::<QueryInfo>(&schema),
+        same_command::<Checkpoint>(&schema),
+        same_command::<CheckpointEnd>(&schema),
+        same_command::<CheckpointCancel>(&schema),
+        same_command::<CheckpointPersist>(&schema),
+        same_command::<QueryCheckpoint>(&schema),
+        same_command::<Restore>(&schema),
+        same_command::<QueryRestore>(&schema),
+        same_command::<Resume>(&schema),
+        same_command::<QueryTime>(&schema),
+        same_command::<SetTime>(&schema),
+    ]);
+    assert_eq!(rust_commands, schema.mekha_commands(), "mekha's commands: Rust (left) and the QAPI schema (right)");
+    same_event::<CheckpointEvent>(&schema);
+    same_event::<RestoreEvent>(&schema);
+
+    let info = schema.type_of("__org.mekha_query-info", "ret-type");
+    same_reply::<library::RamBlockInfo>(schema.member_type(info, "ram-blocks"), "__org.mekha_RamBlockInfo");
 
     let checkpoint_info = schema.type_of("__org.mekha_query-checkpoint", "ret-type");
-    same_reply::<checkpoint::Info>(checkpoint_info, "__org.mekha_CheckpointInfo");
-    same_reply::<checkpoint::Info>(schema.type_of("__org.mekha_CHECKPOINT", "arg-type"), "__org.mekha_CHECKPOINT");
     same_enum::<checkpoint::Status>(&schema, checkpoint_info, "status", "__org.mekha_CheckpointStatus");
     same_enum::<checkpoint::Mode>(&schema, checkpoint_info, "mode", "__org.mekha_CheckpointMode");
+    same_enum::<ErrorKind>(&schema, checkpoint_info, "error-kind", "__org.mekha_ErrorKind");
+    let checkpoint_args = schema.type_of("__org.mekha_checkpoint", "arg-type");
+    same_enum::<checkpoint::Mode>(&schema, checkpoint_args, "mode", "__org.mekha_CheckpointMode");
 
     let restore_info = schema.type_of("__org.mekha_query-restore", "ret-type");
-    same_reply::<restore::Info>(restore_info, "__org.mekha_RestoreInfo");
-    same_reply::<restore::Info>(schema.type_of("__org.mekha_RESTORE", "arg-type"), "__org.mekha_RESTORE");
     same_enum::<restore::Status>(&schema, restore_info, "status", "__org.mekha_RestoreStatus");
+    same_enum::<ErrorKind>(&schema, restore_info, "error-kind", "__org.mekha_ErrorKind");
     let restore_args = schema.type_of("__org.mekha_restore", "arg-type");
     same_enum::<TimePolicy>(&schema, restore_args, "time", "__org.mekha_TimePolicy");
+    let time_info = schema.type_of("__org.mekha_query-time", "ret-type");
+    same_enum::<TimePolicy>(&schema, time_info, "policy", "__org.mekha_TimePolicy");
+    let set_time_args = schema.type_of("__org.mekha_set-time", "arg-type");
+    same_enum::<TimePolicy>(&schema, set_time_args, "policy", "__org.mekha_TimePolicy");
 }

@@ -17,7 +17,9 @@ use std::time::Duration;
 use common::{cluster_job, json_of, mekha_all, reference_checksum, wait_mid_exchange};
 use common::{CLUSTER_CHUNK as CHUNK, CLUSTER_COMPUTE as COMPUTE};
 use mekha_ckpt_core::image::{Image, SectionKind};
-use mekha_coordinator::qmp::Qmp;
+use mekha_ckpt_core::session::commands::{QueryRestore, Restore};
+use mekha_ckpt_core::session::restore::{self, Status};
+use mekha_coordinator::qmp::{Qmp, QmpError};
 use mekha_rig::{Artifacts, Cluster};
 use serde_json::{json, Value};
 
@@ -63,22 +65,21 @@ fn crc32c(bytes: &[u8]) -> u32 {
 }
 
 /// The outcome of `__org.mekha_restore` of `image` into the incoming
-/// QEMU behind `qmp`, with the key if given, left paused.
-async fn restore_directly(qmp: &Qmp, image: &str, key_hex: Option<&str>) -> Value {
-    let mut args = json!({ "path": image, "start": false });
+/// QEMU behind `qmp`, with the key if given, left paused: the restore's
+/// end, or the command's refusal.
+async fn restore_directly(qmp: &Qmp, image: &str, key_hex: Option<&str>) -> Result<restore::Info, QmpError> {
+    let mut args = restore::Args { path: image.into(), start: Some(false), ..Default::default() };
     if let Some(hex) = key_hex {
         qmp.execute("object-add", json!({ "qom-type": "secret", "id": "k", "data": hex, "format": "raw" }))
             .await
             .unwrap();
-        args["key-secret"] = "k".into();
+        args.key_secret = Some("k".into());
     }
-    if let Err(e) = qmp.execute_mekha("restore", args).await {
-        return json!({ "status": "refused", "error": e.to_string() });
-    }
+    qmp.call::<Restore>(&args).await?;
     for _ in 0..600 {
-        let state = qmp.execute_mekha("query-restore", Value::Null).await.unwrap();
-        if state["status"] != "loading" {
-            return state;
+        let state = qmp.call::<QueryRestore>(&Default::default()).await.unwrap();
+        if state.status != Status::Loading {
+            return Ok(state);
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -127,8 +128,8 @@ async fn a_sealed_cluster_restarts_and_a_forged_page_is_refused() {
         &images,
     ));
     assert_eq!(restored["generation"], 1, "{restored}");
-    let state = cluster.vms[1].qmp().await.unwrap().execute_mekha("query-restore", Value::Null).await.unwrap();
-    assert_eq!((state["lazy"].as_bool(), &state["mac"]), (Some(false), &manifest["vms"][1]["mac"]), "{state}");
+    let state = cluster.vms[1].qmp().await.unwrap().call::<QueryRestore>(&Default::default()).await.unwrap();
+    assert_eq!((state.lazy, state.mac.as_deref()), (false, manifest["vms"][1]["mac"].as_str()), "{state:?}");
     let reference = reference_checksum(COMPUTE, CHUNK);
     for vm in &cluster.vms {
         let done = vm.log().wait_for("done", Duration::from_secs(600), |e| e.ev == "done").unwrap();
@@ -162,13 +163,21 @@ async fn a_sealed_cluster_restarts_and_a_forged_page_is_refused() {
     let key_hex = std::fs::read_to_string(&key).unwrap();
     let qmp = cluster.vms[1].qmp().await.unwrap();
     let with_key = restore_directly(&qmp, node1.to_str().unwrap(), Some(key_hex.trim())).await;
-    assert!(with_key.to_string().contains("was changed after it was written"), "{with_key}");
+    let said = match &with_key {
+        Ok(state) => state.error.clone().unwrap_or_default(),
+        Err(refused) => refused.to_string(),
+    };
+    assert!(said.contains("was changed after it was written"), "{with_key:?}");
     let qmp = cluster.vms[0].qmp().await.unwrap();
     let node0 = images.join(manifest["vms"][0]["image"].as_str().unwrap());
     let intact = restore_directly(&qmp, node0.to_str().unwrap(), Some(key_hex.trim())).await;
-    assert_eq!(intact["status"], "completed", "{intact}");
+    assert_eq!(intact.as_ref().map(|i| i.status).ok(), Some(Status::Completed), "{intact:?}");
     cluster.relaunch_incoming(&artifacts, &dir.join("run4")).unwrap();
     let qmp = cluster.vms[1].qmp().await.unwrap();
     let without = restore_directly(&qmp, node1.to_str().unwrap(), None).await;
-    assert_eq!(without["status"], "completed", "a forged image a CRC cannot tell: {without}");
+    assert_eq!(
+        without.as_ref().map(|i| i.status).ok(),
+        Some(Status::Completed),
+        "a forged image a CRC cannot tell: {without:?}"
+    );
 }

@@ -15,9 +15,11 @@ mod common;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{json_of, mekha};
+use mekha_ckpt_core::session::commands::QueryTime;
+use mekha_ckpt_core::session::{time, Empty};
+use mekha_ckpt_core::vtime::TimePolicy;
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Artifacts, ProbeEvent, ProbeLog, Vm, VmConfig};
-use serde_json::Value;
 
 const BOOT: Duration = Duration::from_secs(120);
 /// The probe's clock sampling interval.
@@ -171,8 +173,8 @@ fn wait_samples(log: &ProbeLog, n: usize) {
     }
 }
 
-async fn query_time(qmp: &Qmp) -> Value {
-    qmp.execute("__org.mekha_query-time", Value::Null).await.unwrap()
+async fn query_time(qmp: &Qmp) -> time::Info {
+    qmp.call::<QueryTime>(&Empty {}).await.unwrap()
 }
 
 fn host_now_s() -> f64 {
@@ -193,16 +195,16 @@ async fn continue_policy_resumes_every_clock_from_the_checkpoint_instant() {
     assert_steady("first restore", &after);
     assert_rtc_agrees("after a 30 s gap", &first, &after);
     let time = query_time(&restored.qmp().await.unwrap()).await;
-    assert_eq!(time["policy"], "continue", "{time}");
-    let lag_s = time["lag-ns"].as_i64().unwrap() as f64 / 1e9;
-    assert!((30.0..40.0).contains(&lag_s), "the guest wall clock should lag by the gap: {time}");
+    assert_eq!(time.policy, TimePolicy::Continue, "{time:?}");
+    let lag_s = time.lag_ns as f64 / 1e9;
+    assert!((30.0..40.0).contains(&lag_s), "the guest wall clock should lag by the gap: {time:?}");
 
     let mut again = run.cycle(&mut restored, 2, Duration::from_secs(10), &[], 4).await;
     let after2 = samples(&again.log());
     assert_continuous("second restore", &after, &after2, tsc_rate);
     assert_steady("second restore", &after2);
     assert_rtc_agrees("after two restores", &first, &after2);
-    let lag2_s = query_time(&again.qmp().await.unwrap()).await["lag-ns"].as_i64().unwrap() as f64 / 1e9;
+    let lag2_s = query_time(&again.qmp().await.unwrap()).await.lag_ns as f64 / 1e9;
     assert!((lag_s + 10.0..lag_s + 20.0).contains(&lag2_s), "lags compose: {lag_s} s then {lag2_s} s");
     assert!(again.is_running(), "{}", again.stderr());
 }
@@ -223,7 +225,7 @@ async fn host_policy_shows_the_gap_on_the_rtc_like_stock_qemu() {
         assert!(d - base >= 28.0, "the RTC should show the gap under the host policy: {d:.2} s, {base:.2} s before");
     }
     let time = query_time(&restored.qmp().await.unwrap()).await;
-    assert_eq!((time["policy"].as_str(), time["lag-ns"].as_i64()), (Some("host"), Some(0)), "{time}");
+    assert_eq!((time.policy, time.lag_ns), (TimePolicy::Host, 0), "{time:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -239,22 +241,22 @@ async fn catch_up_policy_rejoins_host_time_without_a_jump() {
     assert_continuous("catch-up", &first, &after, tsc_rate);
     let qmp = restored.qmp().await.unwrap();
     let time = query_time(&qmp).await;
-    assert_eq!((time["policy"].as_str(), time["catching-up"].as_bool()), (Some("catch-up"), Some(true)), "{time}");
-    let lag0 = time["lag-ns"].as_i64().unwrap() as f64 / 1e9;
-    assert!(lag0 > 5.0, "{time}");
+    assert_eq!((time.policy, time.catching_up), (TimePolicy::CatchUp, true), "{time:?}");
+    let lag0 = time.lag_ns as f64 / 1e9;
+    assert!(lag0 > 5.0, "{time:?}");
 
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     let time = loop {
         let time = query_time(&qmp).await;
-        if time["catching-up"] == false || std::time::Instant::now() > deadline {
+        if !time.catching_up || std::time::Instant::now() > deadline {
             break time;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
-    assert_eq!((time["catching-up"].as_bool(), time["lag-ns"].as_i64()), (Some(false), Some(0)), "{time}");
+    assert_eq!((time.catching_up, time.lag_ns), (false, 0), "{time:?}");
     // Under TCG the VM clock caught up too, and the guest's CLOCK_REALTIME
     // with it: a fresh sample reads the host's time.
-    assert!(time["advanced-ns"].as_i64().unwrap() as f64 / 1e9 > lag0 - 1.0, "{time}");
+    assert!(time.advanced_ns as f64 / 1e9 > lag0 - 1.0, "{time:?}");
     let log = restored.log();
     let n = samples(&log).len();
     wait_samples(&log, n + 1);

@@ -11,14 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use mekha_ckpt_core::session::{self, Command};
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
 use tokio::sync::{broadcast, oneshot, Mutex as AsyncMutex};
 
-/// The downstream-extension prefix of mekha's QMP commands and events.
-pub const MEKHA_PREFIX: &str = "__org.mekha_";
+pub use mekha_ckpt_core::session::PREFIX as MEKHA_PREFIX;
 
 #[derive(Debug, thiserror::Error)]
 pub enum QmpError {
@@ -49,6 +50,18 @@ pub struct Event {
     pub data: Value,
     #[serde(default)]
     pub timestamp: Value,
+}
+
+impl Event {
+    /// The data of mekha event `E`, if this is one.
+    pub fn mekha<E: session::Event>(&self) -> Option<E::Data> {
+        (self.event == E::NAME).then(|| serde_json::from_value(self.data.clone()).ok()).flatten()
+    }
+
+    /// The data of stock event `name` as `T`, if this is one.
+    pub fn data_as<T: DeserializeOwned>(&self, name: &str) -> Option<T> {
+        (self.event == name).then(|| serde_json::from_value(self.data.clone()).ok()).flatten()
+    }
 }
 
 /// `value` as one line of JSON, as QMP (and the agent protocol) send it.
@@ -182,6 +195,39 @@ impl Qmp {
     pub async fn execute_mekha(&self, command: &str, args: Value) -> Result<Value, QmpError> {
         self.execute(&format!("{MEKHA_PREFIX}{command}"), args).await
     }
+
+    /// Runs mekha command `C` with its contract's arguments and reply.
+    pub async fn call<C: Command>(&self, args: &C::Args) -> Result<C::Reply, QmpError> {
+        let args = serde_json::to_value(args).expect("arguments encode");
+        let reply = self.execute_mekha(C::NAME, args).await?;
+        self.reply_as(C::NAME, reply)
+    }
+
+    /// Runs a stock QEMU command and reads its reply as `T`.
+    pub async fn execute_as<T: DeserializeOwned>(&self, command: &str, args: Value) -> Result<T, QmpError> {
+        let reply = self.execute(command, args).await?;
+        self.reply_as(command, reply)
+    }
+
+    fn reply_as<T: DeserializeOwned>(&self, command: &str, reply: Value) -> Result<T, QmpError> {
+        serde_json::from_value(reply).map_err(|e| QmpError::Protocol {
+            path: self.path.clone(),
+            message: format!("unexpected reply to {command}: {e}"),
+        })
+    }
+
+    /// `query-status`: whether the VM runs, and its run state.
+    pub async fn status(&self) -> Result<StatusInfo, QmpError> {
+        self.execute_as("query-status", Value::Null).await
+    }
+}
+
+/// The reply of stock QEMU's `query-status`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct StatusInfo {
+    pub running: bool,
+    /// QEMU's run state: `running`, `paused`, `inmigrate`, ...
+    pub status: String,
 }
 
 async fn read_loop(

@@ -81,7 +81,7 @@ pub fn wait_new_event(log: &ProbeLog, since: usize, ev: &str, limit: Duration) {
 pub async fn wait_running(sock: &Path) {
     let qmp = Qmp::connect(sock).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while qmp.execute("query-status", Value::Null).await.unwrap()["status"] != "running" {
+    while qmp.status().await.unwrap().status != "running" {
         assert!(Instant::now() < deadline, "{}: not resumed", sock.display());
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -133,12 +133,12 @@ pub async fn settled_and_running(case: &str, socks: &[PathBuf]) -> Vec<String> {
     for sock in socks {
         let qmp = Qmp::connect(sock).await.unwrap();
         let settled = crate::common::wait_checkpoint_settled(&qmp).await;
-        let status = qmp.execute("query-status", Value::Null).await.unwrap();
-        assert_eq!(status["status"], "running", "{case}: {} after {settled}", sock.display());
-        if let Some(error) = settled["error"].as_str() {
+        let status = qmp.status().await.unwrap();
+        assert_eq!(status.status, "running", "{case}: {} after {settled:?}", sock.display());
+        if let Some(error) = &settled.error {
             eprintln!("{case}: {}'s checkpoint: {error}", sock.display());
         }
-        outcomes.push(settled["status"].as_str().unwrap().to_owned());
+        outcomes.push(settled.status.to_string());
     }
     outcomes
 }

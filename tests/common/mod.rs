@@ -9,6 +9,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 
+use mekha_ckpt_core::session::checkpoint::{self, Status};
+use mekha_ckpt_core::session::commands::{CheckpointEvent, QueryCheckpoint};
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::{Artifacts, ClusterConfig};
 use serde_json::Value;
@@ -118,18 +120,18 @@ pub fn mekha_all_command(artifacts: &Artifacts, args: &[&str], qmps: &[PathBuf],
 /// Waits for the checkpoint to be completed or failed, from its events:
 /// polling query-checkpoint would renew the lease of a coordinator that
 /// is meant to be gone.
-pub async fn wait_checkpoint_settled(qmp: &Qmp) -> Value {
+pub async fn wait_checkpoint_settled(qmp: &Qmp) -> checkpoint::Info {
     let mut events = qmp.subscribe();
-    let settled = |s: &Value| matches!(s["status"].as_str(), Some("completed" | "failed"));
-    let state = qmp.execute_mekha("query-checkpoint", Value::Null).await.unwrap();
+    let settled = |s: &checkpoint::Info| matches!(s.status, Status::Completed | Status::Failed);
+    let state = qmp.call::<QueryCheckpoint>(&Default::default()).await.unwrap();
     if settled(&state) {
         return state;
     }
     tokio::time::timeout(Duration::from_secs(60), async {
         loop {
             let e = events.recv().await.expect("QMP events");
-            if e.event == "__org.mekha_CHECKPOINT" && settled(&e.data) {
-                return e.data;
+            if let Some(state) = e.mekha::<CheckpointEvent>().filter(settled) {
+                return state;
             }
         }
     })
