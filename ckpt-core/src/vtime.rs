@@ -28,6 +28,17 @@ pub enum TimePolicy {
     CatchUp,
 }
 
+impl TimePolicy {
+    /// Its name in the schema.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TimePolicy::Continue => "continue",
+            TimePolicy::Host => "host",
+            TimePolicy::CatchUp => "catch-up",
+        }
+    }
+}
+
 /// Default catch-up rate: 5% faster than the host (a 30 s lag is gone
 /// after 10 minutes), well within what guest timekeeping tolerates.
 pub const DEFAULT_CATCH_UP_PPM: u32 = 50_000;

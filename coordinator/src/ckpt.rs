@@ -7,7 +7,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use mekha_ckpt_core::image::ImageKey;
+use mekha_ckpt_core::session::checkpoint;
 use mekha_ckpt_core::store::{Manifest, Store};
+use mekha_ckpt_core::vtime;
 
 use crate::qmp::QmpError;
 
@@ -33,6 +35,16 @@ impl CaptureMode {
     }
 }
 
+impl From<CaptureMode> for checkpoint::Mode {
+    fn from(mode: CaptureMode) -> checkpoint::Mode {
+        match mode {
+            CaptureMode::Auto => checkpoint::Mode::Auto,
+            CaptureMode::Mtd => checkpoint::Mode::Mtd,
+            CaptureMode::Cow => checkpoint::Mode::Cow,
+        }
+    }
+}
+
 /// How a restored VM's clocks stand to the host's (`__org.mekha_TimePolicy`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum TimePolicy {
@@ -51,6 +63,16 @@ impl TimePolicy {
             TimePolicy::Continue => "continue",
             TimePolicy::Host => "host",
             TimePolicy::CatchUp => "catch-up",
+        }
+    }
+}
+
+impl From<TimePolicy> for vtime::TimePolicy {
+    fn from(policy: TimePolicy) -> vtime::TimePolicy {
+        match policy {
+            TimePolicy::Continue => vtime::TimePolicy::Continue,
+            TimePolicy::Host => vtime::TimePolicy::Host,
+            TimePolicy::CatchUp => vtime::TimePolicy::CatchUp,
         }
     }
 }

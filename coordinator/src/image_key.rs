@@ -15,6 +15,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use mekha_ckpt_core::image::ImageKey;
+use mekha_ckpt_core::session::{checkpoint, restore, Command};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::json;
 use zeroize::Zeroizing;
@@ -50,18 +51,34 @@ pub async fn take_back(qmp: &Qmp) {
     let _ = qmp.execute("object-del", json!({ "id": SECRET_ID })).await;
 }
 
-/// Runs mekha command `command` with `args` on `qmp`, with the key lent
-/// for it when there is one (`key-secret` names it).
-pub async fn execute_with(
-    qmp: &Qmp,
-    key: Option<&ImageKey>,
-    command: &str,
-    mut args: serde_json::Value,
-) -> Result<serde_json::Value, QmpError> {
-    let Some(key) = key else { return qmp.execute_mekha(command, args).await };
+/// The arguments of a mekha command that takes an image key.
+pub trait KeySecret {
+    /// The id of the `secret` object holding the key.
+    fn key_secret(&mut self) -> &mut Option<String>;
+}
+
+impl KeySecret for checkpoint::Args {
+    fn key_secret(&mut self) -> &mut Option<String> {
+        &mut self.key_secret
+    }
+}
+
+impl KeySecret for restore::Args {
+    fn key_secret(&mut self) -> &mut Option<String> {
+        &mut self.key_secret
+    }
+}
+
+/// Runs mekha command `C` with `args` on `qmp`, with the key lent for it
+/// when there is one (`key-secret` names it).
+pub async fn call_with<C: Command>(qmp: &Qmp, key: Option<&ImageKey>, mut args: C::Args) -> Result<C::Reply, QmpError>
+where
+    C::Args: KeySecret,
+{
+    let Some(key) = key else { return qmp.call::<C>(&args).await };
     lend(qmp, key).await?;
-    args["key-secret"] = SECRET_ID.into();
-    let outcome = qmp.execute_mekha(command, args).await;
+    *args.key_secret() = Some(SECRET_ID.to_owned());
+    let outcome = qmp.call::<C>(&args).await;
     take_back(qmp).await;
     outcome
 }

@@ -10,13 +10,31 @@
 
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use mekha_ckpt_core::session::{checkpoint, restore};
+
+/// What a VM reports of a checkpoint or a restore: compared whole, named
+/// by its status.
+pub trait Reported: Clone + PartialEq {
+    fn status_name(&self) -> &'static str;
+}
+
+impl Reported for checkpoint::Info {
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+}
+
+impl Reported for restore::Info {
+    fn status_name(&self) -> &'static str {
+        self.status.as_str()
+    }
+}
 
 /// The progress of the VMs one wait is for.
-pub struct StallWatch {
+pub struct StallWatch<T> {
     limit: Duration,
     /// Each VM's last reported state, and when it last changed.
-    last: Vec<Option<(Value, Instant)>>,
+    last: Vec<Option<(T, Instant)>>,
 }
 
 /// A VM that made no progress for the limit.
@@ -28,19 +46,19 @@ pub struct Stalled {
     pub idle: Duration,
 }
 
-impl StallWatch {
-    pub fn new(vms: usize, limit: Duration) -> StallWatch {
+impl<T: Reported> StallWatch<T> {
+    pub fn new(vms: usize, limit: Duration) -> StallWatch<T> {
         StallWatch { limit, last: vec![None; vms] }
     }
 
     /// Takes the VMs' latest states; `waited(i)` says whether the wait is
     /// still for VM `i` (one done, or waiting on the coordinator itself,
     /// need not progress). The first VM stalled for the limit, if any.
-    pub fn observe(&mut self, states: &[Value], waited: impl Fn(usize) -> bool) -> Option<Stalled> {
+    pub fn observe(&mut self, states: &[T], waited: impl Fn(usize) -> bool) -> Option<Stalled> {
         self.observe_at(states, waited, Instant::now())
     }
 
-    fn observe_at(&mut self, states: &[Value], waited: impl Fn(usize) -> bool, now: Instant) -> Option<Stalled> {
+    fn observe_at(&mut self, states: &[T], waited: impl Fn(usize) -> bool, now: Instant) -> Option<Stalled> {
         let mut stalled = None;
         for (i, state) in states.iter().enumerate() {
             if !waited(i) {
@@ -51,7 +69,7 @@ impl StallWatch {
                 Some((seen, since)) if seen == state => {
                     let idle = now.duration_since(*since);
                     if idle >= self.limit && stalled.is_none() {
-                        let status = state["status"].as_str().unwrap_or("unknown").to_owned();
+                        let status = state.status_name().to_owned();
                         stalled = Some(Stalled { vm: i, status, idle });
                     }
                 }
@@ -64,20 +82,24 @@ impl StallWatch {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
+    use mekha_ckpt_core::session::checkpoint::{Info, Status};
 
     use super::*;
+
+    fn state(status: Status, written_bytes: u64) -> Info {
+        Info { status, written_bytes, ..Info::default() }
+    }
 
     #[test]
     fn a_vm_whose_state_stands_still_for_the_limit_is_stalled() {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut watch = StallWatch::new(2, s(10));
-        let a = json!({ "status": "persisting", "written-bytes": 1 });
-        let b = json!({ "status": "persisting", "written-bytes": 5 });
+        let a = state(Status::Persisting, 1);
+        let b = state(Status::Persisting, 5);
         assert_eq!(watch.observe_at(&[a.clone(), b.clone()], |_| true, t0), None);
         // VM 1 writes on; VM 0 stands still, not yet for the limit.
-        let b2 = json!({ "status": "persisting", "written-bytes": 9 });
+        let b2 = state(Status::Persisting, 9);
         assert_eq!(watch.observe_at(&[a.clone(), b2.clone()], |_| true, t0 + s(9)), None);
         let stalled = watch.observe_at(&[a.clone(), b2.clone()], |_| true, t0 + s(10)).unwrap();
         assert_eq!(stalled, Stalled { vm: 0, status: "persisting".into(), idle: s(10) });
@@ -90,7 +112,7 @@ mod tests {
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let mut watch = StallWatch::new(1, s(10));
-        let staged = json!({ "status": "staged" });
+        let staged = state(Status::Staged, 0);
         assert_eq!(watch.observe_at(std::slice::from_ref(&staged), |_| false, t0), None);
         // Released for writing 20 s later: its idle time counts from then.
         assert_eq!(watch.observe_at(std::slice::from_ref(&staged), |_| true, t0 + s(20)), None);

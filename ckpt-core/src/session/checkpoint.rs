@@ -132,7 +132,7 @@ impl std::fmt::Display for Status {
 }
 
 /// `__org.mekha_CheckpointInfo`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub struct Info {
     pub status: Status,

@@ -75,7 +75,7 @@ impl std::fmt::Display for Status {
 }
 
 /// `__org.mekha_RestoreInfo`.
-#[derive(Debug, Clone, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub struct Info {
     pub status: Status,

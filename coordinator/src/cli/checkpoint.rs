@@ -12,7 +12,8 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
+use mekha_ckpt_core::session::{checkpoint, restore};
+use mekha_coordinator::stall::Reported;
 use tokio::signal::unix::{signal, SignalKind};
 
 use mekha_coordinator::ckpt::{CaptureMode, CheckpointOptions, RestoreOptions, MIN_LEASE_MS};
@@ -326,28 +327,63 @@ fn signal_failure(e: std::io::Error) -> CommandFailure {
     CommandFailure::new(exit::FAILURE, format!("cannot handle signals: {e}"))
 }
 
+/// What the progress line shows of a VM's checkpoint or restore.
+trait Shown: Reported {
+    /// Live and ready to stop.
+    fn ready(&self) -> bool;
+    fn staged_bytes(&self) -> u64;
+    fn written_bytes(&self) -> u64;
+}
+
+impl Shown for checkpoint::Info {
+    fn ready(&self) -> bool {
+        self.ready && self.status == checkpoint::Status::Live
+    }
+
+    fn staged_bytes(&self) -> u64 {
+        self.staged_bytes
+    }
+
+    fn written_bytes(&self) -> u64 {
+        self.written_bytes
+    }
+}
+
+impl Shown for restore::Info {
+    fn ready(&self) -> bool {
+        false
+    }
+
+    fn staged_bytes(&self) -> u64 {
+        0
+    }
+
+    fn written_bytes(&self) -> u64 {
+        0
+    }
+}
+
 /// One line on a terminal, rewritten: how many VMs are where.
-fn progress_line(enabled: bool, vms: &[Attached]) -> impl FnMut(&[Value]) + Send {
+fn progress_line<T: Shown>(enabled: bool, vms: &[Attached]) -> impl FnMut(&[T]) + Send {
     let names: Vec<String> = vms.iter().map(|vm| vm.name.clone()).collect();
-    move |states: &[Value]| {
+    move |states: &[T]| {
         if !enabled {
             return;
         }
-        let mib = |k: &str| states.iter().map(|s| s[k].as_u64().unwrap_or(0)).sum::<u64>() >> 20;
+        let mib = |bytes: fn(&T) -> u64| states.iter().map(bytes).sum::<u64>() >> 20;
         let parts: Vec<String> = names
             .iter()
             .zip(states)
             .map(|(name, s)| {
-                let status = s["status"].as_str().unwrap_or("?");
-                let ready = if s["ready"] == true && status == "live" { "(ready)" } else { "" };
-                format!("{name} {status}{ready}")
+                let ready = if s.ready() { "(ready)" } else { "" };
+                format!("{name} {}{ready}", s.status_name())
             })
             .collect();
         eprint!(
             "\r\x1b[K{}; staged {} MiB, written {} MiB",
             parts.join(", "),
-            mib("staged-bytes"),
-            mib("written-bytes")
+            mib(T::staged_bytes),
+            mib(T::written_bytes)
         );
     }
 }
@@ -381,19 +417,19 @@ fn print_checkpoint(s: &ClusterCheckpoint) {
     );
     for vm in &s.vms {
         let p = &vm.progress;
-        let how = match p["mode"].as_str() {
-            Some("cow") => format!("copy-on-write, {} guest writes waited for a copy", p["wp-faults"]),
-            _ => format!("MTD, {} pages copied in the pause", p["final-pages"]),
+        let how = match p.mode {
+            Some(checkpoint::Mode::Cow) => format!("copy-on-write, {} guest writes waited for a copy", p.wp_faults),
+            _ => format!("MTD, {} pages copied in the pause", p.final_pages),
         };
         println!(
             "  {}: paused {:.2} ms ({how}), stop skew {:+.0} us, resume skew {:+.0} us, staging peak {} MiB",
             vm.vm,
-            p["pause-ns"].as_u64().unwrap_or(0) as f64 / 1e6,
+            p.pause_ns as f64 / 1e6,
             us(vm.stop_skew_ns),
             us(vm.resume_skew_ns),
-            p["staging-peak-bytes"].as_u64().unwrap_or(0) >> 20,
+            p.staging_peak_bytes >> 20,
         );
-        if let Some(reason) = p["mode-reason"].as_str() {
+        if let Some(reason) = &p.mode_reason {
             println!("  {}: copy-on-write was not possible, MTD used: {reason}", vm.vm);
         }
     }
@@ -418,9 +454,9 @@ fn print_restore(s: &ClusterRestore, paused: bool) {
         println!(
             "  {}: {} MiB {} in {:.0} ms",
             vm.vm,
-            p["ram-bytes"].as_u64().unwrap_or(0) >> 20,
-            if p["lazy"] == true { "mapped lazily" } else { "read" },
-            p["total-ns"].as_u64().unwrap_or(0) as f64 / 1e6
+            p.ram_bytes >> 20,
+            if p.lazy { "mapped lazily" } else { "read" },
+            p.total_ns as f64 / 1e6
         );
     }
 }

@@ -9,6 +9,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use futures::future::join_all;
+use mekha_ckpt_core::session::checkpoint::QueryArgs;
+use mekha_ckpt_core::session::commands::QueryCheckpoint;
 use serde_json::{json, Value};
 
 use mekha_coordinator::agent::Request;
@@ -183,12 +185,11 @@ pub async fn status(path: &Path, json: bool) -> Result<(), CommandFailure> {
                 let endpoint = spec.qmp_endpoint(whole);
                 if let Ok(attached) = cluster::attach(std::slice::from_ref(&endpoint), &reach).await {
                     let qmp = &attached[0].qmp;
-                    run_state =
-                        qmp.execute("query-status", Value::Null).await.map_or(Value::Null, |s| s["status"].clone());
+                    run_state = qmp.status().await.map_or(Value::Null, |s| s.status.into());
                     checkpoint = qmp
-                        .execute_mekha("query-checkpoint", Value::Null)
+                        .call::<QueryCheckpoint>(&QueryArgs::default())
                         .await
-                        .map_or(Value::Null, |s| s["status"].clone());
+                        .map_or(Value::Null, |s| s.status.as_str().into());
                 }
             }
             vms.push(json!({

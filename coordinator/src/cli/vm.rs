@@ -3,6 +3,9 @@
 
 use std::path::PathBuf;
 
+use mekha_ckpt_core::session::commands::{QueryTime, SetTime};
+use mekha_ckpt_core::session::time::SetArgs;
+use mekha_ckpt_core::session::Empty;
 use mekha_coordinator::ckpt::TimePolicy;
 use mekha_coordinator::cluster;
 use mekha_coordinator::info;
@@ -15,29 +18,25 @@ type Failure = CommandFailure;
 pub async fn time(sock: PathBuf, policy: Option<TimePolicy>, ppm: Option<u32>, json: bool) -> Result<(), Failure> {
     let (qmp, _, _tunnel) = cluster::open(&sock, &Reach::default()).await?;
     if let Some(policy) = policy {
-        let mut args = serde_json::json!({ "policy": policy.as_str() });
-        if let Some(ppm) = ppm {
-            args["catch-up-ppm"] = ppm.into();
-        }
-        qmp.execute_mekha("set-time", args).await?;
+        qmp.call::<SetTime>(&SetArgs { policy: policy.into(), catch_up_ppm: ppm }).await?;
     }
-    let t = qmp.execute_mekha("query-time", serde_json::Value::Null).await?;
+    let t = qmp.call::<QueryTime>(&Empty {}).await?;
     if json {
         println!("{}", serde_json::to_string_pretty(&t).expect("JSON encodes"));
         return Ok(());
     }
-    let s = |k: &str| t[k].as_i64().unwrap_or(0) as f64 / 1e9;
-    let catching = match t["catching-up"].as_bool() {
-        Some(true) => format!(", catching up at {} ppm", t["catch-up-ppm"]),
-        _ => String::new(),
+    let s = |ns: i64| ns as f64 / 1e9;
+    let catching = match t.catch_up_ppm.filter(|_| t.catching_up) {
+        Some(ppm) => format!(", catching up at {ppm} ppm"),
+        None => String::new(),
     };
     println!(
         "{}: time policy {}, guest wall clock {:.3} s behind the host{catching}; VM clock {:.3} s (catch-up moved it {:.3} s)",
         sock.display(),
-        t["policy"].as_str().unwrap_or("?"),
-        s("lag-ns"),
-        s("virtual-ns"),
-        s("advanced-ns"),
+        t.policy.as_str(),
+        s(t.lag_ns),
+        s(t.virtual_ns),
+        s(t.advanced_ns),
     );
     Ok(())
 }

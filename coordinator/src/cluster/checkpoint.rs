@@ -7,9 +7,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
+use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Status};
+use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, CheckpointPersist};
+use mekha_ckpt_core::session::Empty;
 use mekha_ckpt_core::store::Store;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 
 use super::rendezvous::{checkpoint_instants, instant_of, skew, wall_ns, widest, Rendezvous};
 use super::space::{check_space, storage_of};
@@ -31,10 +33,10 @@ pub struct VmCheckpoint {
     /// Resume instant reached minus T2, ns (positive: late).
     pub resume_skew_ns: i64,
     /// `__org.mekha_query-checkpoint` at completion.
-    pub progress: Value,
+    pub progress: checkpoint::Info,
 }
 
-/// A committed cluster checkpoint.
+/// A committed cluster checkpoint (`mekha checkpoint --json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterCheckpoint {
     pub dir: PathBuf,
@@ -63,7 +65,7 @@ pub async fn checkpoint(
     vms: &[Attached],
     dir: &Path,
     options: &ClusterOptions,
-    progress: Progress<'_>,
+    progress: Progress<'_, checkpoint::Info>,
 ) -> Result<ClusterCheckpoint, CkptError> {
     let started = Instant::now();
     let store = Store::open(dir)?.with_key(options.vm.key.clone());
@@ -105,7 +107,7 @@ pub async fn checkpoint(
     // (each restore checks its own under the key).
     for entry in &mut sealed {
         let state = vms.iter().zip(&states).find(|(vm, _)| vm.name == entry.name).map(|(_, s)| s);
-        entry.mac = state.and_then(|s| s["mac"].as_str()).map(str::to_owned);
+        entry.mac = state.and_then(|s| s.mac.clone());
     }
     let named: Vec<(&str, &Path)> = vms
         .iter()
@@ -127,8 +129,8 @@ pub async fn checkpoint(
         .map(|((vm, image), state)| VmCheckpoint {
             vm: vm.name.clone(),
             image,
-            stop_skew_ns: skew(state["stopped-at-ns"].as_i64(), stop_at),
-            resume_skew_ns: skew(state["resumed-at-ns"].as_i64(), resume_at),
+            stop_skew_ns: skew(state.stopped_at_ns, stop_at),
+            resume_skew_ns: skew(state.resumed_at_ns, resume_at),
             progress: state,
         })
         .collect();
@@ -142,8 +144,8 @@ pub async fn checkpoint(
         all_ready: rendezvous.all_ready,
         stop_skew_ns: widest(per_vm.iter().map(|v| v.stop_skew_ns)),
         resume_skew_ns: widest(per_vm.iter().map(|v| v.resume_skew_ns)),
-        max_pause_ns: per_vm.iter().map(|v| v.progress["pause-ns"].as_u64().unwrap_or(0)).max().unwrap_or(0),
-        written_bytes: per_vm.iter().map(|v| v.progress["written-bytes"].as_u64().unwrap_or(0)).sum(),
+        max_pause_ns: per_vm.iter().map(|v| v.progress.pause_ns).max().unwrap_or(0),
+        written_bytes: per_vm.iter().map(|v| v.progress.written_bytes).sum(),
         vms: per_vm,
     })
 }
@@ -204,13 +206,13 @@ async fn run_checkpoint(
     images: &[PathBuf],
     dir: &Path,
     options: &ClusterOptions,
-    progress: Progress<'_>,
+    progress: Progress<'_, checkpoint::Info>,
     started: Instant,
-) -> Result<(Vec<Value>, Rendezvous), StepFailed> {
+) -> Result<(Vec<checkpoint::Info>, Rendezvous), StepFailed> {
     // 1. Prepare.
     let starts = join_all(vms.iter().zip(images).map(|(vm, image)| {
         let args = checkpoint_args(image, options);
-        image_key::execute_with(&vm.qmp, options.vm.key.as_ref(), "checkpoint", args)
+        image_key::call_with::<Checkpoint>(&vm.qmp, options.vm.key.as_ref(), args)
     }))
     .await;
     if let Some((vm, e)) = vms.iter().zip(&starts).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
@@ -229,7 +231,7 @@ async fn run_checkpoint(
         if let Some(e) = first_failure(vms, &states) {
             return Err(e.into());
         }
-        let all_ready = states.iter().all(|s| s["ready"] == true);
+        let all_ready = states.iter().all(|s| s.ready);
         if all_ready || started.elapsed() >= options.time_budget {
             break (states, all_ready);
         }
@@ -237,13 +239,10 @@ async fn run_checkpoint(
     };
 
     // 3. Rendezvous.
-    let pause = states.iter().filter_map(|s| s["pause-estimate-ns"].as_u64()).max().unwrap_or(0);
+    let pause = states.iter().map(|s| s.pause_estimate_ns).max().unwrap_or(0);
     let (stop_at, resume_at) = checkpoint_instants(wall_ns(), round_trip, pause);
-    let ends = join_all(
-        vms.iter()
-            .map(|vm| vm.qmp.execute_mekha("checkpoint-end", json!({ "stop-at": stop_at, "resume-at": resume_at }))),
-    )
-    .await;
+    let end = EndArgs { stop_at: Some(stop_at), resume_at: Some(resume_at) };
+    let ends = join_all(vms.iter().map(|vm| vm.qmp.call::<CheckpointEnd>(&end))).await;
     if let Some((vm, e)) = vms.iter().zip(&ends).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
         // Some VMs will stop at T without it: their images are worthless.
         return Err(CkptError::Refused(format!("{}: the end of the live phase was refused: {e}", vm.name)).into());
@@ -256,9 +255,9 @@ async fn run_checkpoint(
     // already running, lose nothing); then schedule the writes.
     // A VM may rightly stand still, stopped, until the resume instant.
     let resumed = instant_of(resume_at);
-    let done = |s: &str| s == "staged" || s == "completed";
+    let done = |s: Status| s == Status::Staged || s == Status::Completed;
     let states = wait_all(vms, progress, done, resumed, options.progress_timeout).await?;
-    let staged = |i: usize| states[i]["staged-bytes"].as_u64().unwrap_or(0);
+    let staged = |i: usize| states[i].staged_bytes;
     let (_, storage) = storage_of(vms, dir).await?;
     // Headers, extent index and device state beyond the staged pages.
     let with_overhead = |i: usize| staged(i) + staged(i) / 64 + (1 << 20);
@@ -269,7 +268,7 @@ async fn run_checkpoint(
     let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
     let states = loop {
         for i in schedule.start() {
-            if let Err(e) = vms[i].qmp.execute_mekha("checkpoint-persist", Value::Null).await {
+            if let Err(e) = vms[i].qmp.call::<CheckpointPersist>(&Empty {}).await {
                 return Err(CkptError::Refused(format!("{}: cannot write the image: {e}", vms[i].name)).into());
             }
             fault::step(Step::Persisting);
@@ -282,7 +281,7 @@ async fn run_checkpoint(
         if let Some(e) = first_failure(vms, &states) {
             return Err(e.into());
         }
-        let written: Vec<usize> = schedule.writing().filter(|&i| states[i]["status"] == "completed").collect();
+        let written: Vec<usize> = schedule.writing().filter(|&i| states[i].status == Status::Completed).collect();
         for i in written {
             schedule.finished(i);
         }
@@ -299,27 +298,21 @@ async fn run_checkpoint(
     Ok((states, Rendezvous { instants: (stop_at, resume_at), live, all_ready }))
 }
 
-fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
+fn checkpoint_args(image: &Path, options: &ClusterOptions) -> checkpoint::Args {
     let o = &options.vm;
-    let mut args = json!({
-        "path": image,
-        "mode": o.mode.as_str(),
-        "hold": true,
-        "persist-hold": true,
-        "lease-ms": options.lease.as_millis() as u64,
-        "allow-writable-disks": o.allow_writable_disks,
-    });
-    for (key, value) in [("staging-mib", o.staging_mib), ("epoch-ms", o.epoch_ms)] {
-        if let Some(v) = value {
-            args[key] = v.into();
-        }
+    checkpoint::Args {
+        path: image.to_owned(),
+        mode: Some(o.mode.into()),
+        hold: Some(true),
+        persist_hold: Some(true),
+        lease_ms: Some(options.lease.as_millis() as u64),
+        allow_writable_disks: Some(o.allow_writable_disks),
+        staging_mib: o.staging_mib,
+        epoch_ms: o.epoch_ms,
+        dirty_share: o.dirty_share,
+        clean_share: o.clean_share,
+        ..checkpoint::Args::default()
     }
-    for (key, value) in [("dirty-share", o.dirty_share), ("clean-share", o.clean_share)] {
-        if let Some(v) = value {
-            args[key] = v.into();
-        }
-    }
-    args
 }
 
 /// Polls until every VM's status passes `done`; gives up when a VM not
@@ -327,11 +320,11 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> Value {
 /// [`run_checkpoint`]: its failures cancel the checkpoints there.
 async fn wait_all(
     vms: &[Attached],
-    progress: Progress<'_>,
-    done: impl Fn(&str) -> bool,
+    progress: Progress<'_, checkpoint::Info>,
+    done: impl Fn(Status) -> bool,
     watched_from: Instant,
     limit: Duration,
-) -> Result<Vec<Value>, CkptError> {
+) -> Result<Vec<checkpoint::Info>, CkptError> {
     let mut stalls = StallWatch::new(vms.len(), limit);
     loop {
         let states = query_all(vms).await?;
@@ -339,10 +332,10 @@ async fn wait_all(
         if let Some(e) = first_failure(vms, &states) {
             return Err(e);
         }
-        if states.iter().any(|s| s["stopped-at-ns"].is_i64()) {
+        if states.iter().any(|s| s.stopped_at_ns.is_some()) {
             fault::step(Step::Stopped);
         }
-        let is_done = |i: usize| done(states[i]["status"].as_str().unwrap_or(""));
+        let is_done = |i: usize| done(states[i].status);
         if (0..vms.len()).all(is_done) {
             return Ok(states);
         }

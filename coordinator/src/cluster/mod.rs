@@ -51,7 +51,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use serde_json::{json, Value};
+use mekha_ckpt_core::session::checkpoint::{Info as CheckpointInfo, QueryArgs, Status};
+use mekha_ckpt_core::session::commands::{CheckpointCancel, QueryCheckpoint};
+use mekha_ckpt_core::session::{Command, Empty};
 use tokio::sync::broadcast;
 
 use crate::agent::AgentClient;
@@ -147,31 +149,31 @@ impl Default for ClusterOptions {
 pub(super) const POLL: Duration = Duration::from_millis(20);
 
 /// What a caller sees of the progress: every VM's latest
-/// `__org.mekha_query-checkpoint`, in the order of `vms`.
-pub type Progress<'a> = &'a mut (dyn FnMut(&[Value]) + Send);
+/// `__org.mekha_query-checkpoint` (or `query-restore`, `T`), in the order
+/// of `vms`.
+pub type Progress<'a, T> = &'a mut (dyn FnMut(&[T]) + Send);
 
 /// Every VM's `query-checkpoint`, as this coordinator's: it renews the
 /// checkpoints' leases (a status poll by anyone else does not).
-pub(super) async fn query_all(vms: &[Attached]) -> Result<Vec<Value>, CkptError> {
-    query_all_named(vms, "query-checkpoint", renew_lease(), unreachable_vm).await
+pub(super) async fn query_all(vms: &[Attached]) -> Result<Vec<CheckpointInfo>, CkptError> {
+    query_all_of::<QueryCheckpoint>(vms, &renew_lease(), unreachable_vm).await
 }
 
-/// Every VM's answer to mekha's query `command`, asked concurrently; a
-/// VM that does not answer is `lost`.
-pub(super) async fn query_all_named(
+/// Every VM's answer to mekha's query `C`, asked concurrently; a VM that
+/// does not answer is `lost`.
+pub(super) async fn query_all_of<C: Command>(
     vms: &[Attached],
-    command: &str,
-    args: Value,
+    args: &C::Args,
     lost: fn(&str, QmpError) -> CkptError,
-) -> Result<Vec<Value>, CkptError> {
-    let answers = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha(command, args.clone()))).await;
+) -> Result<Vec<C::Reply>, CkptError> {
+    let answers = join_all(vms.iter().map(|vm| vm.qmp.call::<C>(args))).await;
     vms.iter().zip(answers).map(|(vm, a)| a.map_err(|e| lost(&vm.name, e))).collect()
 }
 
-pub(super) fn first_failure(vms: &[Attached], states: &[Value]) -> Option<CkptError> {
-    vms.iter().zip(states).find(|(_, s)| s["status"] == "failed").map(|(vm, s)| CkptError::Failed {
+pub(super) fn first_failure(vms: &[Attached], states: &[CheckpointInfo]) -> Option<CkptError> {
+    vms.iter().zip(states).find(|(_, s)| s.status == Status::Failed).map(|(vm, s)| CkptError::Failed {
         vm: vm.name.clone(),
-        message: s["error"].as_str().unwrap_or("unknown error").to_owned(),
+        message: s.error.clone().unwrap_or_else(|| "unknown error".to_owned()),
     })
 }
 
@@ -179,12 +181,12 @@ pub(super) fn first_failure(vms: &[Attached], states: &[Value]) -> Option<CkptEr
 /// (boundedly) for those to end, so that the next checkpoint finds them
 /// idle; the others finish on their own and are never committed.
 pub async fn cancel_all(vms: &[Attached]) {
-    let cancels = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("checkpoint-cancel", Value::Null))).await;
+    let cancels = join_all(vms.iter().map(|vm| vm.qmp.call::<CheckpointCancel>(&Empty {}))).await;
     let deadline = Instant::now() + CANCEL_SETTLE;
     for (vm, _) in vms.iter().zip(cancels).filter(|(_, c)| c.is_ok()) {
         while Instant::now() < deadline {
-            match vm.qmp.execute_mekha("query-checkpoint", Value::Null).await {
-                Ok(s) if matches!(s["status"].as_str(), Some("live" | "staged")) => tokio::time::sleep(POLL).await,
+            match vm.qmp.call::<QueryCheckpoint>(&QueryArgs::default()).await {
+                Ok(s) if matches!(s.status, Status::Live | Status::Staged) => tokio::time::sleep(POLL).await,
                 _ => break,
             }
         }
@@ -220,6 +222,6 @@ pub(super) async fn next_event(events: &mut [broadcast::Receiver<Event>], name: 
 
 /// Arguments of a query that renews the VMs' leases: the coordinator's
 /// own (a status poll by anyone else does not).
-pub(super) fn renew_lease() -> Value {
-    json!({ "renew-lease": true })
+pub(super) fn renew_lease() -> QueryArgs {
+    QueryArgs { renew_lease: Some(true) }
 }

@@ -6,17 +6,19 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures::future::join_all;
+use mekha_ckpt_core::session::commands::{QueryRestore, Restore, RestoreEvent, Resume};
+use mekha_ckpt_core::session::restore::{self, QueryArgs, ResumeArgs, Status};
+use mekha_ckpt_core::session::Event as _;
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
 use tokio::sync::broadcast;
 
 use super::rendezvous::{instant_of, renewed_in_time, restart_instant, skew, wall_ns, widest};
-use super::{next_event, query_all_named, renew_lease, Attached, Progress, POLL};
+use super::{next_event, query_all_of, Attached, Progress, POLL};
 use crate::ckpt::{latest_checkpoint, CkptError, RestoreOptions};
 use crate::fault::{self, Step};
 use crate::image_key;
 use crate::parts;
-use crate::qmp::{Event, QmpError, MEKHA_PREFIX};
+use crate::qmp::{Event, QmpError};
 use crate::stall::StallWatch;
 
 fn lost_restore(name: &str, e: QmpError) -> CkptError {
@@ -31,10 +33,10 @@ pub struct VmRestore {
     /// Resume instant reached minus the cluster's, ns.
     pub resume_skew_ns: i64,
     /// `__org.mekha_query-restore` once resumed (or loaded, if paused).
-    pub progress: Value,
+    pub progress: restore::Info,
 }
 
-/// A restarted cluster.
+/// A restarted cluster (`mekha restore --json`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ClusterRestore {
     pub dir: PathBuf,
@@ -54,7 +56,7 @@ pub async fn restore(
     vms: &[Attached],
     dir: &Path,
     options: &RestoreOptions,
-    progress: Progress<'_>,
+    progress: Progress<'_, restore::Info>,
 ) -> Result<ClusterRestore, CkptError> {
     let started = Instant::now();
     let (store, manifest) = latest_checkpoint(dir, options.key.as_ref())?;
@@ -91,45 +93,43 @@ pub async fn restore(
         // Read, not mapped from the image (the library's default where it
         // can): a mapped file cannot be write-protected, and the restarted
         // VMs must checkpoint again in copy-on-write mode.
-        let mut args = json!({ "path": image, "start": false, "time": options.time.as_str(), "lazy": false });
-        if let Some(ppm) = options.catch_up_ppm {
-            args["catch-up-ppm"] = ppm.into();
-        }
-        if let Some(lag) = options.lag_ns {
-            args["lag-ns"] = lag.into();
-        }
-        if !options.paused {
-            args["lease-ms"] = (options.lease.as_millis().max(1) as u64).into();
-        }
-        if let Some(mac) = manifest.vm(&vm.name).and_then(|v| v.mac.as_deref()).filter(|_| options.key.is_some()) {
-            args["mac"] = mac.into();
-        }
-        image_key::execute_with(&vm.qmp, options.key.as_ref(), "restore", args)
+        let args = restore::Args {
+            path: image.clone(),
+            start: Some(false),
+            time: Some(options.time.into()),
+            lazy: Some(false),
+            catch_up_ppm: options.catch_up_ppm,
+            lag_ns: options.lag_ns,
+            lease_ms: (!options.paused).then(|| options.lease.as_millis().max(1) as u64),
+            mac: manifest.vm(&vm.name).and_then(|v| v.mac.clone()).filter(|_| options.key.is_some()),
+            ..restore::Args::default()
+        };
+        image_key::call_with::<Restore>(&vm.qmp, options.key.as_ref(), args)
     }))
     .await;
     for (vm, load) in vms.iter().zip(loads) {
         load.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
     }
     fault::step(Step::RestoreLoading);
-    let restored_event = format!("{MEKHA_PREFIX}RESTORE");
+    let renew = QueryArgs { renew_lease: Some(true) };
     let mut round_trip;
     let mut stalls = StallWatch::new(vms.len(), options.progress_timeout);
     let mut slow_since = None;
     let states = loop {
         let asked = Instant::now();
-        let states = query_all_named(vms, "query-restore", renew_lease(), lost_restore).await?;
+        let states = query_all_of::<QueryRestore>(vms, &renew, lost_restore).await?;
         round_trip = asked.elapsed();
         progress(&states);
-        if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s["status"] == "failed") {
+        if let Some((vm, s)) = vms.iter().zip(&states).find(|(_, s)| s.status == Status::Failed) {
             return Err(CkptError::RestoreFailed {
                 vm: vm.name.clone(),
                 message: format!(
                     "{} (no VM of the cluster was resumed)",
-                    s["error"].as_str().unwrap_or("unknown error")
+                    s.error.as_deref().unwrap_or("unknown error")
                 ),
             });
         }
-        if states.iter().all(|s| s["status"] == "completed") {
+        if states.iter().all(|s| s.status == Status::Completed) {
             // A round slower than half the lease may have let a VM's lease
             // run out unseen: resume only on a round that cannot have.
             if options.paused || renewed_in_time(round_trip, options.lease) {
@@ -147,7 +147,7 @@ pub async fn restore(
             continue;
         }
         // The others, loaded, shut down once their leases run out.
-        if let Some(stalled) = stalls.observe(&states, |i| states[i]["status"] == "loading") {
+        if let Some(stalled) = stalls.observe(&states, |i| states[i].status == Status::Loading) {
             return Err(CkptError::RestoreFailed {
                 vm: vms[stalled.vm].name.clone(),
                 message: format!(
@@ -157,7 +157,7 @@ pub async fn restore(
                 ),
             });
         }
-        next_event(&mut events, &restored_event, POLL).await;
+        next_event(&mut events, RestoreEvent::NAME, POLL).await;
     };
 
     let mut resume_at = None;
@@ -166,7 +166,8 @@ pub async fn restore(
         // The resume commands go out together, as the last queries did:
         // twice their round trip, and a margin for the nap to end.
         let at = restart_instant(wall_ns(), round_trip);
-        let resumes = join_all(vms.iter().map(|vm| vm.qmp.execute_mekha("resume", json!({ "at": at })))).await;
+        let resume = ResumeArgs { at: Some(at) };
+        let resumes = join_all(vms.iter().map(|vm| vm.qmp.call::<Resume>(&resume))).await;
         for (vm, r) in vms.iter().zip(resumes) {
             r.map_err(|e| CkptError::RestoreFailed { vm: vm.name.clone(), message: e.to_string() })?;
         }
@@ -175,12 +176,12 @@ pub async fn restore(
         // timeout, one that has not is stuck.
         let deadline = instant_of(at) + options.progress_timeout;
         states = loop {
-            let states = query_all_named(vms, "query-restore", Value::Null, lost_restore).await?;
-            if states.iter().all(|s| s["resumed-at-ns"].is_i64()) {
+            let states = query_all_of::<QueryRestore>(vms, &QueryArgs::default(), lost_restore).await?;
+            if states.iter().all(|s| s.resumed_at_ns.is_some()) {
                 break states;
             }
             if Instant::now() >= deadline {
-                let (vm, _) = vms.iter().zip(&states).find(|(_, s)| !s["resumed-at-ns"].is_i64()).expect("one waits");
+                let (vm, _) = vms.iter().zip(&states).find(|(_, s)| s.resumed_at_ns.is_none()).expect("one waits");
                 return Err(CkptError::RestoreFailed {
                     vm: vm.name.clone(),
                     message: format!(
@@ -189,7 +190,7 @@ pub async fn restore(
                     ),
                 });
             }
-            if let Some((vm, _)) = vms.iter().zip(&states).find(|(_, s)| s["resume-at-ns"].is_null()) {
+            if let Some((vm, _)) = vms.iter().zip(&states).find(|(_, s)| s.resume_at_ns.is_none()) {
                 return Err(CkptError::RestoreFailed {
                     vm: vm.name.clone(),
                     message: "it could not be resumed (see its QEMU's stderr)".into(),
@@ -206,7 +207,7 @@ pub async fn restore(
         .map(|((vm, image), state)| VmRestore {
             vm: vm.name.clone(),
             image,
-            resume_skew_ns: resume_at.map_or(0, |at| skew(state["resumed-at-ns"].as_i64(), at)),
+            resume_skew_ns: resume_at.map_or(0, |at| skew(state.resumed_at_ns, at)),
             progress: state,
         })
         .collect();

@@ -424,13 +424,13 @@ impl Bench {
             for e in node.events.since(mark).iter().filter(|e| e.event == "__org.mekha_CHECKPOINT") {
                 statuses.entry(e.status().unwrap_or("None").to_owned()).or_insert(e.qemu_t);
             }
-            let stopped = prog["stopped-at-ns"].as_i64().filter(|&t| t != 0);
-            let resumed_at = prog["resumed-at-ns"].as_i64().filter(|&t| t != 0);
+            let stopped = prog.stopped_at_ns.filter(|&t| t != 0);
+            let resumed_at = prog.resumed_at_ns.filter(|&t| t != 0);
             let t_stop = stop.as_ref().map(|e| e.qemu_t);
             let t_live = statuses.get("live").copied().unwrap_or(t0);
             let t_paused = stopped.map(|t| t as f64 / 1e9).or(t_stop);
             let t_running = resumed_at.map(|t| t as f64 / 1e9).unwrap_or(res.qemu_t);
-            let mode = prog["mode"].as_str().map(str::to_owned);
+            let mode = prog.mode.map(|m| m.as_str().to_owned());
             // Copy-on-write only prepares RAM for protection before the stop.
             let first = if mode.as_deref() == Some("cow") { "preparing" } else { "live" };
             let mut spans =
@@ -455,13 +455,13 @@ impl Bench {
                 resume_t: res.qemu_t,
                 resume_host_t: res.host_t,
                 event_pause_ms: ms(t_stop.map(|t| res.qemu_t - t)),
-                pause_ms: prog["pause-ns"].as_f64().map(|p| p / 1e6),
+                pause_ms: Some(prog.pause_ns as f64 / 1e6),
                 stopped_at_ns: stopped,
                 resumed_at_ns: resumed_at,
                 mode,
-                written_bytes: prog["written-bytes"].as_u64(),
+                written_bytes: Some(prog.written_bytes),
                 statuses,
-                progress: Some(prog.clone()),
+                progress: Some(serde_json::to_value(prog).expect("JSON encodes")),
                 spans,
                 events: node.events.since(mark),
                 ..VmCheckpoint::default()
@@ -514,7 +514,7 @@ impl Bench {
         let CliRun { summary: s, t0, t1, marks, resumed } = cli;
         let mut vms = Vec::new();
         for ((node, &mark), res) in nodes.iter().zip(&marks).zip(resumed) {
-            let prog = s.vms.iter().find(|v| v.vm == node.name).map(|v| v.progress.clone()).unwrap_or(json!({}));
+            let prog = s.vms.iter().find(|v| v.vm == node.name).map(|v| &v.progress);
             let loaded = node.events.first(mark, "__org.mekha_RESTORE", |_| true).map(|e| e.qemu_t);
             let end = loaded.unwrap_or(res.qemu_t);
             vms.push(VmRestart {
@@ -522,12 +522,12 @@ impl Bench {
                 loaded_t: loaded,
                 resume_t: res.qemu_t,
                 resume_host_t: res.host_t,
-                resumed_at_ns: prog["resumed-at-ns"].as_i64(),
+                resumed_at_ns: prog.and_then(|p| p.resumed_at_ns),
                 spans: vec![
                     Span::new("loading", Some(t0), Some(end)),
                     Span::new("loaded, paused", Some(end), Some(res.qemu_t)),
                 ],
-                progress: Some(prog),
+                progress: Some(prog.map_or(json!({}), |p| serde_json::to_value(p).expect("JSON encodes"))),
                 events: node.events.since(mark),
             });
         }
