@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{json_of, mekha, reference_checksum, wait_checkpoint_settled};
+use common::{json_of, mekha, reference_checksum, summary_of, wait_checkpoint_settled};
 
 use std::path::Path;
 use std::process::Command;
@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::session::checkpoint::{Args, Mode, QueryArgs, Status};
 use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointCancel, QueryCheckpoint};
-use mekha_ckpt_core::session::{Empty, ErrorKind};
+use mekha_ckpt_core::session::{restore, Empty, ErrorKind};
+use mekha_coordinator::cluster::{ClusterCheckpoint, ClusterRestore};
 use mekha_rig::{ProbeLog, Vm, VmConfig};
 use serde_json::Value;
 
@@ -103,16 +104,16 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result(name: &str, mode:
         &vm.cli_qmp_path(),
         &images,
     );
-    let summary = json_of(&out);
-    let progress = &summary["vms"][0]["progress"];
-    assert_eq!(progress["status"], "completed", "{summary}");
-    assert_eq!(progress["mode"], mode, "{summary}");
-    assert!(progress["staging-peak-bytes"].as_u64().unwrap() <= staging_mib << 20, "{summary}");
+    let summary: ClusterCheckpoint = summary_of(&out);
+    let progress = &summary.vms[0].progress;
+    assert_eq!(progress.status, Status::Completed, "{summary:?}");
+    assert_eq!(progress.mode.map(Mode::as_str), Some(mode), "{summary:?}");
+    assert!(progress.staging_peak_bytes <= staging_mib << 20, "{summary:?}");
     match mode {
-        "mtd" => assert!(progress["final-pages"].as_u64().unwrap() > 0, "the guest dirtied nothing? {summary}"),
+        "mtd" => assert!(progress.final_pages > 0, "the guest dirtied nothing? {summary:?}"),
         // The guest's writes hit protected pages: the copy-on-write path
         // really ran, not only the sweep.
-        _ => assert!(progress["wp-faults"].as_u64().unwrap() > 0, "no guest write waited for a copy? {summary}"),
+        _ => assert!(progress.wp_faults > 0, "no guest write waited for a copy? {summary:?}"),
     }
     let step_at_checkpoint = last_step(&log);
 
@@ -132,8 +133,8 @@ async fn checkpoint_under_dirtying_restores_to_the_same_result(name: &str, mode:
     let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config).unwrap();
     restored.qmp().await.unwrap();
     let out = mekha(&artifacts, &["restore", "--json"], &restored.cli_qmp_path(), &images);
-    let summary = json_of(&out);
-    assert_eq!(summary["vms"][0]["progress"]["status"], "completed", "{summary}");
+    let summary: ClusterRestore = summary_of(&out);
+    assert_eq!(summary.vms[0].progress.status, restore::Status::Completed, "{summary:?}");
 
     // The guest goes on from where the checkpoint left it: no reboot, the
     // computation continues and ends with the uninterrupted result, and
@@ -173,11 +174,12 @@ async fn copy_on_write_is_refused_for_shared_ram_and_auto_uses_mtd() {
     assert!(!out.status.success(), "copy-on-write over shared RAM was accepted");
     assert!(stderr.contains("copy-on-write") && stderr.contains("shared or file-backed"), "{stderr}");
 
-    let summary = json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
-    let progress = &summary["vms"][0]["progress"];
-    assert_eq!(progress["mode"], "mtd", "{summary}");
-    assert!(progress["mode-reason"].as_str().unwrap().contains("ram0"), "{summary}");
-    assert_eq!(summary["generation"], 1, "the refused checkpoint left a generation: {summary}");
+    let summary: ClusterCheckpoint =
+        summary_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
+    let progress = &summary.vms[0].progress;
+    assert_eq!(progress.mode, Some(Mode::Mtd), "{summary:?}");
+    assert!(progress.mode_reason.as_deref().unwrap().contains("ram0"), "{summary:?}");
+    assert_eq!(summary.generation, 1, "the refused checkpoint left a generation: {summary:?}");
     let step = last_step(&log);
     log.wait_for("progress after the checkpoints", BOOT, |e| e.ev == "compute" && e.u64("step").unwrap() > step)
         .unwrap();

@@ -14,11 +14,12 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use common::{cluster_job, json_of, mekha_all, reference_checksum, wait_mid_exchange};
+use common::{cluster_job, json_of, mekha_all, reference_checksum, summary_of, wait_mid_exchange};
 use common::{CLUSTER_CHUNK as CHUNK, CLUSTER_COMPUTE as COMPUTE};
 use mekha_ckpt_core::image::{Image, SectionKind};
 use mekha_ckpt_core::session::commands::{QueryRestore, Restore};
 use mekha_ckpt_core::session::restore::{self, Status};
+use mekha_coordinator::cluster::ClusterCheckpoint;
 use mekha_coordinator::qmp::{Qmp, QmpError};
 use mekha_rig::{Artifacts, Cluster};
 use serde_json::{json, Value};
@@ -99,7 +100,7 @@ async fn a_sealed_cluster_restarts_and_a_forged_page_is_refused() {
     let mut cluster = Cluster::launch(&artifacts, &dir.join("run1"), &cluster_job(2, MSGS)).unwrap();
     wait_mid_exchange(&cluster.vms.iter().map(|vm| vm.log()).collect::<Vec<_>>(), BOOT);
 
-    let summary = json_of(&mekha_all(
+    let summary: ClusterCheckpoint = summary_of(&mekha_all(
         &artifacts,
         &["checkpoint", "--json", "--key-file", key_arg],
         &cluster.cli_qmp_paths(),
@@ -107,8 +108,8 @@ async fn a_sealed_cluster_restarts_and_a_forged_page_is_refused() {
     ));
     let manifest: Value = serde_json::from_slice(&std::fs::read(images.join("MANIFEST.json")).unwrap()).unwrap();
     assert!(manifest["mac"].is_string(), "{manifest}");
-    for (vm, entry) in summary["vms"].as_array().unwrap().iter().zip(manifest["vms"].as_array().unwrap()) {
-        assert_eq!(vm["progress"]["mac"], entry["mac"], "the manifest records what QEMU sealed");
+    for (vm, entry) in summary.vms.iter().zip(manifest["vms"].as_array().unwrap()) {
+        assert_eq!(vm.progress.mac.as_deref(), entry["mac"].as_str(), "the manifest records what QEMU sealed");
     }
     let verify = |key: &str| run(&artifacts, &["image", "verify", "--key-file", key, images.to_str().unwrap()]);
     let verified = verify(key_arg);

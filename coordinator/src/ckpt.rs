@@ -25,16 +25,6 @@ pub enum CaptureMode {
     Cow,
 }
 
-impl CaptureMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CaptureMode::Auto => "auto",
-            CaptureMode::Mtd => "mtd",
-            CaptureMode::Cow => "cow",
-        }
-    }
-}
-
 impl From<CaptureMode> for checkpoint::Mode {
     fn from(mode: CaptureMode) -> checkpoint::Mode {
         match mode {
@@ -55,16 +45,6 @@ pub enum TimePolicy {
     Host,
     /// Resume from the instant, then run faster until caught up with the host.
     CatchUp,
-}
-
-impl TimePolicy {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TimePolicy::Continue => "continue",
-            TimePolicy::Host => "host",
-            TimePolicy::CatchUp => "catch-up",
-        }
-    }
 }
 
 impl From<TimePolicy> for vtime::TimePolicy {

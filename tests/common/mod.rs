@@ -48,6 +48,12 @@ pub fn json_of(out: &Output) -> Value {
     serde_json::from_slice(&out.stdout).expect("--json output")
 }
 
+/// The `--json` summary of a `mekha` run that must have succeeded, as
+/// the coordinator's type of it (`ClusterCheckpoint`, `ClusterRestore`).
+pub fn summary_of<T: serde::de::DeserializeOwned>(out: &Output) -> T {
+    serde_json::from_value(json_of(out)).expect("the summary's type")
+}
+
 /// The job of the two-host tests: each VM exchanges `PAIR_MSGS` TCP and
 /// UDP messages with the other and computes.
 pub const PAIR_MSGS: u64 = 300;

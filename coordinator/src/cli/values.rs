@@ -75,16 +75,21 @@ impl From<RoleArg> for Role {
 mod tests {
     use super::*;
     use clap::ValueEnum;
+    use mekha_ckpt_core::session::checkpoint::Mode;
+    use mekha_ckpt_core::vtime;
 
     /// The command line spells each value as the library does (QMP's and
     /// the certificates' spellings).
     #[test]
     fn spellings_are_the_librarys() {
         for m in ModeArg::value_variants() {
-            assert_eq!(m.to_possible_value().unwrap().get_name(), CaptureMode::from(*m).as_str());
+            assert_eq!(m.to_possible_value().unwrap().get_name(), Mode::from(CaptureMode::from(*m)).as_str());
         }
         for t in TimeArg::value_variants() {
-            assert_eq!(t.to_possible_value().unwrap().get_name(), TimePolicy::from(*t).as_str());
+            assert_eq!(
+                t.to_possible_value().unwrap().get_name(),
+                vtime::TimePolicy::from(TimePolicy::from(*t)).as_str()
+            );
         }
         for r in RoleArg::value_variants() {
             assert_eq!(r.to_possible_value().unwrap().get_name(), Role::from(*r).as_str());
