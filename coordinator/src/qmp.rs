@@ -191,8 +191,9 @@ impl Qmp {
         }
     }
 
-    /// Runs one of mekha's commands, named without the downstream prefix.
-    pub async fn execute_mekha(&self, command: &str, args: Value) -> Result<Value, QmpError> {
+    /// Runs one of mekha's commands, named without the downstream prefix
+    /// (callers use [`Qmp::call`], typed).
+    async fn execute_mekha(&self, command: &str, args: Value) -> Result<Value, QmpError> {
         self.execute(&format!("{MEKHA_PREFIX}{command}"), args).await
     }
 
