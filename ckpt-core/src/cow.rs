@@ -52,8 +52,12 @@ const EVENT_BATCH: usize = 64;
 /// A stretch of guest RAM: host memory and its global page numbers.
 #[derive(Debug, Clone, Copy)]
 pub struct Region {
+    /// The first byte, page-aligned, in this process's address space.
     pub host: *mut u8,
+    /// Length in pages of [`PAGE_SIZE`] bytes (empty regions are ignored).
     pub pages: u64,
+    /// The global page number of the region's first page: where its pages
+    /// go in staging and in the image.
     pub first_page: u64,
 }
 
@@ -61,26 +65,50 @@ pub struct Region {
 // only while the owner keeps it mapped (the caller's contract).
 unsafe impl Send for Region {}
 
+/// A copy-on-write capture failed; dropping the [`WriteProtect`] then
+/// releases every page still protected.
 #[derive(Debug, thiserror::Error)]
 pub enum CowError {
+    /// No userfaultfd with write-protect faults could be opened (a kernel
+    /// without them, or one that denies userfaultfd to this process).
     #[error("userfaultfd write protection is not available: {0}")]
     Unavailable(userfaultfd::Error),
+    /// The kernel refused to register a region in write-protect mode
+    /// (e.g. memory that is not private anonymous).
     #[error("registering guest RAM at {addr:#x} (+{len:#x}) for write protection: {source}")]
-    Register { addr: usize, len: usize, source: userfaultfd::Error },
+    Register {
+        /// The region's first host address.
+        addr: usize,
+        /// The region's length in bytes.
+        len: usize,
+        /// The kernel's error.
+        source: userfaultfd::Error,
+    },
+    /// Write-protecting a region at the checkpoint instant failed; nothing
+    /// stays protected.
     #[error("write-protecting guest RAM: {0}")]
     Protect(userfaultfd::Error),
+    /// Removing the protection of copied pages failed.
     #[error("releasing guest RAM pages: {0}")]
     Unprotect(userfaultfd::Error),
+    /// Reading fault messages from the userfaultfd failed.
     #[error("reading write faults: {0}")]
     Events(userfaultfd::Error),
+    /// A fault arrived for a host address (held here) in no registered region.
     #[error("write fault at {0:#x}, outside guest RAM")]
     Stray(usize),
+    /// Staging could not take a page without writing to disk first (a
+    /// writer may be waiting on the page): it must hold all of guest RAM.
     #[error(
         "the staging budget ({} MiB) is full: copy-on-write needs room for all of guest RAM, so that no guest \
          write waits for the disk",
         .budget_bytes >> 20
     )]
-    StagingFull { budget_bytes: u64 },
+    StagingFull {
+        /// The staging area's budget in bytes.
+        budget_bytes: u64,
+    },
+    /// The caller set the capture's `abort` flag.
     #[error("the capture was abandoned")]
     Aborted,
 }

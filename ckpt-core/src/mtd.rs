@@ -98,7 +98,9 @@ pub struct MtdStatus {
     pub epochs: u64,
     /// Transfer cycles that returned pages.
     pub cycles: u64,
+    /// Pages written at least once since the checkpoint began.
     pub dirty_set: u64,
+    /// Pages neither written nor copied yet.
     pub non_dirty_set: u64,
     /// Dirty pages written since their last copy.
     pub stale: u64,
@@ -162,10 +164,12 @@ impl MtdPlanner {
         }
     }
 
+    /// The tunables the planner was made with.
     pub fn params(&self) -> &MtdParams {
         &self.params
     }
 
+    /// Global pages the planner covers: all of guest RAM.
     pub fn total_pages(&self) -> u64 {
         self.total_pages
     }
@@ -281,6 +285,7 @@ impl MtdPlanner {
         out.len()
     }
 
+    /// The planner's counters now.
     pub fn status(&self) -> MtdStatus {
         MtdStatus {
             epochs: self.epochs,

@@ -39,6 +39,7 @@ pub struct WriteStats {
     /// Write requests submitted (runs, cut at block boundaries and at
     /// [`MAX_WRITE_BYTES`]).
     pub writes: u64,
+    /// Pages written to the file (a page written twice counts twice).
     pub pages_written: u64,
     /// All-zero pages not written because the file already reads as zeros
     /// (staged ones and those recorded by [`Persister::record_zero`]).
@@ -48,6 +49,7 @@ pub struct WriteStats {
 }
 
 impl WriteStats {
+    /// Write throughput: `bytes` over `seconds` (0 before any drain).
     pub fn bytes_per_second(&self) -> f64 {
         if self.seconds > 0.0 {
             self.bytes as f64 / self.seconds
@@ -56,6 +58,7 @@ impl WriteStats {
         }
     }
 
+    /// `seconds` as a [`Duration`].
     pub fn duration(&self) -> Duration {
         Duration::from_secs_f64(self.seconds)
     }
@@ -67,13 +70,25 @@ pub enum PersistError {
     /// These pages are Staged again, data intact; later failures of the
     /// same drain (counted in `more`) were handled the same way.
     #[error("writing pages {first_page}..{} failed ({more} more failed writes): {source}", first_page + pages)]
-    Write { first_page: u64, pages: u64, more: usize, source: io::Error },
+    Write {
+        /// The global page number of the failed write's first page.
+        first_page: u64,
+        /// Pages in that write.
+        pages: u64,
+        /// Further writes of the drain that failed too.
+        more: usize,
+        /// The first failed write's error.
+        source: io::Error,
+    },
     /// The ring itself failed; pages it held stay InFlight (in memory) and
     /// the persister cannot go on.
     #[error("io_uring failed: {0}")]
     Ring(io::Error),
+    /// The final `fdatasync` failed: what was written may not be durable.
     #[error("fdatasync of the image failed: {0}")]
     Sync(io::Error),
+    /// Growing the file to the end of its last page, at the first drain,
+    /// failed; nothing was taken from staging.
     #[error("sizing the image failed: {0}")]
     Size(io::Error),
 }
@@ -175,6 +190,7 @@ impl Persister {
         }
     }
 
+    /// The staging area the persister drains.
     pub fn staging(&self) -> &Staging {
         &self.staging
     }
@@ -266,6 +282,8 @@ impl Persister {
         synced.map_err(PersistError::Sync)
     }
 
+    /// Takes the persister apart: its staging area, its writer and each
+    /// page's CRC32C as the file now holds it (the image's PAGE_CRCS).
     pub fn into_parts(self) -> (Staging, UringWriter, Vec<u32>) {
         (self.staging, self.writer, self.crcs)
     }

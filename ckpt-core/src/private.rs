@@ -10,7 +10,9 @@ use std::io;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
 
+/// Mode of every file mekha creates for a checkpoint: read-write, owner only.
 pub const FILE_MODE: u32 = 0o600;
+/// Mode of every directory mekha creates for a checkpoint: owner only.
 pub const DIR_MODE: u32 = 0o700;
 
 /// Options for a new file readable and writable by its owner only.

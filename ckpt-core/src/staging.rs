@@ -46,9 +46,16 @@ use crate::PAGE_SIZE;
 /// Where a page is in its way to disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PageState {
+    /// Never staged nor recorded as zero: holds no memory.
     Empty,
+    /// Holds data not written yet; staging the page again overwrites it.
     Staged,
+    /// Handed to the writer: its data must not change until the write
+    /// completes (Written) or fails (Staged again).
     InFlight,
+    /// On disk, or recorded as all zeros by [`Staging::mark_zero`]. A
+    /// written page's memory stays resident until the next
+    /// [`Staging::release`].
     Written,
 }
 
@@ -66,15 +73,19 @@ pub enum StageError {
 /// Consecutive pages handed out together for writing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Run {
+    /// The global page number of the run's first page.
     pub first_page: u64,
+    /// Pages in the run, at least one.
     pub pages: u64,
 }
 
 impl Run {
+    /// The run's global page numbers.
     pub fn page_range(&self) -> Range<u64> {
         self.first_page..self.first_page + self.pages
     }
 
+    /// The run's length in bytes.
     pub fn bytes(&self) -> usize {
         page_bytes(self.pages)
     }
@@ -85,6 +96,7 @@ impl Run {
 /// count as zero.
 #[derive(Debug, Clone, Copy)]
 pub enum PageFilter<'a> {
+    /// Every Staged page.
     All,
     /// Only pages whose bit is set.
     Only(&'a [u64]),
@@ -170,6 +182,7 @@ impl Staging {
         })
     }
 
+    /// Pages the area spans: every page of guest RAM, in global order.
     pub fn total_pages(&self) -> u64 {
         self.total_pages
     }
@@ -217,6 +230,7 @@ impl Staging {
         Ok(())
     }
 
+    /// Where `page` is on its way to disk. Panics if `page` is out of range.
     pub fn state(&self, page: u64) -> PageState {
         assert!(page < self.total_pages);
         let (w, bit) = word_bit(page);
@@ -265,6 +279,8 @@ impl Staging {
         (self.budget_pages - (self.resident_pages - self.unreleased_pages)) * PAGE_SIZE as u64
     }
 
+    /// The most [`resident_bytes`](Self::resident_bytes) ever reached, at
+    /// most the budget.
     pub fn peak_resident_bytes(&self) -> u64 {
         self.peak_resident_pages * PAGE_SIZE as u64
     }

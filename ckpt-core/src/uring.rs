@@ -44,6 +44,7 @@ impl Default for WriterOptions {
 /// The outcome of one submitted write.
 #[derive(Debug)]
 pub struct Completion {
+    /// The token the caller gave the write at submission.
     pub token: u64,
     /// Ok once every byte is written (short writes are continued); the
     /// error otherwise, e.g. ENOSPC or EIO.
@@ -130,6 +131,8 @@ impl UringWriter {
         self.direct
     }
 
+    /// Writes submitted that the kernel has not finished yet (at most the
+    /// queue depth; short writes being continued count).
     pub fn in_flight(&self) -> usize {
         self.in_flight
     }

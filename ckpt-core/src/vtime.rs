@@ -54,12 +54,14 @@ pub struct TimeRecord {
     pub host_wall_ns: I64,
     /// The VM clock: ns the VM had run.
     pub virtual_ns: I64,
+    /// Offset 24: reserved, written as zero.
     pub reserved: U64,
 }
 
 const _: () = assert!(size_of::<TimeRecord>() == 32);
 
 impl TimeRecord {
+    /// The record of these clocks (ns, as the fields), reserved zero.
     pub fn new(guest_wall_ns: i64, host_wall_ns: i64, virtual_ns: i64) -> TimeRecord {
         TimeRecord {
             guest_wall_ns: I64::new(guest_wall_ns),

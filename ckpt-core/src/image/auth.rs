@@ -107,6 +107,7 @@ impl ImageKey {
         self.id
     }
 
+    /// The key id as 32 lowercase hex digits, as messages and `inspect` show it.
     pub fn id_hex(&self) -> String {
         hex(&self.id)
     }
@@ -185,10 +186,13 @@ const _: () = assert!(size_of::<MacHeader>() == 16);
 pub struct Mac(pub [u8; TAG_LEN]);
 
 impl Mac {
+    /// The MAC as 64 lowercase hex digits, as a manifest records it.
     pub fn to_hex(&self) -> String {
         hex(&self.0)
     }
 
+    /// Reads a MAC written by [`to_hex`](Self::to_hex); says why when
+    /// `text` is not one.
     pub fn parse(text: &str) -> Result<Mac, String> {
         let mut mac = [0u8; TAG_LEN];
         match unhex(text, &mut mac) {

@@ -49,11 +49,15 @@ pub struct ImageBuilder {
 /// Where a finished image ended up and what its header says.
 #[derive(Debug, Clone)]
 pub struct FinishedImage {
+    /// The image's final path (the `.partial` is renamed to it).
     pub path: PathBuf,
     /// File length in bytes (the file is sparse: unwritten pages take no space).
     pub size: u64,
+    /// File offset where the RAM data ends and the metadata sections start.
     pub ram_end: u64,
+    /// The header's CRC32C, which names this exact image (a manifest records it).
     pub header_crc32c: u32,
+    /// The section directory as written.
     pub sections: Vec<Section>,
     /// The MAC, when written with an image key.
     pub mac: Option<Mac>,
@@ -113,10 +117,12 @@ impl ImageBuilder {
         &self.path_partial
     }
 
+    /// Where each page of the VM goes in the file.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }
 
+    /// The VM description the image is written for.
     pub fn identity(&self) -> &Identity {
         &self.identity
     }

@@ -14,31 +14,46 @@ use super::layout::Identity;
 /// One way an image and a running VM differ.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Difference {
+    /// The VMs' `-name`s differ (empty when unnamed).
     VmName {
+        /// The image's VM name.
         image: String,
+        /// The running VM's.
         running: String,
     },
+    /// The machine types differ: the device state would not load.
     Machine {
+        /// The image's machine type, e.g. `pc-i440fx-10.0`.
         image: String,
+        /// The running VM's.
         running: String,
     },
     /// A block in the image that the running VM does not have.
     BlockMissing {
+        /// The block's name.
         name: String,
+        /// Its length in the image, bytes.
         length: u64,
     },
     /// A block in the running VM that the image does not have.
     BlockExtra {
+        /// The block's name.
         name: String,
+        /// Its length in the running VM, bytes.
         length: u64,
     },
+    /// A block both have, of different lengths.
     BlockSize {
+        /// The block's name.
         name: String,
+        /// Its length in the image, bytes.
         image: u64,
+        /// Its length in the running VM, bytes.
         running: u64,
     },
     /// A block name the image holds twice (QEMU's names are unique).
     BlockTwice {
+        /// The repeated name.
         name: String,
     },
 }
@@ -69,6 +84,8 @@ impl fmt::Display for Difference {
 /// The image cannot be restored into the running VM.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub struct Mismatch {
+    /// Every difference found, never empty: VM name, machine, then blocks
+    /// in the image's order, then the running VM's extra blocks.
     pub differences: Vec<Difference>,
 }
 
@@ -88,6 +105,8 @@ impl fmt::Display for Mismatch {
 /// The image can be restored; `warnings` says what differs harmlessly.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Compatible {
+    /// Harmless differences, worded for the log: another QEMU version with
+    /// the same machine type, a block backed by pages of another size.
     pub warnings: Vec<String>,
     /// For each RAM block of the running VM, in its order, the index of
     /// the image's block of the same name (and length).

@@ -37,17 +37,25 @@ pub const ZERO_PAGE_CRC: u32 = 0x98F9_4189;
 #[derive(Debug, Clone, Copy, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct FileHeader {
+    /// Offset 0: [`MAGIC`], `MEKHAIMG`.
     pub magic: [u8; 8],
+    /// Offset 8: format major version; a reader refuses any major but
+    /// [`FORMAT_MAJOR`], before it checks the CRC.
     pub major: U16,
+    /// Offset 10: format minor version; any minor of the major is read
+    /// (minors only add optional sections, flags and JSON fields).
     pub minor: U16,
-    /// No flag is defined in 1.0; readers ignore bits they do not know.
+    /// Offset 12: flags; none is defined yet, readers ignore bits they do not know.
     pub flags: U32,
+    /// Offset 16: when the image was written, ns since the Unix epoch.
     pub created_unix_ns: U64,
+    /// Offset 24: directory entries in use, at most [`MAX_SECTIONS`].
     pub section_count: U32,
-    /// CRC32C of the whole header block with this field zeroed.
+    /// Offset 28: CRC32C of the whole header block with this field zeroed.
     pub header_crc32c: U32,
-    /// Bytes per page in RAM and PAGE_CRCS (4096).
+    /// Offset 32: bytes per page in RAM and PAGE_CRCS ([`PAGE_SIZE_FIELD`]).
     pub page_size: U32,
+    /// Offset 36: reserved, written as zeros.
     pub reserved: [u8; 28],
 }
 
@@ -55,12 +63,17 @@ pub struct FileHeader {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct SectionEntry {
+    /// Offset 0: the [`SectionKind`] number; 0 is invalid.
     pub kind: U32,
+    /// Offset 4: bit 0 is [`SECTION_REQUIRED`]; the other bits are reserved.
     pub flags: U32,
+    /// Offset 8: file offset of the section's first byte.
     pub offset: U64,
+    /// Offset 16: the section's length in bytes.
     pub length: U64,
-    /// CRC32C of the section's bytes (0 for RAM, checked page by page).
+    /// Offset 24: CRC32C of the section's bytes (0 for RAM, checked page by page).
     pub crc32c: U32,
+    /// Offset 28: reserved, written as zero.
     pub reserved: U32,
 }
 
@@ -68,7 +81,10 @@ pub struct SectionEntry {
 #[derive(Debug, Clone, FromBytes, IntoBytes, KnownLayout, Immutable)]
 #[repr(C)]
 pub struct HeaderBlock {
+    /// Bytes 0 to 63.
     pub header: FileHeader,
+    /// The directory from byte 64: the first `section_count` entries are
+    /// in use, in any order; the rest are zeros.
     pub sections: [SectionEntry; MAX_SECTIONS],
 }
 
@@ -94,10 +110,16 @@ impl HeaderBlock {
 /// Section kinds. Numbers are part of the format and never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SectionKind {
+    /// 1, required: the VM's identity and RAM blocks, and the mekha that
+    /// wrote the image ([`IdentityRecord`], JSON).
     Identity,
+    /// 2, required: one u32 CRC32C per page, in global page order.
     PageCrcs,
+    /// 3, required: QEMU's device state stream, opaque to mekha.
     DeviceState,
+    /// 4, required: the RAM data, from `RAM_START` to `ram_end` (its CRC is 0).
     Ram,
+    /// 5: free-form checkpoint statistics, a JSON object.
     Info,
     /// The clocks at the checkpoint instant (since 1.1).
     Time,
@@ -112,6 +134,8 @@ pub enum SectionKind {
 }
 
 impl SectionKind {
+    /// The kind a directory entry's number names; an unknown number is
+    /// kept as [`SectionKind::Unknown`].
     pub fn from_number(n: u32) -> SectionKind {
         match n {
             1 => SectionKind::Identity,
@@ -127,6 +151,7 @@ impl SectionKind {
         }
     }
 
+    /// The number a directory entry stores for this kind.
     pub fn number(self) -> u32 {
         match self {
             SectionKind::Identity => 1,
@@ -168,18 +193,27 @@ impl fmt::Display for SectionKind {
 /// A decoded directory entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Section {
+    /// What the section holds.
     pub kind: SectionKind,
+    /// The [`SECTION_REQUIRED`] flag: a reader that does not know the kind
+    /// must refuse the image.
     pub required: bool,
+    /// File offset of the section's first byte.
     pub offset: u64,
+    /// Length in bytes.
     pub length: u64,
+    /// CRC32C of the section's bytes (0 for RAM).
     pub crc32c: u32,
 }
 
 impl Section {
+    /// File offset just past the section's last byte (saturating: a reader
+    /// refuses an entry that ends beyond 2^64 before it uses this).
     pub fn end(&self) -> u64 {
         self.offset.saturating_add(self.length)
     }
 
+    /// The directory entry a writer stores, reserved field zero.
     pub fn to_entry(&self) -> SectionEntry {
         SectionEntry {
             kind: U32::new(self.kind.number()),
@@ -191,6 +225,7 @@ impl Section {
         }
     }
 
+    /// Decodes a directory entry; flag bits other than required are ignored.
     pub fn from_entry(e: &SectionEntry) -> Section {
         Section {
             kind: SectionKind::from_number(e.kind.get()),
@@ -214,7 +249,10 @@ pub struct IdentityRecord {
 /// Which mekha wrote an image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Producer {
+    /// The mekha crate version (`CARGO_PKG_VERSION`), e.g. `0.1.0`.
     pub version: String,
+    /// The embedder's build: the QEMU library's source revision and
+    /// profile, e.g. `1a2b3c4d5e6f-release`; `unknown` when none was set.
     pub build_id: String,
 }
 

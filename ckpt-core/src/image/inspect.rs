@@ -14,22 +14,32 @@ use super::net_frames::NetFramesSummary;
 use super::reader::{HeaderInfo, Image};
 use crate::width::to_usize;
 
+/// What `mekha image inspect` shows of one image (also as JSON).
 #[derive(Debug, Clone, Serialize)]
 pub struct Inspection {
+    /// The image file.
     pub path: PathBuf,
     /// File length in bytes.
     pub file_size: u64,
     /// Bytes the file occupies on disk (less than its length when sparse).
     pub allocated_bytes: u64,
+    /// The header's fields.
     pub header: HeaderInfo,
+    /// The section directory, sorted by file offset.
     pub sections: Vec<SectionSummary>,
+    /// The VM the image was taken from (IDENTITY).
     pub identity: Identity,
+    /// The mekha that wrote the image (IDENTITY).
     pub mekha: Producer,
+    /// Each RAM block, in the identity's order.
     pub ram_blocks: Vec<BlockSummary>,
+    /// Pages of all RAM blocks together.
     pub total_pages: u64,
     /// Pages whose checksum is that of a page of zeros (never written, or zero).
     pub zero_pages: u64,
+    /// File offset where the RAM data ends and the metadata sections may start.
     pub ram_end: u64,
+    /// The INFO section's statistics, if the image has a readable one.
     pub info: Option<serde_json::Value>,
     /// The clocks at the checkpoint instant (TIME section).
     pub time: Option<TimeSummary>,
@@ -39,42 +49,60 @@ pub struct Inspection {
     pub warnings: Vec<String>,
 }
 
+/// An image's TIME section, with the lag it implies.
 #[derive(Debug, Clone, Serialize)]
 pub struct TimeSummary {
     /// The guest's wall clock (the RTC's time), ns since the Unix epoch.
     pub guest_wall_ns: i64,
     /// The host's wall clock, ns since the Unix epoch.
     pub host_wall_ns: i64,
-    /// How far the guest's wall clock lagged the host's.
+    /// How far the guest's wall clock lagged the host's, ns (host minus
+    /// guest: negative when the guest ran ahead).
     pub lag_ns: i64,
     /// ns the VM had run.
     pub virtual_ns: i64,
 }
 
+/// One entry of an image's section directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct SectionSummary {
     /// Name of the kind, e.g. `DEVICE_STATE`, or `kind N` when unknown.
     pub kind: String,
+    /// The kind's number in the directory.
     pub number: u32,
+    /// Whether the entry carries the required flag.
     pub required: bool,
     /// Whether this mekha interprets the kind (unknown optional ones are skipped).
     pub known: bool,
+    /// File offset of the section's first byte.
     pub offset: u64,
+    /// Length in bytes.
     pub length: u64,
+    /// The CRC32C the directory stores (0 for RAM).
     pub crc32c: u32,
 }
 
+/// One RAM block of an image and where its pages are.
 #[derive(Debug, Clone, Serialize)]
 pub struct BlockSummary {
+    /// QEMU's RAMBlock idstr, e.g. `pc.ram`.
     pub name: String,
+    /// Bytes in use.
     pub length: u64,
+    /// Host page size that backed the block in the checkpointed QEMU, bytes.
     pub page_size: u64,
+    /// File offset of the block's first page (2 MiB-aligned).
     pub file_offset: u64,
+    /// Global number of the block's first page.
     pub first_page: u64,
+    /// The block's pages of 4096 bytes.
     pub pages: u64,
+    /// Of those, pages whose checksum is that of a page of zeros.
     pub zero_pages: u64,
 }
 
+/// Opens the image at `path` (without a key) and says what it holds,
+/// reading no RAM.
 pub fn inspect(path: &Path) -> Result<Inspection> {
     inspect_image(&Image::open(path)?)
 }

@@ -38,7 +38,11 @@ pub struct Identity {
     pub vm_name: String,
     /// Machine type, e.g. `pc-i440fx-10.0`.
     pub machine: String,
+    /// The QEMU that ran the VM, e.g. `10.0.2`; a restore tolerates
+    /// another one when the machine type is the same.
     pub qemu_version: String,
+    /// The guest's RAM blocks, in QEMU's order: the order fixes where each
+    /// block's pages are in the file ([`Layout`]).
     pub ram_blocks: Vec<RamBlock>,
 }
 
@@ -58,6 +62,11 @@ struct BlockPlace {
 }
 
 impl Layout {
+    /// The layout of `blocks`, in their order: block 0 at [`RAM_START`],
+    /// each next one at the previous one's end rounded up to
+    /// [`BLOCK_ALIGN`]. The caller checks the blocks first
+    /// ([`check_identity`](super::format::check_identity)) so that no
+    /// offset overflows.
     pub fn new(blocks: &[RamBlock]) -> Layout {
         let mut offset = RAM_START;
         let mut first_page = 0;

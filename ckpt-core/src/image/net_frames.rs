@@ -48,7 +48,9 @@ pub struct NetFrames {
 /// What NET_FRAMES holds, for inspection.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct NetFramesSummary {
+    /// Frames of all netdevs together.
     pub frames: u64,
+    /// Their bytes, virtio-net headers included.
     pub bytes: u64,
     /// Per netdev: (id, frames).
     pub netdevs: Vec<(String, u64)>,
@@ -86,14 +88,17 @@ impl NetFrames {
         unstorable
     }
 
+    /// Frames of all netdevs together.
     pub fn frame_count(&self) -> u64 {
         self.netdevs.iter().map(|n| n.frames.len() as u64).sum()
     }
 
+    /// Bytes of all frames, virtio-net headers included (no record headers).
     pub fn byte_count(&self) -> u64 {
         self.netdevs.iter().flat_map(|n| &n.frames).map(|f| f.data.len() as u64).sum()
     }
 
+    /// The counts `inspect` shows.
     pub fn summary(&self) -> NetFramesSummary {
         NetFramesSummary {
             frames: self.frame_count(),

@@ -32,10 +32,15 @@ pub(crate) const READ_CHUNK: usize = 8 << 20;
 /// The header's fields, decoded.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct HeaderInfo {
+    /// Format major version: always [`FORMAT_MAJOR`] in an opened image.
     pub major: u16,
+    /// Format minor version: any (an older minor lacks newer optional sections).
     pub minor: u16,
+    /// Header flags as stored; none is defined, unknown bits are ignored.
     pub flags: u32,
+    /// When the image was written, ns since the Unix epoch.
     pub created_unix_ns: u64,
+    /// The header block's CRC32C, which names this exact image.
     pub header_crc32c: u32,
 }
 
@@ -174,18 +179,22 @@ impl Image {
         self.sealed.as_ref().map(|s| &s.seal)
     }
 
+    /// The path the image was opened from.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// The open file, read-only: RAM is read (or mapped) through it.
     pub fn file(&self) -> &File {
         &self.file
     }
 
+    /// The file's length in bytes when opened.
     pub fn file_len(&self) -> u64 {
         self.file_len
     }
 
+    /// The header's fields.
     pub fn header(&self) -> &HeaderInfo {
         &self.header
     }
@@ -195,10 +204,13 @@ impl Image {
         &self.sections
     }
 
+    /// The directory entry of `kind`, if the image has that section.
     pub fn section(&self, kind: SectionKind) -> Option<&Section> {
         self.sections.iter().find(|s| s.kind == kind)
     }
 
+    /// The VM the image was taken from (IDENTITY), checked by
+    /// [`check_identity`].
     pub fn identity(&self) -> &Identity {
         &self.record.vm
     }
@@ -208,6 +220,7 @@ impl Image {
         &self.record.mekha
     }
 
+    /// Where each page is in the file, from the identity's RAM blocks.
     pub fn layout(&self) -> &Layout {
         &self.layout
     }

@@ -26,13 +26,16 @@ pub const MAX_REPORTED_BAD_PAGES: usize = 32;
 /// The outcome of [`verify`] on an image whose structure is valid.
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyReport {
+    /// The image file.
     pub path: PathBuf,
     /// The image's MAC, hex, when it was opened with its key: then every
     /// tag was checked too.
     pub mac: Option<String>,
     /// Sections whose checksum was checked (all but RAM, checked by page).
     pub sections_checked: usize,
+    /// The sections that failed their check, in file order.
     pub bad_sections: Vec<BadSection>,
+    /// Pages checked: every page of every RAM block.
     pub pages_checked: u64,
     /// Pages whose data does not match their checksum.
     pub bad_pages: u64,
@@ -40,28 +43,40 @@ pub struct VerifyReport {
     pub first_bad_pages: Vec<BadPage>,
 }
 
+/// A section whose bytes do not match its CRC32C or its tag.
 #[derive(Debug, Clone, Serialize)]
 pub struct BadSection {
+    /// The section's kind, e.g. `DEVICE_STATE`, or `kind N` when unknown.
     pub kind: String,
+    /// The CRC32C in its directory entry.
     pub stored_crc32c: u32,
+    /// The CRC32C of its bytes as read.
     pub computed_crc32c: u32,
     /// The CRC matches but the tag under the key does not: changed on purpose.
     pub mac_mismatch: bool,
 }
 
+/// A page whose data does not match its PAGE_CRCS entry or its tag.
 #[derive(Debug, Clone, Serialize)]
 pub struct BadPage {
+    /// The global page number.
     pub page: u64,
+    /// The RAM block holding the page.
     pub block: String,
+    /// The page's byte offset in that block.
     pub offset_in_block: u64,
+    /// The page's byte offset in the file.
     pub file_offset: u64,
+    /// Its PAGE_CRCS entry.
     pub stored_crc32c: u32,
+    /// The CRC32C of its data as read (a hole reads as zeros).
     pub computed_crc32c: u32,
     /// The CRC matches but the tag under the key does not: changed on purpose.
     pub mac_mismatch: bool,
 }
 
 impl VerifyReport {
+    /// Whether every section and every page checked out.
     pub fn is_intact(&self) -> bool {
         self.bad_sections.is_empty() && self.bad_pages == 0
     }

@@ -40,6 +40,8 @@ impl Generation {
         Generation { store, number, path, previous, _lock: lock }
     }
 
+    /// This generation's number: above every generation the directory
+    /// held, committed or not, so numbers never repeat.
     pub fn number(&self) -> u64 {
         self.number
     }

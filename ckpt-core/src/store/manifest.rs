@@ -11,6 +11,7 @@ use super::error::{Result, StoreError};
 use super::generation::generation_name;
 use crate::image::{ImageKey, Mac};
 
+/// File name of the manifest in a checkpoint directory.
 pub const MANIFEST: &str = "MANIFEST.json";
 pub(super) const MANIFEST_TMP: &str = "MANIFEST.json.tmp";
 /// Manifest format this mekha writes and reads.
@@ -21,9 +22,14 @@ const MAX_VM_NAME: usize = 200;
 /// `DIR/MANIFEST.json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Manifest {
+    /// [`MANIFEST_FORMAT`]; a reader refuses any other.
     pub format: u32,
+    /// The committed generation, from 1: its images are in `gen-<N>/`
+    /// (six digits at least).
     pub generation: u64,
+    /// When the commit made the manifest, ns since the Unix epoch.
     pub created_unix_ns: u64,
+    /// Every VM of the checkpoint, each named once.
     pub vms: Vec<ManifestVm>,
     /// With an image key: the MAC of this manifest (all its other fields),
     /// hex. A store opened with the key refuses a manifest without one.
@@ -34,6 +40,8 @@ pub struct Manifest {
 /// One VM of a committed checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ManifestVm {
+    /// The VM's name, once per manifest; a plain file name, after which
+    /// [`Generation::image_path`](super::Generation::image_path) names its image.
     pub name: String,
     /// Relative to the checkpoint directory, e.g. `gen-000007/node1.mekha`.
     pub image: String,
@@ -94,6 +102,7 @@ impl Manifest {
         }
     }
 
+    /// The entry of the VM named `name`, if the checkpoint has it.
     pub fn vm(&self, name: &str) -> Option<&ManifestVm> {
         self.vms.iter().find(|vm| vm.name == name)
     }

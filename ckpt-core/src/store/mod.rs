@@ -96,6 +96,7 @@ impl Store {
         }
     }
 
+    /// The checkpoint directory, as given to `open`.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -117,6 +118,7 @@ impl Store {
         Store { key, ..self }
     }
 
+    /// The image key set by [`with_key`](Self::with_key), if any.
     pub fn key(&self) -> Option<&ImageKey> {
         self.key.as_ref()
     }
