@@ -29,27 +29,43 @@ const NO_LEASE_WAKE: Duration = Duration::from_secs(3600);
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Args {
+    /// The image file to write; it appears only when complete and durable.
     pub path: PathBuf,
+    /// How RAM is captured (default [`Mode::Auto`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// The live phase's time budget, ms (default 10000): it ends then
+    /// whatever the dirty rate, unless held.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time_budget_ms: Option<u64>,
+    /// The staging area's memory budget, MiB (default: all of guest RAM).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub staging_mib: Option<u64>,
+    /// MTD's dirty-bitmap sync interval, ms (default 3000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub epoch_ms: Option<u64>,
+    /// Stale pages of the dirty set copied per transfer cycle (default 50).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub dirty_share: Option<u32>,
+    /// Pages of the non-dirty set copied per transfer cycle (default 50).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub clean_share: Option<u32>,
+    /// Keep the live phase open until `checkpoint-end` (a coordinator's
+    /// global ending condition; default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hold: Option<bool>,
+    /// The coordinator's lease, ms (default none; with `hold`, the time budget).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    /// Keep the staged image in memory until `checkpoint-persist` (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persist_hold: Option<bool>,
+    /// Checkpoint a VM with writable disks anyway: the caller snapshots
+    /// them (default false: refused).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_writable_disks: Option<bool>,
+    /// The id of the QEMU `secret` object holding the image key to seal
+    /// the image under.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
 }
@@ -58,8 +74,12 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct EndArgs {
+    /// Stop the VM at this host wall-clock instant (ns since the Unix
+    /// epoch) instead of at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_at: Option<i64>,
+    /// Resume the VM at this instant (ns since the Unix epoch), after
+    /// `stop_at`, instead of as soon as the pause's copy is done.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_at: Option<i64>,
 }
@@ -68,8 +88,14 @@ pub struct EndArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
+    /// Copy-on-write where it works (private anonymous RAM, userfaultfd
+    /// write protection), MTD otherwise.
     Auto,
+    /// RAM copied while the guest runs, dirty pages again; the pause
+    /// copies the last dirty pages (it grows with the dirty rate).
     Mtd,
+    /// The VM stops only to write-protect its RAM; each page is copied
+    /// before the guest may change it ([`crate::cow`]).
     Cow,
 }
 
@@ -94,14 +120,22 @@ impl std::fmt::Display for Mode {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
+    /// No checkpoint has run in this QEMU.
     #[default]
     None,
+    /// RAM is copied into staging while the guest runs.
     Live,
+    /// The VM is stopped for the final copy.
     Paused,
+    /// The VM runs again with its RAM write-protected (copy-on-write).
     Capturing,
+    /// The VM runs again; its image waits in memory for `checkpoint-persist`.
     Staged,
+    /// The VM runs again; the staged image is being written.
     Persisting,
+    /// The image is complete and durable at its path.
     Completed,
+    /// The checkpoint failed: the VM runs, any earlier image is untouched.
     Failed,
 }
 
@@ -120,6 +154,8 @@ impl Status {
         }
     }
 
+    /// Whether a checkpoint is running: neither none nor finished, so
+    /// another cannot start.
     pub fn is_active(self) -> bool {
         matches!(self, Status::Live | Status::Paused | Status::Capturing | Status::Staged | Status::Persisting)
     }
@@ -135,49 +171,89 @@ impl std::fmt::Display for Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub struct Info {
+    /// Where the checkpoint stands.
     pub status: Status,
+    /// The image file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Why it failed (only when failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of `error`, for a program to act on (only when failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<ErrorKind>,
+    /// How RAM is captured: mtd or cow, never auto (none before any checkpoint).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode: Option<Mode>,
+    /// Why auto chose MTD, when it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mode_reason: Option<String>,
+    /// Why the live phase ended: `non-dirty-empty`, `budget-spent` or
+    /// `end-command` ([`crate::mtd::EndReason`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub end_reason: Option<String>,
+    /// Dirty-bitmap syncs so far.
     pub epochs: u64,
+    /// Pages in the dirty set (written since the checkpoint began).
     pub dirty_pages: u64,
+    /// Pages in the non-dirty set: not written, not copied yet.
     pub non_dirty_pages: u64,
+    /// Pages written since their last copy.
     pub stale_pages: u64,
+    /// Page copies made, repeats included.
     pub copied_pages: u64,
+    /// Bytes the staging area holds now (its resident set).
     pub staged_bytes: u64,
+    /// The most bytes the staging area ever held.
     pub staging_peak_bytes: u64,
+    /// The staging area's budget as enforced, bytes.
     pub staging_budget_bytes: u64,
+    /// Bytes written to the image file so far.
     pub written_bytes: u64,
+    /// How long the VM was stopped, ns.
     pub pause_ns: u64,
+    /// Pages copied while the VM was stopped (MTD).
     pub final_pages: u64,
+    /// Size of QEMU's device state, bytes.
     pub device_state_bytes: u64,
+    /// Length of the live phase, ns.
     pub live_ns: u64,
+    /// From the start to completion (or to now), ns.
     pub total_ns: u64,
+    /// Whether the image was written with `O_DIRECT`.
     pub direct_io: bool,
+    /// Guest writes that waited for their page's copy (copy-on-write).
     pub wp_faults: u64,
+    /// From the VM's restart to the last page copied, ns (copy-on-write).
     pub capture_ns: u64,
+    /// The live phase has done what it can (every page copied once, or
+    /// RAM prepared for protection): a coordinator ends every VM's live
+    /// phase together once all are ready.
     pub ready: bool,
+    /// How long the pause would take now, ns: a coordinator sets its
+    /// resume instant by the largest.
     pub pause_estimate_ns: u64,
+    /// The stop instant `checkpoint-end` asked for (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_at_ns: Option<i64>,
+    /// When the VM stopped (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at_ns: Option<i64>,
+    /// The resume instant `checkpoint-end` asked for (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_at_ns: Option<i64>,
+    /// When the VM resumed (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_at_ns: Option<i64>,
+    /// Network frames toward the guest in flight at the stop: held until
+    /// the resume, saved in the image, then passed on in order.
     pub net_held_frames: u64,
+    /// Bytes of those frames.
     pub net_held_bytes: u64,
+    /// Frames toward the guest the hold had no room for (lost, as on a
+    /// real network).
     pub net_dropped_frames: u64,
+    /// The image's MAC, hex, once written under an image key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }
@@ -202,6 +278,8 @@ impl Info {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct QueryArgs {
+    /// The query is the coordinator's own and renews the lease (default
+    /// false: anyone else's poll must not keep a checkpoint alive).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_lease: Option<bool>,
 }
@@ -223,17 +301,25 @@ impl EndArgs {
 /// Validated checkpoint parameters.
 #[derive(Debug, Clone)]
 pub struct Params {
+    /// The image file to write.
     pub path: PathBuf,
+    /// The live phase's tunables (also the time budget and hold of a
+    /// copy-on-write capture).
     pub mtd: MtdParams,
     /// The staging budget asked for, bytes (none: all of guest RAM).
     pub staging_budget: Option<u64>,
+    /// The coordinator's lease: asked for, or the time budget of a held
+    /// live phase, which only a command ends otherwise.
     pub lease: Option<Duration>,
+    /// Keep the staged image in memory until `checkpoint-persist`.
     pub persist_hold: bool,
     /// Seals the image under this key (the embedder resolves `key-secret`).
     pub key: Option<ImageKey>,
 }
 
 impl Params {
+    /// Checks `args` and fills in the defaults; says what is wrong. The
+    /// key is left for the embedder to resolve from `key-secret`.
     pub fn from_args(args: &Args) -> Result<Params> {
         let mtd = MtdParams {
             epoch: ms(args.epoch_ms, 3000),
@@ -279,11 +365,14 @@ impl Params {
 /// Why the worker must stop waiting for its coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Abandon {
+    /// `checkpoint-cancel` came.
     Cancelled,
+    /// The coordinator was not heard from within its lease.
     LeaseExpired,
 }
 
 impl Abandon {
+    /// Why, worded for the checkpoint's error.
     pub fn message(self) -> &'static str {
         match self {
             Abandon::Cancelled => "cancelled by the coordinator",
@@ -339,6 +428,7 @@ impl Session {
         self.info.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
+    /// The status now.
     pub fn status(&self) -> Status {
         self.info.lock().unwrap_or_else(PoisonError::into_inner).status
     }
@@ -406,6 +496,7 @@ impl Session {
         Ok(())
     }
 
+    /// Whether `checkpoint-end` came.
     pub fn end_requested(&self) -> bool {
         self.end_requested.load(Ordering::Relaxed)
     }
@@ -424,6 +515,7 @@ impl Session {
         lease.filter(|l| l.expired(Instant::now())).map(|_| Abandon::LeaseExpired)
     }
 
+    /// Whether `checkpoint-persist` came.
     pub fn persist_released(&self) -> bool {
         self.persist_released.load(Ordering::Relaxed)
     }

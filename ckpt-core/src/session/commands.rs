@@ -16,7 +16,9 @@ pub const PREFIX: &str = "__org.mekha_";
 pub trait Command {
     /// Its name without [`PREFIX`].
     const NAME: &'static str;
+    /// Its arguments (`{}` for none: [`Empty`]).
     type Args: Serialize + DeserializeOwned;
+    /// What it returns (`{}` for nothing: [`Empty`]).
     type Reply: Serialize + DeserializeOwned;
 }
 
@@ -24,6 +26,7 @@ pub trait Command {
 pub trait Event {
     /// Its name, with [`PREFIX`].
     const NAME: &'static str;
+    /// Its data.
     type Data: Serialize + DeserializeOwned;
 }
 

@@ -54,7 +54,9 @@ pub enum ErrorKind {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{message}")]
 pub struct Error {
+    /// What a program can act on.
     pub kind: ErrorKind,
+    /// What happened, worded for the person who has to act.
     pub message: String,
 }
 
@@ -62,26 +64,32 @@ pub struct Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 impl Error {
+    /// An error of `kind` saying `message`.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Error {
         Error { kind, message: message.into() }
     }
 
+    /// An argument is refused: [`ErrorKind::InvalidArgument`].
     pub fn invalid_argument(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::InvalidArgument, message)
     }
 
+    /// The command does not fit the status now: [`ErrorKind::WrongStatus`].
     pub fn wrong_status(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::WrongStatus, message)
     }
 
+    /// This host, QEMU or VM cannot do it: [`ErrorKind::Unsupported`].
     pub fn unsupported(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Unsupported, message)
     }
 
+    /// QEMU refused a step: [`ErrorKind::Qemu`].
     pub fn qemu(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Qemu, message)
     }
 
+    /// A defect in mekha: [`ErrorKind::Internal`].
     pub fn internal(message: impl Into<String>) -> Error {
         Error::new(ErrorKind::Internal, message)
     }

@@ -49,10 +49,12 @@ impl Lease {
         Lease { every, last_heard: now }
     }
 
+    /// How long the coordinator may stay silent.
     pub fn every(&self) -> Duration {
         self.every
     }
 
+    /// The coordinator was heard from at `now`: the lease starts over.
     pub fn heard(&mut self, now: Instant) {
         self.last_heard = now;
     }

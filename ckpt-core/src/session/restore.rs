@@ -18,21 +18,37 @@ use crate::vtime::TimePolicy;
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Args {
+    /// The image file.
     pub path: PathBuf,
+    /// Resume the VM once restored (default true); false leaves it paused
+    /// until `__org.mekha_resume` or `cont`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub start: Option<bool>,
+    /// Map guest RAM from the image instead of reading it (default: where
+    /// the RAM is anonymous and no key is given).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lazy: Option<bool>,
+    /// How the restored VM's clocks stand to the host's (default continue).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub time: Option<TimePolicy>,
+    /// With the catch-up policy, how much faster than the host's guest
+    /// time runs, parts per million (default 50000).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub catch_up_ppm: Option<u32>,
+    /// How far the guest's wall clock lags the host's at the resume, ns,
+    /// instead of the time since the checkpoint (one lag for a cluster).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lag_ns: Option<i64>,
+    /// The coordinator's lease, ms, only with `start` false: unless heard
+    /// from, the restore fails and QEMU shuts down before the VM runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lease_ms: Option<u64>,
+    /// The id of the QEMU `secret` object holding the image key: the image
+    /// must hold under it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
+    /// With `key_secret`, the image's MAC as its checkpoint reported it,
+    /// hex: another authentic image is refused.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }
@@ -41,6 +57,7 @@ pub struct Args {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct QueryArgs {
+    /// The query is the coordinator's own and renews the lease (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub renew_lease: Option<bool>,
 }
@@ -49,10 +66,14 @@ pub struct QueryArgs {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub enum Status {
+    /// No restore has run in this QEMU.
     #[default]
     None,
+    /// Guest RAM and device state are being loaded.
     Loading,
+    /// The VM was restored (and runs, unless left paused).
     Completed,
+    /// The restore failed; the VM did not run.
     Failed,
 }
 
@@ -78,23 +99,38 @@ impl std::fmt::Display for Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
 pub struct Info {
+    /// Where the restore stands.
     pub status: Status,
+    /// The image file.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Why it failed (only when failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// The kind of `error`, for a program to act on (only when failed).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error_kind: Option<ErrorKind>,
+    /// Whether guest RAM was mapped from the image.
     pub lazy: bool,
+    /// Bytes of guest RAM the image restores.
     pub ram_bytes: u64,
+    /// Bytes whose checksum was checked so far.
     pub verified_bytes: u64,
+    /// From the command to a running (or paused) VM, ns.
     pub total_ns: u64,
+    /// The instant `__org.mekha_resume` asked for (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resume_at_ns: Option<i64>,
+    /// When the VM resumed (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_at_ns: Option<i64>,
+    /// Frames of the image, in flight at the checkpoint, passed on to the
+    /// guest in order once the VM ran.
     pub net_injected_frames: u64,
+    /// Frames of the image not passed on: their netdev is missing or
+    /// cannot take them.
     pub net_dropped_frames: u64,
+    /// The image's MAC, hex, once checked under the image key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
 }
@@ -103,6 +139,8 @@ pub struct Info {
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct ResumeArgs {
+    /// Resume at this host wall-clock instant (ns since the Unix epoch);
+    /// none: at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub at: Option<i64>,
 }

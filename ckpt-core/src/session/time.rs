@@ -11,12 +11,19 @@ use crate::vtime::{TimePolicy, DEFAULT_CATCH_UP_PPM};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Info {
+    /// The time policy in force.
     pub policy: TimePolicy,
+    /// How far the guest's wall clock (QEMU's host clock, which the RTC
+    /// reads) lags the host's, ns.
     pub lag_ns: i64,
+    /// The catch-up rate, parts per million (only under catch-up).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up_ppm: Option<u32>,
+    /// Whether guest time is catching up now.
     pub catching_up: bool,
+    /// How far catch-up moved the VM clock forward so far, ns.
     pub advanced_ns: i64,
+    /// The VM clock: ns of guest time run so far.
     pub virtual_ns: i64,
 }
 
@@ -24,7 +31,10 @@ pub struct Info {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct SetArgs {
+    /// The new policy: continue keeps the lag, host drops it at once,
+    /// catch-up runs guest time faster until it is gone.
     pub policy: TimePolicy,
+    /// With catch-up, the rate, parts per million (default 50000).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub catch_up_ppm: Option<u32>,
 }
