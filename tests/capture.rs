@@ -13,8 +13,9 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use mekha_ckpt_core::instant::wall_ns;
 use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Mode, QueryArgs, Status};
 use mekha_ckpt_core::session::commands::{
     Checkpoint, CheckpointCancel, CheckpointEnd, QueryCheckpoint, QueryRestore, Restore,
@@ -30,10 +31,6 @@ const AGENT_PORT: &str = "org.qemu.guest_agent.0";
 /// A slow agent client reads this often: in between, the socket fills and
 /// the port's output waits in QEMU.
 const SLOW_READS: Duration = Duration::from_millis(300);
-
-fn wall_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 fn uffd_wp() -> bool {
     let ok = mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp;
@@ -81,7 +78,7 @@ const RECORD: usize = 16;
 fn parse_record(bytes: &[u8]) -> Option<u64> {
     let r = bytes.get(..RECORD)?;
     let seq = u64::from_le_bytes(r[4..12].try_into().unwrap());
-    let check = (seq as u32) ^ ((seq >> 32) as u32) ^ 0x5a5a_5a5a;
+    let check = (seq & 0xffff_ffff) as u32 ^ (seq >> 32) as u32 ^ 0x5a5a_5a5a;
     (&r[..4] == b"MKVP" && u32::from_le_bytes(r[12..].try_into().unwrap()) == check).then_some(seq)
 }
 

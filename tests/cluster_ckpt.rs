@@ -18,6 +18,7 @@ use common::{
 use mekha_ckpt_core::session::checkpoint::{Args, EndArgs, Mode, Status};
 use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, CheckpointEvent};
 use mekha_ckpt_core::session::ErrorKind;
+use mekha_ckpt_core::width::to_usize;
 use mekha_coordinator::qmp::Qmp;
 use mekha_rig::Cluster;
 use serde_json::Value;
@@ -184,7 +185,7 @@ async fn a_vanished_coordinator_never_leaves_a_vm_paused() {
         qmp.call::<Checkpoint>(&args).await.unwrap();
         qmps.push(qmp);
     }
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as i64;
+    let now = mekha_ckpt_core::instant::wall_ns();
     let (stop_at, resume_at) = (now + 300_000_000, now + 350_000_000);
     for qmp in &qmps {
         qmp.call::<CheckpointEnd>(&EndArgs { stop_at: Some(stop_at), resume_at: Some(resume_at) }).await.unwrap();
@@ -221,10 +222,10 @@ async fn a_damaged_image_refuses_the_whole_restart() {
     let data = std::fs::read(&image).unwrap();
     let page = (0..4096u64)
         .map(|p| ram_offset + (1 << 20) + p * 4096)
-        .find(|&off| data[off as usize..off as usize + 4096].iter().any(|&b| b != 0))
+        .find(|&off| data[to_usize(off)..to_usize(off) + 4096].iter().any(|&b| b != 0))
         .expect("a non-zero page");
     let mut data = data;
-    data[page as usize + 17] ^= 0x10;
+    data[to_usize(page) + 17] ^= 0x10;
     std::fs::write(&image, &data).unwrap();
 
     cluster.relaunch_incoming(&artifacts, &dir.join("run2")).unwrap();

@@ -23,8 +23,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
+use mekha_ckpt_core::instant::wall_ns;
 use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Mode, Status};
 use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, QueryCheckpoint, QueryRestore, Restore, Resume};
 use mekha_ckpt_core::session::{restore, Command};
@@ -47,10 +48,6 @@ const PAUSE_NS: i64 = 30_000_000;
 
 /// The latency of the link toward the last VM.
 const LINK_DELAY: Duration = Duration::from_millis(5);
-
-fn wall_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as i64
-}
 
 /// Runs query `C` with `args` on every VM until `done` holds for all
 /// replies; fails on a reply that `failed` names. The test is the
@@ -244,7 +241,7 @@ fn open_taps<const N: usize>(netns: &str, names: [&str; N]) -> [File; N] {
                     let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
                     let mut ifr = [0u8; 40];
                     ifr[..name.len()].copy_from_slice(name.as_bytes());
-                    ifr[16..18].copy_from_slice(&((libc::IFF_TAP | libc::IFF_NO_PI) as i16).to_ne_bytes());
+                    ifr[16..18].copy_from_slice(&i16::try_from(libc::IFF_TAP | libc::IFF_NO_PI).unwrap().to_ne_bytes());
                     // SAFETY: TUNSETIFF reads a struct ifreq (40 bytes) we own.
                     let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
                     assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());

@@ -19,6 +19,7 @@ use common::{CLUSTER_CHUNK as CHUNK, CLUSTER_COMPUTE as COMPUTE};
 use mekha_ckpt_core::image::{Image, SectionKind};
 use mekha_ckpt_core::session::commands::{QueryRestore, Restore};
 use mekha_ckpt_core::session::restore::{self, Status};
+use mekha_ckpt_core::width::to_usize;
 use mekha_coordinator::cluster::ClusterCheckpoint;
 use mekha_coordinator::qmp::{Qmp, QmpError};
 use mekha_rig::{Artifacts, Cluster};
@@ -48,7 +49,7 @@ fn forge_page(path: &Path) -> u32 {
     file.write_all_at(&data, image.page_data_offset(page)).unwrap();
     let crcs = *image.section(SectionKind::PageCrcs).unwrap();
     file.write_all_at(&crc32c(&data).to_le_bytes(), crcs.offset + 4 * page).unwrap();
-    let mut table = vec![0u8; crcs.length as usize];
+    let mut table = vec![0u8; to_usize(crcs.length)];
     file.read_exact_at(&mut table, crcs.offset).unwrap();
     let mut header = vec![0u8; 4096];
     file.read_exact_at(&mut header, 0).unwrap();

@@ -68,6 +68,7 @@ fn tsc_per_ns(samples: &[Sample]) -> f64 {
 /// How far each clock moved between the last sample `before` had taken
 /// at the checkpoint instant and the first sample after the restore, in
 /// ms: (monotonic, realtime, TSC).
+#[expect(clippy::cast_possible_truncation, reason = "TSC ticks over a float rate: ms of a gap fit")]
 fn advance_across(before: &[Sample], after: &[Sample], tsc_rate: f64) -> (i64, i64, i64) {
     let first = after[0];
     let last = before.iter().rfind(|s| s.mono_ns < first.mono_ns).expect("a sample before the instant");

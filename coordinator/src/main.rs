@@ -14,10 +14,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(cli::run(cli.command)) {
-        Ok(()) => ExitCode::from(exit::OK as u8),
+        Ok(()) => ExitCode::from(exit::OK),
         Err(f) => {
             eprintln!("mekha: {}", f.message);
-            ExitCode::from(f.code as u8)
+            ExitCode::from(f.code)
         }
     }
 }

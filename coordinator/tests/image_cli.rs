@@ -53,7 +53,7 @@ fn identity(name: &str) -> Identity {
 fn write_image(path: &Path, name: &str) {
     let mut builder = ImageBuilder::create(path, &identity(name)).unwrap();
     for page in (0..10).chain([1030]) {
-        builder.write_page(page, &[page as u8 + 1; 4096]).unwrap();
+        builder.write_page(page, &[(page & 0xff) as u8 + 1; 4096]).unwrap();
     }
     builder.finish(b"device state", Some(&json!({ "passes": 2 }))).unwrap();
 }

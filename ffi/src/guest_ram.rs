@@ -8,6 +8,7 @@ use std::ffi::CString;
 use mekha_ckpt_core::cow::Region;
 use mekha_ckpt_core::image::{Identity, Layout, RamBlock as ImageRamBlock};
 use mekha_ckpt_core::session::{Error, Result};
+use mekha_ckpt_core::width::{page_bytes, to_usize};
 use mekha_ckpt_core::PAGE_SIZE;
 
 use crate::qemu::{self, Bql};
@@ -81,13 +82,13 @@ impl GuestRam {
     /// Host memory of global page `page`.
     pub(crate) fn page_ptr(&self, page: u64) -> *const u8 {
         let (block, index) = self.layout.locate(page);
-        (self.blocks[block].host + (index as usize) * PAGE_SIZE) as *const u8
+        (self.blocks[block].host + page_bytes(index)) as *const u8
     }
 
     /// Host memory of block `block` and its length in bytes.
     pub(crate) fn block_memory(&self, block: usize) -> (*mut u8, usize) {
         let b = &self.blocks[block];
-        (b.host as *mut u8, (b.pages as usize) * PAGE_SIZE)
+        (b.host as *mut u8, page_bytes(b.pages))
     }
 
     /// Whether block `block` is private anonymous memory.
@@ -120,12 +121,12 @@ impl GuestRam {
     /// one global bitmap (bit = page written since the previous call).
     pub(crate) fn sync_dirty(&self, bql: &Bql, bitmap: &mut Vec<u64>) -> Result<()> {
         bitmap.clear();
-        bitmap.resize(self.total_pages().div_ceil(64) as usize, 0);
+        bitmap.resize(to_usize(self.total_pages().div_ceil(64)), 0);
         qemu::ckpt::dirty_log_sync(bql);
         let mut scratch = Vec::new();
         for b in &self.blocks {
             scratch.clear();
-            scratch.resize(b.pages.div_ceil(64) as usize, 0u64);
+            scratch.resize(to_usize(b.pages.div_ceil(64)), 0u64);
             qemu::ckpt::dirty_log_fetch(bql, &b.name, &mut scratch, b.pages)?;
             or_bits_at(bitmap, &scratch, b.first_page, b.pages);
         }
@@ -137,10 +138,10 @@ impl GuestRam {
 fn or_bits_at(dst: &mut [u64], src: &[u64], at: u64, len: u64) {
     if at.is_multiple_of(64) {
         let start = (at / 64) as usize;
-        let words = len.div_ceil(64) as usize;
+        let words = to_usize(len.div_ceil(64));
         for (i, (d, s)) in dst[start..].iter_mut().zip(&src[..words]).enumerate() {
             // Bits past `len` in the last word belong to the next block.
-            let valid = if (i + 1) * 64 > len as usize { (1u64 << (len % 64)) - 1 } else { !0 };
+            let valid = if (i + 1) * 64 > to_usize(len) { (1u64 << (len % 64)) - 1 } else { !0 };
             *d |= *s & valid;
         }
         return;

@@ -19,9 +19,11 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use mekha_ckpt_core::instant::wall_ns;
 use mekha_ckpt_core::session::time::{catch_up_ppm, Info, SetArgs};
 use mekha_ckpt_core::session::Result;
 use mekha_ckpt_core::vtime::{catch_up_step, resume_offset, TimePolicy, TimeRecord, DEFAULT_CATCH_UP_PPM};
+use mekha_ckpt_core::width::saturating_i64;
 
 use crate::qemu::{self, clocks, Bql, QemuThread};
 
@@ -69,7 +71,7 @@ static STATE: Mutex<State> = Mutex::new(State {
 /// The clocks now, for the image of a checkpoint taken with the VM stopped.
 pub(crate) fn capture(_bql: &Bql) -> TimeRecord {
     let c = clocks::read();
-    TimeRecord::new(c.host_ns, host_wall_ns(), c.virtual_ns)
+    TimeRecord::new(c.host_ns, wall_ns(), c.virtual_ns)
 }
 
 /// Before a restore loads the device state: puts QEMU's host clock at the
@@ -81,7 +83,7 @@ pub(crate) fn prepare_restore(bql: &Bql, record: Option<TimeRecord>, asked: Rest
     state.ppm = asked.ppm;
     state.generation += 1;
     state.catching_up = false;
-    clocks::set_host_offset(bql, resume_offset(asked.policy, record.as_ref(), asked.lag_ns, host_wall_ns()));
+    clocks::set_host_offset(bql, resume_offset(asked.policy, record.as_ref(), asked.lag_ns, wall_ns()));
     state.pending = (asked.policy != TimePolicy::Host).then_some((record, asked.lag_ns));
     clocks::watch_run_state(bql);
 }
@@ -96,7 +98,7 @@ pub(crate) fn on_run_state(running: bool) {
         return;
     }
     if let Some((record, lag)) = state.pending.take() {
-        clocks::set_host_offset(&bql, resume_offset(state.policy, record.as_ref(), lag, host_wall_ns()));
+        clocks::set_host_offset(&bql, resume_offset(state.policy, record.as_ref(), lag, wall_ns()));
         if state.policy == TimePolicy::CatchUp {
             start_catch_up(&mut state);
         }
@@ -167,14 +169,16 @@ fn catch_up(generation: u64, ppm: u32, vm_clock: bool) {
             return;
         }
         let now = Instant::now();
-        let elapsed = now.duration_since(last).as_nanos() as i64;
+        let elapsed = saturating_i64(now.duration_since(last).as_nanos());
         last = now;
         let offset = clocks::read().host_offset_ns;
         let step = catch_up_step(offset, elapsed, ppm);
         if step > 0 {
             clocks::set_host_offset(&bql, offset + step);
             if let (Some(rate), true) = (ticks_per_ns, state.running) {
-                clocks::advance_vm_clock(&bql, step, (step as f64 * rate) as i64);
+                #[expect(clippy::cast_possible_truncation, reason = "a float cast saturates; a step's ticks fit")]
+                let ticks = (step as f64 * rate) as i64;
+                clocks::advance_vm_clock(&bql, step, ticks);
                 state.advanced_ns += step;
             }
         }
@@ -202,9 +206,4 @@ fn measure_ticks_per_ns(generation: u64) -> Option<f64> {
             return Some(dt as f64 / dv as f64);
         }
     }
-}
-
-fn host_wall_ns() -> i64 {
-    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("after 1970");
-    since.as_nanos() as i64
 }

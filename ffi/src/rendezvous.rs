@@ -13,6 +13,7 @@
 
 pub(crate) use mekha_ckpt_core::instant::{spin_until, wall_ns};
 use mekha_ckpt_core::instant::{Target, SPIN_LEAD};
+use mekha_ckpt_core::width::saturating_i64;
 
 use crate::qemu::Bql;
 
@@ -32,7 +33,7 @@ pub(crate) fn lock_at(at: Option<i64>) -> (Bql, i64) {
 /// at once or spins. Returns the BQL and the wall-clock time on return.
 pub(crate) fn wait_unlocked(bql: Bql, at: Option<i64>) -> (Bql, i64) {
     match at {
-        Some(at) if at - SPIN_LEAD.as_nanos() as i64 > wall_ns() => {
+        Some(at) if at - saturating_i64(SPIN_LEAD.as_nanos()) > wall_ns() => {
             drop(bql);
             lock_at(Some(at))
         }

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use mekha_ckpt_core::image::{check_compatible, Image, Mac};
 use mekha_ckpt_core::session::{Error, ErrorKind, Lease, Result};
+use mekha_ckpt_core::width::{saturating_u64, to_usize};
 use mekha_ckpt_core::PAGE_SIZE;
 
 use crate::guest_ram::GuestRam;
@@ -126,7 +127,7 @@ fn finish(outcome: Result<()>, started: Instant) {
             // The lease ran out first and said so.
             return;
         }
-        info.total_ns = started.elapsed().as_nanos() as u64;
+        info.total_ns = saturating_u64(started.elapsed().as_nanos());
         match outcome {
             Ok(()) => info.status = Status::Completed,
             Err(e) => info.fail(e),
@@ -383,7 +384,7 @@ fn load_ram(image: &Image, ram: &GuestRam, image_block: &[usize], lazy: bool) ->
         let (first_page, _) = layout.block_pages(in_image);
         let anonymous = ram.block_is_anonymous(block);
         for (start, end, data) in extents(image, offset, len as u64)? {
-            let (start, end) = (start as usize, end as usize);
+            let (start, end) = (to_usize(start), to_usize(end));
             if !data {
                 check_zero_pages(image, first_page + (start / PAGE_SIZE) as u64, (end - start) / PAGE_SIZE)?;
                 // In chunks, so that a large hole in RAM that must be

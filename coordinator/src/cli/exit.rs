@@ -2,28 +2,28 @@
 //! Exit codes of the `mekha` tool, stable for batch schedulers' scripts.
 
 /// Success.
-pub const OK: i32 = 0;
+pub const OK: u8 = 0;
 /// Any failure not covered below.
-pub const FAILURE: i32 = 1;
+pub const FAILURE: u8 = 1;
 /// Bad command line (clap's own code).
-pub const USAGE: i32 = 2;
+pub const USAGE: u8 = 2;
 /// A VM could not be reached over QMP (or ssh, or its host's agent did not
 /// answer or refused our certificate).
-pub const UNREACHABLE: i32 = 3;
+pub const UNREACHABLE: u8 = 3;
 /// A VM's QEMU does not have the mekha patches.
-pub const NOT_MEKHA: i32 = 4;
+pub const NOT_MEKHA: u8 = 4;
 /// An image or checkpoint is damaged (`mekha image verify`/`inspect`).
-pub const DAMAGED: i32 = 5;
+pub const DAMAGED: u8 = 5;
 
 /// Why a command did not succeed, and its exit code.
 #[derive(Debug)]
 pub struct CommandFailure {
-    pub code: i32,
+    pub code: u8,
     pub message: String,
 }
 
 impl CommandFailure {
-    pub fn new(code: i32, message: impl Into<String>) -> CommandFailure {
+    pub fn new(code: u8, message: impl Into<String>) -> CommandFailure {
         CommandFailure { code, message: message.into() }
     }
 }

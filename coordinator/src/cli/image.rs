@@ -108,7 +108,7 @@ impl Member {
     /// The exit code an error opening this image calls for. An image the
     /// manifest names but that is missing is a damaged checkpoint, unless
     /// another host keeps it (verify it there).
-    fn code_for(&self, e: &ImageError) -> i32 {
+    fn code_for(&self, e: &ImageError) -> u8 {
         let missing = matches!(e, ImageError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound);
         if e.is_damage() || (missing && self.recorded.is_some() && self.kept_on().is_none()) {
             exit::DAMAGED
@@ -125,7 +125,7 @@ impl Member {
 }
 
 /// The worst exit code among `codes`: damage outranks other failures.
-fn worst(codes: impl IntoIterator<Item = i32>) -> i32 {
+fn worst(codes: impl IntoIterator<Item = u8>) -> u8 {
     codes.into_iter().fold(exit::OK, |worst, code| match (worst, code) {
         (exit::DAMAGED, _) | (_, exit::DAMAGED) => exit::DAMAGED,
         (exit::OK, code) => code,
@@ -280,7 +280,7 @@ struct Verdict<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     report: Option<VerifyReport>,
     #[serde(skip)]
-    code: i32,
+    code: u8,
 }
 
 fn verify_member<'a>(member: &'a Member, key: Option<&ImageKey>) -> Verdict<'a> {

@@ -11,6 +11,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use mekha_ckpt_core::session::checkpoint::QueryArgs;
 use mekha_ckpt_core::session::commands::QueryCheckpoint;
+use mekha_ckpt_core::width::saturating_u64;
 use serde_json::{json, Value};
 
 use mekha_coordinator::agent::Request;
@@ -128,7 +129,7 @@ async fn stop_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec, network:
             Ok(())
         }
         Some(h) => {
-            let grace_ms = QUIT_GRACE.as_millis() as u64;
+            let grace_ms = saturating_u64(QUIT_GRACE.as_millis());
             call_agent(reach, h, &Request::Stop { spec: Box::new(part.clone()), grace_ms, network }).await.map(drop)
         }
     }
@@ -142,7 +143,7 @@ async fn pids_part(reach: &Reach, host: Option<&HostSpec>, part: &Spec) -> Resul
         Some(h) => {
             let request = Request::Status { spec: Box::new(part.clone()) };
             let pids = call_agent(reach, h, &request).await.map_err(|f| f.message)?;
-            Ok(part.vms.iter().map(|vm| pids[&vm.name].as_i64().map(|p| p as i32)).collect())
+            Ok(part.vms.iter().map(|vm| pids[&vm.name].as_i64().and_then(|p| i32::try_from(p).ok())).collect())
         }
     }
 }

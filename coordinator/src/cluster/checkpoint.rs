@@ -11,6 +11,7 @@ use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Status};
 use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, CheckpointPersist};
 use mekha_ckpt_core::session::Empty;
 use mekha_ckpt_core::store::Store;
+use mekha_ckpt_core::width::saturating_u64;
 use serde::{Deserialize, Serialize};
 
 use super::rendezvous::{checkpoint_instants, instant_of, skew, wall_ns, widest, Rendezvous};
@@ -305,7 +306,7 @@ fn checkpoint_args(image: &Path, options: &ClusterOptions) -> checkpoint::Args {
         mode: Some(o.mode.into()),
         hold: Some(true),
         persist_hold: Some(true),
-        lease_ms: Some(options.lease.as_millis() as u64),
+        lease_ms: Some(saturating_u64(options.lease.as_millis())),
         allow_writable_disks: Some(o.allow_writable_disks),
         staging_mib: o.staging_mib,
         epoch_ms: o.epoch_ms,

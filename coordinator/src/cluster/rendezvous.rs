@@ -6,7 +6,9 @@
 //! that the margins are tested without a clock; `wall_ns` and
 //! `instant_of` are the only readers of the clocks.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+
+use mekha_ckpt_core::width::saturating_i64;
 
 /// Lead of the stop instant over "now" beyond the command's round trip:
 /// the library ends its live phase 20 ms before T to prepare the pause.
@@ -74,12 +76,10 @@ pub(super) fn instant_of(wall: i64) -> Instant {
 }
 
 /// The wall clock, ns since the Unix epoch: the clock the instants are on.
-pub(super) fn wall_ns() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).expect("after 1970").as_nanos() as i64
-}
+pub(super) use mekha_ckpt_core::instant::wall_ns;
 
 fn nanos(d: Duration) -> i64 {
-    d.as_nanos() as i64
+    saturating_i64(d.as_nanos())
 }
 
 #[cfg(test)]

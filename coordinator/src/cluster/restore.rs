@@ -9,6 +9,7 @@ use futures::future::join_all;
 use mekha_ckpt_core::session::commands::{QueryRestore, Restore, RestoreEvent, Resume};
 use mekha_ckpt_core::session::restore::{self, QueryArgs, ResumeArgs, Status};
 use mekha_ckpt_core::session::Event as _;
+use mekha_ckpt_core::width::saturating_u64;
 use serde::{Deserialize, Serialize};
 use tokio::sync::broadcast;
 
@@ -100,7 +101,7 @@ pub async fn restore(
             lazy: Some(false),
             catch_up_ppm: options.catch_up_ppm,
             lag_ns: options.lag_ns,
-            lease_ms: (!options.paused).then(|| options.lease.as_millis().max(1) as u64),
+            lease_ms: (!options.paused).then(|| saturating_u64(options.lease.as_millis().max(1))),
             mac: manifest.vm(&vm.name).and_then(|v| v.mac.clone()).filter(|_| options.key.is_some()),
             ..restore::Args::default()
         };

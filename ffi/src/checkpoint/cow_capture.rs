@@ -27,6 +27,7 @@ use std::time::Instant;
 use mekha_ckpt_core::cow::{CowError, CowStats, WriteProtect};
 use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::session::{Error, Result};
+use mekha_ckpt_core::width::saturating_u64;
 
 use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
@@ -61,7 +62,7 @@ pub(super) fn capture(
         shared.update(|info| info.end_reason = Some("end-command".into()));
     }
     shared.update(|info| {
-        info.live_ns = start.elapsed().as_nanos() as u64;
+        info.live_ns = saturating_u64(start.elapsed().as_nanos());
         info.status = Status::Paused;
     });
 
@@ -133,7 +134,7 @@ fn report(shared: &Session, stats: &CowStats, persist: &Persister) {
     shared.update(|info| {
         info.copied_pages = stats.pages;
         info.wp_faults = stats.faults;
-        info.capture_ns = stats.capture.as_nanos() as u64;
+        info.capture_ns = saturating_u64(stats.capture.as_nanos());
         info.staged_bytes = staging.resident_bytes();
         info.staging_peak_bytes = staging.peak_resident_bytes();
         info.written_bytes = written;

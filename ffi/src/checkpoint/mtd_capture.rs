@@ -21,6 +21,7 @@ use mekha_ckpt_core::mtd::{EndReason, MtdPlanner};
 use mekha_ckpt_core::persist::{PersistError, Persister};
 use mekha_ckpt_core::session::{Error, ErrorKind, Result};
 use mekha_ckpt_core::staging::{PageFilter, StageError};
+use mekha_ckpt_core::width::saturating_u64;
 use mekha_ckpt_core::PAGE_SIZE;
 
 use super::pause::{self, StopWindow, Stopped, Tracking};
@@ -42,7 +43,7 @@ pub(super) fn capture(
     let (end_reason, live, planner) = live_phase(shared, params, ram, persist, bitmap)?;
     shared.update(|info| {
         info.end_reason = Some(end_reason_name(end_reason).into());
-        info.live_ns = live.as_nanos() as u64;
+        info.live_ns = saturating_u64(live.as_nanos());
         info.status = Status::Paused;
     });
     pause(shared, ram, planner, persist, bitmap, tracking)

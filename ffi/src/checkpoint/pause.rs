@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use mekha_ckpt_core::image::NetFrames;
 use mekha_ckpt_core::session::Result;
 use mekha_ckpt_core::vtime::TimeRecord;
+use mekha_ckpt_core::width::saturating_u64;
 
 use super::{EndArgs, Info, Session};
 use crate::net_hold;
@@ -89,7 +90,7 @@ impl Resumed {
     /// Records the pause, stopped at `stopped_at` and resumed at
     /// `resumed_at` (wall clock), and the frames held meanwhile.
     pub(super) fn record(&self, info: &mut Info, stopped_at: i64, resumed_at: i64) {
-        info.pause_ns = self.pause.as_nanos() as u64;
+        info.pause_ns = saturating_u64(self.pause.as_nanos());
         info.stopped_at_ns = Some(stopped_at);
         info.resumed_at_ns = Some(resumed_at);
         info.set_net(&self.net_frames, self.net_dropped);

@@ -14,6 +14,7 @@ use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::session::{Error, Result};
 use mekha_ckpt_core::staging::{PageFilter, Staging};
 use mekha_ckpt_core::uring::{UringWriter, WriterOptions};
+use mekha_ckpt_core::width::saturating_u64;
 use mekha_ckpt_core::PAGE_SIZE;
 
 use super::pause::Tracking;
@@ -154,7 +155,7 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
     let started = Instant::now();
     let outcome = crate::guarded(|| checkpoint(&shared, &params, prepared));
     shared.update(|info| {
-        info.total_ns = started.elapsed().as_nanos() as u64;
+        info.total_ns = saturating_u64(started.elapsed().as_nanos());
         match outcome {
             Ok(()) => info.status = Status::Completed,
             Err(e) => info.fail(e),

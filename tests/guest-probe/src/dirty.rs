@@ -43,7 +43,7 @@ fn due_time(rate_mib_s: u64, pages: u64) -> Duration {
 
 /// Dirty `mem_mib` MiB forever, one `dirty` event per second.
 pub fn run(mem_mib: u64, rate_mib_s: u64, out: &Output, stats: &Arc<Stats>) {
-    let pages = (mem_mib as usize) * (1024 * 1024 / PAGE);
+    let pages = usize::try_from(mem_mib).expect("a 64-bit guest") * (1024 * 1024 / PAGE);
     // calloc'ed: untouched pages cost nothing until the first pass.
     let mut mem: Vec<u64> = vec![0; pages * WORDS_PER_PAGE];
     let base = mem.as_mut_ptr();

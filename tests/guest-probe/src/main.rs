@@ -127,7 +127,7 @@ impl Probe {
             })
         });
         let mut m = serde_json::Map::new();
-        m.insert("elapsed_ms".into(), (self.started.elapsed().as_millis() as u64).into());
+        m.insert("elapsed_ms".into(), u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX).into());
         m.insert("compute".into(), compute.into());
         m.insert("dirty".into(), dirty.into());
         m.insert("net".into(), self.net.summary());

@@ -24,7 +24,7 @@ const BATCH: usize = 4096 / RECORD;
 
 /// The check word of record `seq`.
 pub fn check(seq: u64) -> u32 {
-    (seq as u32) ^ ((seq >> 32) as u32) ^ 0x5a5a_5a5a
+    (seq & 0xffff_ffff) as u32 ^ (seq >> 32) as u32 ^ 0x5a5a_5a5a
 }
 
 /// Record `seq`.

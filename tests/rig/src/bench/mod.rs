@@ -17,6 +17,7 @@ pub mod host;
 pub mod stats;
 
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -27,7 +28,7 @@ pub fn set_log_name(name: &str) {
 
 /// One progress line on stderr: `[NAME HH:MM:SS] msg` (UTC).
 pub fn log(msg: &str) {
-    let secs = stats::now() as u64 % 86_400;
+    let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) % 86_400;
     let name = NAME.get().map_or("bench", String::as_str);
     eprintln!("[{name} {:02}:{:02}:{:02}] {msg}", secs / 3600, secs / 60 % 60, secs % 60);
 }
