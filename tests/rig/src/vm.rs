@@ -80,7 +80,9 @@ impl Vm {
         };
         let append = kernel_append(&config.probe_args);
         cmd.args(["-accel", "tcg", "-nodefaults", "-display", "none", "-no-reboot", "-no-user-config"])
-            .args(["-name", &format!("guest={}", config.name)])
+            // debug-threads=on names QEMU's threads ("CPU 0/TCG"): the
+            // benches account the vCPU thread's CPU apart.
+            .args(["-name", &format!("guest={},debug-threads=on", config.name)])
             .args(["-m", &config.memory_mib.to_string(), "-smp", "1"])
             .arg("-kernel")
             .arg(&artifacts.kernel)

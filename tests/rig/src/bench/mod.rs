@@ -12,8 +12,10 @@ pub mod cluster;
 pub mod cluster_data;
 pub mod cluster_report;
 pub mod console;
+pub mod cpu;
 pub mod events;
 pub mod host;
+pub mod progress;
 pub mod stats;
 
 use std::sync::OnceLock;
