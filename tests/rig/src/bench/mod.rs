@@ -8,6 +8,9 @@
 //! into medians, tables and the design's targets. The timelines are drawn
 //! from results.json by ci/bench/plot.py.
 
+pub mod checkpoint;
+pub mod checkpoint_data;
+pub mod checkpoint_report;
 pub mod cluster;
 pub mod cluster_data;
 pub mod cluster_report;

@@ -1,0 +1,162 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The checkpoint benchmark (not a test; CI never runs it): mekha's MTD,
+//! copy-on-write and sealed checkpoints beside stock QEMU's stop+migrate
+//! on the reference workload of the design's "Targets", each on a freshly
+//! booted VM, then restores of their images. Prints a table per VM size
+//! and writes results.md and results.json into the output directory
+//! (docs/benchmarks.md).
+//!
+//! Live migrate, background-snapshot, snapshot-save and the guest clocks
+//! across a restore gap are still ci/bench/checkpoint.py's
+//! (ci/bench-checkpoint); this binary refuses them.
+//!
+//! It and the QEMUs and dd it starts run at nice -10 by default (`--nice`)
+//! to damp the noise of other load. Every QEMU is killed at exit, on
+//! Ctrl-C, SIGTERM and errors; images are deleted once measured.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use mekha_rig::bench::checkpoint::{workload, Bench, Options};
+use mekha_rig::bench::checkpoint_data::{Method, Results};
+use mekha_rig::bench::checkpoint_report::{summarize, tables};
+use mekha_rig::bench::host::{loadavg, set_nice, Host};
+use mekha_rig::bench::stats::now;
+use mekha_rig::bench::{log, set_log_name};
+use mekha_rig::Artifacts;
+
+/// The --methods value of the clock measurement (not ported).
+const CLOCKS: &str = "clocks";
+
+#[derive(Parser)]
+#[command(about = "Checkpoint benchmark: mekha's checkpoints beside stock QEMU's ways of saving a running VM")]
+#[command(args_override_self = true)]
+struct Args {
+    /// 512 MiB only, one repetition, live migration capped at 20 s.
+    #[arg(long)]
+    quick: bool,
+    /// Output directory (default target/bench/checkpoint).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Repetitions (default 3, --quick 1).
+    #[arg(long)]
+    reps: Option<usize>,
+    /// Cap of stock live migration, s (default 60, --quick 20).
+    #[arg(long)]
+    live_cap: Option<f64>,
+    /// VM sizes in MiB, comma-separated (default 512,2048; --quick 512).
+    #[arg(long, value_delimiter = ',')]
+    sizes: Option<Vec<u32>>,
+    /// Subset of mekha,mekha-cow,mekha-sealed,stop-migrate (default: those).
+    #[arg(long, value_delimiter = ',')]
+    methods: Option<Vec<String>>,
+    /// Leave out the guest clocks (which this binary does not run yet).
+    #[arg(long)]
+    no_clocks: bool,
+    /// Seconds without QEMU in the clock measurement (not ported yet).
+    #[arg(long, default_value_t = 30.0)]
+    clock_gap: f64,
+    /// Nice value of the bench, its QEMUs and dd (0 leaves it).
+    #[arg(long, default_value_t = -10, allow_negative_numbers = true)]
+    nice: i32,
+}
+
+/// The methods asked for, in table order; an error for one not ported.
+fn methods(asked: Option<Vec<String>>, no_clocks: bool) -> Result<Vec<Method>> {
+    let Some(asked) = asked else { return Ok(Method::PORTED.to_vec()) };
+    let mut out = Vec::new();
+    for name in asked.iter().filter(|m| !(no_clocks && *m == CLOCKS)) {
+        match Method::from_name(name) {
+            Some(m) if Method::PORTED.contains(&m) => out.push(m),
+            Some(_) => bail!("{name} is not in this binary yet: run it with ci/bench-checkpoint"),
+            None if name == CLOCKS => bail!("{CLOCKS} is not in this binary yet: run it with ci/bench-checkpoint"),
+            None => bail!("unknown method {name}"),
+        }
+    }
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let methods = methods(args.methods, args.no_clocks)?;
+    let sizes = args.sizes.unwrap_or_else(|| if args.quick { vec![512] } else { vec![512, 2048] });
+    let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
+    let live_cap = args.live_cap.unwrap_or(if args.quick { 20.0 } else { 60.0 });
+    let _ = args.clock_gap;
+    // SAFETY: a plain system call.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("ci/bench-checkpoint needs root (drop_caches, nice)");
+    }
+    // Before any thread starts: threads inherit the value.
+    let nice = set_nice(args.nice);
+    set_log_name("bench-checkpoint");
+    let artifacts = Artifacts::locate()?;
+    let out =
+        std::path::absolute(args.out.unwrap_or_else(|| mekha_rig::artifacts::target_dir().join("bench/checkpoint")))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    log(&format!("output in {}; {reps} repetition(s); live migration capped at {live_cap:.0} s", out.display()));
+
+    let runtime = tokio::runtime::Runtime::new()?;
+    let mut host = Host::at_start();
+    let started = now();
+    let mut bench = Bench::new(artifacts, &out)?;
+    let opts = Options { sizes, reps, methods };
+    let finished = runtime.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        // On a signal the bench's future is dropped: its VMs are killed.
+        tokio::select! {
+            () = bench.run(&opts) => Ok::<_, anyhow::Error>(true),
+            _ = tokio::signal::ctrl_c() => Ok(false),
+            _ = term.recv() => Ok(false),
+            _ = hup.recv() => Ok(false),
+        }
+    })?;
+    if !finished {
+        log("signal: stopping");
+        std::process::exit(130);
+    }
+    let elapsed = now() - started;
+    host.loadavg_end = loadavg();
+    let mut data = Results {
+        quick: args.quick,
+        reps,
+        nice,
+        live_cap_s: live_cap,
+        elapsed_s: elapsed,
+        workload: workload(),
+        host,
+        results: std::mem::take(&mut bench.results),
+        restores: std::mem::take(&mut bench.restores),
+        dd: std::mem::take(&mut bench.dd),
+        controls_ms: std::mem::take(&mut bench.controls),
+        errors: std::mem::take(&mut bench.errors),
+        summary: Default::default(),
+    };
+    let summary = summarize(&data);
+    data.summary = serde_json::to_value(&summary)?;
+    let text = tables(&data, &summary);
+    std::fs::write(out.join("results.json"), serde_json::to_string_pretty(&data)? + "\n")?;
+    std::fs::write(out.join("results.md"), &text)?;
+    print!("{text}");
+    log(&format!("done in {:.1} min", elapsed / 60.0));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn methods_default_to_the_ported_ones_in_table_order() {
+        assert_eq!(methods(None, false).unwrap(), Method::PORTED.to_vec());
+        let asked = vec!["stop-migrate".to_owned(), "mekha".to_owned(), "clocks".to_owned()];
+        assert_eq!(methods(Some(asked.clone()), true).unwrap(), vec![Method::Mekha, Method::StopMigrate]);
+        assert!(methods(Some(asked), false).is_err());
+        assert!(methods(Some(vec!["bg-snapshot".into()]), false).is_err());
+        assert!(methods(Some(vec!["nope".into()]), false).is_err());
+    }
+}
