@@ -3,10 +3,12 @@
 //! VMs and namespaces and time what a user sees, through the `mekha` CLI
 //! and QEMU's own QMP events, beside stock QEMU in the same run.
 //!
-//! Measurement and reporting are apart: [`cluster`] measures into the
-//! types of [`cluster_data`] (results.json), [`cluster_report`] turns them
+//! Measurement and reporting are apart: [`cluster`] and [`checkpoint`]
+//! measure into the types of [`cluster_data`] and [`checkpoint_data`]
+//! (results.json), [`cluster_report`] and [`checkpoint_report`] turn them
 //! into medians, tables and the design's targets. The timelines are drawn
-//! from results.json by ci/bench/plot.py.
+//! from results.json by ci/bench/cluster_timeline.py and
+//! ci/bench/checkpoint_timeline.py.
 
 pub mod checkpoint;
 pub mod checkpoint_data;
