@@ -153,11 +153,11 @@ impl Guest {
         }
     }
 
-    /// Turns on MIGRATION events; the migration parameters in force
-    /// (QEMU's defaults: nothing else is changed).
-    async fn enable_migration_events(&self) -> Result<MigrateParameters> {
-        self.execute("migrate-set-capabilities", json!({"capabilities": [{"capability": "events", "state": true}]}))
-            .await?;
+    /// Turns on MIGRATION events and `more` capabilities; the migration
+    /// parameters in force (QEMU's defaults: nothing else is changed).
+    async fn enable_migration_events(&self, more: &[&str]) -> Result<MigrateParameters> {
+        let caps: Vec<Value> = ["events"].iter().chain(more).map(|c| json!({"capability": c, "state": true})).collect();
+        self.execute("migrate-set-capabilities", json!({ "capabilities": caps })).await?;
         let params = self.execute("query-migrate-parameters", Value::Null).await?;
         Ok(serde_json::from_value(params)?)
     }
@@ -237,6 +237,8 @@ pub struct Options {
     pub sizes: Vec<u32>,
     pub reps: usize,
     pub methods: Vec<Method>,
+    /// The cap of stock live migration, s.
+    pub live_cap_s: f64,
 }
 
 /// The bench: where it writes, what it measured so far.
@@ -295,7 +297,7 @@ impl Bench {
                 self.dd_once();
                 let mut images: Vec<(Method, PathBuf, Vec<String>)> = Vec::new();
                 for &method in &opts.methods {
-                    match self.measure(mib, method, rep).await {
+                    match self.measure(mib, method, rep, opts.live_cap_s).await {
                         Ok((r, image)) => {
                             if let Some(image) = image {
                                 images.push((method, image, r.probe_args.clone()));
@@ -402,7 +404,13 @@ impl Bench {
     }
 
     /// One method on a fresh VM: the run, and the image to restore.
-    async fn measure(&mut self, mib: u32, method: Method, rep: usize) -> Result<(Run, Option<PathBuf>)> {
+    async fn measure(
+        &mut self,
+        mib: u32,
+        method: Method,
+        rep: usize,
+        live_cap_s: f64,
+    ) -> Result<(Run, Option<PathBuf>)> {
         let tag = format!("{mib}-{rep}-{}", method.name());
         let probe_args = self.probe_args();
         let mut g = self.boot(&tag, mib, probe_args.clone(), false).await?;
@@ -424,8 +432,15 @@ impl Bench {
                 mekha(&g, &image, checkpoint::Mode::Cow, true).await?
             }
             Method::StopMigrate => stop_migrate(&g, &image).await?,
+            Method::LiveMigrate => live_migrate(&g, &image, live_cap_s).await?,
+            Method::BgSnapshot => bg_snapshot(&g, &image).await?,
             other => bail!("{} is not ported yet: run it with ci/bench-checkpoint", other.name()),
         };
+        // Only the images of these are restored.
+        let restorable = method.is_mekha() || method == Method::StopMigrate;
+        if !restorable {
+            let _ = std::fs::remove_file(&image);
+        }
         window(&mut g, &steady, &cpu_start, t0, t_done, &mut r).await?;
         if !g.vm.is_running() {
             bail!("{tag}: QEMU died: {}", g.vm.stderr());
@@ -437,12 +452,12 @@ impl Bench {
         r.probe_args = probe_args;
         log(&format!(
             "{tag}: pause {} ms, total {} ms, lost {:.0} ms, ended {}",
-            plain(r.pause_ms, 1),
+            plain(r.pause_ms, 0),
             plain(r.total_ms, 0),
             r.lost_ms,
             if r.ended { "True" } else { "False" }
         ));
-        Ok((r, Some(image)))
+        Ok((r, restorable.then_some(image)))
     }
 
     /// Restores `image` into a fresh QEMU, its page cache dropped first.
@@ -458,7 +473,7 @@ impl Bench {
         drop_cache(image)?;
         let mut g = self.boot_incoming(&tag, mib, probe_args).await?;
         if kind == RestoreKind::StockIncoming {
-            g.enable_migration_events().await?;
+            g.enable_migration_events(&[]).await?;
         }
         let mark = g.events.mark();
         let (mut info, mut query_migrate) = (None, None);
@@ -632,7 +647,7 @@ async fn mekha(g: &Guest, path: &Path, mode: checkpoint::Mode, sealed: bool) -> 
 /// Stock stop, migrate file:, wait, cont: the run, the host time of `stop`
 /// and QEMU's of the RESUME.
 async fn stop_migrate(g: &Guest, path: &Path) -> Result<(Run, f64, f64)> {
-    let params = g.enable_migration_events().await?;
+    let params = g.enable_migration_events(&[]).await?;
     let mark = g.events.mark();
     let (_, t0, _) = g.timed("stop", Value::Null).await?;
     let (_, t_mig, _) = g.timed("migrate", json!({"uri": format!("file:{}", path.display())})).await?;
@@ -664,6 +679,107 @@ async fn stop_migrate(g: &Guest, path: &Path) -> Result<(Run, f64, f64)> {
         ..Run::default()
     };
     Ok((r, t0, resume))
+}
+
+/// Stock live migrate file:, cancelled when it does not end within
+/// `cap_s`: the run, the host time of `migrate` and QEMU's of its end
+/// (the RESUME after it, when it completed).
+async fn live_migrate(g: &Guest, path: &Path, cap_s: f64) -> Result<(Run, f64, f64)> {
+    let params = g.enable_migration_events(&[]).await?;
+    let mark = g.events.mark();
+    let (_, t0, _) = g.timed("migrate", json!({"uri": format!("file:{}", path.display())})).await?;
+    let mut mig = None;
+    let mut done = g.migration_end(mark, Duration::from_secs_f64(cap_s)).await;
+    if done.is_none() {
+        // Not ended within the cap: cancel. It may still end meanwhile.
+        mig = Some(g.execute("query-migrate", Value::Null).await?);
+        let mark = g.events.mark();
+        if let Err(e) = g.qmp.execute("migrate_cancel", Value::Null).await {
+            log(&format!("{}: migrate_cancel: {e}", g.tag));
+        }
+        done = g.migration_end(mark, Duration::from_secs(120)).await;
+    }
+    let Some(done) = done else {
+        bail!("{}: live migration neither cancelled nor ended (status {})", g.tag, g.status().await);
+    };
+    let mut r = Run { direct_io: false, migrate_parameters: Some(params), ..Run::default() };
+    let transferred = |m: &Option<Value>| m.as_ref().and_then(|m| m["ram"]["transferred"].as_u64());
+    let t_end = match done.status() {
+        Some("completed") => {
+            // A source that migrated stays stopped (postmigrate): resume
+            // it, as a user of a live save to file would.
+            let m = g.execute("query-migrate", Value::Null).await?;
+            let t_cont = g.cont().await?;
+            let resumed = g.events.wait(mark, "RESUME", Duration::from_secs(30), |_| true).await;
+            let stop = first_named(&g.events.since(mark), "STOP");
+            let resume = resumed.map_or(t_cont, |e| e.qemu_t);
+            let (image_mib, image_alloc_mib) = file_mib(path)?;
+            r.spans = vec![
+                Span::new("migrating", Some(t0), Some(stop.unwrap_or(done.qemu_t))),
+                Span::new("paused", Some(stop.unwrap_or(done.qemu_t)), Some(resume)),
+            ];
+            r.ended = true;
+            r.pause_ms = stop.map(|s| (resume - s) * 1000.0);
+            r.downtime_ms = m["downtime"].as_f64();
+            r.total_ms = Some((resume - t0) * 1000.0);
+            r.image_mib = Some(image_mib);
+            r.image_alloc_mib = Some(image_alloc_mib);
+            r.write_mbps = Some(image_mib * MIB / (done.qemu_t - t0) / 1e6);
+            r.fsync_ms = Some(fsync_ms(path)?);
+            mig = Some(m);
+            r.transferred_bytes = transferred(&mig);
+            resume
+        }
+        Some("cancelled") => {
+            r.spans = vec![Span::new("migrating", Some(t0), Some(done.qemu_t))];
+            r.ended = false;
+            r.cancelled_after_ms = Some((done.qemu_t - t0) * 1000.0);
+            r.transferred_bytes = transferred(&mig);
+            r.partial_image_mib = file_mib(path).ok().map(|(size, _)| size);
+            done.qemu_t
+        }
+        _ => {
+            let m = g.execute("query-migrate", Value::Null).await.unwrap_or_default();
+            bail!("{}: live migrate: {}: {m}", g.tag, done.data);
+        }
+    };
+    r.query_migrate = mig;
+    Ok((r, t0, t_end))
+}
+
+/// Stock migrate file: with the background-snapshot capability: the run,
+/// the host time of `migrate` and QEMU's of its completion.
+async fn bg_snapshot(g: &Guest, path: &Path) -> Result<(Run, f64, f64)> {
+    let params = g.enable_migration_events(&["background-snapshot"]).await?;
+    let mark = g.events.mark();
+    let (_, t0, _) = g.timed("migrate", json!({"uri": format!("file:{}", path.display())})).await?;
+    let done = g.migration_completed(mark, "background-snapshot").await?;
+    let mig = g.execute("query-migrate", Value::Null).await?;
+    let evs = g.events.since(mark);
+    let (stop, resume) = (first_named(&evs, "STOP"), first_named(&evs, "RESUME"));
+    let t_end = done.qemu_t;
+    let mut spans = Vec::new();
+    if let (Some(s), Some(r)) = (stop, resume) {
+        spans.push(Span::new("paused", Some(s), Some(r)));
+    }
+    spans.push(Span::new("migrating", Some(resume.unwrap_or(t0)), Some(t_end)));
+    let (image_mib, image_alloc_mib) = file_mib(path)?;
+    let r = Run {
+        pause_ms: mig["downtime"].as_f64(),
+        pause_host_ms: stop.zip(resume).map(|(s, r)| (r - s) * 1000.0),
+        total_ms: Some((t_end - t0) * 1000.0),
+        image_mib: Some(image_mib),
+        image_alloc_mib: Some(image_alloc_mib),
+        write_mbps: Some(image_mib * MIB / (t_end - t0) / 1e6),
+        direct_io: false,
+        ended: true,
+        fsync_ms: Some(fsync_ms(path)?),
+        spans,
+        query_migrate: Some(mig),
+        migrate_parameters: Some(params),
+        ..Run::default()
+    };
+    Ok((r, t0, t_end))
 }
 
 /// dd oflag=direct of 512 MiB with conv=fsync: the disk's direct-write

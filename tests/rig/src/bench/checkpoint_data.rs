@@ -45,7 +45,14 @@ impl Method {
 
     /// The methods this binary runs; the others are still
     /// ci/bench/checkpoint.py's.
-    pub const PORTED: [Method; 4] = [Method::Mekha, Method::MekhaCow, Method::MekhaSealed, Method::StopMigrate];
+    pub const PORTED: [Method; 6] = [
+        Method::Mekha,
+        Method::MekhaCow,
+        Method::MekhaSealed,
+        Method::StopMigrate,
+        Method::LiveMigrate,
+        Method::BgSnapshot,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -209,6 +216,16 @@ pub struct Run {
     /// mekha's query-checkpoint at completion.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub info: Option<checkpoint::Info>,
+    /// A live migration's: QEMU's downtime, the RAM sent, and when it did
+    /// not end within the cap, how long it ran and what it left on disk.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub downtime_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub transferred_bytes: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub cancelled_after_ms: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub partial_image_mib: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub query_migrate: Option<Value>,
     #[serde(skip_serializing_if = "Option::is_none", default)]

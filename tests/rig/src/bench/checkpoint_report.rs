@@ -22,6 +22,9 @@ pub struct MethodSummary {
     pub image_alloc_mib: Option<f64>,
     pub write_mbps: Option<f64>,
     pub fsync_ms: Option<f64>,
+    pub downtime_ms: Option<f64>,
+    /// The median RAM sent by the live migrations cancelled at the cap.
+    pub cancelled_sent_mib: Option<f64>,
     pub lost_ms: Option<f64>,
     pub lost_ms_all: Vec<Option<f64>>,
     pub control_ms: Option<f64>,
@@ -93,6 +96,10 @@ fn summarize_method(method: Method, rs: &[&Run]) -> MethodSummary {
         image_alloc_mib: med(&ended, |r| r.image_alloc_mib),
         write_mbps: med(&ended, |r| r.write_mbps),
         fsync_ms: med(&ended, |r| r.fsync_ms),
+        downtime_ms: med(&ended, |r| r.downtime_ms),
+        cancelled_sent_mib: med(&rs.iter().copied().filter(|r| !r.ended).collect::<Vec<_>>(), |r| {
+            mib(u(r.transferred_bytes))
+        }),
         lost_ms: med(rs, |r| Some(r.lost_ms)),
         lost_ms_all: rs.iter().map(|r| Some(r.lost_ms)).collect(),
         control_ms: med(rs, |r| Some(r.control_ms)),
@@ -219,8 +226,19 @@ fn method_row(data: &Results, dd: Option<f64>, method: Method, m: &MethodSummary
         Some(_) => format!("{} / {}", f(m.staging_peak_mib, 0), f(m.staging_budget_mib, 0)),
         None => "-".into(),
     };
-    let ended = format!("{}/{}", m.ended, m.n);
-    let pause = if m.pause_ms.is_some() { f(m.pause_ms, 1) } else { "n/a".into() };
+    let mut ended = format!("{}/{}", m.ended, m.n);
+    if m.ended < m.n {
+        ended += &format!(
+            "; {} did not end in {:.0} s, cancelled after {} MiB sent",
+            m.n - m.ended,
+            data.live_cap_s,
+            f(m.cancelled_sent_mib, 0)
+        );
+    }
+    let mut pause = if m.pause_ms.is_some() { f(m.pause_ms, 1) } else { "n/a".into() };
+    if let (Some(d), Method::LiveMigrate) = (m.downtime_ms, method) {
+        pause += &format!(" (QEMU downtime {})", f(Some(d), 0));
+    }
     format!(
         "| {label} | {pause} | {} | {} | {} | {staging} | {image} | {write} | {} | {dio} | {ended} |",
         f(m.total_ms, 0),

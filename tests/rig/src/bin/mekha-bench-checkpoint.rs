@@ -1,13 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The checkpoint benchmark (not a test; CI never runs it): mekha's MTD,
-//! copy-on-write and sealed checkpoints beside stock QEMU's stop+migrate
-//! on the reference workload of the design's "Targets", each on a freshly
+//! copy-on-write and sealed checkpoints beside stock QEMU's stop+migrate,
+//! live migrate and background-snapshot on the reference workload of the design's "Targets", each on a freshly
 //! booted VM, then restores of their images. Prints a table per VM size
 //! and writes results.md and results.json into the output directory
 //! (docs/benchmarks.md).
 //!
-//! Live migrate, background-snapshot, snapshot-save and the guest clocks
-//! across a restore gap are still ci/bench/checkpoint.py's
+//! snapshot-save and the guest clocks across a restore gap are still ci/bench/checkpoint.py's
 //! (ci/bench-checkpoint); this binary refuses them.
 //!
 //! It and the QEMUs and dd it starts run at nice -10 by default (`--nice`)
@@ -48,7 +47,8 @@ struct Args {
     /// VM sizes in MiB, comma-separated (default 512,2048; --quick 512).
     #[arg(long, value_delimiter = ',')]
     sizes: Option<Vec<u32>>,
-    /// Subset of mekha,mekha-cow,mekha-sealed,stop-migrate (default: those).
+    /// Subset of mekha,mekha-cow,mekha-sealed,stop-migrate,live-migrate,
+    /// bg-snapshot (default: those).
     #[arg(long, value_delimiter = ',')]
     methods: Option<Vec<String>>,
     /// Leave out the guest clocks (which this binary does not run yet).
@@ -103,7 +103,7 @@ fn main() -> Result<()> {
     let mut host = Host::at_start();
     let started = now();
     let mut bench = Bench::new(artifacts, &out)?;
-    let opts = Options { sizes, reps, methods };
+    let opts = Options { sizes, reps, methods, live_cap_s: live_cap };
     let finished = runtime.block_on(async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
@@ -156,7 +156,7 @@ mod tests {
         let asked = vec!["stop-migrate".to_owned(), "mekha".to_owned(), "clocks".to_owned()];
         assert_eq!(methods(Some(asked.clone()), true).unwrap(), vec![Method::Mekha, Method::StopMigrate]);
         assert!(methods(Some(asked), false).is_err());
-        assert!(methods(Some(vec!["bg-snapshot".into()]), false).is_err());
+        assert!(methods(Some(vec!["snapshot-save".into()]), false).is_err());
         assert!(methods(Some(vec!["nope".into()]), false).is_err());
     }
 }
