@@ -341,10 +341,18 @@ impl Bench {
         }
     }
 
-    async fn boot(&self, tag: &str, mib: u32, probe_args: Vec<String>, incoming: bool) -> Result<Guest> {
+    async fn boot(
+        &self,
+        tag: &str,
+        mib: u32,
+        probe_args: Vec<String>,
+        extra_args: Vec<String>,
+        incoming: bool,
+    ) -> Result<Guest> {
         let dir = self.vms_dir.join(tag);
         let _ = std::fs::remove_dir_all(&dir);
-        let config = VmConfig { memory_mib: mib, probe_args, incoming, ..VmConfig::new(format!("bench-{mib}")) };
+        let config =
+            VmConfig { memory_mib: mib, probe_args, extra_args, incoming, ..VmConfig::new(format!("bench-{mib}")) };
         let mut vm = Vm::launch(&self.artifacts, None, &dir, config)?;
         let qmp = vm.qmp().await?;
         let events = EventLog::record(&qmp);
@@ -354,7 +362,7 @@ impl Bench {
 
     /// A VM started with -incoming defer, checked to wait for its state.
     async fn boot_incoming(&self, tag: &str, mib: u32, probe_args: &[String]) -> Result<Guest> {
-        let guest = self.boot(tag, mib, probe_args.to_vec(), true).await?;
+        let guest = self.boot(tag, mib, probe_args.to_vec(), Vec::new(), true).await?;
         let status = guest.status().await;
         if status != "inmigrate" {
             bail!("{tag}: QEMU not waiting for an incoming migration: {status}");
@@ -413,7 +421,51 @@ impl Bench {
     ) -> Result<(Run, Option<PathBuf>)> {
         let tag = format!("{mib}-{rep}-{}", method.name());
         let probe_args = self.probe_args();
-        let mut g = self.boot(&tag, mib, probe_args.clone(), false).await?;
+        // snapshot-save saves into a qcow2 disk of the VM.
+        let disk = self.images.join(format!("{tag}.qcow2"));
+        let mut extra_args = Vec::new();
+        if method == Method::SnapshotSave {
+            create_qcow2(&disk)?;
+            extra_args = [
+                "-drive",
+                &format!("file={},format=qcow2,if=none,id=drive-d0,node-name=d0", disk.display()),
+                "-device",
+                "virtio-blk-pci,drive=drive-d0",
+            ]
+            .map(str::to_owned)
+            .to_vec();
+        }
+        let measured = self.measure_on(&tag, mib, method, &probe_args, extra_args, &disk, live_cap_s).await;
+        let _ = std::fs::remove_file(&disk);
+        let (mut r, image) = measured?;
+        r.size_mib = mib;
+        r.method = Some(method);
+        r.rep = rep;
+        r.probe_args = probe_args;
+        log(&format!(
+            "{tag}: pause {} ms, total {} ms, lost {:.0} ms, ended {}",
+            plain(r.pause_ms, 0),
+            plain(r.total_ms, 0),
+            r.lost_ms,
+            if r.ended { "True" } else { "False" }
+        ));
+        Ok((r, image))
+    }
+
+    /// The measurement of [`Bench::measure`] on a VM booted with
+    /// `extra_args`.
+    #[allow(clippy::too_many_arguments)]
+    async fn measure_on(
+        &mut self,
+        tag: &str,
+        mib: u32,
+        method: Method,
+        probe_args: &[String],
+        extra_args: Vec<String>,
+        disk: &Path,
+        live_cap_s: f64,
+    ) -> Result<(Run, Option<PathBuf>)> {
+        let mut g = self.boot(tag, mib, probe_args.to_vec(), extra_args, false).await?;
         let steady = self.settle(&mut g).await?;
         log(&format!(
             "{tag}: steady {:.1} M steps/s, {:.0} events/s, dirtying {} MiB/s; noise floor {:+.0} ms",
@@ -434,7 +486,7 @@ impl Bench {
             Method::StopMigrate => stop_migrate(&g, &image).await?,
             Method::LiveMigrate => live_migrate(&g, &image, live_cap_s).await?,
             Method::BgSnapshot => bg_snapshot(&g, &image).await?,
-            other => bail!("{} is not ported yet: run it with ci/bench-checkpoint", other.name()),
+            Method::SnapshotSave => snapshot_save(&g, disk).await?,
         };
         // Only the images of these are restored.
         let restorable = method.is_mekha() || method == Method::StopMigrate;
@@ -445,18 +497,6 @@ impl Bench {
         if !g.vm.is_running() {
             bail!("{tag}: QEMU died: {}", g.vm.stderr());
         }
-        drop(g);
-        r.size_mib = mib;
-        r.method = Some(method);
-        r.rep = rep;
-        r.probe_args = probe_args;
-        log(&format!(
-            "{tag}: pause {} ms, total {} ms, lost {:.0} ms, ended {}",
-            plain(r.pause_ms, 0),
-            plain(r.total_ms, 0),
-            r.lost_ms,
-            if r.ended { "True" } else { "False" }
-        ));
         Ok((r, restorable.then_some(image)))
     }
 
@@ -780,6 +820,64 @@ async fn bg_snapshot(g: &Guest, path: &Path) -> Result<(Run, f64, f64)> {
         ..Run::default()
     };
     Ok((r, t0, t_end))
+}
+
+/// Stock snapshot-save of the VM state and the disk into the VM's qcow2
+/// disk `disk`: the run, the host time of the command and QEMU's of the
+/// job's end (or of the RESUME, if later).
+async fn snapshot_save(g: &Guest, disk: &Path) -> Result<(Run, f64, f64)> {
+    const JOB: &str = "bench-save";
+    let mark = g.events.mark();
+    let args = json!({"job-id": JOB, "tag": "bench", "vmstate": "d0", "devices": ["d0"]});
+    let (_, t0, _) = g.timed("snapshot-save", args).await?;
+    let concluded = |e: &TimedEvent| e.data["id"] == JOB && e.status() == Some("concluded");
+    let done = g
+        .events
+        .wait(mark, "JOB_STATUS_CHANGE", DONE_TIMEOUT, concluded)
+        .await
+        .ok_or_else(|| anyhow!("{}: snapshot-save did not conclude", g.tag))?;
+    let jobs = g.execute("query-jobs", Value::Null).await?;
+    let job = jobs.as_array().and_then(|js| js.iter().find(|j| j["id"] == JOB));
+    if let Some(error) = job.and_then(|j| j.get("error")) {
+        bail!("{}: snapshot-save: {error}", g.tag);
+    }
+    g.execute("job-dismiss", json!({ "id": JOB })).await?;
+    let evs = g.events.since(mark);
+    let (Some(stop), Some(resume)) = (first_named(&evs, "STOP"), first_named(&evs, "RESUME")) else {
+        bail!("{}: snapshot-save: no STOP/RESUME events", g.tag);
+    };
+    let t_end = done.qemu_t.max(resume);
+    let (image_mib, image_alloc_mib) = file_mib(disk)?;
+    let r = Run {
+        pause_ms: Some((resume - stop) * 1000.0),
+        total_ms: Some((t_end - t0) * 1000.0),
+        image_mib: Some(image_mib),
+        image_alloc_mib: Some(image_alloc_mib),
+        write_mbps: Some(image_mib * MIB / (resume - stop) / 1e6),
+        direct_io: false,
+        ended: true,
+        fsync_ms: Some(fsync_ms(disk)?),
+        spans: vec![
+            Span::new("paused", Some(stop), Some(resume)),
+            Span::new("writing (paused)", Some(stop), Some(resume)),
+        ],
+        ..Run::default()
+    };
+    Ok((r, t0, t_end))
+}
+
+/// A 64 MiB qcow2 disk for snapshot-save.
+fn create_qcow2(path: &Path) -> Result<()> {
+    let status = std::process::Command::new("qemu-img")
+        .args(["create", "-q", "-f", "qcow2"])
+        .arg(path)
+        .arg("64M")
+        .status()
+        .context("running qemu-img (Debian package qemu-utils)")?;
+    if !status.success() {
+        bail!("qemu-img create {}: {status}", path.display());
+    }
+    Ok(())
 }
 
 /// dd oflag=direct of 512 MiB with conv=fsync: the disk's direct-write

@@ -43,17 +43,6 @@ impl Method {
         Method::SnapshotSave,
     ];
 
-    /// The methods this binary runs; the others are still
-    /// ci/bench/checkpoint.py's.
-    pub const PORTED: [Method; 6] = [
-        Method::Mekha,
-        Method::MekhaCow,
-        Method::MekhaSealed,
-        Method::StopMigrate,
-        Method::LiveMigrate,
-        Method::BgSnapshot,
-    ];
-
     pub fn name(self) -> &'static str {
         match self {
             Method::Mekha => "mekha",
