@@ -19,7 +19,8 @@ use mekha_ckpt_core::session::{checkpoint, restore};
 use mekha_coordinator::qmp::{Qmp, QmpError};
 use serde_json::{json, Value};
 
-use super::checkpoint_data::{Dd, Method, MigrateParameters, Restore, RestoreKind, Run, Workload};
+use super::checkpoint_data::{ClockGap, Clocks, Dd, Method, MigrateParameters, Restore, RestoreKind, Run, Workload};
+use super::clocks::{checkpoint_mono_ns, clock_advance, is_fresh, ClockSample};
 use super::cluster_data::Span;
 use super::console::{Console, TimedProbeEvent};
 use super::cpu::{CpuShare, CpuTimes};
@@ -48,6 +49,14 @@ const EVENTS_PER_S: (f64, f64) = (10.0, 60.0);
 const KEY_SECRET: &str = "mekha-bench-key";
 const KEY_BYTE_HEX: &str = "6d";
 const CHECKPOINT_EVENT: &str = "__org.mekha_CHECKPOINT";
+/// The VM of the clock measurement.
+const CLOCK_MIB: u32 = 512;
+/// The probe's clock sampling interval there.
+const CLOCK_MS: u64 = 1000;
+/// Clock samples of the original guest before its checkpoint, at least.
+const CLOCK_BEFORE: usize = 4;
+/// Clock samples of the restored guest, at least.
+const CLOCK_AFTER: usize = 3;
 
 pub fn workload() -> Workload {
     Workload { hot_mib: HOT_MIB, rate: 0, steady_s: STEADY_S, tail_s: TAIL_S }
@@ -129,6 +138,33 @@ impl Guest {
         }
     }
 
+    /// Waits for `n` clock samples satisfying `pred`.
+    async fn wait_clocks(
+        &mut self,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&ClockSample) -> bool,
+    ) -> Result<Vec<ClockSample>> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let samples = clock_samples(&self.console.events());
+            if samples.iter().filter(|s| pred(s)).count() >= n {
+                return Ok(samples);
+            }
+            if !self.vm.is_running() {
+                bail!("{}: QEMU exited while waiting for {n} clock samples: {}", self.tag, self.vm.stderr());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                bail!(
+                    "{}: not {n} clock samples within {timeout:?}; console tail:\n{}",
+                    self.tag,
+                    self.vm.log().tail(20)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// The RESUME event since `mark`.
     async fn resumed(&self, mark: usize, timeout: Duration) -> Result<TimedEvent> {
         match self.events.wait(mark, "RESUME", timeout, |_| true).await {
@@ -195,6 +231,24 @@ impl Guest {
     }
 }
 
+/// The probe's `clock` events.
+fn clock_samples(events: &[TimedProbeEvent]) -> Vec<ClockSample> {
+    let field = |e: &TimedProbeEvent, k: &str| e.event.json.get(k).and_then(Value::as_f64);
+    events
+        .iter()
+        .filter(|e| e.event.ev == "clock")
+        .filter_map(|e| {
+            Some(ClockSample {
+                t: e.t,
+                mono_ns: field(e, "mono_ns")?,
+                real_ns: field(e, "real_ns")?,
+                tsc: field(e, "tsc"),
+                rtc_s: field(e, "rtc_s"),
+            })
+        })
+        .collect()
+}
+
 fn compute_points(events: &[TimedProbeEvent]) -> Vec<Point> {
     events.iter().filter(|e| e.event.ev == "compute").filter_map(|e| Some((e.t, e.event.u64("step")? as f64))).collect()
 }
@@ -239,6 +293,8 @@ pub struct Options {
     pub methods: Vec<Method>,
     /// The cap of stock live migration, s.
     pub live_cap_s: f64,
+    /// The gap of the clock measurement, s, when it is run.
+    pub clock_gap_s: Option<f64>,
 }
 
 /// The bench: where it writes, what it measured so far.
@@ -255,6 +311,7 @@ pub struct Bench {
     /// The noise floor of every VM.
     pub controls: Vec<f64>,
     pub errors: Vec<String>,
+    pub clocks: Option<Clocks>,
 }
 
 impl Bench {
@@ -275,6 +332,7 @@ impl Bench {
             dd: Vec::new(),
             controls: Vec::new(),
             errors: Vec::new(),
+            clocks: None,
         })
     }
 
@@ -292,7 +350,9 @@ impl Bench {
     /// For each size and repetition: dd, every method, then the restores
     /// of their images; dd once more at the end.
     pub async fn run(&mut self, opts: &Options) {
-        for &mib in &opts.sizes {
+        // Only the clocks: no VM size to measure.
+        let sizes: &[u32] = if opts.methods.is_empty() { &[] } else { &opts.sizes };
+        for &mib in sizes {
             for rep in 0..opts.reps {
                 self.dd_once();
                 let mut images: Vec<(Method, PathBuf, Vec<String>)> = Vec::new();
@@ -322,6 +382,14 @@ impl Bench {
         }
         if !opts.methods.is_empty() {
             self.dd_once();
+        }
+        if let Some(gap_s) = opts.clock_gap_s {
+            let mut methods = std::collections::BTreeMap::new();
+            for mekha in [true, false] {
+                let r = self.clock_gap(mekha, gap_s).await;
+                methods.insert(r.method.clone(), r);
+            }
+            self.clocks = Some(Clocks { gap_s, interval_ms: CLOCK_MS, size_mib: CLOCK_MIB, methods });
         }
         let _ = std::fs::remove_dir_all(&self.images);
     }
@@ -500,6 +568,115 @@ impl Bench {
         Ok((r, restorable.then_some(image)))
     }
 
+    /// Checkpoint (mekha's, or stock stop + migrate file:), kill QEMU, wait
+    /// `gap_s`, restore into a fresh QEMU: each clock's advance.
+    async fn clock_gap(&self, mekha: bool, gap_s: f64) -> ClockGap {
+        let kind = if mekha { "mekha" } else { "stock" };
+        let tag = format!("clocks-{kind}");
+        let probe_args: Vec<String> = self
+            .probe_args()
+            .into_iter()
+            .map(|a| if a.starts_with("probe.clock_ms=") { format!("probe.clock_ms={CLOCK_MS}") } else { a })
+            .collect();
+        let path = self.images.join(format!("{tag}.{}", if mekha { "mekha" } else { "migrate" }));
+        let mut r = ClockGap {
+            method: kind.to_owned(),
+            size_mib: CLOCK_MIB,
+            gap_s,
+            interval_ms: CLOCK_MS,
+            probe_args,
+            ..ClockGap::default()
+        };
+        if let Err(e) = self.clock_gap_into(&tag, mekha, &path, &mut r).await {
+            log(&format!("{tag}: failed: {e:#}"));
+            r.error = Some(format!("{e:#}"));
+        }
+        let _ = std::fs::remove_file(&path);
+        r
+    }
+
+    async fn clock_gap_into(&self, tag: &str, mekha: bool, path: &Path, r: &mut ClockGap) -> Result<()> {
+        let mut g = self.boot(tag, CLOCK_MIB, r.probe_args.clone(), Vec::new(), false).await?;
+        g.wait_clocks(CLOCK_BEFORE, BOOT_TIMEOUT, |_| true).await?;
+        let t_paused = if mekha {
+            let (mark, _, _, info) = mekha_checkpoint(&g, json!({ "path": path })).await?;
+            r.checkpoint_mode = info.mode;
+            let evs = g.events.since(mark);
+            first_named(&evs, "STOP").or_else(|| checkpoint_status(&evs, "paused").map(|e| e.qemu_t))
+        } else {
+            g.enable_migration_events(&[]).await?;
+            let mark = g.events.mark();
+            g.execute("stop", Value::Null).await?;
+            g.execute("migrate", json!({"uri": format!("file:{}", path.display())})).await?;
+            g.migration_completed(mark, "stop+migrate").await?;
+            first_named(&g.events.since(mark), "STOP")
+        };
+        let t_paused = t_paused.ok_or_else(|| anyhow!("{tag}: no STOP event for the checkpoint"))?;
+        g.vm.kill();
+        let t_killed = now();
+        // The console's last lines.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let original = clock_samples(&g.console.events());
+        drop(g);
+        let m_ck = checkpoint_mono_ns(&original, t_paused)?;
+        log(&format!(
+            "{tag}: checkpoint done, QEMU killed; {} clock samples; no QEMU for {:.0} s",
+            original.len(),
+            r.gap_s
+        ));
+        tokio::time::sleep(Duration::from_secs_f64((t_killed + r.gap_s - now()).max(0.0))).await;
+        let mut g = self.boot_incoming(&format!("{tag}-restore"), CLOCK_MIB, &r.probe_args).await?;
+        if !mekha {
+            g.enable_migration_events(&[]).await?;
+        }
+        let mark = g.events.mark();
+        if mekha {
+            g.execute("__org.mekha_restore", json!({"path": path, "time": "continue"})).await?;
+            let ends = |e: &TimedEvent| matches!(e.status(), Some("completed" | "failed"));
+            g.events.wait(mark, "__org.mekha_RESTORE", DONE_TIMEOUT, ends).await;
+            let info: restore::Info =
+                serde_json::from_value(g.execute("__org.mekha_query-restore", Value::Null).await?)?;
+            if info.status != restore::Status::Completed {
+                bail!("{tag}: mekha restore: {info:?}");
+            }
+        } else {
+            g.execute("migrate-incoming", json!({"uri": format!("file:{}", path.display())})).await?;
+            g.migration_completed(mark, "migrate-incoming").await?;
+            if g.status().await != "running" {
+                g.cont().await?;
+            }
+        }
+        let resumed = g.resumed(mark, Duration::from_secs(60)).await?;
+        r.host_gap_s = Some(resumed.qemu_t - t_paused);
+        if mekha {
+            r.time_info = Some(match g.qmp.execute("__org.mekha_query-time", Value::Null).await {
+                Ok(v) => v,
+                Err(e) => Value::String(e.to_string()),
+            });
+        }
+        let restored = g.wait_clocks(CLOCK_AFTER, Duration::from_secs(120), |s| is_fresh(s, &original, m_ck)).await?;
+        let rebooted = g.console.events().iter().any(|e| e.event.ev == "start");
+        drop(g);
+        if rebooted {
+            bail!("{tag}: the restored guest booted again");
+        }
+        let a = clock_advance(&original, &restored, t_paused, CLOCK_MS as f64)?;
+        let f2 = |v: Option<f64>| plain(v, 2);
+        log(&format!(
+            "{tag}: advance across {:.0} s: CLOCK_MONOTONIC {:.1} ms, CLOCK_REALTIME {:.1} ms, TSC {} ms; RTC - \
+             CLOCK_REALTIME {} s ({} s from before the checkpoint)",
+            r.gap_s,
+            a.mono_ms,
+            a.real_ms,
+            plain(a.tsc_ms, 1),
+            f2(a.rtc_minus_real_s),
+            f2(a.rtc_change_s)
+        ));
+        r.samples_before = Some(original.len());
+        r.advance = Some(a);
+        Ok(())
+    }
+
     /// Restores `image` into a fresh QEMU, its page cache dropped first.
     async fn restore(
         &self,
@@ -612,13 +789,10 @@ async fn window(g: &mut Guest, steady: &Steady, cpu_start: &CpuTimes, t0: f64, t
     Ok(())
 }
 
-/// `__org.mekha_checkpoint` into `path`: the run (spans in host time), the
-/// host time of the command and QEMU's of its completion.
-async fn mekha(g: &Guest, path: &Path, mode: checkpoint::Mode, sealed: bool) -> Result<(Run, f64, f64)> {
-    let mut args = json!({"path": path, "mode": mode});
-    if sealed {
-        args["key-secret"] = KEY_SECRET.into();
-    }
+/// Runs `__org.mekha_checkpoint` with `args` to completion: the event
+/// mark before it, the host time it was sent, the completion event and
+/// the final query-checkpoint.
+async fn mekha_checkpoint(g: &Guest, args: Value) -> Result<(usize, f64, TimedEvent, checkpoint::Info)> {
     let mark = g.events.mark();
     let (_, t0, _) = g.timed("__org.mekha_checkpoint", args).await?;
     let ends = |e: &TimedEvent| matches!(e.status(), Some("completed" | "failed"));
@@ -631,6 +805,17 @@ async fn mekha(g: &Guest, path: &Path, mode: checkpoint::Mode, sealed: bool) -> 
     if info.status != checkpoint::Status::Completed {
         bail!("{}: mekha checkpoint failed: {:?}", g.tag, info.error);
     }
+    Ok((mark, t0, done, info))
+}
+
+/// `__org.mekha_checkpoint` into `path`: the run (spans in host time), the
+/// host time of the command and QEMU's of its completion.
+async fn mekha(g: &Guest, path: &Path, mode: checkpoint::Mode, sealed: bool) -> Result<(Run, f64, f64)> {
+    let mut args = json!({"path": path, "mode": mode});
+    if sealed {
+        args["key-secret"] = KEY_SECRET.into();
+    }
+    let (mark, t0, done, info) = mekha_checkpoint(g, args).await?;
     let evs = g.events.since(mark);
     let (stop, resume) = (first_named(&evs, "STOP"), first_named(&evs, "RESUME"));
     let paused = checkpoint_status(&evs, "paused").map(|e| e.qemu_t);

@@ -7,6 +7,7 @@ use mekha_ckpt_core::session::{checkpoint, restore};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::clocks::ClockAdvance;
 use super::cluster_data::Span;
 use super::cpu::CpuShare;
 use super::host::Host;
@@ -260,6 +261,42 @@ pub struct Dd {
     pub mbps: f64,
 }
 
+/// One method of the clock measurement: a checkpoint, QEMU killed, a gap
+/// without QEMU, a restore.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct ClockGap {
+    /// `mekha` or `stock`.
+    pub method: String,
+    pub size_mib: u32,
+    pub gap_s: f64,
+    pub interval_ms: u64,
+    pub probe_args: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub checkpoint_mode: Option<checkpoint::Mode>,
+    /// QEMU's time from the checkpoint's pause to the restored VM running.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub host_gap_s: Option<f64>,
+    /// mekha's query-time after the restore (or its error).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub time_info: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub samples_before: Option<usize>,
+    #[serde(flatten, default)]
+    pub advance: Option<ClockAdvance>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub error: Option<String>,
+}
+
+/// The guest clocks across a restore gap, once per run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Clocks {
+    pub gap_s: f64,
+    pub interval_ms: u64,
+    pub size_mib: u32,
+    /// By [`ClockGap::method`].
+    pub methods: std::collections::BTreeMap<String, ClockGap>,
+}
+
 /// results.json.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Results {
@@ -274,6 +311,8 @@ pub struct Results {
     pub restores: Vec<Restore>,
     pub dd: Vec<Dd>,
     pub controls_ms: Vec<f64>,
+    /// The guest clocks across a restore gap, if measured.
+    pub clocks: Option<Clocks>,
     /// What failed, the run going on without it.
     #[serde(default)]
     pub errors: Vec<String>,

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::checkpoint_data::{Method, RestoreKind, Results, Run};
+use super::checkpoint_data::{ClockGap, Clocks, Method, RestoreKind, Results, Run};
 use super::stats::{fmt, median, ratio};
 
 /// The medians of one method at one size; `_all` keeps every repetition.
@@ -451,8 +451,11 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
             }
         }
     }
+    if let Some(clocks) = &data.clocks {
+        lines.extend(clock_table(clocks));
+    }
     lines.extend([String::new(), "## Targets (docs/design.md), this run".into(), String::new()]);
-    lines.extend(checks(summary));
+    lines.extend(checks(summary, data.clocks.as_ref()));
     lines.push(String::new());
     if let Some(p) = data.results.iter().find_map(|r| r.migrate_parameters.as_ref()) {
         lines.push(format!(
@@ -490,8 +493,67 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
     lines.join("\n") + "\n"
 }
 
+/// mekha: every clock advances at most this across the gap, ms.
+const CLOCK_LIMIT_MS: f64 = 100.0;
+/// mekha: the RTC within this of CLOCK_REALTIME after the restore, s.
+const RTC_LIMIT_S: f64 = 1.0;
+
+/// A row of the clock table: its label, its figure, its decimals.
+type ClockRow = (&'static str, fn(&ClockGap) -> Option<f64>, usize);
+
+const CLOCK_ROWS: [ClockRow; 7] = [
+    ("CLOCK_MONOTONIC: advance beyond one sampling interval (ms)", |c| c.advance.as_ref().map(|a| a.mono_ms), 1),
+    ("CLOCK_REALTIME: advance beyond one sampling interval (ms)", |c| c.advance.as_ref().map(|a| a.real_ms), 1),
+    ("TSC: advance beyond one sampling interval (ms)", |c| c.advance.as_ref().and_then(|a| a.tsc_ms), 1),
+    ("RTC - CLOCK_REALTIME after restore (s)", |c| c.advance.as_ref().and_then(|a| a.rtc_minus_real_s), 2),
+    (
+        "RTC - CLOCK_REALTIME before the checkpoint (s)",
+        |c| c.advance.as_ref().and_then(|a| a.rtc_minus_real_before_s),
+        2,
+    ),
+    ("RTC - CLOCK_REALTIME: change across the restore (s)", |c| c.advance.as_ref().and_then(|a| a.rtc_change_s), 2),
+    ("host time from the checkpoint to the restored VM running (s)", |c| c.host_gap_s, 1),
+];
+
+/// The guest clocks across a restore gap: one column per method.
+fn clock_table(clocks: &Clocks) -> Vec<String> {
+    let gap = f(Some(clocks.gap_s), 0);
+    let mut lines = vec![String::new(), format!("## Guest clocks across a {gap} s restore gap"), String::new()];
+    let cols: Vec<(&ClockGap, &str)> = [("mekha", "mekha (continue)"), ("stock", "stock QEMU")]
+        .into_iter()
+        .filter_map(|(k, label)| clocks.methods.get(k).map(|c| (c, label)))
+        .collect();
+    lines.push(format!("| clock | {} |", cols.iter().map(|(_, l)| *l).collect::<Vec<_>>().join(" | ")));
+    lines.push(format!("|---|{}", "---:|".repeat(cols.len())));
+    for (label, value, digits) in CLOCK_ROWS {
+        let cells: Vec<String> =
+            cols.iter().map(|(c, _)| if c.error.is_some() { "failed".into() } else { f(value(c), digits) }).collect();
+        lines.push(format!("| {label} | {} |", cells.join(" | ")));
+    }
+    lines.push(String::new());
+    let failed: Vec<String> =
+        cols.iter().filter_map(|(c, label)| c.error.as_ref().map(|e| format!("- {label} failed: {e}"))).collect();
+    if !failed.is_empty() {
+        lines.extend(failed);
+        lines.push(String::new());
+    }
+    lines.push(format!(
+        "{} MiB VM, the same workload, the probe sampling its clocks every {} ms of CLOCK_MONOTONIC; a checkpoint \
+         (mekha's, or stock stop + migrate file:), QEMU killed, {gap} s without QEMU, then a restore into a fresh \
+         QEMU (mekha's with time continue, or stock migrate-incoming file: + cont). Advance = first sample of the \
+         restored guest - last sample the checkpointed guest had taken - one sampling interval: 0 when the clock \
+         went on as if no time had passed, about the gap when it jumped (TSC in ms at the rate measured before the \
+         checkpoint). RTC - CLOCK_REALTIME is already off by up to 2 s after boot, by chance (the RTC has whole \
+         seconds, and QEMU's RTC seconds tick at the sub-second phase of QEMU's start): its change across the \
+         restore is 0 when the RTC went on with the system clock (up to 1 s either way from the whole seconds), \
+         about the gap when the RTC jumped to the host's time and the system clock did not.",
+        clocks.size_mib, clocks.interval_ms
+    ));
+    lines
+}
+
 /// The design's targets, each `- [ok]`, `- [MISS]` or `- [?]` (no figure).
-pub fn checks(summary: &Summary) -> Vec<String> {
+pub fn checks(summary: &Summary, clocks: Option<&Clocks>) -> Vec<String> {
     let mut out = Vec::new();
     let dd = summary.dd_mbps;
     let mut check = |ok: Option<bool>, text: String| {
@@ -591,6 +653,50 @@ pub fn checks(summary: &Summary) -> Vec<String> {
             );
         }
     }
+    if let Some((clocks, mk)) = clocks.and_then(|c| Some((c, c.methods.get("mekha")?))) {
+        let gap = f(Some(clocks.gap_s), 0);
+        match (&mk.error, &mk.advance) {
+            (None, Some(a)) => {
+                let adv = [Some(a.mono_ms), Some(a.real_ms), a.tsc_ms];
+                check(
+                    Some(adv.iter().all(|v| v.is_some_and(|v| v.abs() <= CLOCK_LIMIT_MS))),
+                    format!(
+                        "mekha: every clock advances <= {CLOCK_LIMIT_MS:.0} ms across a {gap} s gap (CLOCK_MONOTONIC \
+                         {}, CLOCK_REALTIME {}, TSC {} ms)",
+                        f(adv[0], 1),
+                        f(adv[1], 1),
+                        f(adv[2], 1)
+                    ),
+                );
+                check(
+                    Some(a.rtc_change_s.is_some_and(|d| d.abs() <= RTC_LIMIT_S)),
+                    format!(
+                        "mekha: RTC agrees with CLOCK_REALTIME within {RTC_LIMIT_S:.0} s after the restore, as \
+                         before the checkpoint (RTC - CLOCK_REALTIME {} s before, {} s after: {} s)",
+                        f(a.rtc_minus_real_before_s, 2),
+                        f(a.rtc_minus_real_s, 2),
+                        f(a.rtc_change_s, 2)
+                    ),
+                );
+            }
+            (error, _) => {
+                let error = error.as_deref().unwrap_or("no figures");
+                check(
+                    Some(false),
+                    format!(
+                        "mekha: every clock advances <= {CLOCK_LIMIT_MS:.0} ms across a {gap} s gap (failed: {error})"
+                    ),
+                );
+                check(
+                    Some(false),
+                    format!(
+                        "mekha: RTC agrees with CLOCK_REALTIME within {RTC_LIMIT_S:.0} s after the restore, as \
+                         before the checkpoint (failed)"
+                    ),
+                );
+            }
+        }
+    }
     out
 }
 
@@ -656,6 +762,7 @@ mod tests {
             dd: vec![Dd { bytes: 1, seconds: 1.0, mbps: 1000.0 }, Dd { bytes: 1, seconds: 1.0, mbps: 1200.0 }],
             controls_ms: vec![1.0],
             errors: Vec::new(),
+            clocks: None,
             summary: serde_json::Value::Null,
         }
     }
@@ -675,7 +782,7 @@ mod tests {
 
     #[test]
     fn targets_are_checked_against_the_medians() {
-        let lines = checks(&summarize(&results()));
+        let lines = checks(&summarize(&results()), None);
         let find = |needle: &str| lines.iter().find(|l| l.contains(needle)).cloned().unwrap_or_default();
         assert!(find("mekha pause 22.0 ms <= 30 ms").starts_with("- [ok]"), "{lines:?}");
         assert!(find("stop+migrate pause / mekha pause = 45.5x").starts_with("- [ok]"), "{lines:?}");
@@ -696,5 +803,43 @@ mod tests {
         assert!(mekha < cow && cow < stock);
         assert!(text.contains("- stock stop + migrate file: + cont / mekha: pause 45.5x, lost work 55.0x"), "{text}");
         assert!(text.contains("| mekha restore, lazy | 40 | 45 | 100 | 120 | 80 | 0.40 | 1/1 |"), "{text}");
+    }
+
+    #[test]
+    fn clocks_get_a_column_per_method_and_mekhas_targets() {
+        use crate::bench::clocks::{ClockAdvance, ClockSample};
+        let sample = ClockSample { t: 0.0, mono_ns: 0.0, real_ns: 0.0, tsc: None, rtc_s: None };
+        let advance = ClockAdvance {
+            mono_ms: 1.5,
+            real_ms: -2.0,
+            tsc_ms: Some(3.0),
+            tsc_per_ns: Some(2.0),
+            rtc_minus_real_s: Some(0.75),
+            rtc_minus_real_before_s: Some(0.5),
+            rtc_change_s: Some(0.25),
+            checkpoint_mono_ns: 0.0,
+            before: sample,
+            after: sample,
+            re_emitted: 0,
+        };
+        let mekha =
+            ClockGap { method: "mekha".into(), advance: Some(advance), host_gap_s: Some(31.0), ..ClockGap::default() };
+        let stock = ClockGap { method: "stock".into(), error: Some("no STOP event".into()), ..ClockGap::default() };
+        let clocks = Clocks {
+            gap_s: 30.0,
+            interval_ms: 1000,
+            size_mib: 512,
+            methods: [("mekha".to_owned(), mekha), ("stock".to_owned(), stock)].into(),
+        };
+        let table = clock_table(&clocks).join("\n");
+        assert!(table.contains("| clock | mekha (continue) | stock QEMU |"), "{table}");
+        assert!(
+            table.contains("| CLOCK_MONOTONIC: advance beyond one sampling interval (ms) | 1.5 | failed |"),
+            "{table}"
+        );
+        assert!(table.contains("- stock QEMU failed: no STOP event"), "{table}");
+        let lines = checks(&Summary::default(), Some(&clocks));
+        assert!(lines[0].starts_with("- [ok] mekha: every clock advances <= 100 ms across a 30 s gap"), "{lines:?}");
+        assert!(lines[1].starts_with("- [ok] mekha: RTC agrees"), "{lines:?}");
     }
 }

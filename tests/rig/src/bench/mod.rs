@@ -13,6 +13,7 @@
 pub mod checkpoint;
 pub mod checkpoint_data;
 pub mod checkpoint_report;
+pub mod clocks;
 pub mod cluster;
 pub mod cluster_data;
 pub mod cluster_report;
