@@ -26,9 +26,9 @@ use super::console::{Console, TimedProbeEvent};
 use super::cpu::{CpuShare, CpuTimes};
 use super::events::{EventLog, TimedEvent};
 use super::host::{drop_cache, loadavg};
-use super::log;
 use super::progress::{longest_stall, lost_ms, progress_series, rate_between, Point};
 use super::stats::{now, plain};
+use super::{fresh_dirs, log};
 use crate::{Artifacts, Vm, VmConfig};
 
 pub const HOT_MIB: u32 = 64;
@@ -316,11 +316,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn new(artifacts: Artifacts, out: &Path) -> Result<Bench> {
-        let (vms_dir, images) = (out.join("vms"), out.join("images"));
-        for d in [&vms_dir, &images] {
-            let _ = std::fs::remove_dir_all(d);
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
+        let (vms_dir, images) = fresh_dirs(out)?;
         Ok(Bench {
             artifacts,
             out: out.to_path_buf(),

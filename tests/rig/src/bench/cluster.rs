@@ -29,8 +29,8 @@ use super::cluster_data::{
 use super::console::{Console, TimedProbeEvent};
 use super::events::{EventLog, TimedEvent};
 use super::host::{drop_cache, loadavg};
-use super::log;
 use super::stats::{ms, now, plain, spread, spread_all};
+use super::{fresh_dirs, log};
 use crate::{Artifacts, Cluster, ClusterConfig};
 
 pub const MEM_MIB: u32 = 256;
@@ -147,11 +147,7 @@ pub struct Bench {
 
 impl Bench {
     pub fn new(artifacts: Artifacts, out: &Path) -> Result<Bench> {
-        let (vms_dir, images) = (out.join("vms"), out.join("images"));
-        for d in [&vms_dir, &images] {
-            let _ = std::fs::remove_dir_all(d);
-            std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
-        }
+        let (vms_dir, images) = fresh_dirs(out)?;
         Ok(Bench { artifacts, vms_dir, images, runs: Vec::new() })
     }
 

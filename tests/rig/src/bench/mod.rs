@@ -24,8 +24,12 @@ pub mod host;
 pub mod progress;
 pub mod stats;
 
+use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
 
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -39,4 +43,36 @@ pub fn log(msg: &str) {
     let secs = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()) % 86_400;
     let name = NAME.get().map_or("bench", String::as_str);
     eprintln!("[{name} {:02}:{:02}:{:02}] {msg}", secs / 3600, secs / 60 % 60, secs % 60);
+}
+
+/// The output's `vms` and `images` directories, emptied.
+pub fn fresh_dirs(out: &Path) -> Result<(PathBuf, PathBuf)> {
+    let (vms_dir, images) = (out.join("vms"), out.join("images"));
+    for d in [&vms_dir, &images] {
+        let _ = std::fs::remove_dir_all(d);
+        std::fs::create_dir_all(d).with_context(|| format!("creating {}", d.display()))?;
+    }
+    Ok((vms_dir, images))
+}
+
+/// Runs a bench to its end on a new runtime, or until SIGINT, SIGTERM or
+/// SIGHUP: then its future is dropped (its VMs killed, its namespaces
+/// deleted) and the process exits 130.
+pub fn run_until_signal(bench: impl Future<Output = ()>) -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let runtime = tokio::runtime::Runtime::new()?;
+    let finished = runtime.block_on(async {
+        let (mut term, mut hup) = (signal(SignalKind::terminate())?, signal(SignalKind::hangup())?);
+        tokio::select! {
+            () = bench => Ok::<_, anyhow::Error>(true),
+            _ = tokio::signal::ctrl_c() => Ok(false),
+            _ = term.recv() => Ok(false),
+            _ = hup.recv() => Ok(false),
+        }
+    })?;
+    if !finished {
+        log("signal: stopping");
+        std::process::exit(130);
+    }
+    Ok(())
 }

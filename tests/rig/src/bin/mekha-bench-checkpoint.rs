@@ -23,7 +23,7 @@ use mekha_rig::bench::checkpoint_data::{Method, Results};
 use mekha_rig::bench::checkpoint_report::{summarize, tables};
 use mekha_rig::bench::host::{loadavg, set_nice, Host};
 use mekha_rig::bench::stats::now;
-use mekha_rig::bench::{log, set_log_name};
+use mekha_rig::bench::{log, run_until_signal, set_log_name};
 use mekha_rig::Artifacts;
 
 /// The --methods value of the clock measurement.
@@ -101,27 +101,12 @@ fn main() -> Result<()> {
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
     log(&format!("output in {}; {reps} repetition(s); live migration capped at {live_cap:.0} s", out.display()));
 
-    let runtime = tokio::runtime::Runtime::new()?;
     let mut host = Host::at_start();
     let started = now();
     let mut bench = Bench::new(artifacts, &out)?;
     let clock_gap_s = clocks.then_some(args.clock_gap);
     let opts = Options { sizes, reps, methods, live_cap_s: live_cap, clock_gap_s };
-    let finished = runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        // On a signal the bench's future is dropped: its VMs are killed.
-        tokio::select! {
-            () = bench.run(&opts) => Ok::<_, anyhow::Error>(true),
-            _ = tokio::signal::ctrl_c() => Ok(false),
-            _ = term.recv() => Ok(false),
-            _ = hup.recv() => Ok(false),
-        }
-    })?;
-    if !finished {
-        log("signal: stopping");
-        std::process::exit(130);
-    }
+    run_until_signal(bench.run(&opts))?;
     let elapsed = now() - started;
     host.loadavg_end = loadavg();
     let mut data = Results {

@@ -20,7 +20,7 @@ use mekha_rig::bench::cluster_data::Results;
 use mekha_rig::bench::cluster_report::{summarize, summary_json, tables};
 use mekha_rig::bench::host::{loadavg, set_nice, Host};
 use mekha_rig::bench::stats::now;
-use mekha_rig::bench::{log, set_log_name};
+use mekha_rig::bench::{log, run_until_signal, set_log_name};
 use mekha_rig::Artifacts;
 
 #[derive(Parser)]
@@ -66,26 +66,10 @@ fn main() -> Result<()> {
     let sizes_text: Vec<String> = sizes.iter().map(ToString::to_string).collect();
     log(&format!("output in {}; N = {}; {reps} repetition(s)", out.display(), sizes_text.join(",")));
 
-    let runtime = tokio::runtime::Runtime::new()?;
     let mut host = Host::at_start();
     let started = now();
     let mut bench = Bench::new(artifacts, &out)?;
-    let finished = runtime.block_on(async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        // On a signal the bench's future is dropped: its clusters kill
-        // their VMs and delete their namespaces.
-        tokio::select! {
-            () = bench.run(&sizes, reps) => Ok::<_, anyhow::Error>(true),
-            _ = tokio::signal::ctrl_c() => Ok(false),
-            _ = term.recv() => Ok(false),
-            _ = hup.recv() => Ok(false),
-        }
-    })?;
-    if !finished {
-        log("signal: stopping");
-        std::process::exit(130);
-    }
+    run_until_signal(bench.run(&sizes, reps))?;
     let elapsed = now() - started;
     host.loadavg_end = loadavg();
     let mut data = Results {
