@@ -29,7 +29,9 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
+
+use crate::Artifacts;
 
 static NAME: OnceLock<String> = OnceLock::new();
 
@@ -75,4 +77,23 @@ pub fn run_until_signal(bench: impl Future<Output = ()>) -> Result<()> {
         std::process::exit(130);
     }
     Ok(())
+}
+
+/// What a bench binary does before it measures: checks that it runs as
+/// root (`why_root` says what for), sets the nice value before any thread
+/// starts (threads inherit it), names its log lines `bench-NAME`, finds
+/// the artefacts and creates its output directory (`out`, by default
+/// target/bench/NAME). The nice value in force, the artefacts, the
+/// output directory.
+pub fn start(name: &str, why_root: &str, nice: i32, out: Option<PathBuf>) -> Result<(i32, Artifacts, PathBuf)> {
+    // SAFETY: a plain system call.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("ci/bench-{name} needs root ({why_root})");
+    }
+    let nice = host::set_nice(nice);
+    set_log_name(&format!("bench-{name}"));
+    let artifacts = Artifacts::locate()?;
+    let out = std::path::absolute(out.unwrap_or_else(|| crate::artifacts::target_dir().join("bench").join(name)))?;
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    Ok((nice, artifacts, out))
 }

@@ -16,15 +16,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use mekha_rig::bench::checkpoint::{workload, Bench, Options};
 use mekha_rig::bench::checkpoint_data::{Method, Results};
 use mekha_rig::bench::checkpoint_report::{summarize, tables};
-use mekha_rig::bench::host::{loadavg, set_nice, Host};
+use mekha_rig::bench::host::{loadavg, Host};
 use mekha_rig::bench::stats::now;
-use mekha_rig::bench::{log, run_until_signal, set_log_name};
-use mekha_rig::Artifacts;
+use mekha_rig::bench::{log, run_until_signal, start};
 
 /// The --methods value of the clock measurement.
 const CLOCKS: &str = "clocks";
@@ -88,17 +87,7 @@ fn main() -> Result<()> {
     let sizes = args.sizes.unwrap_or_else(|| if args.quick { vec![512] } else { vec![512, 2048] });
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
     let live_cap = args.live_cap.unwrap_or(if args.quick { 20.0 } else { 60.0 });
-    // SAFETY: a plain system call.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("ci/bench-checkpoint needs root (drop_caches, nice)");
-    }
-    // Before any thread starts: threads inherit the value.
-    let nice = set_nice(args.nice);
-    set_log_name("bench-checkpoint");
-    let artifacts = Artifacts::locate()?;
-    let out =
-        std::path::absolute(args.out.unwrap_or_else(|| mekha_rig::artifacts::target_dir().join("bench/checkpoint")))?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let (nice, artifacts, out) = start("checkpoint", "drop_caches, nice", args.nice, args.out)?;
     log(&format!("output in {}; {reps} repetition(s); live migration capped at {live_cap:.0} s", out.display()));
 
     let mut host = Host::at_start();

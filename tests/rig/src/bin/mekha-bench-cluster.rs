@@ -13,15 +13,14 @@
 
 use std::path::PathBuf;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::Parser;
 use mekha_rig::bench::cluster::{workload, Bench};
 use mekha_rig::bench::cluster_data::Results;
 use mekha_rig::bench::cluster_report::{summarize, summary_json, tables};
-use mekha_rig::bench::host::{loadavg, set_nice, Host};
+use mekha_rig::bench::host::{loadavg, Host};
 use mekha_rig::bench::stats::now;
-use mekha_rig::bench::{log, run_until_signal, set_log_name};
-use mekha_rig::Artifacts;
+use mekha_rig::bench::{log, run_until_signal, start};
 
 #[derive(Parser)]
 #[command(about = "Cluster checkpoint benchmark: mekha beside stock QEMU scripted over QMP")]
@@ -52,17 +51,7 @@ fn main() -> Result<()> {
         bail!("cluster sizes must be within 1..200");
     }
     let reps = args.reps.unwrap_or(if args.quick { 1 } else { 3 });
-    // SAFETY: a plain system call.
-    if unsafe { libc::geteuid() } != 0 {
-        bail!("ci/bench-cluster needs root (network namespaces, taps)");
-    }
-    // Before any thread starts: threads inherit the value.
-    let nice = set_nice(args.nice);
-    set_log_name("bench-cluster");
-    let artifacts = Artifacts::locate()?;
-    let out =
-        std::path::absolute(args.out.unwrap_or_else(|| mekha_rig::artifacts::target_dir().join("bench/cluster")))?;
-    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let (nice, artifacts, out) = start("cluster", "network namespaces, taps", args.nice, args.out)?;
     let sizes_text: Vec<String> = sizes.iter().map(ToString::to_string).collect();
     log(&format!("output in {}; N = {}; {reps} repetition(s)", out.display(), sizes_text.join(",")));
 
