@@ -280,6 +280,7 @@ fn fsync_ms(path: &Path) -> Result<f64> {
 }
 
 /// The compute chunk for about 25 events a second at `rate` steps/s.
+#[expect(clippy::cast_possible_truncation, reason = "a float cast saturates; a rate's 25th fits u64")]
 fn chunk_for(rate: f64) -> u64 {
     let target = (rate / 25.0).round().max(1.0) as u64;
     let bits = 64 - target.leading_zeros();
