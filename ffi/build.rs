@@ -18,6 +18,7 @@ fn main() {
         .rustified_enum("MekhaStatus")
         .rustified_enum("MekhaEvent")
         .rustified_enum("MekhaReport")
+        .rustified_enum("MekhaNetVerdict")
         .use_core()
         .generate_comments(true)
         .layout_tests(true)

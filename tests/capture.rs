@@ -230,10 +230,10 @@ async fn start_held_cow(qmp: &Qmp, image: &Path) {
     }
 }
 
-/// Ends the held checkpoint's live phase: stop at `stop`, resume at
-/// `resume` (wall clock, ns).
-async fn end_at(qmp: &Qmp, stop: i64, resume: i64) {
-    let end = EndArgs { stop_at: Some(stop), resume_at: Some(resume) };
+/// Ends the held checkpoint's live phase: stop at `stop` (wall clock,
+/// ns); the VM resumes as soon as its capture allows.
+async fn end_at(qmp: &Qmp, stop: i64) {
+    let end = EndArgs { stop_at: Some(stop), cut: None };
     qmp.call::<CheckpointEnd>(&end).await.unwrap();
 }
 
@@ -286,13 +286,13 @@ async fn wait_restored(qmp: &Qmp) -> restore::Info {
     }
 }
 
-/// A copy-on-write checkpoint whose VM stays stopped a while (a cluster's
-/// common resume instant) while the host reads the guest agent channel:
-/// QEMU's main loop then moves the port's waiting output, writing the
-/// virtqueue's used ring in guest RAM and the port's state. The image
-/// must hold RAM and devices of one instant: a fresh QEMU restores it
-/// (virtio checks the ring's indices against the device state) and the
-/// stream goes on, every record once and in order.
+/// A copy-on-write checkpoint while the host reads the guest agent
+/// channel: QEMU's main loop moves the port's waiting output as soon as
+/// it runs again (right after the pause), writing the virtqueue's used
+/// ring in protected guest RAM and the port's state. The image must hold
+/// RAM and devices of one instant: a fresh QEMU restores it (virtio
+/// checks the ring's indices against the device state) and the stream
+/// goes on, every record once and in order.
 #[tokio::test(flavor = "multi_thread")]
 async fn cow_image_is_consistent_with_a_busy_agent_channel_during_the_pause() {
     if !uffd_wp() {
@@ -311,7 +311,7 @@ async fn cow_image_is_consistent_with_a_busy_agent_channel_during_the_pause() {
 
     start_held_cow(&qmp, &image).await;
     let stop = wall_ns() + 200_000_000;
-    end_at(&qmp, stop, stop + 1_500_000_000).await;
+    end_at(&qmp, stop).await;
     let settled = common::wait_checkpoint_settled(&qmp).await;
     assert_eq!(settled.status, Status::Completed, "{settled:?}");
     let before = reader.wait_for_more(20_000, BOOT, "the stream after the checkpoint");
@@ -335,12 +335,13 @@ async fn cow_image_is_consistent_with_a_busy_agent_channel_during_the_pause() {
     assert!(!events.iter().any(|e| e.ev == "start" || e.ev == "error"), "{:?}", restored.log().tail(20));
 }
 
-/// A guest agent client connects while a copy-on-write checkpoint holds
-/// the VM stopped: QEMU tells the guest when the VM starts, writing guest
-/// RAM from the thread that starts it, which the checkpoint's thread is.
-/// The VM resumes, the checkpoint completes and the channel works. The
-/// guest keeps 768 MiB of its RAM written, so that the copy outlasts the
-/// pause: the start's write meets a page not copied yet.
+/// A guest agent client connects around a copy-on-write checkpoint's
+/// pause: QEMU tells the guest, writing guest RAM, from the main loop or
+/// (connected while the VM is stopped) from the thread that starts it,
+/// which the checkpoint's thread is. The VM resumes, the checkpoint
+/// completes and the channel works. The guest keeps 768 MiB of its RAM
+/// written, so that the copy outlasts the pause: the write meets a page
+/// not copied yet.
 #[tokio::test(flavor = "multi_thread")]
 async fn cow_resume_writing_protected_ram_does_not_deadlock() {
     if !uffd_wp() {
@@ -361,7 +362,7 @@ async fn cow_resume_writing_protected_ram_does_not_deadlock() {
     start_held_cow(&qmp, &dir.join("vm.mekha")).await;
     let mut events = qmp.subscribe();
     let stop = wall_ns() + 200_000_000;
-    end_at(&qmp, stop, stop + 200_000_000).await;
+    end_at(&qmp, stop).await;
     next_event(&mut events, "STOP", Duration::from_secs(10)).await;
     let reader = AgentReader::connect(&sock, Duration::from_millis(5));
     completes_without_deadlock(&qmp, &vm).await;
@@ -423,7 +424,7 @@ async fn cow_resume_flushing_an_unheld_nic_does_not_deadlock() {
 
     start_held_cow(&qmp, &dir.join("vm.mekha")).await;
     let stop = wall_ns() + 200_000_000;
-    end_at(&qmp, stop, stop + 300_000_000).await;
+    end_at(&qmp, stop).await;
     completes_without_deadlock(&qmp, &vm).await;
     assert!(vm.stderr().contains("cannot be held"), "{}", vm.stderr());
     exchanging(before + 2000)().unwrap();

@@ -177,11 +177,19 @@ async fn the_rust_types_are_the_qapi_schema_qemu_reports() {
 
     let info = schema.type_of("__org.mekha_query-info", "ret-type");
     same_reply::<library::RamBlockInfo>(schema.member_type(info, "ram-blocks"), "__org.mekha_RamBlockInfo");
+    same_reply::<library::NicInfo>(schema.member_type(info, "nics"), "__org.mekha_NicInfo");
+
+    let end_args = schema.type_of("__org.mekha_checkpoint-end", "arg-type");
+    let cut = schema.member_type(end_args, "cut");
+    same_reply::<checkpoint::NetCut>(cut, "__org.mekha_NetCut");
+    same_reply::<checkpoint::NetdevPeers>(schema.member_type(cut, "peers"), "__org.mekha_NetdevPeers");
 
     let checkpoint_info = schema.type_of("__org.mekha_query-checkpoint", "ret-type");
     same_enum::<checkpoint::Status>(&schema, checkpoint_info, "status", "__org.mekha_CheckpointStatus");
     same_enum::<checkpoint::Mode>(&schema, checkpoint_info, "mode", "__org.mekha_CheckpointMode");
     same_enum::<ErrorKind>(&schema, checkpoint_info, "error-kind", "__org.mekha_ErrorKind");
+    let waiting = schema.member_type(checkpoint_info, "cut-waiting");
+    same_reply::<checkpoint::NetdevPeers>(waiting, "__org.mekha_NetdevPeers");
     let checkpoint_args = schema.type_of("__org.mekha_checkpoint", "arg-type");
     same_enum::<checkpoint::Mode>(&schema, checkpoint_args, "mode", "__org.mekha_CheckpointMode");
 

@@ -8,6 +8,7 @@
 //!   inspecting and verifying.
 //! - [`store`]: a checkpoint directory: generations and the atomically
 //!   committed manifest.
+//! - [`netcut`]: the network cut of a cluster checkpoint, by markers.
 //! - [`mtd`]: the MTD planner (dirty and non-dirty page sets, epochs,
 //!   multiplexed transfer cycles, ending conditions).
 //! - [`staging`]: the in-memory staging area with its hard memory budget.
@@ -27,6 +28,7 @@ pub mod host;
 pub mod image;
 pub mod instant;
 pub mod mtd;
+pub mod netcut;
 pub mod persist;
 pub mod private;
 pub mod session;

@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define MEKHA_ABI_VERSION 5
+#define MEKHA_ABI_VERSION 6
 
 /* ---- QEMU -> library ------------------------------------------------- */
 
@@ -61,6 +61,35 @@ void mekha_string_free(char *s);
  * it must not block.
  */
 void mekha_vm_run_state(bool running);
+
+/*
+ * The machine is built (its NICs and netdevs exist).  Called once from
+ * the main loop with the BQL held.
+ */
+void mekha_machine_ready(void);
+
+struct MekhaNetdev;
+
+/* What a hold filter does with a frame toward the guest. */
+typedef enum MekhaNetVerdict {
+    /* On toward the guest, held if the filter holds. */
+    MEKHA_NET_PASS = 0,
+    /* Consumed: the guest never sees it. */
+    MEKHA_NET_DROP = 1,
+    /* Held, and every later frame too, until the hold is released. */
+    MEKHA_NET_HOLD = 2,
+} MekhaNetVerdict;
+
+/*
+ * A frame toward the guest reached the hold filter of @netdev, before
+ * it is passed on or held; @data (the netdev's vnet_hdr_len bytes of
+ * virtio-net header, then the Ethernet frame) is valid only during the
+ * call.  MEKHA_NET_FRAME_* @flags.  Called from the main loop with the
+ * BQL held, for every frame: it must be quick and must not block.
+ */
+MekhaNetVerdict mekha_net_frame(const struct MekhaNetdev *netdev,
+                                uint32_t flags, const uint8_t *data,
+                                size_t len);
 
 /* ---- library -> QEMU ------------------------------------------------- */
 
@@ -254,6 +283,7 @@ int mekha_qemu_secret_lookup(const char *id, uint8_t **data, size_t *len,
 typedef struct MekhaNetdev {
     const char *id;        /* the netdev's id, e.g. "net0" */
     uint32_t vnet_hdr_len; /* bytes of virtio-net header before each frame */
+    uint8_t mac[6];        /* its NIC's MAC address, as configured */
     const char *error;     /* why no hold filter is on it, or NULL */
 } MekhaNetdev;
 
@@ -305,6 +335,16 @@ int mekha_qemu_net_hold_inject(const char *netdev, uint32_t flags,
  * @max_bytes since the hold began.
  */
 uint64_t mekha_qemu_net_hold_release(void);
+
+/*
+ * Send @frame (an Ethernet frame of @len bytes, without virtio-net
+ * header) from the NIC of netdev @netdev out through that netdev, now,
+ * even while the VM is stopped: ahead of every frame the guest sends
+ * later.  The netdev's virtio-net header is prefixed, zeroed.  -1 when
+ * @netdev is no NIC's netdev or its link is down.
+ */
+int mekha_qemu_net_send(const char *netdev, const uint8_t *frame,
+                        size_t len);
 
 /* ---- clocks ---- */
 

@@ -23,4 +23,11 @@ macro_rules! assert_same_signature {
     };
 }
 
-assert_same_signature!(mekha_abi_version, mekha_qmp_command, mekha_string_free, mekha_vm_run_state);
+assert_same_signature!(
+    mekha_abi_version,
+    mekha_qmp_command,
+    mekha_string_free,
+    mekha_vm_run_state,
+    mekha_machine_ready,
+    mekha_net_frame,
+);

@@ -30,5 +30,7 @@ pub(crate) fn query_info() -> Info {
                 migratable: b.migratable,
             })
             .collect(),
+        // SAFETY: QMP handlers run in the main loop with the BQL held.
+        nics: crate::net_cut::nics(unsafe { &qemu::Bql::assume_held() }),
     }
 }

@@ -14,6 +14,8 @@ mod fault;
 mod guest_ram;
 mod guest_time;
 mod info;
+mod net_cut;
+pub use net_cut::mekha_net_frame;
 mod net_hold;
 mod qemu;
 mod qmp;
@@ -74,6 +76,19 @@ pub unsafe extern "C" fn mekha_vm_run_state(running: bool) {
         if let Err(panic) = catch_unwind(|| hook(running)) {
             crate::qemu::report::error(&format!("internal error in the run-state hook: {}", panic_message(&panic)));
         }
+    }
+}
+
+/// See `mekha_machine_ready` in include/mekha.h.
+///
+/// # Safety
+/// Called by QEMU once, from the main loop with the BQL held.
+#[no_mangle]
+pub unsafe extern "C" fn mekha_machine_ready() {
+    // SAFETY: the caller holds the BQL.
+    let bql = unsafe { qemu::Bql::assume_held() };
+    if let Err(panic) = catch_unwind(|| net_hold::on_machine_ready(&bql)) {
+        crate::qemu::report::error(&format!("internal error when the machine was built: {}", panic_message(&panic)));
     }
 }
 

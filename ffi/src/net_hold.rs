@@ -7,14 +7,13 @@
 //! receiver's image must hold it, or the restarted cluster loses it.
 //!
 //! A hold filter on every NIC's netdev (QEMU's side, see `mekha_qemu_net_*`
-//! in include/mekha.h) is attached when a checkpoint starts. Just before
-//! the VM stops, it starts to hold: every frame toward the guest is
-//! queued, the NIC's queued ones first. While the VM waits for the resume
-//! instant T2 the checkpoint thread leaves the BQL free, so that QEMU's
-//! main loop reads the frames that arrive meanwhile (sent by the peers
-//! before they stopped) into the hold. Just before the resume, the held
-//! frames are copied for the image (its NET_FRAMES section); right after
-//! it, the hold is released and the running guest gets them, in order.
+//! in include/mekha.h) is attached once the machine is built (and when a
+//! checkpoint starts, for a NIC hot-plugged since). Just before the VM
+//! stops, it starts to hold: every frame toward the guest is queued, the
+//! NIC's queued ones first, so that the stop purges none. Right after the
+//! resume, the hold is released and the running guest gets them, in
+//! order. Which frames the image keeps (its NET_FRAMES section) is the
+//! network cut's business (`net_cut`), which the filters also serve.
 //!
 //! Frames toward a NIC that cannot be held (vhost, multiqueue) wait in
 //! the tap or in QEMU's queue during the pause and reach the guest after
@@ -29,7 +28,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use mekha_ckpt_core::image::{NetFrames, MAX_FRAME_LEN, MAX_NETDEV_ID_LEN};
+use mekha_ckpt_core::image::NetFrames;
 
 use crate::qemu::{self, clocks, net, Bql};
 
@@ -37,6 +36,13 @@ use crate::qemu::{self, clocks, net, Bql};
 /// far more than flies between two stops of a cluster. Frames beyond are
 /// dropped and counted, as a full switch would.
 pub(crate) const MAX_HOLD_BYTES: u64 = 64 << 20;
+
+/// Attaches the hold filters once the machine is built, so that the
+/// network cut knows the NICs' neighbours from the start; a NIC that
+/// cannot be held is warned about when a checkpoint starts.
+pub(crate) fn on_machine_ready(bql: &Bql) {
+    net::attach(bql);
+}
 
 /// Attaches the hold filters (when a checkpoint starts, so that the stop
 /// only flips them), warning about NICs whose frames cannot be held.
@@ -54,23 +60,6 @@ pub(crate) fn prepare(bql: &Bql) {
 /// Holds every frame toward the guest from now on (just before the stop).
 pub(crate) fn begin(bql: &Bql) {
     net::hold_begin(bql, MAX_HOLD_BYTES);
-}
-
-/// A copy of the held frames (just before the resume), without what the
-/// image cannot hold: those frames still reach the running guest, but a
-/// restore will not have them.
-pub(crate) fn snapshot(bql: &Bql) -> NetFrames {
-    let mut frames = net::held(bql);
-    for n in frames.take_unstorable().netdevs {
-        crate::qemu::report::warn(&format!(
-            "{} frame(s) in flight toward netdev {:?} cannot be stored in the image (ids of 1 to \
-             {MAX_NETDEV_ID_LEN} bytes, frames of 1 to {MAX_FRAME_LEN}): a restore of this checkpoint will not \
-             have them",
-            n.frames.len(),
-            n.netdev.chars().take(64).collect::<String>()
-        ));
-    }
-    frames
 }
 
 /// Passes the held frames on to the guests; returns how many were

@@ -358,6 +358,7 @@ pub(crate) mod incoming {
 pub(crate) mod net {
     use super::*;
     use mekha_ckpt_core::image::{NetFrames, FRAME_RAW};
+    use mekha_ckpt_core::netcut::Mac;
 
     /// A NIC's netdev.
     #[derive(Debug, Clone)]
@@ -365,16 +366,29 @@ pub(crate) mod net {
         pub id: String,
         /// Bytes of virtio-net header before each frame's Ethernet data.
         pub vnet_hdr_len: u32,
+        /// The NIC's MAC address, as configured.
+        pub mac: Mac,
         /// Why no hold filter is on it.
         pub error: Option<String>,
     }
 
-    unsafe fn netdev(n: *const boundary::MekhaNetdev) -> Netdev {
+    /// # Safety
+    /// `n` is a netdev description QEMU passed, valid for the call.
+    pub(crate) unsafe fn netdev(n: *const boundary::MekhaNetdev) -> Netdev {
         // SAFETY: QEMU passes a valid netdev description for the call.
         let n = unsafe { &*n };
         // SAFETY: its strings are QEMU's, valid for the call.
         let (id, error) = unsafe { (c_str(n.id), c_str(n.error)) };
-        Netdev { id: id.unwrap_or_default(), vnet_hdr_len: n.vnet_hdr_len, error }
+        Netdev { id: id.unwrap_or_default(), vnet_hdr_len: n.vnet_hdr_len, mac: Mac(n.mac), error }
+    }
+
+    /// The flags of a frame QEMU passed, as the image records them.
+    pub(crate) fn frame_flags(flags: u32) -> u32 {
+        if flags & boundary::MEKHA_NET_FRAME_RAW != 0 {
+            FRAME_RAW
+        } else {
+            0
+        }
     }
 
     /// Attaches a hold filter to every NIC's netdev lacking one; describes
@@ -409,8 +423,7 @@ pub(crate) mod net {
             // SAFETY: QEMU passes valid data for the call; opaque is ours.
             let (frames, n, data) =
                 unsafe { (&mut *(opaque as *mut NetFrames), netdev(n), std::slice::from_raw_parts(data, len)) };
-            let raw = if flags & boundary::MEKHA_NET_FRAME_RAW != 0 { FRAME_RAW } else { 0 };
-            frames.push(&n.id, n.vnet_hdr_len, raw, data);
+            frames.push(&n.id, n.vnet_hdr_len, frame_flags(flags), data);
             0
         }
         let mut frames = NetFrames::default();
@@ -433,6 +446,15 @@ pub(crate) mod net {
     pub(crate) fn release(_bql: &Bql) -> u64 {
         // SAFETY: BQL held.
         unsafe { boundary::mekha_qemu_net_hold_release() }
+    }
+
+    /// Sends the Ethernet frame `frame` from the NIC of `netdev` out
+    /// through it, at once, ahead of what the guest sends later; false
+    /// when `netdev` is no NIC's or its link is down.
+    pub(crate) fn send(_bql: &Bql, netdev: &str, frame: &[u8]) -> bool {
+        let Ok(id) = std::ffi::CString::new(netdev) else { return false };
+        // SAFETY: BQL held; valid string and buffer for the call.
+        unsafe { boundary::mekha_qemu_net_send(id.as_ptr(), frame.as_ptr(), frame.len()) == 0 }
     }
 }
 

@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{check_instant, ms, Error, ErrorKind, Lease, Result};
-use crate::image::{ImageKey, NetFrames};
+use crate::image::ImageKey;
 use crate::mtd::MtdParams;
+pub use crate::netcut::NetdevPeers;
+use crate::netcut::CutProgress;
 
 /// How long one sleep of [`Session::wait_for`] lasts without a lease: only
 /// a command ends such a wait, this merely bounds each sleep.
@@ -70,18 +72,28 @@ pub struct Args {
     pub key_secret: Option<String>,
 }
 
-/// `__org.mekha_CheckpointEndArgs`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `__org.mekha_CheckpointEndArgs`. The VM resumes as soon as the
+/// pause's copy is done.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct EndArgs {
     /// Stop the VM at this host wall-clock instant (ns since the Unix
     /// epoch) instead of at once.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_at: Option<i64>,
-    /// Resume the VM at this instant (ns since the Unix epoch), after
-    /// `stop_at`, instead of as soon as the pause's copy is done.
+    /// The cluster checkpoint's network cut.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume_at: Option<i64>,
+    pub cut: Option<NetCut>,
+}
+
+/// `__org.mekha_NetCut`: a network cut by markers ([`crate::netcut`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NetCut {
+    /// The cluster checkpoint's id, the same for every VM.
+    pub id: u64,
+    /// Per NIC, the peers whose markers to wait for.
+    pub peers: Vec<NetdevPeers>,
 }
 
 /// `__org.mekha_CheckpointMode`.
@@ -239,20 +251,23 @@ pub struct Info {
     /// When the VM stopped (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stopped_at_ns: Option<i64>,
-    /// The resume instant `checkpoint-end` asked for (host wall clock, ns).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub resume_at_ns: Option<i64>,
     /// When the VM resumed (host wall clock, ns).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub resumed_at_ns: Option<i64>,
-    /// Network frames toward the guest in flight at the stop: held until
-    /// the resume, saved in the image, then passed on in order.
-    pub net_held_frames: u64,
+    /// Network frames toward the guest in flight at the stop (the cut's
+    /// channel state), saved in the image; the running guest gets them
+    /// too, in order.
+    pub net_saved_frames: u64,
     /// Bytes of those frames.
-    pub net_held_bytes: u64,
-    /// Frames toward the guest the hold had no room for (lost, as on a
-    /// real network).
+    pub net_saved_bytes: u64,
+    /// Frames in flight at the stop the image had no room for: the
+    /// running guest gets them, a restore does not.
     pub net_dropped_frames: u64,
+    /// Every peer's marker arrived: the frames to save are all known.
+    pub cut_complete: bool,
+    /// Per NIC, the peers whose marker has not arrived yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cut_waiting: Vec<NetdevPeers>,
     /// The image's MAC, hex, once written under an image key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
@@ -266,11 +281,13 @@ impl Info {
         self.status = Status::Failed;
     }
 
-    /// Records what the hold kept during the pause.
-    pub fn set_net(&mut self, held: &NetFrames, dropped: u64) {
-        self.net_held_frames = held.frame_count();
-        self.net_held_bytes = held.byte_count();
-        self.net_dropped_frames = dropped;
+    /// Records how the network cut stands.
+    pub fn set_cut(&mut self, cut: &CutProgress) {
+        self.net_saved_frames = cut.saved_frames;
+        self.net_saved_bytes = cut.saved_bytes;
+        self.net_dropped_frames = cut.dropped_frames;
+        self.cut_complete = cut.complete;
+        self.cut_waiting = cut.waiting.clone();
     }
 }
 
@@ -285,14 +302,14 @@ pub struct QueryArgs {
 }
 
 impl EndArgs {
-    /// Instants within reach of `now_ns`, the resume after the stop.
+    /// The instant within reach of `now_ns`, each NIC named once.
     pub fn check(&self, now_ns: i64) -> Result<()> {
         check_instant("stop-at", self.stop_at, now_ns)?;
-        check_instant("resume-at", self.resume_at, now_ns)?;
-        if let (Some(stop), Some(resume)) = (self.stop_at, self.resume_at) {
-            if resume <= stop {
-                return Err(Error::invalid_argument("resume-at must come after stop-at"));
-            }
+        let peers = self.cut.iter().flat_map(|c| &c.peers);
+        let mut netdevs: Vec<&str> = peers.map(|p| p.netdev.as_str()).collect();
+        netdevs.sort_unstable();
+        if let Some(w) = netdevs.windows(2).find(|w| w[0] == w[1]) {
+            return Err(Error::invalid_argument(format!("cut: netdev {:?} is named twice", w[0])));
         }
         Ok(())
     }
@@ -460,11 +477,8 @@ impl Session {
         if self.status() != Status::Live || self.end_requested() {
             return Err(Error::wrong_status("no checkpoint is in its live phase"));
         }
+        self.update(|info| info.stop_at_ns = args.stop_at);
         *self.end.lock().unwrap_or_else(PoisonError::into_inner) = Some(args);
-        self.update(|info| {
-            info.stop_at_ns = args.stop_at;
-            info.resume_at_ns = args.resume_at;
-        });
         self.end_requested.store(true, Ordering::Relaxed);
         self.wake();
         Ok(())
@@ -503,7 +517,7 @@ impl Session {
 
     /// The instants of the end command (none before it, or without them).
     pub fn end_args(&self) -> EndArgs {
-        self.end.lock().unwrap_or_else(PoisonError::into_inner).unwrap_or_default()
+        self.end.lock().unwrap_or_else(PoisonError::into_inner).clone().unwrap_or_default()
     }
 
     /// Whether to give up waiting for the coordinator.

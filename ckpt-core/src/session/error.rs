@@ -48,6 +48,9 @@ pub enum ErrorKind {
     Qemu,
     /// A defect in mekha (a panic inside the library).
     Internal,
+    /// The marker of a peer on a NIC's Ethernet segment did not arrive
+    /// within the lease: the network cut is incomplete.
+    MarkerMissing,
 }
 
 /// A failure of the library: its kind and what to tell the user.

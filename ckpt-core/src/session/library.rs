@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::netcut::Mac;
+
 /// `__org.mekha_Info`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -30,6 +32,22 @@ pub struct Info {
     pub ram_size: u64,
     /// The VM's RAM blocks.
     pub ram_blocks: Vec<RamBlockInfo>,
+    /// The VM's NICs and what their netdevs have seen.
+    pub nics: Vec<NicInfo>,
+}
+
+/// `__org.mekha_NicInfo`: a NIC, as the network cut needs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct NicInfo {
+    /// The id of the NIC's netdev.
+    pub netdev: String,
+    /// The NIC's MAC address, as configured.
+    pub mac: Mac,
+    /// Source MACs of frames that reached the NIC through its netdev
+    /// since the machine was built (at most
+    /// [`MAX_NEIGHBOURS`](crate::netcut::MAX_NEIGHBOURS), the most recent).
+    pub neighbours: Vec<Mac>,
 }
 
 /// `__org.mekha_RamBlockInfo`.

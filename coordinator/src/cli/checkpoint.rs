@@ -400,19 +400,20 @@ fn us(ns: i64) -> f64 {
 
 fn print_checkpoint(s: &ClusterCheckpoint) {
     println!(
-        "checkpoint generation {} committed in {}: {} VM{} stopped at one instant (skew up to {:.0} us) and \
-         resumed together (skew up to {:.0} us); live phase {:.0} ms{}, committed after {:.0} ms; longest pause \
-         {:.2} ms; {} MiB written",
+        "checkpoint generation {} committed in {}: {} VM{} stopped at one instant (skew up to {:.0} us), each \
+         resumed after its own capture; live phase {:.0} ms{}, committed after {:.0} ms; longest pause {:.2} ms; \
+         {} network frame{} in flight saved; {} MiB written",
         s.generation,
         s.dir.display(),
         s.vms.len(),
         if s.vms.len() == 1 { "" } else { "s" },
         us(s.stop_skew_ns),
-        us(s.resume_skew_ns),
         s.live_ms,
         if s.all_ready { "" } else { " (ended by the time budget)" },
         s.latency_ms,
         s.max_pause_ns as f64 / 1e6,
+        s.net_saved_frames,
+        if s.net_saved_frames == 1 { "" } else { "s" },
         s.written_bytes >> 20,
     );
     for vm in &s.vms {
@@ -422,11 +423,11 @@ fn print_checkpoint(s: &ClusterCheckpoint) {
             _ => format!("MTD, {} pages copied in the pause", p.final_pages),
         };
         println!(
-            "  {}: paused {:.2} ms ({how}), stop skew {:+.0} us, resume skew {:+.0} us, staging peak {} MiB",
+            "  {}: paused {:.2} ms ({how}), stop skew {:+.0} us, {} frame(s) in flight saved, staging peak {} MiB",
             vm.vm,
             p.pause_ns as f64 / 1e6,
             us(vm.stop_skew_ns),
-            us(vm.resume_skew_ns),
+            p.net_saved_frames,
             p.staging_peak_bytes >> 20,
         );
         if let Some(reason) = &p.mode_reason {

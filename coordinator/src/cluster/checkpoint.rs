@@ -7,14 +7,16 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures::future::join_all;
-use mekha_ckpt_core::session::checkpoint::{self, EndArgs, Status};
-use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, CheckpointPersist};
+use mekha_ckpt_core::netcut::NetdevPeers;
+use mekha_ckpt_core::session::checkpoint::{self, EndArgs, NetCut, Status};
+use mekha_ckpt_core::session::commands::{Checkpoint, CheckpointEnd, CheckpointPersist, QueryInfo};
 use mekha_ckpt_core::session::Empty;
 use mekha_ckpt_core::store::Store;
 use mekha_ckpt_core::width::saturating_u64;
 use serde::{Deserialize, Serialize};
 
-use super::rendezvous::{checkpoint_instants, instant_of, skew, wall_ns, widest, Rendezvous};
+use super::rendezvous::{checkpoint_instant, instant_of, skew, wall_ns, widest, Rendezvous};
+use super::segments::{self, NicNames};
 use super::space::{check_space, storage_of};
 use super::{cancel_all, first_failure, query_all, Attached, ClusterOptions, Progress, POLL};
 use crate::ckpt::CkptError;
@@ -31,8 +33,6 @@ pub struct VmCheckpoint {
     pub image: PathBuf,
     /// Stop instant reached minus T, ns (positive: late).
     pub stop_skew_ns: i64,
-    /// Resume instant reached minus T2, ns (positive: late).
-    pub resume_skew_ns: i64,
     /// `__org.mekha_query-checkpoint` at completion.
     pub progress: checkpoint::Info,
 }
@@ -42,9 +42,9 @@ pub struct VmCheckpoint {
 pub struct ClusterCheckpoint {
     pub dir: PathBuf,
     pub generation: u64,
-    /// The stop instant T and the resume instant T2 (wall clock, ns).
+    /// The stop instant T (wall clock, ns); each VM resumed as soon as
+    /// its capture allowed.
     pub stop_at_ns: i64,
-    pub resume_at_ns: i64,
     /// From the first command to T.
     pub live_ms: f64,
     /// From the first command to the committed manifest.
@@ -54,10 +54,12 @@ pub struct ClusterCheckpoint {
     pub all_ready: bool,
     /// Largest |skew| over the VMs, ns.
     pub stop_skew_ns: i64,
-    pub resume_skew_ns: i64,
     /// Longest pause of a VM, ns.
     pub max_pause_ns: u64,
     pub written_bytes: u64,
+    /// Network frames in flight at T, saved in the images (the cut's
+    /// channel state), all VMs together.
+    pub net_saved_frames: u64,
     pub vms: Vec<VmCheckpoint>,
 }
 
@@ -122,7 +124,7 @@ pub async fn checkpoint(
     // Committed: the images live under the generation's final name.
     let images: Vec<PathBuf> = vms.iter().map(|vm| store.resolve(&manifest, &vm.name)).collect::<Result<_, _>>()?;
 
-    let (stop_at, resume_at) = rendezvous.instants;
+    let stop_at = rendezvous.stop_at;
     let per_vm: Vec<VmCheckpoint> = vms
         .iter()
         .zip(images)
@@ -131,7 +133,6 @@ pub async fn checkpoint(
             vm: vm.name.clone(),
             image,
             stop_skew_ns: skew(state.stopped_at_ns, stop_at),
-            resume_skew_ns: skew(state.resumed_at_ns, resume_at),
             progress: state,
         })
         .collect();
@@ -139,14 +140,13 @@ pub async fn checkpoint(
         dir: dir.to_owned(),
         generation: number,
         stop_at_ns: stop_at,
-        resume_at_ns: resume_at,
         live_ms: rendezvous.live.as_secs_f64() * 1e3,
         latency_ms: started.elapsed().as_secs_f64() * 1e3,
         all_ready: rendezvous.all_ready,
         stop_skew_ns: widest(per_vm.iter().map(|v| v.stop_skew_ns)),
-        resume_skew_ns: widest(per_vm.iter().map(|v| v.resume_skew_ns)),
         max_pause_ns: per_vm.iter().map(|v| v.progress.pause_ns).max().unwrap_or(0),
         written_bytes: per_vm.iter().map(|v| v.progress.written_bytes).sum(),
+        net_saved_frames: per_vm.iter().map(|v| v.progress.net_saved_frames).sum(),
         vms: per_vm,
     })
 }
@@ -223,7 +223,7 @@ async fn run_checkpoint(
 
     // 2. Live phase, up to the global ending condition.
     let mut round_trip = Duration::ZERO;
-    let (states, all_ready) = loop {
+    let all_ready = loop {
         let asked = Instant::now();
         let states = query_all(vms).await?;
         round_trip = round_trip.max(asked.elapsed());
@@ -234,16 +234,29 @@ async fn run_checkpoint(
         }
         let all_ready = states.iter().all(|s| s.ready);
         if all_ready || started.elapsed() >= options.time_budget {
-            break (states, all_ready);
+            break all_ready;
         }
         tokio::time::sleep(POLL).await;
     };
 
-    // 3. Rendezvous.
-    let pause = states.iter().map(|s| s.pause_estimate_ns).max().unwrap_or(0);
-    let (stop_at, resume_at) = checkpoint_instants(wall_ns(), round_trip, pause);
-    let end = EndArgs { stop_at: Some(stop_at), resume_at: Some(resume_at) };
-    let ends = join_all(vms.iter().map(|vm| vm.qmp.call::<CheckpointEnd>(&end))).await;
+    // 3. Rendezvous: one stop instant, and the network cut (which NICs
+    // wait for whose markers, from what each NIC has seen by now).
+    let asked = Instant::now();
+    let (peers, nic_names) = net_peers(vms).await?;
+    // A VM's failure that names peers' MACs (a marker that did not come)
+    // says whose NICs they are.
+    let explain = |e: CkptError| match e {
+        CkptError::Failed { vm, message } => CkptError::Failed { vm, message: nic_names.explain(&message) },
+        e => e,
+    };
+    round_trip = round_trip.max(asked.elapsed());
+    let stop_at = checkpoint_instant(wall_ns(), round_trip);
+    let id = cut_id()?;
+    let ends = join_all(vms.iter().zip(peers).map(|(vm, peers)| {
+        let end = EndArgs { stop_at: Some(stop_at), cut: Some(NetCut { id, peers }) };
+        async move { vm.qmp.call::<CheckpointEnd>(&end).await }
+    }))
+    .await;
     if let Some((vm, e)) = vms.iter().zip(&ends).find_map(|(vm, r)| r.as_ref().err().map(|e| (vm, e))) {
         // Some VMs will stop at T without it: their images are worthless.
         return Err(CkptError::Refused(format!("{}: the end of the live phase was refused: {e}", vm.name)).into());
@@ -253,11 +266,12 @@ async fn run_checkpoint(
 
     // 4. Wait for every image to be staged; check that each storage target
     // has room for its images (if not, nothing is written and the VMs,
-    // already running, lose nothing); then schedule the writes.
-    // A VM may rightly stand still, stopped, until the resume instant.
-    let resumed = instant_of(resume_at);
+    // already running, lose nothing); then schedule the writes. Each
+    // image is complete once its VM's network cut is: every peer's
+    // marker came (else the VM's checkpoint fails with marker-missing).
+    // A VM may rightly stand still until the stop instant.
     let done = |s: Status| s == Status::Staged || s == Status::Completed;
-    let states = wait_all(vms, progress, done, resumed, options.progress_timeout).await?;
+    let states = wait_all(vms, progress, done, instant_of(stop_at), options.progress_timeout).await.map_err(explain)?;
     let staged = |i: usize| states[i].staged_bytes;
     let (_, storage) = storage_of(vms, dir).await?;
     // Headers, extent index and device state beyond the staged pages.
@@ -280,7 +294,7 @@ async fn run_checkpoint(
         let states = query_all(vms).await.map_err(StepFailed::leaving_checkpoints)?;
         progress(&states);
         if let Some(e) = first_failure(vms, &states) {
-            return Err(e.into());
+            return Err(explain(e).into());
         }
         let written: Vec<usize> = schedule.writing().filter(|&i| states[i].status == Status::Completed).collect();
         for i in written {
@@ -296,7 +310,30 @@ async fn run_checkpoint(
         }
         tokio::time::sleep(POLL).await;
     };
-    Ok((states, Rendezvous { instants: (stop_at, resume_at), live, all_ready }))
+    Ok((states, Rendezvous { stop_at, live, all_ready }))
+}
+
+/// Each VM's NICs' peers on their segments, from what the NICs have seen,
+/// and whose NIC each MAC is.
+async fn net_peers(vms: &[Attached]) -> Result<(Vec<Vec<NetdevPeers>>, NicNames), CkptError> {
+    let infos = join_all(vms.iter().map(|vm| vm.qmp.call::<QueryInfo>(&Empty {}))).await;
+    let mut nics = Vec::new();
+    for (vm, info) in vms.iter().zip(infos) {
+        let info = info.map_err(|e| CkptError::Refused(format!("{}: cannot read its NICs: {e}", vm.name)))?;
+        nics.push(info.nics);
+    }
+    let names: Vec<String> = vms.iter().map(|vm| vm.name.clone()).collect();
+    let peers = segments::peers(&names, &nics).map_err(CkptError::Refused)?;
+    Ok((peers, NicNames::new(&names, &nics)))
+}
+
+/// A fresh id for a cluster checkpoint's markers: markers of another
+/// cluster, or a late one of an earlier checkpoint, never count.
+fn cut_id() -> Result<u64, CkptError> {
+    let mut id = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut id)
+        .map_err(|_| CkptError::Refused("the system's random number generator failed".into()))?;
+    Ok(u64::from_ne_bytes(id))
 }
 
 fn checkpoint_args(image: &Path, options: &ClusterOptions) -> checkpoint::Args {

@@ -11,9 +11,12 @@
 //!    until all are `ready` — every page copied once (MTD) or RAM prepared
 //!    for protection (copy-on-write) — or the time budget is spent: the
 //!    global ending condition;
-//! 3. rendezvous: one stop instant T and one resume instant T2 on the
-//!    hosts' wall clocks go to every VM; each stops at T, copies what is
-//!    left and its devices into memory, and resumes at T2;
+//! 3. rendezvous: one stop instant T on the hosts' wall clocks and the
+//!    network cut (an id, and each NIC's peers on its segment, see
+//!    `segments`) go to every VM; each stops at T, sends a marker on
+//!    every NIC, copies what is left and its devices into memory, and
+//!    resumes at once; it saves the frames in flight toward it until
+//!    every peer's marker came (`mekha_ckpt_core::netcut`);
 //! 4. persist: once each storage target (as the VMs' hosts report it) is
 //!    known to have room for its staged images, the coordinator releases
 //!    them for writing, a bounded number at a time per target, largest
@@ -24,7 +27,7 @@
 //!
 //! If the coordinator dies midway, each VM's lease runs out: a held live
 //! phase gives up with the VM running, a staged image is written but never
-//! committed, and a stopped VM resumes at T2 by itself.
+//! committed, and a stopped VM resumes by itself.
 //!
 //! Restart: every VM (a QEMU started with `-incoming defer`) restores its
 //! image paused; only when all have loaded and verified do they resume,
@@ -38,12 +41,13 @@
 //!
 //! Here: attaching the VMs and what both protocols share (polls, cancel,
 //! events); `checkpoint` runs steps 1 to 5, `rendezvous` reckons the
-//! instants, `space` checks the storage targets' room, `restore` runs a
-//! restart.
+//! instants, `segments` the NICs' peers, `space` checks the storage
+//! targets' room, `restore` runs a restart.
 
 mod checkpoint;
 mod rendezvous;
 mod restore;
+mod segments;
 mod space;
 
 use std::collections::HashSet;

@@ -1,6 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The rendezvous: the instants every VM of a cluster stops and resumes
-//! at, on the hosts' wall clocks, and how far each VM landed from them.
+//! The rendezvous: the instant every VM of a cluster stops at (and a
+//! restart's instant every VM resumes at), on the hosts' wall clocks, and
+//! how far each VM landed from them. A checkpointed VM resumes as soon as
+//! its own capture is done: frames in flight are the network cut's
+//! business, not a common resume instant's.
 //!
 //! The arithmetic is pure (the wall clock's "now" is an argument), so
 //! that the margins are tested without a clock; `wall_ns` and
@@ -16,29 +19,22 @@ const STOP_LEAD: Duration = Duration::from_millis(40);
 /// Lead of a restart's resume instant beyond twice the commands' round
 /// trip: the library naps until 0.5 ms before the instant.
 const RESUME_LEAD: Duration = Duration::from_millis(10);
-/// Slack of the resume instant over the slowest VM's pause estimate; also
-/// the time frames in flight between stopped VMs have to arrive.
-const RESUME_SLACK: Duration = Duration::from_millis(5);
 
 /// How a checkpoint's rendezvous went.
 pub(super) struct Rendezvous {
-    /// The stop instant T and the resume instant T2 (wall clock, ns).
-    pub(super) instants: (i64, i64),
+    /// The stop instant T (wall clock, ns).
+    pub(super) stop_at: i64,
     /// From the first command to the end of the live phase.
     pub(super) live: Duration,
     /// Whether every VM was ready (else the time budget ended the live phase).
     pub(super) all_ready: bool,
 }
 
-/// A checkpoint's stop instant T and resume instant T2 (wall clock, ns),
-/// from `now`: the commands go out together, as the last queries did, so
-/// T leaves twice their slowest round trip and the library's lead; T2
-/// leaves the slowest VM's pause estimate and half of it again, and the
-/// slack for frames in flight.
-pub(super) fn checkpoint_instants(now: i64, round_trip: Duration, pause_estimate_ns: u64) -> (i64, i64) {
-    let stop_at = now + nanos(STOP_LEAD + 2 * round_trip);
-    let resume_at = stop_at + (pause_estimate_ns as i64) * 3 / 2 + nanos(RESUME_SLACK);
-    (stop_at, resume_at)
+/// A checkpoint's stop instant T (wall clock, ns), from `now`: the
+/// commands go out together, as the last queries did, so T leaves twice
+/// their slowest round trip and the library's lead.
+pub(super) fn checkpoint_instant(now: i64, round_trip: Duration) -> i64 {
+    now + nanos(STOP_LEAD + 2 * round_trip)
 }
 
 /// A restart's common resume instant (wall clock, ns), from `now`: twice
@@ -91,21 +87,8 @@ mod tests {
     #[test]
     fn the_stop_instant_leaves_two_round_trips_and_the_lead() {
         let now = 1_000 * MS;
-        let (stop, resume) = checkpoint_instants(now, Duration::from_millis(3), 0);
-        assert_eq!(stop, now + 40 * MS + 6 * MS);
-        // No pause expected: T2 is T plus the slack for frames in flight.
-        assert_eq!(resume, stop + 5 * MS);
-    }
-
-    #[test]
-    fn the_resume_instant_leaves_half_the_pause_estimate_again() {
-        let (stop, resume) = checkpoint_instants(0, Duration::ZERO, 10 * MS as u64);
-        assert_eq!(stop, 40 * MS);
-        assert_eq!(resume - stop, 15 * MS + 5 * MS);
-        // A pause estimate of a whole second still keeps T2 after T.
-        let (stop, resume) = checkpoint_instants(0, Duration::from_millis(250), 1_000 * MS as u64);
-        assert_eq!(stop, 540 * MS);
-        assert_eq!(resume, 540 * MS + 1_505 * MS);
+        assert_eq!(checkpoint_instant(now, Duration::from_millis(3)), now + 40 * MS + 6 * MS);
+        assert_eq!(checkpoint_instant(0, Duration::from_millis(250)), 540 * MS);
     }
 
     #[test]

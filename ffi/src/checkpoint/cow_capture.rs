@@ -33,7 +33,6 @@ use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
 use super::{Session, Status};
 use crate::qemu;
-use crate::rendezvous;
 
 /// Waits for the instant (at once, or on the end command with `hold`),
 /// protects RAM and saves the devices during a short stop, copies it all;
@@ -68,7 +67,7 @@ pub(super) fn capture(
 
     let abort = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
+        let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
         // Whatever happens now, the VM runs again before this thread lets
         // go of the BQL for good, and the frames held meanwhile are
         // released; a failed protect leaves nothing protected, and a
@@ -79,12 +78,9 @@ pub(super) fn capture(
         if devices.is_err() {
             abort.store(true, Ordering::Relaxed);
         }
-        // A failed pause resumes at once; a good one at the resume
-        // instant, the main loop running meanwhile (it reads the frames
-        // that reach the stopped VM into the hold).
-        let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| devices.is_ok()));
+        // Protected and saved: the VM runs again at once.
         let resumed = pause::resume_vm(bql, stopped, tracking, resume_guard);
-        shared.update(|info| resumed.record(info, stopped_at, resumed_at));
+        shared.update(|info| resumed.record(info, stopped_at));
         let (copier, device_state) = match (copier, devices) {
             (Ok(copier), Ok(state)) => (copier, state),
             (copier, devices) => {
@@ -108,7 +104,7 @@ pub(super) fn capture(
                 )))
             }
         };
-        Ok(Stopped { device_state, time, net_frames: resumed.net_frames })
+        Ok(Stopped { device_state, time })
     })
 }
 

@@ -8,7 +8,8 @@
 //!
 //! A coordinator drives several VMs' checkpoints together: it holds the
 //! live phase open (`hold`) until every VM is `ready`, ends them all with
-//! one stop instant and one resume instant (`checkpoint-end`), and may
+//! one stop instant and the network cut (`checkpoint-end`, see
+//! `net_cut`; each VM resumes as soon as its capture allows), and may
 //! keep the staged images in memory until it schedules their writes
 //! (`persist-hold`, `checkpoint-persist`). What must outlive a coordinator
 //! that dies lives here: a checkpoint that does not hear from its
@@ -32,7 +33,7 @@ pub(crate) use mekha_ckpt_core::session::checkpoint::{
 use mekha_ckpt_core::session::{Error, ErrorKind, Result};
 
 use crate::qemu::{self, Bql, Event};
-use crate::rendezvous;
+use crate::{net_cut, rendezvous};
 
 /// QEMU's event for a checkpoint whose status changed.
 fn emit(info: &Info) {
@@ -54,6 +55,7 @@ pub(crate) fn start(args: Args) -> Result<()> {
     worker::check_target(&args.path)?;
     params.key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
     let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto), params.staging_budget)?;
+    net_cut::reset(&bql);
     let info = Info {
         status: Status::Live,
         path: Some(args.path.display().to_string()),
@@ -115,12 +117,15 @@ fn running() -> Result<Arc<Session>> {
 }
 
 /// `__org.mekha_checkpoint-end`: ends the live phase, at once or with the
-/// stop (and resume) at wall-clock instants.
+/// stop at a wall-clock instant, and begins the network cut.
 pub(crate) fn end_live_phase(args: EndArgs) -> Result<()> {
     let now = rendezvous::wall_ns();
-    // Bad instants are refused before the lease is renewed.
+    // Bad arguments are refused before the lease is renewed.
     args.check(now)?;
-    running()?.request_end(args, now)
+    let cut = args.cut.clone();
+    running()?.request_end(args, now)?;
+    net_cut::begin(cut.as_ref());
+    Ok(())
 }
 
 /// `__org.mekha_checkpoint-cancel`: gives up a checkpoint that has not

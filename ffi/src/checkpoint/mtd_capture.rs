@@ -120,8 +120,7 @@ fn live_phase(
 }
 
 /// Stops the VM, copies the last stale pages and the device state into
-/// memory with the clocks, waits for the resume instant with the network
-/// frames toward the guest held, restarts the VM.
+/// memory with the clocks, and restarts the VM at once.
 fn pause(
     shared: &Session,
     ram: &GuestRam,
@@ -131,7 +130,7 @@ fn pause(
     tracking: &mut Tracking,
 ) -> Result<Stopped> {
     let mut pages = Vec::new();
-    let StopWindow { bql, end, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
+    let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released.
     let result = (|| {
@@ -149,20 +148,15 @@ fn pause(
         })?;
         qemu::ckpt::save_devices(&bql)
     })();
-    // A failed pause resumes at once; a good one at the resume instant,
-    // the main loop reading the frames that arrive meanwhile into the
-    // hold (RAM and devices are captured: anything the main loop does to
-    // the stopped VM now is after the instant).
-    let (bql, resumed_at) = rendezvous::wait_unlocked(bql, end.resume_at.filter(|_| result.is_ok()));
     let resumed = pause::resume_vm(bql, stopped, tracking, resume_guard);
-    shared.update(|info| resumed.record(info, stopped_at, resumed_at));
+    shared.update(|info| resumed.record(info, stopped_at));
     let device_state = result?;
     shared.update(|info| {
         info.final_pages = pages.len() as u64;
         info.device_state_bytes = device_state.len() as u64;
     });
     report(shared, &planner, persist);
-    Ok(Stopped { device_state, time, net_frames: resumed.net_frames })
+    Ok(Stopped { device_state, time })
 }
 
 /// What [`copy_pages`] does when staging is full.

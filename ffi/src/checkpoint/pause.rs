@@ -1,34 +1,34 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The pause both capture modes share: the stop at the rendezvous
-//! instant (frames toward the guest held, the clocks read), the guard
-//! that resumes the VM whatever happens, and the resume (the held frames
-//! copied for the image, then released to the guest).
+//! instant (frames toward the guest held, the network cut's markers
+//! sent, the clocks read), the guard that resumes the VM whatever
+//! happens, and the resume as soon as the capture's stop work is done
+//! (the held frames released to the guest).
 
 use std::time::{Duration, Instant};
 
-use mekha_ckpt_core::image::NetFrames;
+use mekha_ckpt_core::netcut::CutProgress;
 use mekha_ckpt_core::session::Result;
 use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::width::saturating_u64;
 
-use super::{EndArgs, Info, Session};
-use crate::net_hold;
+use super::{Info, Session};
 use crate::qemu::{self, Bql};
+use crate::{net_cut, net_hold};
 use crate::{fault, guest_time, rendezvous};
 
-/// What the pause captured besides RAM: the devices, the clocks and the
-/// network frames in flight toward the guest.
+/// What the pause captured besides RAM: the devices and the clocks (the
+/// network frames in flight toward the guest are known only once the
+/// network cut is complete, see `net_cut`).
 pub(super) struct Stopped {
     pub device_state: Vec<u8>,
     pub time: TimeRecord,
-    pub net_frames: NetFrames,
 }
 
 /// The VM stopped at the rendezvous instant: the BQL this thread holds,
 /// when the stop came, and the clocks at it.
 pub(super) struct StopWindow {
     pub bql: Bql,
-    pub end: EndArgs,
     pub stopped_at: i64,
     pub stopped: Instant,
     pub time: TimeRecord,
@@ -55,14 +55,15 @@ impl Drop for ResumeGuard {
                 qemu::ckpt::vm_start(&bql);
             }
             net_hold::release(&bql);
+            net_cut::resumed();
             crate::qemu::report::error("the checkpoint failed while the VM was stopped; the VM was resumed");
         });
     }
 }
 
 /// Takes the BQL at the stop instant, holds the network frames toward the
-/// guest from just before the stop, stops the VM and reads its clocks.
-/// Both capture modes stop this way.
+/// guest from just before the stop, stops the VM, sends its markers and
+/// reads its clocks. Both capture modes stop this way.
 pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow> {
     let end = shared.end_args();
     let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
@@ -72,43 +73,49 @@ pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow> {
         return Err(e);
     }
     let resume_guard = ResumeGuard { armed: true };
+    net_cut::stopped(&bql);
     let stopped = Instant::now();
     let time = guest_time::capture(&bql);
     fault::point(fault::Point::CheckpointStopped);
-    Ok(StopWindow { bql, end, stopped_at, stopped, time, resume_guard })
+    Ok(StopWindow { bql, stopped_at, stopped, time, resume_guard })
 }
 
-/// What resuming the VM gave: the frames held for the image, and how long
-/// the VM was stopped.
+/// How long the VM was stopped, and when it ran again (wall clock).
 pub(super) struct Resumed {
-    pub net_frames: NetFrames,
-    pub net_dropped: u64,
     pub pause: Duration,
+    pub resumed_at: i64,
+    /// How the network cut stood then.
+    pub cut: Option<CutProgress>,
 }
 
 impl Resumed {
-    /// Records the pause, stopped at `stopped_at` and resumed at
-    /// `resumed_at` (wall clock), and the frames held meanwhile.
-    pub(super) fn record(&self, info: &mut Info, stopped_at: i64, resumed_at: i64) {
+    /// Records the pause, stopped at `stopped_at`, and how the network
+    /// cut stands.
+    pub(super) fn record(&self, info: &mut Info, stopped_at: i64) {
         info.pause_ns = saturating_u64(self.pause.as_nanos());
         info.stopped_at_ns = Some(stopped_at);
-        info.resumed_at_ns = Some(resumed_at);
-        info.set_net(&self.net_frames, self.net_dropped);
+        info.resumed_at_ns = Some(self.resumed_at);
+        if let Some(cut) = &self.cut {
+            info.set_cut(cut);
+        }
     }
 }
 
-/// Copies the held frames for the image, resumes the VM stopped at
-/// `stopped`, releases the frames to it, ends dirty logging, and lets go
-/// of the BQL (the stop window's, or the one a wait handed back).
+/// Resumes the VM stopped at `stopped`, releases the held frames to it,
+/// ends dirty logging, and lets go of the BQL.
 pub(super) fn resume_vm(bql: Bql, stopped: Instant, tracking: &mut Tracking, mut guard: ResumeGuard) -> Resumed {
-    let net_frames = net_hold::snapshot(&bql);
     qemu::ckpt::vm_start(&bql);
     guard.armed = false;
-    let net_dropped = net_hold::release(&bql);
+    let resumed_at = rendezvous::wall_ns();
     let pause = stopped.elapsed();
+    let dropped = net_hold::release(&bql);
+    if dropped > 0 {
+        qemu::report::warn(&format!("{dropped} frame(s) toward the guest were dropped: its hold was full"));
+    }
+    net_cut::resumed();
     tracking.stop(&bql);
     drop(bql);
-    Resumed { net_frames, net_dropped, pause }
+    Resumed { pause, resumed_at, cut: net_cut::progress() }
 }
 
 /// Undoes `qemu::ckpt::begin` (dirty logging, migration blocker) once.

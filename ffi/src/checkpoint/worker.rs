@@ -5,11 +5,11 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::cow::WriteProtect;
 use mekha_ckpt_core::host::Capabilities;
-use mekha_ckpt_core::image::ImageBuilder;
+use mekha_ckpt_core::image::{ImageBuilder, NetFrames};
 use mekha_ckpt_core::persist::Persister;
 use mekha_ckpt_core::session::{Error, Result};
 use mekha_ckpt_core::staging::{PageFilter, Staging};
@@ -21,7 +21,7 @@ use super::pause::Tracking;
 use super::{cow_capture, mtd_capture, Abandon, Mode, Params, Session, Status};
 use crate::fault;
 use crate::guest_ram::GuestRam;
-use crate::net_hold;
+use crate::{net_cut, net_hold};
 use crate::qemu::{self, Bql, QemuThread};
 
 /// Pages written between two progress reports while persisting (64 MiB).
@@ -154,6 +154,11 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
     let started = Instant::now();
     let outcome = crate::guarded(|| checkpoint(&shared, &params, prepared));
+    if outcome.is_err() {
+        // Frames held since a peer's early marker must not wait for a
+        // stop that will not come.
+        net_cut::reset(&Bql::lock());
+    }
     shared.update(|info| {
         info.total_ns = saturating_u64(started.elapsed().as_nanos());
         match outcome {
@@ -198,9 +203,11 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
             shared.update(|info| info.written_bytes = written);
         }
         persist.flush_all().map_err(write_error)?;
-        Ok((stopped, persist))
+        // The frames in flight are known once every peer's marker came.
+        let net_frames = wait_for_cut(shared, params)?;
+        Ok((stopped, net_frames, persist))
     })();
-    let (stopped, persist) = match result {
+    let (stopped, net_frames, persist) = match result {
         Ok(r) => r,
         Err(e) => {
             let _ = builder.abort();
@@ -224,7 +231,7 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
     });
     builder.set_build_id(env!("MEKHA_BUILD_ID"));
     builder.set_time(stopped.time);
-    builder.set_net_frames(stopped.net_frames);
+    builder.set_net_frames(net_frames);
     // The image records how it was made (the INFO section).
     let info_json = serde_json::to_value(shared.info()).ok();
     let finished = builder
@@ -232,6 +239,18 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
         .map_err(|e| Error::from(e).context("committing the image"))?;
     shared.update(|info| info.mac = finished.mac.map(|m| m.to_hex()));
     Ok(())
+}
+
+/// How long a VM checkpointed without a lease waits for its peers' markers.
+const MARKER_WAIT: Duration = Duration::from_secs(10);
+
+/// Waits for the network cut to complete, at most the lease (from the
+/// stop, which is past); returns the frames to save.
+fn wait_for_cut(shared: &Session, params: &Params) -> Result<NetFrames> {
+    let now = crate::rendezvous::wall_ns();
+    let since_stop = u64::try_from(now - shared.info().stopped_at_ns.unwrap_or(now)).unwrap_or(0);
+    let left = params.lease.unwrap_or(MARKER_WAIT).saturating_sub(Duration::from_nanos(since_stop));
+    net_cut::wait_complete(Instant::now() + left, |cut| shared.update(|info| info.set_cut(cut)))
 }
 
 /// With persist-hold: keeps the staged image in memory until the

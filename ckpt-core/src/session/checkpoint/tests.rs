@@ -51,14 +51,17 @@ fn a_held_live_phase_always_has_a_lease() {
 }
 
 #[test]
-fn end_instants_are_checked() {
+fn end_args_are_checked() {
     let now = 1_000_000_000_000;
     EndArgs::default().check(now).unwrap();
-    EndArgs { stop_at: Some(now + 1), resume_at: Some(now + 2) }.check(now).unwrap();
-    let backwards = EndArgs { stop_at: Some(now + 2), resume_at: Some(now + 2) };
-    assert_eq!(backwards.check(now).unwrap_err(), Error::invalid_argument("resume-at must come after stop-at"));
-    let far = EndArgs { stop_at: Some(now + 120_000_000_000), resume_at: None };
+    EndArgs { stop_at: Some(now + 1), cut: None }.check(now).unwrap();
+    let far = EndArgs { stop_at: Some(now + 120_000_000_000), cut: None };
     assert!(far.check(now).unwrap_err().message.starts_with("stop-at is more than 60 s ahead"));
+    let peers = |netdev: &str| NetdevPeers { netdev: netdev.into(), macs: vec!["52:54:00:00:00:01".parse().unwrap()] };
+    let cut = |netdevs: &[&str]| Some(NetCut { id: 1, peers: netdevs.iter().map(|n| peers(n)).collect() });
+    EndArgs { stop_at: None, cut: cut(&["net0", "net1"]) }.check(now).unwrap();
+    let twice = EndArgs { stop_at: None, cut: cut(&["net0", "net1", "net0"]) };
+    assert_eq!(twice.check(now).unwrap_err(), Error::invalid_argument("cut: netdev \"net0\" is named twice"));
 }
 
 /// A session and how many status changes it reported.
@@ -87,8 +90,8 @@ fn status_changes_are_reported_progress_alone_is_not() {
 fn the_live_phase_ends_once_and_only_while_live() {
     let (s, _) = session(None);
     let now = 1_000_000_000_000;
-    let end = EndArgs { stop_at: Some(now + 50_000_000), resume_at: Some(now + 60_000_000) };
-    s.request_end(end, now).unwrap();
+    let end = EndArgs { stop_at: Some(now + 50_000_000), cut: Some(NetCut { id: 9, peers: Vec::new() }) };
+    s.request_end(end.clone(), now).unwrap();
     assert!(s.end_requested());
     assert_eq!(s.end_args(), end);
     assert_eq!(s.info().stop_at_ns, end.stop_at);
@@ -98,7 +101,7 @@ fn the_live_phase_ends_once_and_only_while_live() {
     assert!(staged.request_end(EndArgs::default(), now).is_err());
     // A bad instant changes nothing.
     let (live, _) = session(None);
-    assert!(live.request_end(EndArgs { stop_at: Some(now + 2), resume_at: Some(now + 1) }, now).is_err());
+    assert!(live.request_end(EndArgs { stop_at: Some(now + 120_000_000_000), cut: None }, now).is_err());
     assert!(!live.end_requested());
 }
 

@@ -472,7 +472,6 @@ impl Bench {
             latency_ms: Some(s.latency_ms),
             live_ms: Some(s.live_ms),
             stop_skew_ms: Some(s.stop_skew_ns as f64 / 1e6),
-            resume_skew_ms: Some(s.resume_skew_ns as f64 / 1e6),
             stop_spread_ms: spread_all(&stops).map(|x| x / 1e6),
             resume_spread_ms: spread_all(&resumes).map(|x| x / 1e6),
             max_pause_ms: Some(s.max_pause_ns as f64 / 1e6),
@@ -483,7 +482,6 @@ impl Bench {
                 .reduce(f64::max),
             all_ready: s.all_ready,
             stop_at_ns: s.stop_at_ns,
-            resume_at_ns: s.resume_at_ns,
             generation: s.generation,
             modes,
         };

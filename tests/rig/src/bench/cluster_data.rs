@@ -100,7 +100,6 @@ pub struct MekhaCheckpoint {
     pub latency_ms: Option<f64>,
     pub live_ms: Option<f64>,
     pub stop_skew_ms: Option<f64>,
-    pub resume_skew_ms: Option<f64>,
     /// Spread of the VMs' stopped-at-ns (resumed-at-ns).
     pub stop_spread_ms: Option<f64>,
     pub resume_spread_ms: Option<f64>,
@@ -108,7 +107,6 @@ pub struct MekhaCheckpoint {
     pub max_stopped_to_resumed_ms: Option<f64>,
     pub all_ready: bool,
     pub stop_at_ns: i64,
-    pub resume_at_ns: i64,
     pub generation: u64,
     pub modes: Vec<String>,
 }

@@ -100,7 +100,7 @@ pub const ROWS: [Row; 8] = [
     },
 ];
 
-pub const MEKHA_DETAILS: [Detail; 12] = [
+pub const MEKHA_DETAILS: [Detail; 11] = [
     Detail {
         label: "stop spread, mekha's stopped-at-ns (ms)",
         key: "checkpoint.stop_spread_ms",
@@ -118,12 +118,6 @@ pub const MEKHA_DETAILS: [Detail; 12] = [
         key: "checkpoint.stop_skew_ms",
         digits: 3,
         get: |r| ck(r)?.mekha.as_ref()?.stop_skew_ms,
-    },
-    Detail {
-        label: "largest |resume - T2| (resume_skew_ns, ms)",
-        key: "checkpoint.resume_skew_ms",
-        digits: 3,
-        get: |r| ck(r)?.mekha.as_ref()?.resume_skew_ms,
     },
     Detail {
         label: "longest pause-ns of a VM (ms)",
