@@ -330,7 +330,8 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: Mode) {
     let stop_at = wall_ns() + STOP_AHEAD_NS;
     for (i, qmp) in qmps.iter().enumerate() {
         let macs = nics.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, n)| n.mac).collect();
-        let cut = NetCut { id: 0x6e65_7468_6f6c_6400, peers: vec![NetdevPeers { netdev: nics[i].netdev.clone(), macs }] };
+        let cut =
+            NetCut { id: 0x6e65_7468_6f6c_6400, peers: vec![NetdevPeers { netdev: nics[i].netdev.clone(), macs }] };
         qmp.call::<CheckpointEnd>(&EndArgs { stop_at: Some(stop_at), cut: Some(cut) }).await.unwrap();
     }
     let at_checkpoint: Vec<u64> = cluster.vms.iter().map(|vm| received(&vm.log(), "udp")).collect();

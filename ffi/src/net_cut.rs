@@ -95,10 +95,7 @@ fn on_frame(netdev: &net::Netdev, flags: u32, data: &[u8]) -> Verdict {
 pub(crate) fn nics(bql: &Bql) -> Vec<NicInfo> {
     let netdevs = net::attach(bql);
     let state = state();
-    netdevs
-        .into_iter()
-        .map(|n| NicInfo { neighbours: state.neighbours.of(&n.id), netdev: n.id, mac: n.mac })
-        .collect()
+    netdevs.into_iter().map(|n| NicInfo { neighbours: state.neighbours.of(&n.id), netdev: n.id, mac: n.mac }).collect()
 }
 
 /// A checkpoint starts, or ended without completing its cut: any cut is

@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 use super::{check_instant, ms, Error, ErrorKind, Lease, Result};
 use crate::image::ImageKey;
 use crate::mtd::MtdParams;
-pub use crate::netcut::NetdevPeers;
 use crate::netcut::CutProgress;
+pub use crate::netcut::NetdevPeers;
 
 /// How long one sleep of [`Session::wait_for`] lasts without a lease: only
 /// a command ends such a wait, this merely bounds each sleep.

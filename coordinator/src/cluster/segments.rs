@@ -154,10 +154,7 @@ mod tests {
 
     #[test]
     fn two_segments_stay_apart() {
-        let nics = vec![
-            vec![nic("a", 1, &[2]), nic("b", 11, &[12])],
-            vec![nic("a", 2, &[1]), nic("b", 12, &[11])],
-        ];
+        let nics = vec![vec![nic("a", 1, &[2]), nic("b", 11, &[12])], vec![nic("a", 2, &[1]), nic("b", 12, &[11])]];
         let peers = peers(&names(2), &nics).unwrap();
         assert_eq!(peers[0], vec![of("a", &[2]), of("b", &[12])]);
         assert_eq!(peers[1], vec![of("a", &[1]), of("b", &[11])]);

@@ -14,8 +14,7 @@ use mekha_ckpt_core::width::saturating_u64;
 
 use super::{Info, Session};
 use crate::qemu::{self, Bql};
-use crate::{net_cut, net_hold};
-use crate::{fault, guest_time, rendezvous};
+use crate::{fault, guest_time, net_cut, net_hold, rendezvous};
 
 /// What the pause captured besides RAM: the devices and the clocks (the
 /// network frames in flight toward the guest are known only once the

@@ -21,8 +21,8 @@ use super::pause::Tracking;
 use super::{cow_capture, mtd_capture, Abandon, Mode, Params, Session, Status};
 use crate::fault;
 use crate::guest_ram::GuestRam;
-use crate::{net_cut, net_hold};
 use crate::qemu::{self, Bql, QemuThread};
+use crate::{net_cut, net_hold};
 
 /// Pages written between two progress reports while persisting (64 MiB).
 const PERSIST_STEP_PAGES: u64 = (64 << 20) / PAGE_SIZE as u64;
