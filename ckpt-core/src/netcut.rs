@@ -30,7 +30,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::image::NetFrames;
+use crate::image::{NetFrames, FRAME_RAW};
 
 /// mekha's EtherType: IEEE 802's "local experimental 1".
 pub const MARKER_ETHERTYPE: u16 = 0x88B5;
@@ -219,6 +219,25 @@ pub struct NetdevPeers {
     pub macs: Vec<Mac>,
 }
 
+/// The Ethernet frame of `data` as a netdev passed it: behind
+/// `vnet_hdr_len` bytes of virtio-net header, but for a raw frame
+/// ([`FRAME_RAW`] in `flags`).
+pub fn ethernet(data: &[u8], vnet_hdr_len: u32, flags: u32) -> &[u8] {
+    let header = if flags & FRAME_RAW != 0 { 0 } else { crate::width::to_usize(u64::from(vnet_hdr_len)) };
+    data.get(header..).unwrap_or_default()
+}
+
+/// The non-empty sets `set` picks of each netdev, by netdev id.
+fn per_netdev(netdevs: &HashMap<String, NetdevCut>, set: impl Fn(&NetdevCut) -> &BTreeSet<Mac>) -> Vec<NetdevPeers> {
+    let mut out: Vec<NetdevPeers> = netdevs
+        .iter()
+        .filter(|(_, n)| !set(n).is_empty())
+        .map(|(id, n)| NetdevPeers { netdev: id.clone(), macs: set(n).iter().copied().collect() })
+        .collect();
+    out.sort_by(|a, b| a.netdev.cmp(&b.netdev));
+    out
+}
+
 /// How a [`Cut`] stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CutProgress {
@@ -232,6 +251,9 @@ pub struct CutProgress {
     pub complete: bool,
     /// Per netdev, the peers whose marker has not come yet.
     pub waiting: Vec<NetdevPeers>,
+    /// Per netdev, NICs not named as peers whose marker for this cut
+    /// came: the cut cannot be consistent ([`Cut::on_frame`]).
+    pub unexpected: Vec<NetdevPeers>,
 }
 
 /// One VM's side of a cluster checkpoint's network cut: what it saves of
@@ -254,6 +276,8 @@ struct NetdevCut {
     peers: BTreeSet<Mac>,
     /// Peers whose marker has not arrived.
     waiting: BTreeSet<Mac>,
+    /// NICs not named as peers whose marker for this cut came.
+    unexpected: BTreeSet<Mac>,
     /// A peer's marker came before the stop: frames are held since.
     early_hold: bool,
     /// Frames held before the stop because a peer's marker came first.
@@ -317,21 +341,31 @@ impl Cut {
     }
 
     fn netdev(&mut self, netdev: &str, vnet_hdr_len: u32) -> &mut NetdevCut {
-        let n = self.netdevs.entry(netdev.to_owned()).or_default();
+        // Without an allocation per frame for a netdev seen before.
+        if !self.netdevs.contains_key(netdev) {
+            self.netdevs.insert(netdev.to_owned(), NetdevCut::default());
+        }
+        let n = self.netdevs.get_mut(netdev).expect("inserted above");
         n.vnet_hdr_len = vnet_hdr_len;
         n
     }
 
     /// A frame toward the guest reached `netdev` (its first `vnet_hdr_len`
-    /// bytes a virtio-net header): saves it if it is in flight at the cut,
-    /// notes a marker.
+    /// bytes a virtio-net header, but for a raw frame): saves it if it is
+    /// in flight at the cut, notes a marker. A marker of this cut from a
+    /// NIC not named as a peer makes the cut fail: that NIC's frames
+    /// before it were taken for frames from outside.
     pub fn on_frame(&mut self, netdev: &str, vnet_hdr_len: u32, flags: u32, data: &[u8]) -> Verdict {
         let (id, started, stopped, max_bytes) = (self.id, self.started, self.stopped, self.max_bytes);
-        let eth = data.get(crate::width::to_usize(u64::from(vnet_hdr_len))..).unwrap_or_default();
         let n = self.netdev(netdev, vnet_hdr_len);
-        let src = match Frame::classify(eth) {
+        let src = match Frame::classify(ethernet(data, vnet_hdr_len, flags)) {
             Frame::Marker { src, cut_id } => {
-                if id.is_some() && cut_id == id && n.waiting.remove(&src) && !started {
+                if id.is_none() || cut_id != id {
+                    return Verdict::Drop;
+                }
+                if !n.peers.contains(&src) {
+                    n.unexpected.insert(src);
+                } else if n.waiting.remove(&src) && !started {
                     // The peer stopped before this VM: its later frames
                     // belong after the cut and must not reach the guest
                     // before this VM's stop, so from now on all wait.
@@ -393,21 +427,24 @@ impl Cut {
         self.started && !self.stopped && self.netdevs.values().all(|n| n.waiting.is_empty())
     }
 
+    /// Per netdev, the NICs not named as peers whose marker came.
+    pub fn unexpected(&self) -> Vec<NetdevPeers> {
+        per_netdev(&self.netdevs, |n| &n.unexpected)
+    }
+
     /// Per netdev, the peers whose marker has not come yet.
     pub fn waiting(&self) -> Vec<NetdevPeers> {
-        let mut waiting: Vec<NetdevPeers> = self
-            .netdevs
-            .iter()
-            .filter(|(_, n)| !n.waiting.is_empty())
-            .map(|(id, n)| NetdevPeers { netdev: id.clone(), macs: n.waiting.iter().copied().collect() })
-            .collect();
-        waiting.sort_by(|a, b| a.netdev.cmp(&b.netdev));
-        waiting
+        per_netdev(&self.netdevs, |n| &n.waiting)
     }
 
     /// How the cut stands.
     pub fn progress(&self) -> CutProgress {
-        let mut p = CutProgress { complete: self.is_complete(), waiting: self.waiting(), ..CutProgress::default() };
+        let mut p = CutProgress {
+            complete: self.is_complete(),
+            waiting: self.waiting(),
+            unexpected: self.unexpected(),
+            ..CutProgress::default()
+        };
         for n in self.netdevs.values() {
             p.saved_frames += n.saved.iter().map(Vec::len).sum::<usize>() as u64;
             p.saved_bytes += n.bytes;
@@ -576,6 +613,31 @@ mod tests {
         cut.resumed();
         assert!(cut.is_complete());
         assert_eq!(tags(&cut.into_frames()), vec![0, 2, 3, 4]);
+    }
+
+    #[test]
+    fn a_marker_from_a_nic_not_named_as_a_peer_is_told() {
+        let mut cut = cut_with_peers(&[A]);
+        cut.stopped(&NetFrames::default());
+        feed(&mut cut, &data(B, 1));
+        assert_eq!(feed(&mut cut, &marker(B, 7)), Verdict::Drop);
+        feed(&mut cut, &marker(A, 7));
+        cut.resumed();
+        assert_eq!(cut.progress().unexpected, vec![NetdevPeers { netdev: "net0".into(), macs: vec![B] }]);
+        // Another cut's marker from anyone is only dropped.
+        let mut other = cut_with_peers(&[A]);
+        assert_eq!(feed(&mut other, &marker(B, 8)), Verdict::Drop);
+        assert!(other.progress().unexpected.is_empty());
+    }
+
+    #[test]
+    fn a_raw_frame_has_no_virtio_net_header() {
+        let mut cut = cut_with_peers(&[A]);
+        cut.stopped(&NetFrames::default());
+        cut.resumed();
+        let raw = marker_frame(A, 7);
+        assert_eq!(cut.on_frame("net0", HDR, FRAME_RAW, &raw), Verdict::Drop);
+        assert!(cut.is_complete(), "the raw marker counted");
     }
 
     #[test]

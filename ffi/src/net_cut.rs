@@ -17,10 +17,9 @@ use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::image::{NetFrames, MAX_FRAME_LEN, MAX_NETDEV_ID_LEN};
 use mekha_ckpt_core::netcut::{self, Cut, CutProgress, Neighbours, Verdict};
-use mekha_ckpt_core::session::checkpoint::NetCut;
+use mekha_ckpt_core::session::checkpoint::{NetCut, NetdevPeers};
 use mekha_ckpt_core::session::library::NicInfo;
 use mekha_ckpt_core::session::{Error, ErrorKind, Result};
-use mekha_ckpt_core::width::to_usize;
 
 use crate::boundary;
 use crate::net_hold::MAX_HOLD_BYTES;
@@ -57,7 +56,7 @@ pub unsafe extern "C" fn mekha_net_frame(
     let verdict = std::panic::catch_unwind(|| {
         // SAFETY: the caller's promise (an empty frame may come as NULL).
         let (netdev, data) = unsafe {
-            (net::netdev(netdev), if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) })
+            (net::netdev_ref(netdev), if data.is_null() { &[][..] } else { std::slice::from_raw_parts(data, len) })
         };
         on_frame(&netdev, net::frame_flags(flags), data)
     });
@@ -68,17 +67,16 @@ pub unsafe extern "C" fn mekha_net_frame(
     }
 }
 
-fn on_frame(netdev: &net::Netdev, flags: u32, data: &[u8]) -> Verdict {
-    let eth = data.get(to_usize(u64::from(netdev.vnet_hdr_len))..).unwrap_or_default();
-    let frame = netcut::Frame::classify(eth);
+fn on_frame(netdev: &net::NetdevRef, flags: u32, data: &[u8]) -> Verdict {
+    let frame = netcut::Frame::classify(netcut::ethernet(data, netdev.vnet_hdr_len, flags));
     let mut state = state();
     if let netcut::Frame::Data { src } | netcut::Frame::Marker { src, .. } = frame {
-        state.neighbours.saw(&netdev.id, src);
+        state.neighbours.saw(netdev.id, src);
     }
     match &mut state.cut {
         Some(cut) => {
             let was_complete = cut.is_complete();
-            let verdict = cut.on_frame(&netdev.id, netdev.vnet_hdr_len, flags, data);
+            let verdict = cut.on_frame(netdev.id, netdev.vnet_hdr_len, flags, data);
             if cut.is_complete() != was_complete {
                 CHANGED.notify_all();
             }
@@ -108,10 +106,18 @@ pub(crate) fn reset(bql: &Bql) {
 }
 
 /// `checkpoint-end` came: the cut begins (markers of peers that stop
-/// before this VM are counted from now on).
-pub(crate) fn begin(cut: Option<&NetCut>) {
+/// before this VM are counted from now on). A NIC whose frames bypass
+/// QEMU (vhost, multiqueue) sees no marker: it waits for none, and its
+/// frames in flight are lost as with stock QEMU (warned about when the
+/// checkpoint started).
+pub(crate) fn begin(bql: &Bql, cut: Option<&NetCut>) {
     let cut = match cut {
-        Some(c) => Cut::new(Some(c.id), &c.peers, MAX_HOLD_BYTES),
+        Some(c) => {
+            let unheld: Vec<String> =
+                net::attach(bql).into_iter().filter(|n| n.error.is_some()).map(|n| n.id).collect();
+            let peers: Vec<NetdevPeers> = c.peers.iter().filter(|p| !unheld.contains(&p.netdev)).cloned().collect();
+            Cut::new(Some(c.id), &peers, MAX_HOLD_BYTES)
+        }
         None => Cut::new(None, &[], MAX_HOLD_BYTES),
     };
     state().cut = Some(cut);
@@ -147,6 +153,18 @@ pub(crate) fn resumed() {
     }
 }
 
+/// NICs per netdev, for a message: `netdev net0: MAC, MAC; netdev ...`.
+fn named(per_netdev: &[NetdevPeers]) -> String {
+    let named: Vec<String> = per_netdev
+        .iter()
+        .map(|p| {
+            let macs: Vec<String> = p.macs.iter().map(ToString::to_string).collect();
+            format!("netdev {}: {}", p.netdev, macs.join(", "))
+        })
+        .collect();
+    named.join("; ")
+}
+
 /// How the cut stands (none before a checkpoint stopped this VM).
 pub(crate) fn progress() -> Option<CutProgress> {
     state().cut.as_ref().map(Cut::progress)
@@ -159,25 +177,28 @@ pub(crate) fn wait_complete(deadline: Instant, on_change: impl Fn(&CutProgress))
     loop {
         let progress = progress().ok_or_else(|| Error::internal("the network cut is gone"))?;
         on_change(&progress);
+        if !progress.unexpected.is_empty() {
+            return Err(Error::new(
+                ErrorKind::MarkerUnexpected,
+                format!(
+                    "the checkpoint's marker came from NICs not known as this VM's peers ({}): their frames in \
+                     flight toward this VM were not all saved. They shared no frame with this VM before the \
+                     checkpoint; they are known now, and the next checkpoint waits for them",
+                    named(&progress.unexpected)
+                ),
+            ));
+        }
         if progress.complete {
             break;
         }
         let now = Instant::now();
         if now >= deadline {
-            let missing: Vec<String> = progress
-                .waiting
-                .iter()
-                .map(|w| {
-                    let macs: Vec<String> = w.macs.iter().map(ToString::to_string).collect();
-                    format!("netdev {}: {}", w.netdev, macs.join(", "))
-                })
-                .collect();
             return Err(Error::new(
                 ErrorKind::MarkerMissing,
                 format!(
                     "the markers of these peers did not arrive within the lease, so the frames in flight toward \
                      this VM are not all known ({}); the network between them drops or holds frames",
-                    missing.join("; ")
+                    named(&progress.waiting)
                 ),
             ));
         }

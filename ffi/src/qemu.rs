@@ -382,6 +382,23 @@ pub(crate) mod net {
         Netdev { id: id.unwrap_or_default(), vnet_hdr_len: n.vnet_hdr_len, mac: Mac(n.mac), error }
     }
 
+    /// A NIC's netdev as the per-frame hook sees it: borrowed from QEMU
+    /// for the call, nothing allocated.
+    pub(crate) struct NetdevRef<'a> {
+        pub id: &'a str,
+        pub vnet_hdr_len: u32,
+    }
+
+    /// # Safety
+    /// `n` is a netdev description QEMU passed, valid for `'a`.
+    pub(crate) unsafe fn netdev_ref<'a>(n: *const boundary::MekhaNetdev) -> NetdevRef<'a> {
+        // SAFETY: the caller's promise.
+        let n = unsafe { &*n };
+        // SAFETY: QEMU's netdev names are NUL-terminated and outlive the call.
+        let id = if n.id.is_null() { "" } else { unsafe { CStr::from_ptr(n.id) }.to_str().unwrap_or("") };
+        NetdevRef { id, vnet_hdr_len: n.vnet_hdr_len }
+    }
+
     /// The flags of a frame QEMU passed, as the image records them.
     pub(crate) fn frame_flags(flags: u32) -> u32 {
         if flags & boundary::MEKHA_NET_FRAME_RAW != 0 {

@@ -51,6 +51,9 @@ pub enum ErrorKind {
     /// The marker of a peer on a NIC's Ethernet segment did not arrive
     /// within the lease: the network cut is incomplete.
     MarkerMissing,
+    /// A NIC got the checkpoint's marker from a NIC the coordinator did
+    /// not name as its peer: the frames from that NIC were not all saved.
+    MarkerUnexpected,
 }
 
 /// A failure of the library: its kind and what to tell the user.

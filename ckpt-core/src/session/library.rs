@@ -32,7 +32,9 @@ pub struct Info {
     pub ram_size: u64,
     /// The VM's RAM blocks.
     pub ram_blocks: Vec<RamBlockInfo>,
-    /// The VM's NICs and what their netdevs have seen.
+    /// The VM's NICs and what their netdevs have seen (none from a mekha
+    /// before 0.3).
+    #[serde(default)]
     pub nics: Vec<NicInfo>,
 }
 

@@ -49,7 +49,8 @@ pub(super) fn peers(names: &[String], nics: &[Vec<NicInfo>]) -> Result<Vec<Vec<N
         }
     }
     let mut out: Vec<Vec<NetdevPeers>> = vec![Vec::new(); nics.len()];
-    for (i, (vm, nic)) in all.iter().enumerate() {
+    // A NIC without a MAC (none is ever on a segment) has no peers.
+    for (i, (vm, nic)) in all.iter().enumerate().filter(|(_, (_, nic))| by_mac.contains_key(&nic.mac)) {
         let mut macs: Vec<Mac> = (0..all.len())
             .filter(|&j| j != i && by_mac.contains_key(&all[j].1.mac) && segments.same(i, j))
             .map(|j| all[j].1.mac)
@@ -175,6 +176,15 @@ mod tests {
             "no marker from 52:54:00:00:00:02 (52:54:00:00:00:02 is vm1's netdev net0)"
         );
         assert_eq!(names.explain("no MAC here"), "no MAC here");
+    }
+
+    #[test]
+    fn a_nic_without_a_mac_has_no_peers() {
+        let mut hub = nic("hub0port0", 0, &[1]);
+        hub.mac = Mac::default();
+        let nics = vec![vec![nic("net0", 1, &[2]), hub], vec![nic("net0", 2, &[])]];
+        let peers = peers(&names(2), &nics).unwrap();
+        assert_eq!(peers[0], vec![of("net0", &[2])]);
     }
 
     #[test]

@@ -124,7 +124,8 @@ pub(crate) fn end_live_phase(args: EndArgs) -> Result<()> {
     args.check(now)?;
     let cut = args.cut.clone();
     running()?.request_end(args, now)?;
-    net_cut::begin(cut.as_ref());
+    // SAFETY: QMP handlers run in the main loop with the BQL held.
+    net_cut::begin(unsafe { &Bql::assume_held() }, cut.as_ref());
     Ok(())
 }
 

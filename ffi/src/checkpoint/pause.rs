@@ -72,8 +72,8 @@ pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow> {
         return Err(e);
     }
     let resume_guard = ResumeGuard { armed: true };
-    net_cut::stopped(&bql);
     let stopped = Instant::now();
+    net_cut::stopped(&bql);
     let time = guest_time::capture(&bql);
     fault::point(fault::Point::CheckpointStopped);
     Ok(StopWindow { bql, stopped_at, stopped, time, resume_guard })

@@ -154,11 +154,7 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
     let _thread = QemuThread::register();
     let started = Instant::now();
     let outcome = crate::guarded(|| checkpoint(&shared, &params, prepared));
-    if outcome.is_err() {
-        // Frames held since a peer's early marker must not wait for a
-        // stop that will not come.
-        net_cut::reset(&Bql::lock());
-    }
+    let failed = outcome.is_err();
     shared.update(|info| {
         info.total_ns = saturating_u64(started.elapsed().as_nanos());
         match outcome {
@@ -166,6 +162,12 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
             Err(e) => info.fail(e),
         }
     });
+    if failed {
+        // Frames held since a peer's early marker must not wait for a
+        // stop that will not come. After the status: a checkpoint-end
+        // (which begins a cut) is refused from then on.
+        net_cut::reset(&Bql::lock());
+    }
 }
 
 fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<()> {
@@ -189,6 +191,10 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
             Capture::Mtd => mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking)?,
             Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking)?,
         };
+        // The frames in flight are known once every peer's marker came:
+        // before the image is staged, so that a coordinator never writes
+        // an image whose cut failed.
+        let net_frames = wait_for_cut(shared, params)?;
 
         if params.persist_hold {
             wait_for_persist(shared)?;
@@ -203,8 +209,6 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
             shared.update(|info| info.written_bytes = written);
         }
         persist.flush_all().map_err(write_error)?;
-        // The frames in flight are known once every peer's marker came.
-        let net_frames = wait_for_cut(shared, params)?;
         Ok((stopped, net_frames, persist))
     })();
     let (stopped, net_frames, persist) = match result {
