@@ -24,6 +24,7 @@
 //! | `probe.port=P`          | 7700         | TCP and UDP port (listened on and sent to)        |
 //! | `probe.msgs=N`          | 0 (no limit) | messages per peer per protocol                    |
 //! | `probe.msg_interval_ms` | 10           | pause between messages of one stream              |
+//! | `probe.udp_rate=N`      | 0 (interval) | datagrams per second of each UDP stream, paced    |
 //! | `probe.clock_ms=N`      | 1000         | clock sample interval (0: no `clock` events)      |
 //! | `probe.duration=S`      | 0 (forever)  | after S s: `exit` with the summary, status 0      |
 //! | `probe.out=PATH`        | /dev/console | output file (`-` = stdout; stdout by default with `--cmdline`) |
@@ -49,6 +50,7 @@
 //! | `net_anomaly`    | at once: `peer`, `proto`, `kind` = `lost` (`first`, `last`, `count`, `seq`), `reordered`/`dup` (`seq`, `next_seq`), `corrupt` (`reason` = crc/payload/length, `seq`, `sender` or `len`), `sender` (`old`, `new`), `unknown_peer`, `suppressed` (after 1000 events of one link, the rest only counted) |
 //! | `net_connect`    | TCP: `peer`, `proto`, `dir` (`out`: `attempts`, `next_seq`; or `in`) |
 //! | `net_disconnect` | TCP: `peer`, `proto`, `dir`, `error` (`out`: `next_seq`)             |
+//! | `udp`            | once a second when they changed: the guest kernel's UDP drops (/proc/net/snmp) `in_errors`, `rcvbuf_errors` |
 //! | `net_done`       | per (peer, proto) once all msgs were sent and received: the `net` counters, `complete`, `clean` |
 //! | `vport_open`     | `port`, `path`: the stream to the host starts                        |
 //! | `vport`          | once a second: `port`, `written` (records)                           |
@@ -195,8 +197,9 @@ fn main() {
 
 fn run(opts: Options, out: Arc<Output>) -> ! {
     // Listen first: "start" means peers may connect from now on.
-    let bound = Net::bind(out.clone(), opts.id, opts.port, opts.peers.clone(), opts.msgs, opts.msg_interval_ms)
-        .unwrap_or_else(|e| fatal(&out, 1, format!("listening on port {}: {e}", opts.port)));
+    let bound =
+        Net::bind(out.clone(), opts.id, opts.port, opts.peers.clone(), opts.msgs, opts.msg_interval_ms, opts.udp_rate)
+            .unwrap_or_else(|e| fatal(&out, 1, format!("listening on port {}: {e}", opts.port)));
     out.emit("start", json!({ "config": opts.to_json(), "version": env!("CARGO_PKG_VERSION") }));
     let net = bound.start().unwrap_or_else(|e| fatal(&out, 1, format!("starting the network threads: {e}")));
     let probe = Probe { started: Instant::now(), compute: Arc::default(), dirty: Arc::default(), net, opts };
@@ -225,6 +228,7 @@ fn run(opts: Options, out: Arc<Output>) -> ! {
     let mut next_clock = probe.started;
     let mut next_report = probe.started + second;
     let mut done_sent = !probe.has_bounded();
+    let mut udp_reported = None;
     loop {
         let now = Instant::now();
         if opts.clock_ms > 0 && now >= next_clock {
@@ -237,6 +241,11 @@ fn run(opts: Options, out: Arc<Output>) -> ! {
         }
         if now >= next_report {
             probe.net.report();
+            let udp = Net::udp_drops();
+            if udp.is_some() && udp != udp_reported {
+                out.emit("udp", udp.clone().unwrap_or_default());
+                udp_reported = udp;
+            }
             next_report += second;
             if next_report <= now {
                 next_report = now + second;

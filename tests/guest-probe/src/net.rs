@@ -11,7 +11,12 @@
 //!   reported with `net_disconnect`, `dir: in`).
 //! - UDP: starts once the TCP connection to that peer first succeeded (the
 //!   peer's UDP socket is bound before its TCP listener, so no datagram is
-//!   sent before anybody listens), then sends the messages the same way.
+//!   sent before anybody listens), then sends the messages the same way,
+//!   or `probe.udp_rate` per second on a schedule (see `Pace`).
+//!
+//! The UDP socket's receive buffer is raised (`UDP_RCVBUF`): a TCG guest
+//! stalls for milliseconds, and a full buffer would drop datagrams that no
+//! checkpoint lost. The guest's own UDP drop counters are reported (`udp`).
 //!
 //! Received messages are checked per (source IP, proto) with `SeqCheck`.
 //! A stream is done (`net_done`) once all `probe.msgs` messages were sent to
@@ -41,6 +46,13 @@ const DONE_GRACE: Duration = Duration::from_secs(2);
 /// `suppressed`); the counters keep counting. A peer that restarts from
 /// seq 0 would otherwise print one line per message it sends.
 const MAX_ANOMALY_EVENTS: u64 = 1000;
+/// The UDP socket's receive buffer: a second of the highest rate a test
+/// asks for, and more.
+const UDP_RCVBUF: libc::c_int = 8 << 20;
+/// How far a paced sender catches up after a stall (the guest's vCPU
+/// descheduled, a restore): further behind, it starts its schedule anew
+/// rather than send a burst the receiver could not take.
+const MAX_CATCH_UP: Duration = Duration::from_millis(20);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Proto {
@@ -83,6 +95,8 @@ pub struct Net {
     port: u16,
     msgs: u64,
     interval: Duration,
+    /// Datagrams per second of each UDP stream (0: one per `interval`).
+    udp_rate: u64,
     peers: Vec<Ipv4Addr>,
     /// Per peer: its TCP connection succeeded once (UDP may start).
     tcp_up: Vec<AtomicBool>,
@@ -113,9 +127,11 @@ impl Net {
         peers: Vec<Ipv4Addr>,
         msgs: u64,
         msg_interval_ms: u64,
+        udp_rate: u64,
     ) -> io::Result<Bound> {
         let any = SocketAddr::from((Ipv4Addr::UNSPECIFIED, port));
         let udp = UdpSocket::bind(any)?;
+        raise_rcvbuf(&udp)?;
         let listener = TcpListener::bind(any)?;
         let mut links = BTreeMap::new();
         for &p in &peers {
@@ -132,6 +148,7 @@ impl Net {
             port,
             msgs,
             interval: Duration::from_millis(msg_interval_ms),
+            udp_rate,
             tcp_up: peers.iter().map(|_| AtomicBool::new(false)).collect(),
             peers,
             links: Mutex::new(links),
@@ -399,6 +416,7 @@ impl Net {
         }
         let mut seq = 0u64;
         let mut errors = 0u64;
+        let mut pace = Pace::new(self.udp_rate, self.interval);
         while self.msgs == 0 || seq < self.msgs {
             match sock.send_to(&wire::encode(self.id, seq), addr) {
                 Ok(_) => {
@@ -414,9 +432,7 @@ impl Net {
                     }
                 }
             }
-            if !self.interval.is_zero() {
-                thread::sleep(self.interval);
-            }
+            pace.wait();
         }
     }
 
@@ -432,6 +448,18 @@ impl Net {
                 link.reported = Some(now);
             }
         }
+    }
+
+    /// The guest's UDP counters (/proc/net/snmp): datagrams its kernel
+    /// dropped for a full receive buffer or other errors, none of which a
+    /// checkpoint causes.
+    pub fn udp_drops() -> Option<Value> {
+        let snmp = std::fs::read_to_string("/proc/net/snmp").ok()?;
+        let mut rows = snmp.lines().filter(|l| l.starts_with("Udp: "));
+        let (names, values) = (rows.next()?, rows.next()?);
+        let row: BTreeMap<&str, &str> = names.split_whitespace().zip(values.split_whitespace()).collect();
+        let counter = |name: &str| row.get(name).and_then(|v| v.parse::<u64>().ok());
+        Some(json!({ "in_errors": counter("InErrors")?, "rcvbuf_errors": counter("RcvbufErrors")? }))
     }
 
     /// Every configured link is done.
@@ -453,5 +481,60 @@ impl Net {
                 })
                 .collect(),
         )
+    }
+}
+
+/// Raises `sock`'s receive buffer to `UDP_RCVBUF`, past the system's
+/// limit when the probe may (root in the guest), else as far as it goes.
+fn raise_rcvbuf(sock: &UdpSocket) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let size = UDP_RCVBUF;
+    let len = libc::socklen_t::try_from(std::mem::size_of::<libc::c_int>()).unwrap_or(4);
+    for option in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: a valid socket and a c_int of the given length.
+        let rc = unsafe {
+            libc::setsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, option, std::ptr::from_ref(&size).cast(), len)
+        };
+        if rc == 0 {
+            return Ok(());
+        }
+    }
+    Err(io::Error::last_os_error())
+}
+
+/// The schedule of a paced sender: message `n` is due `n` periods after
+/// the start; one behind by more than `MAX_CATCH_UP` starts anew.
+struct Pace {
+    period: Duration,
+    /// The start of the schedule and the messages sent on it.
+    start: Instant,
+    sent: u32,
+    /// Unpaced: a fixed pause after each message (none when zero).
+    pause: Duration,
+}
+
+impl Pace {
+    /// `rate` per second; at 0, a pause of `interval` after each message.
+    fn new(rate: u64, interval: Duration) -> Pace {
+        let period = if rate == 0 { Duration::ZERO } else { Duration::from_nanos(1_000_000_000 / rate) };
+        Pace { period, start: Instant::now(), sent: 0, pause: interval }
+    }
+
+    /// Waits until the next message is due.
+    fn wait(&mut self) {
+        if self.period.is_zero() {
+            if !self.pause.is_zero() {
+                thread::sleep(self.pause);
+            }
+            return;
+        }
+        self.sent += 1;
+        let due = self.start + self.period * self.sent;
+        let now = Instant::now();
+        if now > due + MAX_CATCH_UP || self.sent == u32::MAX {
+            (self.start, self.sent) = (now, 0);
+        } else if due > now {
+            thread::sleep(due - now);
+        }
     }
 }

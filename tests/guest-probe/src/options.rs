@@ -35,6 +35,9 @@ pub struct Options {
     pub msgs: u64,
     /// `probe.msg_interval_ms`: pause between two messages of one stream.
     pub msg_interval_ms: u64,
+    /// `probe.udp_rate`: datagrams per second of each UDP stream, paced
+    /// (0: one per `msg_interval_ms`, as TCP).
+    pub udp_rate: u64,
     /// `probe.clock_ms`: clock sample interval (0: off).
     pub clock_ms: u64,
     /// `probe.duration`: seconds until the probe stops (0: no limit).
@@ -58,6 +61,7 @@ impl Default for Options {
             port: DEFAULT_PORT,
             msgs: 0,
             msg_interval_ms: 10,
+            udp_rate: 0,
             clock_ms: 1000,
             duration_s: 0,
             out: None,
@@ -78,6 +82,7 @@ impl Options {
             "port": self.port,
             "msgs": self.msgs,
             "msg_interval_ms": self.msg_interval_ms,
+            "udp_rate": self.udp_rate,
             "clock_ms": self.clock_ms,
             "duration_s": self.duration_s,
             "out": self.out,
@@ -153,6 +158,7 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
             | "probe.port"
             | "probe.msgs"
             | "probe.msg_interval_ms"
+            | "probe.udp_rate"
             | "probe.clock_ms"
             | "probe.duration"
             | "probe.out"
@@ -176,6 +182,7 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
         }
         "probe.msgs" => opts.msgs = num(key, v)?,
         "probe.msg_interval_ms" => opts.msg_interval_ms = num(key, v)?,
+        "probe.udp_rate" => opts.udp_rate = num(key, v)?,
         "probe.clock_ms" => opts.clock_ms = num(key, v)?,
         "probe.duration" => opts.duration_s = num(key, v)?,
         "probe.out" => {
@@ -238,7 +245,7 @@ mod tests {
     fn every_key() {
         let opts = ok("root=/dev/x mekha.id=3 probe.mem=64 probe.rate=10 probe.compute=5000 \
              probe.compute_chunk=100 probe.peers=10.77.0.11,10.77.0.12 probe.port=9000 \
-             probe.msgs=200 probe.msg_interval_ms=5 probe.clock_ms=0 probe.duration=30 \
+             probe.msgs=200 probe.msg_interval_ms=5 probe.udp_rate=2000 probe.clock_ms=0 probe.duration=30 \
              probe.out=/tmp/x probe.vport=org.qemu.guest_agent.0");
         assert_eq!(
             opts,
@@ -252,6 +259,7 @@ mod tests {
                 port: 9000,
                 msgs: 200,
                 msg_interval_ms: 5,
+                udp_rate: 2000,
                 clock_ms: 0,
                 duration_s: 30,
                 out: Some("/tmp/x".into()),
