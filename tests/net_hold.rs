@@ -17,13 +17,7 @@
 
 mod common;
 
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::instant::wall_ns;
@@ -33,7 +27,7 @@ use mekha_ckpt_core::session::commands::{
 };
 use mekha_ckpt_core::session::{restore, Command, Empty};
 use mekha_coordinator::qmp::Qmp;
-use mekha_rig::{Cluster, ClusterConfig, Netns, ProbeLog, Vm};
+use mekha_rig::{Cluster, ClusterConfig, DelayLine, Netns, ProbeLog, Vm};
 use serde_json::{json, Value};
 
 const VMS: usize = 2;
@@ -131,130 +125,6 @@ fn received(log: &ProbeLog, proto: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A link with latency inside the cluster's namespace: `tap` moves to a
-/// bridge of its own, joined to the cluster's bridge by two taps of this
-/// process, which copy frames toward `tap` `delay` late (and back at
-/// once), in order, never dropping one.
-struct DelayLine {
-    stop: Arc<AtomicBool>,
-    /// Frames the line failed to pass on (none, or the test means nothing).
-    lost: Arc<AtomicU64>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl DelayLine {
-    fn insert(netns: &Netns, tap: &str, delay: Duration) -> DelayLine {
-        let ip = |args: &[&str]| {
-            let out = netns.command("ip").args(args).output().unwrap();
-            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        ip(&["link", "add", "br1", "type", "bridge"]);
-        ip(&["link", "set", "br1", "up"]);
-        ip(&["link", "set", tap, "master", "br1"]);
-        let [near, far] = open_taps(netns.name(), ["dl0", "dl1"]);
-        for (dev, bridge) in [("dl0", "br0"), ("dl1", "br1")] {
-            ip(&["link", "set", dev, "master", bridge]);
-            ip(&["link", "set", dev, "up"]);
-        }
-        // Room for a burst while a relay thread waits for a host CPU.
-        for dev in ["dl0", "dl1", tap] {
-            ip(&["link", "set", dev, "txqueuelen", "10000"]);
-        }
-        let stop = Arc::new(AtomicBool::new(false));
-        let lost = Arc::new(AtomicU64::new(0));
-        let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
-        let (near_w, far_w) = (near.try_clone().unwrap(), far.try_clone().unwrap());
-        let s = stop.clone();
-        let toward = std::thread::spawn(move || {
-            relay(near, &s, |frame| tx.send((Instant::now() + delay, frame.to_vec())).is_ok())
-        });
-        let (s, l) = (stop.clone(), lost.clone());
-        let late = std::thread::spawn(move || {
-            let mut far_w = far_w;
-            while let Ok((due, frame)) = rx.recv() {
-                std::thread::sleep(due.saturating_duration_since(Instant::now()));
-                if s.load(Ordering::Relaxed) {
-                    return;
-                }
-                if far_w.write(&frame).ok() != Some(frame.len()) {
-                    l.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        });
-        let (s, l) = (stop.clone(), lost.clone());
-        let back = std::thread::spawn(move || {
-            let mut near_w = near_w;
-            relay(far, &s, |frame| {
-                if near_w.write(frame).ok() != Some(frame.len()) {
-                    l.fetch_add(1, Ordering::Relaxed);
-                }
-                true
-            })
-        });
-        DelayLine { stop, lost, threads: vec![toward, late, back] }
-    }
-
-    fn lost(&self) -> u64 {
-        self.lost.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for DelayLine {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Reads frames from `tap` and hands each to `forward` until `stop` (or
-/// until `forward` says no).
-fn relay(mut tap: File, stop: &AtomicBool, mut forward: impl FnMut(&[u8]) -> bool) {
-    let mut buf = vec![0u8; 65536];
-    while !stop.load(Ordering::Relaxed) {
-        let mut pfd = libc::pollfd { fd: tap.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-        // SAFETY: one valid pollfd.
-        if unsafe { libc::poll(&mut pfd, 1, 100) } <= 0 {
-            continue;
-        }
-        match tap.read(&mut buf) {
-            Ok(n) if n > 0 => {
-                if !forward(&buf[..n]) {
-                    return;
-                }
-            }
-            _ => return,
-        }
-    }
-}
-
-/// Creates taps (no packet information) in namespace `netns`, owned by
-/// this process: a thread enters the namespace to create them.
-fn open_taps<const N: usize>(netns: &str, names: [&str; N]) -> [File; N] {
-    let path = format!("/run/netns/{netns}");
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                let ns = File::open(&path).unwrap();
-                // SAFETY: this thread alone moves to the namespace, and ends.
-                assert_eq!(unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns {path}");
-                names.map(|name| {
-                    let tun = std::fs::OpenOptions::new().read(true).write(true).open("/dev/net/tun").unwrap();
-                    let mut ifr = [0u8; 40];
-                    ifr[..name.len()].copy_from_slice(name.as_bytes());
-                    ifr[16..18].copy_from_slice(&i16::try_from(libc::IFF_TAP | libc::IFF_NO_PI).unwrap().to_ne_bytes());
-                    // SAFETY: TUNSETIFF reads a struct ifreq (40 bytes) we own.
-                    let rc = unsafe { libc::ioctl(tun.as_raw_fd(), libc::TUNSETIFF, ifr.as_mut_ptr()) };
-                    assert_eq!(rc, 0, "TUNSETIFF {name}: {}", std::io::Error::last_os_error());
-                    tun
-                })
-            })
-            .join()
-            .unwrap()
-    })
-}
-
 fn image(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("node{i}.mekha"))
 }
@@ -290,7 +160,7 @@ async fn frames_in_flight_are_neither_lost_nor_duplicated(mode: Mode) {
     let mut cluster = Cluster::launch(&artifacts, &dir, &config).unwrap();
     let late_vm = VMS - 1;
     let tap = cluster.vms[late_vm].config.nic.as_ref().unwrap().tap.clone();
-    let delay_line = DelayLine::insert(&cluster.netns, &tap, LINK_DELAY);
+    let delay_line = DelayLine::insert(&cluster.netns, &tap, LINK_DELAY).unwrap();
     let mut qmps = Vec::new();
     for vm in &mut cluster.vms {
         qmps.push(vm.qmp().await.unwrap());

@@ -11,6 +11,7 @@
 pub mod artifacts;
 pub mod bench;
 pub mod cluster;
+pub mod delay;
 pub mod hosts;
 pub mod libvirt;
 pub mod netns;
@@ -20,6 +21,7 @@ pub mod vm;
 
 pub use artifacts::Artifacts;
 pub use cluster::{Cluster, ClusterConfig};
+pub use delay::DelayLine;
 pub use hosts::FakeHosts;
 pub use netns::Netns;
 pub use probe::{ProbeEvent, ProbeLog};
