@@ -516,7 +516,7 @@ struct Pace {
 impl Pace {
     /// `rate` per second; at 0, a pause of `interval` after each message.
     fn new(rate: u64, interval: Duration) -> Pace {
-        let period = if rate == 0 { Duration::ZERO } else { Duration::from_nanos(1_000_000_000 / rate) };
+        let period = 1_000_000_000u64.checked_div(rate).map_or(Duration::ZERO, Duration::from_nanos);
         Pace { period, start: Instant::now(), sent: 0, pause: interval }
     }
 

@@ -1,0 +1,514 @@
+// SPDX-License-Identifier: GPL-2.0-or-later
+//! The network cut of a coordinated checkpoint, with a link 50 ms long.
+//!
+//! VMs exchange sequenced TCP messages and paced UDP datagrams (10,000 a
+//! second and more in all) while a delay line (`mekha_rig::DelayLine`)
+//! makes the link toward the last VM 50 ms long, as between hosts joined
+//! by a real network: at the checkpoint instant T, 50 ms of frames toward
+//! that VM are on the line. The cluster is checkpointed through the
+//! `mekha` CLI, every QEMU is killed (SIGKILL) and the cluster restarted
+//! from the images through the CLI, in copy-on-write mode and in MTD mode
+//! one after the other in one boot. In both the world that went on after
+//! the checkpoint and the restored one, no message may be lost,
+//! duplicated, reordered or corrupted: the frames in flight at T must be
+//! in their receiver's image, whatever the link's latency.
+//!
+//! Then a peer's tap is unplugged from its bridge right before a
+//! checkpoint: its marker never arrives, so the checkpoint fails naming
+//! the missing marker, commits nothing (the latest generation stays, and
+//! verifies) and leaves every VM running.
+//!
+//! On one host (three VMs on one bridge, the delay on one VM's tap) and
+//! over two fake hosts (network namespaces whose bridges are joined into
+//! one segment, coordinated through ssh; the delay on the far VM's tap).
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::fault::{committed_generation, verifies};
+use common::summary_of;
+use mekha_coordinator::cluster::{ClusterCheckpoint, ClusterRestore};
+use mekha_coordinator::qmp::Qmp;
+use mekha_rig::vm::Nic;
+use mekha_rig::{Artifacts, DelayLine, FakeHosts, Netns, ProbeEvent, ProbeLog, Vm, VmConfig};
+
+const BOOT: Duration = Duration::from_secs(240);
+/// The latency of the link toward the last VM.
+const LINK_DELAY: Duration = Duration::from_millis(50);
+/// Datagrams per second over all UDP streams of the cluster, at least.
+const UDP_IN_ALL: u64 = 10_000;
+/// TCP: a message per millisecond per stream (as fast as the guest's
+/// sleep goes).
+const TCP_INTERVAL_MS: u64 = 1;
+/// Messages every stream must carry in a world (after a checkpoint, or
+/// after a restart) before its counters are read.
+const MSGS_AFTER: u64 = 1000;
+/// How long a world may take to carry them (TCG guests, restored ones
+/// faulting their pages in).
+const EXCHANGE: Duration = Duration::from_secs(120);
+/// The rate is measured over this window of the running exchange.
+const RATE_WINDOW: Duration = Duration::from_secs(5);
+const SUBNET: &str = "10.77.0";
+
+/// One cluster at a time: two on two host cores would slow both.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Where the VMs run: one namespace, or fake hosts reached through ssh.
+enum Place {
+    OneHost(Netns),
+    TwoHosts(FakeHosts),
+}
+
+/// A cluster of probes with the delay line toward its last VM.
+struct Rig {
+    // Field order is drop order: the VMs, the line, then their namespaces.
+    vms: Vec<Vm>,
+    configs: Vec<VmConfig>,
+    delay: DelayLine,
+    place: Place,
+    /// The fake host of each VM (0 on one host).
+    host_of: Vec<usize>,
+    artifacts: Artifacts,
+    dir: PathBuf,
+    /// The worlds started so far (the first boot is world 0).
+    world: usize,
+}
+
+fn ip_of(i: usize) -> String {
+    format!("{SUBNET}.{}", 11 + i)
+}
+
+fn node_of_ip(ip: &str) -> String {
+    let last: usize = ip.rsplit('.').next().and_then(|n| n.parse().ok()).unwrap_or(0);
+    format!("node{}", last.saturating_sub(11))
+}
+
+impl Rig {
+    /// Boots a probe per entry of `host_of`: VM `i` on fake host
+    /// `host_of[i]` when `hosts` are given.
+    fn launch(artifacts: Artifacts, dir: &Path, hosts: Option<FakeHosts>, host_of: Vec<usize>) -> Rig {
+        let vms = host_of.len();
+        let mut place = match hosts {
+            Some(hosts) => Place::TwoHosts(hosts),
+            None => Place::OneHost(Netns::create().unwrap()),
+        };
+        // Every stream paced alike, 10,000 datagrams a second in all and a
+        // tenth more, for what a busy guest's sleeps lose.
+        let streams = (vms * (vms - 1)) as u64;
+        let udp_rate = (UDP_IN_ALL + UDP_IN_ALL / 10).div_ceil(streams);
+        let mut configs = Vec::new();
+        for (i, &host) in host_of.iter().enumerate() {
+            let netns = match &mut place {
+                Place::OneHost(ns) => ns,
+                Place::TwoHosts(hosts) => &mut hosts.hosts[host].netns,
+            };
+            let tap = netns.add_tap().unwrap();
+            // Room for a burst while a QEMU waits for a host CPU (the
+            // default 1000 frames are 100 ms of this exchange).
+            netns.ip(&["link", "set", &tap, "txqueuelen", "10000"]).unwrap();
+            let peers: Vec<String> = (0..vms).filter(|&j| j != i).map(ip_of).collect();
+            let mut config = VmConfig::new(format!("node{i}"));
+            config.memory_mib = 256;
+            config.nic = Some(Nic { tap, mac: format!("52:54:00:77:00:{:02x}", 11 + i) });
+            config.probe_args = vec![
+                format!("mekha.id={i}"),
+                format!("mekha.ip={}/24", ip_of(i)),
+                format!("probe.peers={}", peers.join(",")),
+                "probe.msgs=0".into(),
+                format!("probe.msg_interval_ms={TCP_INTERVAL_MS}"),
+                format!("probe.udp_rate={udp_rate}"),
+            ];
+            configs.push(config);
+        }
+        let last = vms - 1;
+        let tap = configs[last].nic.as_ref().unwrap().tap.clone();
+        let delay = {
+            let netns = match &place {
+                Place::OneHost(ns) => ns,
+                Place::TwoHosts(hosts) => &hosts.hosts[host_of[last]].netns,
+            };
+            DelayLine::insert(netns, &tap, LINK_DELAY).unwrap()
+        };
+        let mut rig = Rig { vms: Vec::new(), configs, delay, place, host_of, artifacts, dir: dir.to_owned(), world: 0 };
+        for i in 0..vms {
+            let vm = Vm::launch(&rig.artifacts, Some(rig.netns(i)), &rig.world_dir(i), rig.configs[i].clone());
+            rig.vms.push(vm.unwrap());
+        }
+        rig
+    }
+
+    fn netns(&self, i: usize) -> &Netns {
+        match &self.place {
+            Place::OneHost(ns) => ns,
+            Place::TwoHosts(hosts) => &hosts.hosts[self.host_of[i]].netns,
+        }
+    }
+
+    fn world_dir(&self, i: usize) -> PathBuf {
+        self.dir.join(format!("world{}/node{i}", self.world))
+    }
+
+    fn logs(&self) -> Vec<ProbeLog> {
+        self.vms.iter().map(Vm::log).collect()
+    }
+
+    /// `mekha ARGS` on every VM (through ssh over the fake hosts) into
+    /// the checkpoint directory `images`.
+    fn mekha(&self, args: &[&str], images: &Path) -> Output {
+        let mut cmd = Command::new(&self.artifacts.mekha);
+        cmd.args(args);
+        let endpoints: Vec<OsString> = match &self.place {
+            Place::OneHost(_) => self.vms.iter().map(|vm| vm.cli_qmp_path().into()).collect(),
+            Place::TwoHosts(hosts) => {
+                for o in &hosts.ssh_options {
+                    cmd.arg("--ssh-option").arg(o);
+                }
+                let url = |(i, vm): (usize, &Vm)| hosts.qmp_url(self.host_of[i], &vm.cli_qmp_path()).into();
+                self.vms.iter().enumerate().map(url).collect()
+            }
+        };
+        for e in endpoints {
+            cmd.arg("--qmp").arg(e);
+        }
+        cmd.arg("--dir").arg(images).output().unwrap()
+    }
+
+    /// Every QEMU killed (SIGKILL), fresh ones started on the same taps,
+    /// waiting for a restore: the next world.
+    async fn kill_and_relaunch(&mut self) {
+        for vm in &mut self.vms {
+            vm.kill();
+        }
+        self.world += 1;
+        for i in 0..self.vms.len() {
+            let mut config = self.configs[i].clone();
+            config.incoming = true;
+            self.vms[i] = Vm::launch(&self.artifacts, Some(self.netns(i)), &self.world_dir(i), config).unwrap();
+            self.vms[i].qmp().await.unwrap();
+        }
+    }
+
+    /// The links of the VMs' namespaces that dropped frames (a full tap
+    /// queue: a QEMU that did not read its tap in time), for failures.
+    fn link_drops(&self) -> Vec<String> {
+        let namespaces: Vec<&Netns> = match &self.place {
+            Place::OneHost(ns) => vec![ns],
+            Place::TwoHosts(hosts) => hosts.hosts.iter().map(|h| &h.netns).collect(),
+        };
+        let mut drops = Vec::new();
+        for netns in namespaces {
+            let out = netns.command("ip").args(["-s", "-j", "link", "show"]).output().unwrap();
+            let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+            for link in links.as_array().into_iter().flatten() {
+                let stats = &link["stats64"];
+                let (rx, tx) =
+                    (stats["rx"]["dropped"].as_u64().unwrap_or(0), stats["tx"]["dropped"].as_u64().unwrap_or(0));
+                if rx + tx > 0 {
+                    drops.push(format!("{} {}: rx {rx} tx {tx} dropped", netns.name(), link["ifname"]));
+                }
+            }
+        }
+        drops
+    }
+
+    /// Every VM's QEMU runs and reports `running`.
+    async fn all_running(&mut self) -> Result<(), String> {
+        for vm in &mut self.vms {
+            if !vm.is_running() {
+                return Err(format!("{} died: {}", vm.config.name, vm.stderr()));
+            }
+            let status = Qmp::connect(vm.qmp_path()).await.unwrap().status().await.unwrap();
+            if status.status != "running" {
+                return Err(format!("{} is {status:?}", vm.config.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The counters of each stream a probe receives, by (peer, proto): the
+/// latest `net` event of each, or the first one.
+fn streams_at(log: &ProbeLog, latest: bool) -> BTreeMap<(String, String), ProbeEvent> {
+    let mut found = BTreeMap::new();
+    for e in log.events().into_iter().filter(|e| e.ev == "net") {
+        let key = (e.str("peer").unwrap_or_default().to_owned(), e.str("proto").unwrap_or_default().to_owned());
+        if latest || !found.contains_key(&key) {
+            found.insert(key, e);
+        }
+    }
+    found
+}
+
+fn streams(log: &ProbeLog) -> BTreeMap<(String, String), ProbeEvent> {
+    streams_at(log, true)
+}
+
+/// Datagrams sent per second over all the cluster's UDP streams, over
+/// `RATE_WINDOW` of the running exchange.
+fn udp_rate(logs: &[ProbeLog]) -> f64 {
+    let sent = || -> u64 {
+        logs.iter()
+            .flat_map(|log| streams(log).into_values())
+            .filter(|e| e.str("proto") == Some("udp"))
+            .filter_map(|e| e.u64("sent"))
+            .sum()
+    };
+    let (before, started) = (sent(), Instant::now());
+    std::thread::sleep(RATE_WINDOW);
+    (sent() - before) as f64 / started.elapsed().as_secs_f64()
+}
+
+/// Waits until every stream each probe receives carried `more` messages
+/// past `from` (its counters when the world began; for a restored world,
+/// whose log starts after the restore: its first counters there).
+fn wait_streams_carry(
+    logs: &[ProbeLog],
+    from: Option<&[BTreeMap<(String, String), ProbeEvent>]>,
+    more: u64,
+    what: &str,
+) {
+    let deadline = Instant::now() + EXCHANGE;
+    let streams_per_vm = 2 * (logs.len() - 1);
+    loop {
+        let behind: Vec<String> = logs
+            .iter()
+            .enumerate()
+            .flat_map(|(i, log)| {
+                let now = streams(log);
+                let first = streams_at(log, false);
+                let base_of = from.map_or(&first, |f| &f[i]);
+                let mut behind = Vec::new();
+                if now.len() < streams_per_vm {
+                    behind.push(format!("node{i}: {} of {streams_per_vm} streams reported", now.len()));
+                }
+                for (key, e) in now {
+                    let base = base_of.get(&key).and_then(|b| b.u64("received")).unwrap_or(0);
+                    let received = e.u64("received").unwrap_or(0);
+                    if received < base + more {
+                        behind.push(format!("node{i} from {}: {received} {} received", node_of_ip(&key.0), key.1));
+                    }
+                }
+                behind
+            })
+            .collect();
+        if behind.is_empty() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{what}: the streams do not carry {more} messages: {behind:?}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// What one world showed of the cut: per stream (receiver, sender,
+/// proto), the messages lost, duplicated, reordered and corrupted, from
+/// the probes' anomaly events since each log's event `since[i]`.
+#[derive(Debug, Default)]
+struct Damage {
+    per_stream: BTreeMap<String, [u64; 4]>,
+    /// The guest kernels' own UDP drops (a full receive buffer), which no
+    /// checkpoint causes: told apart from a lost frame.
+    guest_udp_drops: Vec<String>,
+    other: Vec<String>,
+}
+
+impl Damage {
+    fn of(logs: &[ProbeLog], since: &[usize]) -> Damage {
+        let mut damage = Damage::default();
+        for (i, log) in logs.iter().enumerate() {
+            for e in log.events().into_iter().skip(since.get(i).copied().unwrap_or(0)) {
+                match e.ev.as_str() {
+                    "net_anomaly" => {
+                        let stream = format!(
+                            "{}->node{i} {}",
+                            node_of_ip(e.str("peer").unwrap_or_default()),
+                            e.str("proto").unwrap_or_default()
+                        );
+                        let counts = damage.per_stream.entry(stream).or_default();
+                        match e.str("kind") {
+                            Some("lost") => counts[0] += e.u64("count").unwrap_or(1),
+                            Some("dup") => counts[1] += 1,
+                            Some("reordered") => counts[2] += 1,
+                            Some("corrupt") => counts[3] += 1,
+                            _ => damage.other.push(format!("node{i}: {}", e.json)),
+                        }
+                    }
+                    "udp" if e.u64("rcvbuf_errors").unwrap_or(0) + e.u64("in_errors").unwrap_or(0) > 0 => {
+                        damage.guest_udp_drops.push(format!("node{i}: {}", e.json));
+                    }
+                    "error" | "start" => damage.other.push(format!("node{i}: {}", e.json)),
+                    _ => {}
+                }
+            }
+        }
+        damage
+    }
+
+    fn is_clean(&self) -> bool {
+        self.per_stream.is_empty() && self.other.is_empty()
+    }
+
+    fn describe(&self) -> String {
+        if self.is_clean() && self.guest_udp_drops.is_empty() {
+            return "nothing lost, duplicated, reordered or corrupted".into();
+        }
+        let mut parts: Vec<String> = self
+            .per_stream
+            .iter()
+            .map(|(s, [lost, dup, reordered, corrupt])| {
+                format!("{s}: {lost} lost, {dup} dup, {reordered} reordered, {corrupt} corrupt")
+            })
+            .collect();
+        parts.extend(self.other.iter().cloned());
+        if !self.guest_udp_drops.is_empty() {
+            parts.push(format!("guest UDP drops (not the checkpoint's): {:?}", self.guest_udp_drops));
+        }
+        parts.join("; ")
+    }
+}
+
+/// One checkpoint and restart in `mode`, checked in both worlds; what
+/// went wrong, if anything (every check is made, so that a failing run
+/// still measures both modes).
+async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failures: &mut Vec<String>) {
+    let case = format!("{mode}, {} VMs", rig.vms.len());
+    let logs = rig.logs();
+    let since: Vec<usize> = logs.iter().map(|l| l.events().len()).collect();
+    let out = rig.mekha(&["checkpoint", "--json", "--mode", mode], images);
+    let summary: ClusterCheckpoint = summary_of(&out);
+    let held: BTreeMap<String, u64> = summary.vms.iter().map(|v| (v.vm.clone(), v.progress.net_saved_frames)).collect();
+    let dropped: Vec<u64> = summary.vms.iter().map(|v| v.progress.net_dropped_frames).collect();
+    let pauses: Vec<u64> = summary.vms.iter().map(|v| v.progress.pause_ns / 1000).collect();
+    eprintln!(
+        "{case}: generation {} committed; frames held per VM {held:?}, dropped {dropped:?}; pauses {pauses:?} us, \
+         stop skew {} us",
+        summary.generation,
+        summary.stop_skew_ns / 1000
+    );
+    let last = rig.vms.len() - 1;
+    if held.get(&format!("node{last}")).copied().unwrap_or(0) == 0 {
+        failures.push(format!("{case}: nothing held toward node{last}, 50 ms behind its peers"));
+    }
+    if dropped.iter().any(|&d| d > 0) {
+        failures.push(format!("{case}: frames dropped at the checkpoint: {dropped:?}"));
+    }
+
+    // (a) The world that went on after the checkpoint.
+    let at_checkpoint: Vec<_> = logs.iter().map(streams).collect();
+    wait_streams_carry(&logs, Some(&at_checkpoint), MSGS_AFTER, &format!("{case}, after the checkpoint"));
+    let went_on = Damage::of(&logs, &since);
+    eprintln!("{case}, the world that went on: {}", went_on.describe());
+    if !went_on.is_clean() {
+        failures.push(format!("{case}, the world that went on: {}", went_on.describe()));
+    }
+
+    // (b) Every QEMU killed; the restored world.
+    rig.kill_and_relaunch().await;
+    let out = rig.mekha(&["restore", "--json"], images);
+    let restored: ClusterRestore = summary_of(&out);
+    let injected: BTreeMap<String, u64> =
+        restored.vms.iter().map(|v| (v.vm.clone(), v.progress.net_injected_frames)).collect();
+    let refused: Vec<u64> = restored.vms.iter().map(|v| v.progress.net_dropped_frames).collect();
+    eprintln!("{case}: restored generation {}; frames injected {injected:?}, dropped {refused:?}", restored.generation);
+    if injected != held || refused.iter().any(|&d| d > 0) {
+        failures.push(format!("{case}: held {held:?} but injected {injected:?}, dropped {refused:?} at the restore"));
+    }
+    let logs = rig.logs();
+    wait_streams_carry(&logs, None, MSGS_AFTER, &format!("{case}, restored"));
+    let restored = Damage::of(&logs, &[]);
+    eprintln!("{case}, the restored world: {}", restored.describe());
+    if !restored.is_clean() {
+        failures.push(format!("{case}, the restored world: {}", restored.describe()));
+    }
+}
+
+/// Boots the rig, checks the rate, runs both modes; returns the rig (for
+/// more cases in the same boot) and what failed.
+async fn cut_in_both_modes(rig: &mut Rig, images: &Path) -> Vec<String> {
+    for log in rig.logs() {
+        log.wait_for("UDP at full rate", BOOT, |e| {
+            e.ev == "net" && e.str("proto") == Some("udp") && e.u64("received").unwrap_or(0) > 2000
+        })
+        .unwrap();
+    }
+    let rate = udp_rate(&rig.logs());
+    eprintln!("{} VMs: {rate:.0} UDP datagrams per second in all", rig.vms.len());
+    assert!(rate >= UDP_IN_ALL as f64, "the probes send {rate:.0} datagrams per second, not {UDP_IN_ALL}");
+
+    let mut failures = Vec::new();
+    let mut modes = vec!["mtd"];
+    if mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
+        modes.insert(0, "cow");
+    } else {
+        mekha_test_skip::skip("this host has no userfaultfd write protection: copy-on-write mode not tried");
+    }
+    for mode in modes {
+        checkpoint_kill_restart(rig, mode, images, &mut failures).await;
+    }
+    if rig.delay.lost() > 0 {
+        failures.push(format!("the delay line failed to pass {} frames on", rig.delay.lost()));
+    }
+    eprintln!("the delay line passed {} frames; links that dropped frames: {:?}", rig.delay.passed(), rig.link_drops());
+    if !failures.is_empty() {
+        failures.push(format!("links that dropped frames (not the checkpoint): {:?}", rig.link_drops()));
+    }
+    failures
+}
+
+/// A peer whose tap is unplugged from the bridge right before a
+/// checkpoint: its marker never arrives. The checkpoint fails naming
+/// it, commits nothing, and every VM runs.
+async fn missing_marker_commits_nothing(rig: &mut Rig, images: &Path, failures: &mut Vec<String>) {
+    let before = committed_generation(images);
+    assert!(before > 0, "no checkpoint committed before");
+    let peer = 1;
+    let tap = rig.configs[peer].nic.as_ref().unwrap().tap.clone();
+    rig.netns(peer).ip(&["link", "set", &tap, "nomaster"]).unwrap();
+    let out = rig.mekha(&["checkpoint", "--json"], images);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!("node{peer} unplugged: exit {:?}: {}", out.status.code(), said.trim());
+    if out.status.success() {
+        failures.push(format!(
+            "node{peer} unplugged: the checkpoint was committed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        ));
+    } else if !said.contains("marker") {
+        failures.push(format!("node{peer} unplugged: the error does not name the missing marker: {said}"));
+    }
+    let after = committed_generation(images);
+    if after != before {
+        failures.push(format!("node{peer} unplugged: generation {after} committed (was {before})"));
+    }
+    verifies(&rig.artifacts, images);
+    if let Err(e) = rig.all_running().await {
+        failures.push(format!("node{peer} unplugged: not every VM runs: {e}"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn three_vms_on_one_host_lose_nothing_over_a_50ms_link() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("net-cut-one-host");
+    let images = dir.join("images");
+    let mut rig = Rig::launch(artifacts, &dir, None, vec![0; 3]);
+    let mut failures = cut_in_both_modes(&mut rig, &images).await;
+    missing_marker_commits_nothing(&mut rig, &images, &mut failures).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_vms_over_two_hosts_lose_nothing_over_a_50ms_link() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("net-cut-two-hosts");
+    let images = dir.join("images");
+    let hosts = FakeHosts::create(2, &dir.join("hosts")).unwrap();
+    let mut rig = Rig::launch(artifacts, &dir, Some(hosts), vec![0, 1]);
+    let failures = cut_in_both_modes(&mut rig, &images).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
