@@ -35,8 +35,9 @@ use common::fault::{committed_generation, verifies};
 use common::summary_of;
 use mekha_coordinator::cluster::{ClusterCheckpoint, ClusterRestore};
 use mekha_coordinator::qmp::Qmp;
+use mekha_rig::netns::BRIDGE;
 use mekha_rig::vm::Nic;
-use mekha_rig::{Artifacts, DelayLine, FakeHosts, Netns, ProbeEvent, ProbeLog, Vm, VmConfig};
+use mekha_rig::{Artifacts, DelayLine, FakeHosts, Netns, ProbeEvent, ProbeLog, SpecVm, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(240);
 /// The latency of the delayed link.
@@ -59,15 +60,37 @@ const SUBNET: &str = "10.77.0";
 /// One cluster at a time: two on two host cores would slow both.
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Where the VMs run: one namespace, or fake hosts reached through ssh.
+/// Where the VMs run and how the CLI reaches them.
 enum Place {
+    /// One namespace; the CLI attaches to the VMs' QMP sockets.
     OneHost(Netns),
-    TwoHosts(FakeHosts),
+    /// Two fake hosts; the CLI attaches to the VMs through ssh.
+    Ssh(FakeHosts),
+    /// Two fake hosts whose agents start the VMs of a spec (`mekha up`).
+    Agents { hosts: FakeHosts, spec: PathBuf, state: PathBuf },
+}
+
+impl Place {
+    fn hosts(&self) -> Option<&FakeHosts> {
+        match self {
+            Place::OneHost(_) => None,
+            Place::Ssh(hosts) | Place::Agents { hosts, .. } => Some(hosts),
+        }
+    }
+}
+
+/// How a test places its VMs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum How {
+    OneHost,
+    Ssh,
+    Agents,
 }
 
 /// A cluster of probes with a delay line.
 struct Rig {
     // Field order is drop order: the VMs, the line, then their namespaces.
+    /// The VMs this test started (none in spec mode: the agents did).
     vms: Vec<Vm>,
     configs: Vec<VmConfig>,
     delay: DelayLine,
@@ -82,6 +105,10 @@ struct Rig {
     world: usize,
 }
 
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
 fn ip_of(i: usize) -> String {
     format!("{SUBNET}.{}", 11 + i)
 }
@@ -91,14 +118,25 @@ fn node_of_ip(ip: &str) -> String {
     format!("node{}", last.saturating_sub(11))
 }
 
+/// Room for a burst while a QEMU waits for a host CPU (the default 1000
+/// frames are 100 ms of this exchange).
+fn long_queue(netns: &Netns, link: &str) {
+    netns.ip(&["link", "set", link, "txqueuelen", "10000"]).unwrap();
+}
+
 impl Rig {
-    /// Boots a probe per entry of `host_of`: VM `i` on fake host
-    /// `host_of[i]` when `hosts` are given.
-    fn launch(artifacts: Artifacts, dir: &Path, hosts: Option<FakeHosts>, host_of: Vec<usize>) -> Rig {
+    /// Boots a probe per entry of `host_of` (VM `i` on fake host
+    /// `host_of[i]`, unless on one host).
+    async fn launch(artifacts: Artifacts, dir: &Path, how: How, host_of: Vec<usize>) -> Rig {
         let vms = host_of.len();
-        let mut place = match hosts {
-            Some(hosts) => Place::TwoHosts(hosts),
-            None => Place::OneHost(Netns::create().unwrap()),
+        let mut place = match how {
+            How::OneHost => Place::OneHost(Netns::create().unwrap()),
+            How::Ssh => Place::Ssh(FakeHosts::create(2, &dir.join("hosts")).unwrap()),
+            How::Agents => Place::Agents {
+                hosts: FakeHosts::create(2, &dir.join("hosts")).unwrap(),
+                spec: dir.join("cluster.toml"),
+                state: dir.join("state"),
+            },
         };
         // Every stream paced alike, 10,000 datagrams a second in all and a
         // tenth more, for what a busy guest's sleeps lose.
@@ -107,13 +145,19 @@ impl Rig {
         let mut configs = Vec::new();
         for (i, &host) in host_of.iter().enumerate() {
             let netns = match &mut place {
-                Place::OneHost(ns) => ns,
-                Place::TwoHosts(hosts) => &mut hosts.hosts[host].netns,
+                Place::OneHost(ns) => Some(ns),
+                Place::Ssh(hosts) => Some(&mut hosts.hosts[host].netns),
+                // Spec mode: `mekha up` makes the taps.
+                Place::Agents { .. } => None,
             };
-            let tap = netns.add_tap().unwrap();
-            // Room for a burst while a QEMU waits for a host CPU (the
-            // default 1000 frames are 100 ms of this exchange).
-            netns.ip(&["link", "set", &tap, "txqueuelen", "10000"]).unwrap();
+            let tap = match netns {
+                Some(netns) => {
+                    let tap = netns.add_tap().unwrap();
+                    long_queue(netns, &tap);
+                    tap
+                }
+                None => String::new(),
+            };
             let peers: Vec<String> = (0..vms).filter(|&j| j != i).map(ip_of).collect();
             let mut config = VmConfig::new(format!("node{i}"));
             config.memory_mib = 256;
@@ -136,21 +180,81 @@ impl Rig {
                 let tap = configs[vms - 1].nic.as_ref().unwrap().tap.clone();
                 (DelayLine::insert(ns, &tap, LINK_DELAY).unwrap(), vms - 1)
             }
-            Place::TwoHosts(hosts) => (DelayLine::insert(&hosts.hosts[1].netns, "downlink", LINK_DELAY).unwrap(), 0),
+            Place::Ssh(hosts) | Place::Agents { hosts, .. } => {
+                (DelayLine::insert(&hosts.hosts[1].netns, "downlink", LINK_DELAY).unwrap(), 0)
+            }
         };
         let dir = dir.to_owned();
         let mut rig = Rig { vms: Vec::new(), configs, delay, behind_line, place, host_of, artifacts, dir, world: 0 };
-        for i in 0..vms {
-            let vm = Vm::launch(&rig.artifacts, Some(rig.netns(i)), &rig.world_dir(i), rig.configs[i].clone());
-            rig.vms.push(vm.unwrap());
+        if how == How::Agents {
+            rig.up();
+        } else {
+            for i in 0..vms {
+                let vm = Vm::launch(&rig.artifacts, Some(rig.netns(i)), &rig.world_dir(i), rig.configs[i].clone());
+                rig.vms.push(vm.unwrap());
+            }
         }
         rig
+    }
+
+    /// Spec mode: the agents of the fake hosts start, then `mekha up`
+    /// has each start its VMs.
+    fn up(&mut self) {
+        let Place::Agents { hosts, spec, state } = &mut self.place else { unreachable!("up without agents") };
+        let (artifacts, dir) = (&self.artifacts, &self.dir);
+        let tls = dir.join("tls");
+        let mut init = vec!["tls".to_owned(), "init".into(), "--ca-dir".into(), path(&dir.join("ca"))];
+        init.extend(["--dir".into(), path(&tls)]);
+        for h in &hosts.hosts {
+            init.extend(["--agent".into(), h.address.clone()]);
+        }
+        let out = Command::new(&artifacts.mekha).args(&init).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let root = path(dir);
+        let policy = ["--state-root", &root, "--checkpoint-root", &root, "--qemu", &path(&artifacts.qemu)];
+        hosts.start_agents(&artifacts.mekha, &tls, &policy, dir).unwrap();
+        let mut toml = format!(
+            "name = \"net-cut\"\ncheckpoint_dir = {:?}\nstate_dir = {:?}\nqemu = {:?}\ntls_dir = {:?}\n\n\
+             [network]\nbridge = \"{BRIDGE}\"\n",
+            path(&dir.join("images")),
+            path(state),
+            path(&artifacts.qemu),
+            path(&tls),
+        );
+        for i in 0..hosts.hosts.len() {
+            toml += &format!("\n[[host]]\nname = \"h{i}\"\nagent = \"{}\"\n", hosts.agent_address(i));
+        }
+        for (i, config) in self.configs.iter().enumerate() {
+            let vm = SpecVm {
+                name: config.name.clone(),
+                memory_mib: config.memory_mib,
+                probe_args: config.probe_args.clone(),
+                serial: dir.join(format!("{}.serial", config.name)),
+                mac: config.nic.as_ref().unwrap().mac.clone(),
+                host: Some(format!("h{}", self.host_of[i])),
+            };
+            toml += &vm.toml(artifacts);
+        }
+        std::fs::write(&*spec, toml).unwrap();
+        let up = Command::new(&artifacts.mekha).args(["up", "--spec", &path(spec)]).output().unwrap();
+        assert!(up.status.success(), "mekha up: {}", String::from_utf8_lossy(&up.stderr));
+        // The taps `up` made, on the hosts' bridges.
+        for host in &hosts.hosts {
+            let out = host.netns.command("ip").args(["-j", "link", "show", "master", BRIDGE]).output().unwrap();
+            let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+            for link in links.as_array().into_iter().flatten() {
+                let name = link["ifname"].as_str().unwrap_or_default();
+                if name.starts_with("mk") {
+                    long_queue(&host.netns, name);
+                }
+            }
+        }
     }
 
     fn netns(&self, i: usize) -> &Netns {
         match &self.place {
             Place::OneHost(ns) => ns,
-            Place::TwoHosts(hosts) => &hosts.hosts[self.host_of[i]].netns,
+            Place::Ssh(hosts) | Place::Agents { hosts, .. } => &hosts.hosts[self.host_of[i]].netns,
         }
     }
 
@@ -158,23 +262,34 @@ impl Rig {
         self.dir.join(format!("world{}/node{i}", self.world))
     }
 
+    /// The probes' consoles (in spec mode, one file per VM across worlds).
     fn logs(&self) -> Vec<ProbeLog> {
-        self.vms.iter().map(Vm::log).collect()
+        match &self.place {
+            Place::Agents { .. } => {
+                self.configs.iter().map(|c| ProbeLog::new(self.dir.join(format!("{}.serial", c.name)))).collect()
+            }
+            _ => self.vms.iter().map(Vm::log).collect(),
+        }
     }
 
-    /// `mekha ARGS` on every VM (through ssh over the fake hosts) into
-    /// the checkpoint directory `images`.
+    /// `mekha ARGS` on every VM (through ssh over the fake hosts, or
+    /// their agents in spec mode) with the checkpoint directory `images`
+    /// (in spec mode, the spec's).
     fn mekha(&self, args: &[&str], images: &Path) -> Output {
         let mut cmd = Command::new(&self.artifacts.mekha);
         cmd.args(args);
         let endpoints: Vec<OsString> = match &self.place {
             Place::OneHost(_) => self.vms.iter().map(|vm| vm.cli_qmp_path().into()).collect(),
-            Place::TwoHosts(hosts) => {
+            Place::Ssh(hosts) => {
                 for o in &hosts.ssh_options {
                     cmd.arg("--ssh-option").arg(o);
                 }
                 let url = |(i, vm): (usize, &Vm)| hosts.qmp_url(self.host_of[i], &vm.cli_qmp_path()).into();
                 self.vms.iter().enumerate().map(url).collect()
+            }
+            Place::Agents { spec, .. } => {
+                assert_eq!(images, self.dir.join("images"), "the spec's checkpoint directory");
+                return cmd.arg("--spec").arg(spec).output().unwrap();
             }
         };
         for e in endpoints {
@@ -183,27 +298,50 @@ impl Rig {
         cmd.arg("--dir").arg(images).output().unwrap()
     }
 
-    /// Every QEMU killed (SIGKILL), fresh ones started on the same taps,
-    /// waiting for a restore: the next world.
-    async fn kill_and_relaunch(&mut self) {
+    /// Every QEMU killed (SIGKILL), the cluster restarted from `images`
+    /// through the CLI: the next world. The restart's summary, and where
+    /// the new world begins in each console's events.
+    async fn kill_and_restart(&mut self, images: &Path) -> (ClusterRestore, Vec<usize>) {
+        self.world += 1;
+        if let Place::Agents { state, .. } = &self.place {
+            for (i, config) in self.configs.iter().enumerate() {
+                let pid_file = state.join(format!("h{}", self.host_of[i])).join(format!("{}.pid", config.name));
+                let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+                // SAFETY: a plain signal to the QEMU the agent started for this test.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                // Gone, or a zombie its agent has yet to reap.
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| !s.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')))
+                {
+                    assert!(Instant::now() < deadline, "{} outlives SIGKILL", config.name);
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+            }
+            let since = self.logs().iter().map(|l| l.events().len()).collect();
+            let out = self.mekha(&["restart", "--json"], images);
+            return (summary_of(&out), since);
+        }
         for vm in &mut self.vms {
             vm.kill();
         }
-        self.world += 1;
         for i in 0..self.vms.len() {
             let mut config = self.configs[i].clone();
             config.incoming = true;
             self.vms[i] = Vm::launch(&self.artifacts, Some(self.netns(i)), &self.world_dir(i), config).unwrap();
             self.vms[i].qmp().await.unwrap();
         }
+        let since = self.logs().iter().map(|l| l.events().len()).collect();
+        let out = self.mekha(&["restore", "--json"], images);
+        (summary_of(&out), since)
     }
 
     /// The links of the VMs' namespaces that dropped frames (a full tap
     /// queue: a QEMU that did not read its tap in time), for failures.
     fn link_drops(&self) -> Vec<String> {
-        let namespaces: Vec<&Netns> = match &self.place {
-            Place::OneHost(ns) => vec![ns],
-            Place::TwoHosts(hosts) => hosts.hosts.iter().map(|h| &h.netns).collect(),
+        let namespaces: Vec<&Netns> = match self.place.hosts() {
+            None => (0..1).map(|i| self.netns(i)).collect(),
+            Some(hosts) => hosts.hosts.iter().map(|h| &h.netns).collect(),
         };
         let mut drops = Vec::new();
         for netns in namespaces {
@@ -223,6 +361,16 @@ impl Rig {
 
     /// Every VM's QEMU runs and reports `running`.
     async fn all_running(&mut self) -> Result<(), String> {
+        if let Place::Agents { .. } = self.place {
+            let out = self.mekha(&["status", "--json"], &self.dir.join("images"));
+            let status = common::json_of(&out);
+            for vm in status["vms"].as_array().into_iter().flatten() {
+                if vm["state"] != "running" {
+                    return Err(format!("{vm}"));
+                }
+            }
+            return Ok(());
+        }
         for vm in &mut self.vms {
             if !vm.is_running() {
                 return Err(format!("{} died: {}", vm.config.name, vm.stderr()));
@@ -236,11 +384,23 @@ impl Rig {
     }
 }
 
+/// A probe's counters of each stream it receives, by (peer, proto).
+type Streams = BTreeMap<(String, String), ProbeEvent>;
+
+/// Where a world begins, for its streams' progress.
+#[derive(Clone, Copy)]
+enum WorldStart<'a> {
+    /// Each probe's counters when it began (a world that went on).
+    Counters(&'a [Streams]),
+    /// Each console's first event in it (a restored world).
+    Event(&'a [usize]),
+}
+
 /// The counters of each stream a probe receives, by (peer, proto): the
-/// latest `net` event of each, or the first one.
-fn streams_at(log: &ProbeLog, latest: bool) -> BTreeMap<(String, String), ProbeEvent> {
+/// latest `net` event of each, or the first one after event `since`.
+fn streams_at(log: &ProbeLog, since: usize, latest: bool) -> Streams {
     let mut found = BTreeMap::new();
-    for e in log.events().into_iter().filter(|e| e.ev == "net") {
+    for e in log.events().into_iter().skip(since).filter(|e| e.ev == "net") {
         let key = (e.str("peer").unwrap_or_default().to_owned(), e.str("proto").unwrap_or_default().to_owned());
         if latest || !found.contains_key(&key) {
             found.insert(key, e);
@@ -249,8 +409,8 @@ fn streams_at(log: &ProbeLog, latest: bool) -> BTreeMap<(String, String), ProbeE
     found
 }
 
-fn streams(log: &ProbeLog) -> BTreeMap<(String, String), ProbeEvent> {
-    streams_at(log, true)
+fn streams(log: &ProbeLog) -> Streams {
+    streams_at(log, 0, true)
 }
 
 /// Datagrams sent per second over all the cluster's UDP streams, over
@@ -269,14 +429,9 @@ fn udp_rate(logs: &[ProbeLog]) -> f64 {
 }
 
 /// Waits until every stream each probe receives carried `more` messages
-/// past `from` (its counters when the world began; for a restored world,
-/// whose log starts after the restore: its first counters there).
-fn wait_streams_carry(
-    logs: &[ProbeLog],
-    from: Option<&[BTreeMap<(String, String), ProbeEvent>]>,
-    more: u64,
-    what: &str,
-) {
+/// since the world began (from its first counters there, in a restored
+/// world).
+fn wait_streams_carry(logs: &[ProbeLog], from: WorldStart<'_>, more: u64, what: &str) {
     let deadline = Instant::now() + EXCHANGE;
     let streams_per_vm = 2 * (logs.len() - 1);
     loop {
@@ -285,8 +440,10 @@ fn wait_streams_carry(
             .enumerate()
             .flat_map(|(i, log)| {
                 let now = streams(log);
-                let first = streams_at(log, false);
-                let base_of = from.map_or(&first, |f| &f[i]);
+                let base_of = match from {
+                    WorldStart::Counters(counters) => counters[i].clone(),
+                    WorldStart::Event(since) => streams_at(log, since[i], false),
+                };
                 let mut behind = Vec::new();
                 if now.len() < streams_per_vm {
                     behind.push(format!("node{i}: {} of {streams_per_vm} streams reported", now.len()));
@@ -404,7 +561,12 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
 
     // (a) The world that went on after the checkpoint.
     let at_checkpoint: Vec<_> = logs.iter().map(streams).collect();
-    wait_streams_carry(&logs, Some(&at_checkpoint), MSGS_AFTER, &format!("{case}, after the checkpoint"));
+    wait_streams_carry(
+        &logs,
+        WorldStart::Counters(&at_checkpoint),
+        MSGS_AFTER,
+        &format!("{case}, after the checkpoint"),
+    );
     let went_on = Damage::of(&logs, &since);
     eprintln!("{case}, the world that went on: {}", went_on.describe());
     if !went_on.is_clean() {
@@ -412,9 +574,7 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
     }
 
     // (b) Every QEMU killed; the restored world.
-    rig.kill_and_relaunch().await;
-    let out = rig.mekha(&["restore", "--json"], images);
-    let restored: ClusterRestore = summary_of(&out);
+    let (restored, since) = rig.kill_and_restart(images).await;
     let injected: BTreeMap<String, u64> =
         restored.vms.iter().map(|v| (v.vm.clone(), v.progress.net_injected_frames)).collect();
     let refused: Vec<u64> = restored.vms.iter().map(|v| v.progress.net_dropped_frames).collect();
@@ -423,8 +583,8 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
         failures.push(format!("{case}: held {held:?} but injected {injected:?}, dropped {refused:?} at the restore"));
     }
     let logs = rig.logs();
-    wait_streams_carry(&logs, None, MSGS_AFTER, &format!("{case}, restored"));
-    let restored = Damage::of(&logs, &[]);
+    wait_streams_carry(&logs, WorldStart::Event(&since), MSGS_AFTER, &format!("{case}, restored"));
+    let restored = Damage::of(&logs, &since);
     eprintln!("{case}, the restored world: {}", restored.describe());
     if !restored.is_clean() {
         failures.push(format!("{case}, the restored world: {}", restored.describe()));
@@ -500,7 +660,7 @@ async fn three_vms_on_one_host_lose_nothing_over_a_50ms_link() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("net-cut-one-host");
     let images = dir.join("images");
-    let mut rig = Rig::launch(artifacts, &dir, None, vec![0; 3]);
+    let mut rig = Rig::launch(artifacts, &dir, How::OneHost, vec![0; 3]).await;
     let mut failures = cut_in_both_modes(&mut rig, &images).await;
     missing_marker_commits_nothing(&mut rig, &images, &mut failures).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
@@ -512,8 +672,18 @@ async fn two_vms_over_two_hosts_lose_nothing_over_a_50ms_link() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("net-cut-two-hosts");
     let images = dir.join("images");
-    let hosts = FakeHosts::create(2, &dir.join("hosts")).unwrap();
-    let mut rig = Rig::launch(artifacts, &dir, Some(hosts), vec![0, 1]);
+    let mut rig = Rig::launch(artifacts, &dir, How::Ssh, vec![0, 1]).await;
+    let failures = cut_in_both_modes(&mut rig, &images).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_vms_started_by_agents_lose_nothing_over_a_50ms_link() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("net-cut-agents");
+    let images = dir.join("images");
+    let mut rig = Rig::launch(artifacts, &dir, How::Agents, vec![0, 1]).await;
     let failures = cut_in_both_modes(&mut rig, &images).await;
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
