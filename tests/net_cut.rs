@@ -139,9 +139,9 @@ impl Rig {
             },
         };
         // Every stream paced alike, 10,000 datagrams a second in all and a
-        // tenth more, for what a busy guest's sleeps lose.
+        // fifth more, for what a busy guest's sleeps lose.
         let streams = (vms * (vms - 1)) as u64;
-        let udp_rate = (UDP_IN_ALL + UDP_IN_ALL / 10).div_ceil(streams);
+        let udp_rate = (UDP_IN_ALL + UDP_IN_ALL / 5).div_ceil(streams);
         let mut configs = Vec::new();
         for (i, &host) in host_of.iter().enumerate() {
             let netns = match &mut place {
@@ -414,18 +414,29 @@ fn streams(log: &ProbeLog) -> Streams {
 }
 
 /// Datagrams sent per second over all the cluster's UDP streams, over
-/// `RATE_WINDOW` of the running exchange.
+/// `RATE_WINDOW` of the running exchange: each stream's sent count across
+/// the window by its probe's own clock.
 fn udp_rate(logs: &[ProbeLog]) -> f64 {
-    let sent = || -> u64 {
-        logs.iter()
-            .flat_map(|log| streams(log).into_values())
-            .filter(|e| e.str("proto") == Some("udp"))
-            .filter_map(|e| e.u64("sent"))
-            .sum()
-    };
-    let (before, started) = (sent(), Instant::now());
+    let since: Vec<usize> = logs.iter().map(|l| l.events().len()).collect();
     std::thread::sleep(RATE_WINDOW);
-    (sent() - before) as f64 / started.elapsed().as_secs_f64()
+    let mut rate = 0.0;
+    for (log, since) in logs.iter().zip(since) {
+        let mut window: BTreeMap<String, (ProbeEvent, ProbeEvent)> = BTreeMap::new();
+        for e in log.events().into_iter().skip(since) {
+            if e.ev == "net" && e.str("proto") == Some("udp") {
+                let peer = e.str("peer").unwrap_or_default().to_owned();
+                window.entry(peer).and_modify(|(_, last)| *last = e.clone()).or_insert((e.clone(), e));
+            }
+        }
+        for (first, last) in window.values() {
+            let sent = last.u64("sent").unwrap_or(0) - first.u64("sent").unwrap_or(0);
+            let ns = last.u64("mono_ns").unwrap_or(0) - first.u64("mono_ns").unwrap_or(0);
+            if ns > 0 {
+                rate += sent as f64 * 1e9 / ns as f64;
+            }
+        }
+    }
+    rate
 }
 
 /// Waits until every stream each probe receives carried `more` messages
@@ -602,9 +613,12 @@ async fn cut_in_both_modes(rig: &mut Rig, images: &Path) -> Vec<String> {
     }
     let rate = udp_rate(&rig.logs());
     eprintln!("{} VMs: {rate:.0} UDP datagrams per second in all", rig.vms.len());
-    assert!(rate >= UDP_IN_ALL as f64, "the probes send {rate:.0} datagrams per second, not {UDP_IN_ALL}");
 
     let mut failures = Vec::new();
+    // Checked, but only at the end: the cut is measured whatever the rate.
+    if rate < UDP_IN_ALL as f64 {
+        failures.push(format!("the probes sent {rate:.0} datagrams per second in all, not {UDP_IN_ALL}"));
+    }
     let mut modes = vec!["mtd"];
     if mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {
         modes.insert(0, "cow");

@@ -52,7 +52,7 @@ const UDP_RCVBUF: libc::c_int = 8 << 20;
 /// How far a paced sender catches up after a stall (the guest's vCPU
 /// descheduled, a restore): further behind, it starts its schedule anew
 /// rather than send a burst the receiver could not take.
-const MAX_CATCH_UP: Duration = Duration::from_millis(20);
+const MAX_CATCH_UP: Duration = Duration::from_millis(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Proto {
