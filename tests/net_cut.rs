@@ -303,6 +303,10 @@ impl Rig {
     /// the new world begins in each console's events.
     async fn kill_and_restart(&mut self, images: &Path) -> (ClusterRestore, Vec<usize>) {
         self.world += 1;
+        // The killed world's last frames drain from the delay line into
+        // taps nobody reads (dropped there) before any new QEMU opens one:
+        // a restart comes after a failure, not within 50 ms of it.
+        let drained = || std::thread::sleep(LINK_DELAY * 20);
         if let Place::Agents { state, .. } = &self.place {
             for (i, config) in self.configs.iter().enumerate() {
                 let pid_file = state.join(format!("h{}", self.host_of[i])).join(format!("{}.pid", config.name));
@@ -318,6 +322,7 @@ impl Rig {
                     std::thread::sleep(Duration::from_millis(50));
                 }
             }
+            drained();
             let since = self.logs().iter().map(|l| l.events().len()).collect();
             let out = self.mekha(&["restart", "--json"], images);
             return (summary_of(&out), since);
@@ -325,6 +330,7 @@ impl Rig {
         for vm in &mut self.vms {
             vm.kill();
         }
+        drained();
         for i in 0..self.vms.len() {
             let mut config = self.configs[i].clone();
             config.incoming = true;

@@ -46,9 +46,10 @@ const DONE_GRACE: Duration = Duration::from_secs(2);
 /// `suppressed`); the counters keep counting. A peer that restarts from
 /// seq 0 would otherwise print one line per message it sends.
 const MAX_ANOMALY_EVENTS: u64 = 1000;
-/// The UDP socket's receive buffer: a second of the highest rate a test
-/// asks for, and more.
-const UDP_RCVBUF: libc::c_int = 8 << 20;
+/// The UDP socket's receive buffer: seconds of the highest rate a test
+/// asks for (a small datagram takes a few KiB of buffer), for a guest
+/// just restored, which runs slowly while it faults its pages in.
+const UDP_RCVBUF: libc::c_int = 32 << 20;
 /// How far a paced sender catches up after a stall (the guest's vCPU
 /// descheduled, a restore): further behind, it starts its schedule anew
 /// rather than send a burst the receiver could not take.
