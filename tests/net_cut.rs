@@ -456,10 +456,10 @@ fn wait_streams_carry(logs: &[ProbeLog], from: WorldStart<'_>, more: u64, what: 
             .iter()
             .enumerate()
             .flat_map(|(i, log)| {
-                let now = streams(log);
-                let base_of = match from {
-                    WorldStart::Counters(counters) => counters[i].clone(),
-                    WorldStart::Event(since) => streams_at(log, since[i], false),
+                // A console may hold the worlds before (spec mode appends).
+                let (now, base_of) = match from {
+                    WorldStart::Counters(counters) => (streams(log), counters[i].clone()),
+                    WorldStart::Event(since) => (streams_at(log, since[i], true), streams_at(log, since[i], false)),
                 };
                 let mut behind = Vec::new();
                 if now.len() < streams_per_vm {
@@ -554,7 +554,7 @@ impl Damage {
 /// went wrong, if anything (every check is made, so that a failing run
 /// still measures both modes).
 async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failures: &mut Vec<String>) {
-    let case = format!("{mode}, {} VMs", rig.vms.len());
+    let case = format!("{mode}, {} VMs", rig.configs.len());
     let logs = rig.logs();
     let since: Vec<usize> = logs.iter().map(|l| l.events().len()).collect();
     let out = rig.mekha(&["checkpoint", "--json", "--mode", mode], images);
@@ -618,7 +618,7 @@ async fn cut_in_both_modes(rig: &mut Rig, images: &Path) -> Vec<String> {
         .unwrap();
     }
     let rate = udp_rate(&rig.logs());
-    eprintln!("{} VMs: {rate:.0} UDP datagrams per second in all", rig.vms.len());
+    eprintln!("{} VMs: {rate:.0} UDP datagrams per second in all", rig.configs.len());
 
     let mut failures = Vec::new();
     // Checked, but only at the end: the cut is measured whatever the rate.
