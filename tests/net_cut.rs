@@ -5,8 +5,8 @@
 //! second and more in all) while a delay line (`mekha_rig::DelayLine`)
 //! makes one link 50 ms long, as between hosts joined by a real network:
 //! at the checkpoint instant T, 50 ms of frames toward one VM are on the
-//! line. The cluster is checkpointed through the
-//! `mekha` CLI, every QEMU is killed (SIGKILL) and the cluster restarted
+//! line. The cluster is checkpointed through the `mekha` CLI, every QEMU
+//! is killed (SIGKILL) and the cluster restarted
 //! from the images through the CLI, in copy-on-write mode and in MTD mode
 //! one after the other in one boot. In both the world that went on after
 //! the checkpoint and the restored one, no message may be lost,
@@ -18,10 +18,15 @@
 //! the missing marker, commits nothing (the latest generation stays, and
 //! verifies) and leaves every VM running.
 //!
-//! On one host (three VMs on one bridge, the delay on one VM's tap) and
-//! over two fake hosts (network namespaces whose bridges are joined into
-//! one segment, coordinated through ssh; the delay on the link between
-//! the hosts, one way).
+//! On one host (three VMs on one bridge, the delay on one VM's tap; the
+//! unplugged peer too), and over two fake hosts (network namespaces whose
+//! bridges are joined into one segment; the delay on the link between the
+//! hosts, one way): attached through ssh, and in spec mode through the
+//! hosts' agents (`mekha up`, `mekha restart`).
+//!
+//! Frames lost by the guests themselves (a full UDP receive buffer in a
+//! guest just restored, a full tap queue while a QEMU waits for a host
+//! CPU) are reported beside a failure, apart from the checkpoint's.
 
 mod common;
 
@@ -608,8 +613,8 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
     }
 }
 
-/// Boots the rig, checks the rate, runs both modes; returns the rig (for
-/// more cases in the same boot) and what failed.
+/// Once the exchange runs, measures its rate, then checkpoints and
+/// restarts in both modes: what failed.
 async fn cut_in_both_modes(rig: &mut Rig, images: &Path) -> Vec<String> {
     for log in rig.logs() {
         log.wait_for("UDP at full rate", BOOT, |e| {
