@@ -564,21 +564,27 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
     let since: Vec<usize> = logs.iter().map(|l| l.events().len()).collect();
     let out = rig.mekha(&["checkpoint", "--json", "--mode", mode], images);
     let summary: ClusterCheckpoint = summary_of(&out);
-    let held: BTreeMap<String, u64> = summary.vms.iter().map(|v| (v.vm.clone(), v.progress.net_saved_frames)).collect();
+    let saved: BTreeMap<String, u64> =
+        summary.vms.iter().map(|v| (v.vm.clone(), v.progress.net_saved_frames)).collect();
     let dropped: Vec<u64> = summary.vms.iter().map(|v| v.progress.net_dropped_frames).collect();
     let pauses: Vec<u64> = summary.vms.iter().map(|v| v.progress.pause_ns / 1000).collect();
     eprintln!(
-        "{case}: generation {} committed; frames held per VM {held:?}, dropped {dropped:?}; pauses {pauses:?} us, \
+        "{case}: generation {} committed; frames saved per VM {saved:?}, dropped {dropped:?}; pauses {pauses:?} us, \
          stop skew {} us",
         summary.generation,
         summary.stop_skew_ns / 1000
     );
     let late = rig.behind_line;
-    if held.get(&format!("node{late}")).copied().unwrap_or(0) == 0 {
-        failures.push(format!("{case}: nothing held toward node{late}, 50 ms behind a peer"));
+    if saved.get(&format!("node{late}")).copied().unwrap_or(0) == 0 {
+        failures.push(format!("{case}: nothing saved toward node{late}, 50 ms behind a peer"));
     }
     if dropped.iter().any(|&d| d > 0) {
         failures.push(format!("{case}: frames dropped at the checkpoint: {dropped:?}"));
+    }
+    let incomplete: Vec<&str> =
+        summary.vms.iter().filter(|v| !v.progress.cut_complete).map(|v| v.vm.as_str()).collect();
+    if !incomplete.is_empty() {
+        failures.push(format!("{case}: committed with the cut incomplete on {incomplete:?}"));
     }
 
     // (a) The world that went on after the checkpoint.
@@ -601,8 +607,8 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
         restored.vms.iter().map(|v| (v.vm.clone(), v.progress.net_injected_frames)).collect();
     let refused: Vec<u64> = restored.vms.iter().map(|v| v.progress.net_dropped_frames).collect();
     eprintln!("{case}: restored generation {}; frames injected {injected:?}, dropped {refused:?}", restored.generation);
-    if injected != held || refused.iter().any(|&d| d > 0) {
-        failures.push(format!("{case}: held {held:?} but injected {injected:?}, dropped {refused:?} at the restore"));
+    if injected != saved || refused.iter().any(|&d| d > 0) {
+        failures.push(format!("{case}: saved {saved:?} but injected {injected:?}, dropped {refused:?} at the restore"));
     }
     let logs = rig.logs();
     wait_streams_carry(&logs, WorldStart::Event(&since), MSGS_AFTER, &format!("{case}, restored"));
