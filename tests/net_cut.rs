@@ -563,6 +563,12 @@ async fn checkpoint_kill_restart(rig: &mut Rig, mode: &str, images: &Path, failu
     let logs = rig.logs();
     let since: Vec<usize> = logs.iter().map(|l| l.events().len()).collect();
     let out = rig.mekha(&["checkpoint", "--json", "--mode", mode], images);
+    if !out.status.success() {
+        let said = String::from_utf8_lossy(&out.stderr);
+        failures
+            .push(format!("{case}: the checkpoint failed: {said}; links that dropped frames: {:?}", rig.link_drops()));
+        return;
+    }
     let summary: ClusterCheckpoint = summary_of(&out);
     let saved: BTreeMap<String, u64> =
         summary.vms.iter().map(|v| (v.vm.clone(), v.progress.net_saved_frames)).collect();

@@ -45,9 +45,10 @@ impl DelayLine {
             netns.ip(&["link", "set", dev, "master", bridge])?;
             netns.ip(&["link", "set", dev, "up"])?;
         }
-        // Room for a burst while a relay thread waits for a host CPU.
+        // Room for seconds of frames while a relay thread waits for a
+        // host CPU (TCG guests keep both busy).
         for dev in ["dl0", "dl1", tap] {
-            netns.ip(&["link", "set", dev, "txqueuelen", "10000"])?;
+            netns.ip(&["link", "set", dev, "txqueuelen", "100000"])?;
         }
         let stop = Arc::new(AtomicBool::new(false));
         let lost = Arc::new(AtomicU64::new(0));
