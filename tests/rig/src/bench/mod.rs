@@ -22,6 +22,7 @@ pub mod cpu;
 pub mod events;
 pub mod host;
 pub mod progress;
+pub mod recovery;
 pub mod stats;
 
 use std::future::Future;
