@@ -18,8 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-METHODS = ("mekha", "stock")
-LABELS = {"mekha": "mekha", "stock": "stock QEMU (scripted QMP)"}
+METHODS = ("mekha", "mekha-mtd", "stock")
+LABELS = {"mekha": "mekha copy-on-write", "mekha-mtd": "mekha MTD", "stock": "stock QEMU (scripted QMP)"}
 
 GUEST_COLORS = {
     "live": "#4C72B0",
@@ -53,8 +53,8 @@ def f(v, digits=0):
 
 
 def pick_runs(data):
-    """The largest N with both methods measured; the first repetition where
-    both checkpointed (and restarted, if any did)."""
+    """The largest N with every method measured; the first repetition where
+    each checkpointed (and restarted, if any did)."""
     for n in sorted(data["sizes"], reverse=True):
         reps = sorted({r["rep"] for r in data["runs"] if r["n"] == n})
         for rep in reps:
@@ -137,7 +137,7 @@ def timeline(out, data):
         ax.set_title(f"around the stop: suspend skew {f(ck['suspend_skew_ms'], 3)} ms, resume skew "
                      f"{f(ck['resume_skew_ms'], 3)} ms", fontsize=9)
         ax.set_xlabel("ms since the first STOP event (solid ticks: each VM's STOP event" +
-                      ("; dashed: its stopped-at-ns; dotted: T)" if m == "mekha" else ")"), fontsize=7)
+                      ("; dashed: its stopped-at-ns; dotted: T)" if m != "stock" else ")"), fontsize=7)
         # Restart, from the command.
         ax = axes[row][2]
         rs = run.get("restart")

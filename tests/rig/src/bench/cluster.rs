@@ -23,15 +23,17 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::cluster_data::{
-    Checkpoint, ComputeCheck, Job, MekhaCheckpoint, MekhaRestart, Method, Mismatch, Restart, Run, Span,
-    StockCheckpoint, StockRestart, VmCheckpoint, VmRestart, Workload,
+    Checkpoint, ComputeCheck, Job, MekhaCheckpoint, MekhaRestart, Method, Mismatch, NetCut, Restart, Run, Span,
+    StockCheckpoint, StockRestart, VmCheckpoint, VmRecovery, VmRestart, Workload,
 };
 use super::console::{Console, TimedProbeEvent};
 use super::events::{EventLog, TimedEvent};
 use super::host::{drop_cache, loadavg};
-use super::stats::{ms, now, plain, spread, spread_all};
+use super::progress::{lost_ms, progress_series, rate_between, step_at, Point};
+use super::recovery::{back_after, lost_split, messages, steps};
+use super::stats::{median, ms, now, plain, ratio, spread, spread_all};
 use super::{fresh_dirs, log};
-use crate::{Artifacts, Cluster, ClusterConfig};
+use crate::{Artifacts, Cluster, ClusterConfig, DelayLine};
 
 pub const MEM_MIB: u32 = 256;
 pub const DIRTY_MIB: u32 = 32;
@@ -47,8 +49,10 @@ pub const MSGS: u64 = 1000;
 pub const MSG_INTERVAL_MS: u64 = 20;
 /// Messages received on every link before the checkpoint.
 pub const MIN_RX: u64 = 50;
-/// Then this long before the checkpoint.
-pub const STEADY_S: f64 = 1.0;
+/// Then this long before the checkpoint: the steady window, over which
+/// the guests' rates are measured (the probes report messages once a
+/// second).
+pub const STEADY_S: f64 = 3.0;
 /// The checkpointed cluster runs on this long before it is killed.
 pub const AFTER_S: f64 = 1.0;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(180);
@@ -60,6 +64,19 @@ const JOB_TIMEOUT_S: f64 = 120.0;
 const COMPUTE_AFTER: usize = 3;
 const PROTOS: [&str; 2] = ["tcp", "udp"];
 const RESUME_TIMEOUT: Duration = Duration::from_secs(30);
+/// The latency of the link toward the last VM (N >= 2), as between hosts:
+/// frames are always in flight toward it at the checkpoint.
+pub const LINK_DELAY: Duration = Duration::from_millis(50);
+/// A restarted guest is back once its rate holds this share of its steady
+/// rate over BACK_HOLD_S (compute) or MSGS_BACK_HOLD_S (messages, reported
+/// once a second).
+pub const BACK_SHARE: f64 = 0.9;
+pub const BACK_HOLD_S: f64 = 0.5;
+pub const MSGS_BACK_HOLD_S: f64 = 2.0;
+/// The work lost after a restart is counted over this long.
+pub const LOST_WINDOW_S: f64 = 2.0;
+/// The progress line after a restart spans this long.
+const LINE_S: f64 = 5.0;
 
 pub fn workload() -> Workload {
     Workload {
@@ -72,6 +89,11 @@ pub fn workload() -> Workload {
         min_rx: MIN_RX,
         steady_s: STEADY_S,
         after_s: AFTER_S,
+        link_delay_ms: LINK_DELAY.as_secs_f64() * 1000.0,
+        back_share: BACK_SHARE,
+        back_hold_s: BACK_HOLD_S,
+        msgs_back_hold_s: MSGS_BACK_HOLD_S,
+        lost_window_s: LOST_WINDOW_S,
     }
 }
 
@@ -105,6 +127,13 @@ fn latest(events: &[TimedProbeEvent], ev: &str) -> BTreeMap<Link, TimedProbeEven
     out
 }
 
+/// Where `mekha checkpoint` writes and logs, and its capture mode.
+struct CliTrial<'a> {
+    ckdir: &'a Path,
+    log_dir: &'a Path,
+    mode: &'a str,
+}
+
 /// A run of the mekha CLI: its `--json` summary, the host times it
 /// started and exited, each VM's event mark before it and its RESUME.
 struct CliRun<T> {
@@ -113,6 +142,13 @@ struct CliRun<T> {
     t1: f64,
     marks: Vec<usize>,
     resumed: Vec<TimedEvent>,
+}
+
+/// A trial's cluster and the delay line toward its last VM (N >= 2).
+struct Net {
+    // Field order is drop order: the line's taps before the namespace.
+    delay: Option<DelayLine>,
+    cluster: Cluster,
 }
 
 /// One method on one fresh cluster: where its files go.
@@ -177,7 +213,7 @@ impl Bench {
             Trial { method, ckdir: self.images.join(&tag), run_dir: self.vms_dir.join(&tag), images: Vec::new(), tag };
         let mut r = Run::new(n, rep, method);
         let _ = std::fs::create_dir_all(&trial.run_dir);
-        let (mut cluster, originals, t_stop) = match self.checkpointed(&mut trial, n, &mut r).await {
+        let (mut net, originals, t_stop) = match self.checkpointed(&mut trial, n, &mut r).await {
             Ok(c) => c,
             Err(e) => {
                 log(&format!("{}: checkpoint failed: {e:#}", trial.tag));
@@ -186,11 +222,14 @@ impl Bench {
                 return r;
             }
         };
-        if let Err(e) = self.restarted(&trial, &mut cluster, &originals, t_stop, &mut r).await {
+        if let Err(e) = self.restarted(&trial, &mut net.cluster, &originals, t_stop, &mut r).await {
             log(&format!("{}: restart failed: {e:#}", trial.tag));
             r.restart_error = Some(format!("{e:#}"));
         }
-        drop(cluster);
+        if let (Some(line), Some(cut)) = (&net.delay, r.checkpoint.as_mut().and_then(|c| c.net_cut.as_mut())) {
+            cut.line_lost = line.lost();
+        }
+        drop(net);
         trial.cleanup();
         r
     }
@@ -203,16 +242,17 @@ impl Bench {
         trial: &mut Trial,
         n: usize,
         r: &mut Run,
-    ) -> Result<(Cluster, Vec<Vec<TimedProbeEvent>>, Option<f64>)> {
+    ) -> Result<(Net, Vec<Vec<TimedProbeEvent>>, Option<f64>)> {
         let tag = trial.tag.clone();
-        let (mut cluster, nodes) = self.boot_settled(&tag, n, r).await?;
+        let (mut net, nodes) = self.boot_settled(&tag, n, r).await?;
         r.loadavg_before = Some(loadavg());
-        let mut ck = match trial.method {
-            Method::Mekha => {
-                let qmps = cluster.cli_qmp_paths();
-                self.checkpoint_mekha(&nodes, &qmps, &trial.ckdir, &trial.run_dir, &mut trial.images).await?
+        let mut ck = match trial.method.mode() {
+            Some(mode) => {
+                let qmps = net.cluster.cli_qmp_paths();
+                let cli = CliTrial { ckdir: &trial.ckdir, log_dir: &trial.run_dir, mode };
+                self.checkpoint_mekha(&nodes, &qmps, &cli, &mut trial.images).await?
             }
-            Method::Stock => checkpoint_stock(&nodes, &trial.ckdir, &mut trial.images).await?,
+            None => checkpoint_stock(&nodes, &trial.ckdir, &mut trial.images).await?,
         };
         let stops: Vec<Option<f64>> = ck.vms.iter().map(|v| v.stop_t).collect();
         let resumes: Vec<Option<f64>> = ck.vms.iter().map(|v| Some(v.resume_t)).collect();
@@ -221,32 +261,39 @@ impl Bench {
         let last_resume = resumes.iter().flatten().copied().reduce(f64::max);
         ck.cluster_pause_ms = if all_stops { ms(last_resume.zip(first_stop).map(|(a, b)| a - b)) } else { None };
         ck.max_vm_pause_ms = ck.vms.iter().filter_map(|v| v.event_pause_ms).reduce(f64::max);
+        ck.median_vm_pause_ms = median(&ck.vms.iter().map(|v| v.event_pause_ms).collect::<Vec<_>>());
+        if net.delay.is_some() {
+            ck.net_cut = Some(net_cut(&nodes, &ck));
+        }
         ck.suspend_skew_ms = if all_stops { ms(spread(&stops)) } else { None };
         ck.resume_skew_ms = ms(spread(&resumes));
         ck.suspend_skew_host_ms = ms(spread(&ck.vms.iter().map(|v| v.stop_host_t).collect::<Vec<_>>()));
         ck.resume_skew_host_ms = ms(spread(&ck.vms.iter().map(|v| Some(v.resume_host_t)).collect::<Vec<_>>()));
         let t_stop = ck.vms.iter().filter_map(|v| v.stop_host_t).reduce(f64::min);
         log(&format!(
-            "{tag}: checkpoint: cluster pause {} ms, suspend skew {} ms, resume skew {} ms, latency {} ms, {} MiB \
-             written",
+            "{tag}: checkpoint: per-VM pause {} ms (longest {} ms), cluster pause {} ms, suspend skew {} ms, resume \
+             skew {} ms, latency {} ms, {} MiB written, {} frames saved",
+            plain(ck.median_vm_pause_ms, 2),
+            plain(ck.max_vm_pause_ms, 2),
             plain(ck.cluster_pause_ms, 1),
             plain(ck.suspend_skew_ms, 3),
             plain(ck.resume_skew_ms, 3),
             plain(ck.latency_ms, 0),
             plain(ck.written_bytes.map(|b| b as f64 / (1u64 << 20) as f64), 1),
+            plain(ck.net_saved_frames.map(|f| f as f64), 0),
         ));
         r.checkpoint = Some(ck);
         tokio::time::sleep(Duration::from_secs_f64(AFTER_S)).await;
-        for (vm, node) in cluster.vms.iter_mut().zip(&nodes) {
+        for (vm, node) in net.cluster.vms.iter_mut().zip(&nodes) {
             if !vm.is_running() {
                 bail!("{}: QEMU died after the checkpoint: {}", node.name, vm.stderr());
             }
         }
-        for vm in &mut cluster.vms {
+        for vm in &mut net.cluster.vms {
             vm.kill();
         }
         let originals = nodes.iter().map(|n| n.console.events()).collect();
-        Ok((cluster, originals, t_stop))
+        Ok((net, originals, t_stop))
     }
 
     /// Starts the killed cluster again waiting for its images, restarts it
@@ -261,7 +308,7 @@ impl Bench {
     ) -> Result<()> {
         let tag = &trial.tag;
         let files = match trial.method {
-            Method::Mekha => image_files(&trial.ckdir),
+            Method::Mekha | Method::MekhaMtd => image_files(&trial.ckdir),
             Method::Stock => trial.images.clone(),
         };
         for path in &files {
@@ -276,7 +323,9 @@ impl Bench {
             }
         }
         let mut rs = match trial.method {
-            Method::Mekha => self.restart_mekha(&nodes, &cluster.cli_qmp_paths(), &trial.ckdir, &trial.run_dir).await?,
+            Method::Mekha | Method::MekhaMtd => {
+                self.restart_mekha(&nodes, &cluster.cli_qmp_paths(), &trial.ckdir, &trial.run_dir).await?
+            }
             Method::Stock => restart_stock(&nodes, &trial.images).await?,
         };
         let resumes: Vec<Option<f64>> = rs.vms.iter().map(|v| Some(v.resume_t)).collect();
@@ -309,6 +358,17 @@ impl Bench {
             job.dirty_anomalies
         ));
         r.job = Some(job);
+        if let (Some(ck), Some(rs)) = (r.checkpoint.as_ref(), r.restart.as_mut()) {
+            recover(ck, rs, &nodes, originals);
+            log(&format!(
+                "{tag}: back to {:.0}% of the steady rate after {} ms (compute), {} ms (messages); steady work lost \
+                 in the first {LOST_WINDOW_S} s: {} ms",
+                BACK_SHARE * 100.0,
+                plain(rs.back_ms, 0),
+                plain(rs.msgs_back_ms, 0),
+                plain(rs.lost_work_ms, 0)
+            ));
+        }
         let end = now();
         for v in &mut r.restart.as_mut().unwrap().vms {
             v.spans.push(Span::new("running (restored)", Some(v.resume_t), Some(end)));
@@ -318,21 +378,25 @@ impl Bench {
 
     /// A fresh cluster exchanging messages; booted once more if the first
     /// did not get there (a guest that panicked at boot, say).
-    async fn boot_settled(&self, tag: &str, n: usize, r: &mut Run) -> Result<(Cluster, Vec<Node>)> {
+    async fn boot_settled(&self, tag: &str, n: usize, r: &mut Run) -> Result<(Net, Vec<Node>)> {
         let mut attempt = 1;
         loop {
             let sub = if attempt == 1 { "run" } else { "run-again" };
             let outcome = async {
                 let mut cluster = self.boot(&format!("{tag}/{sub}"), n)?;
+                let delay = match cluster.vms.last().and_then(|vm| vm.config.nic.as_ref()) {
+                    Some(nic) if n >= 2 => Some(DelayLine::insert(&cluster.netns, &nic.tap, LINK_DELAY)?),
+                    _ => None,
+                };
                 let nodes = connect(&mut cluster).await?;
                 let settle = settle(&mut cluster, &nodes).await?;
-                Ok::<_, anyhow::Error>((cluster, nodes, settle))
+                Ok::<_, anyhow::Error>((Net { delay, cluster }, nodes, settle))
             }
             .await;
             match outcome {
-                Ok((cluster, nodes, settle)) => {
+                Ok((net, nodes, settle)) => {
                     r.settle_s = Some(settle);
-                    return Ok((cluster, nodes));
+                    return Ok((net, nodes));
                 }
                 Err(e) if attempt == 1 => {
                     log(&format!("{tag}: the cluster did not come up ({e:#}); booting it again"));
@@ -366,6 +430,7 @@ impl Bench {
     async fn mekha<T: DeserializeOwned>(
         &self,
         verb: &str,
+        extra: &[&str],
         nodes: &[Node],
         cli_qmps: &[PathBuf],
         ckdir: &Path,
@@ -373,7 +438,7 @@ impl Bench {
     ) -> Result<CliRun<T>> {
         let marks: Vec<usize> = nodes.iter().map(|n| n.events.mark()).collect();
         let mut cmd = tokio::process::Command::new(&self.artifacts.mekha);
-        cmd.args([verb, "--json"]);
+        cmd.args([verb, "--json"]).args(extra);
         for q in cli_qmps {
             cmd.arg("--qmp").arg(q);
         }
@@ -404,11 +469,12 @@ impl Bench {
         &self,
         nodes: &[Node],
         cli_qmps: &[PathBuf],
-        ckdir: &Path,
-        log_dir: &Path,
+        trial: &CliTrial<'_>,
         images: &mut Vec<PathBuf>,
     ) -> Result<Checkpoint> {
-        let cli: CliRun<ClusterCheckpoint> = self.mekha("checkpoint", nodes, cli_qmps, ckdir, log_dir).await?;
+        let extra = ["--mode", trial.mode];
+        let cli: CliRun<ClusterCheckpoint> =
+            self.mekha("checkpoint", &extra, nodes, cli_qmps, trial.ckdir, trial.log_dir).await?;
         let CliRun { summary: s, t0, t1, marks, resumed } = cli;
         let mut vms = Vec::new();
         for ((node, &mark), res) in nodes.iter().zip(&marks).zip(resumed) {
@@ -456,6 +522,8 @@ impl Bench {
                 resumed_at_ns: resumed_at,
                 mode,
                 written_bytes: Some(prog.written_bytes),
+                net_saved_frames: Some(prog.net_saved_frames),
+                net_saved_bytes: Some(prog.net_saved_bytes),
                 statuses,
                 progress: Some(serde_json::to_value(prog).expect("JSON encodes")),
                 spans,
@@ -485,11 +553,13 @@ impl Bench {
             generation: s.generation,
             modes,
         };
+        let net_saved_frames = vms.iter().filter_map(|v| v.net_saved_frames).sum();
         Ok(Checkpoint {
             t0,
             t_durable: t1,
             latency_ms: Some((t1 - t0) * 1000.0),
             written_bytes: Some(s.written_bytes),
+            net_saved_frames: Some(net_saved_frames),
             mekha: Some(mekha),
             vms,
             summary: Some(s),
@@ -504,7 +574,7 @@ impl Bench {
         ckdir: &Path,
         log_dir: &Path,
     ) -> Result<Restart> {
-        let cli: CliRun<ClusterRestore> = self.mekha("restore", nodes, cli_qmps, ckdir, log_dir).await?;
+        let cli: CliRun<ClusterRestore> = self.mekha("restore", &[], nodes, cli_qmps, ckdir, log_dir).await?;
         let CliRun { summary: s, t0, t1, marks, resumed } = cli;
         let mut vms = Vec::new();
         for ((node, &mark), res) in nodes.iter().zip(&marks).zip(resumed) {
@@ -937,6 +1007,68 @@ async fn job_check(cluster: &mut Cluster, nodes: &[Node], originals: &[Vec<Timed
         && job.lost + job.dup + job.reordered + job.corrupt == 0
         && job.compute_events.values().all(|&c| c >= COMPUTE_AFTER);
     job
+}
+
+/// The delayed link at the checkpoint: the last VM's steady receive rate,
+/// the bandwidth-delay product and the frames its image saved.
+fn net_cut(nodes: &[Node], ck: &Checkpoint) -> NetCut {
+    let delay_s = LINK_DELAY.as_secs_f64();
+    let node = nodes.last().expect("a delay line has a VM behind it");
+    let received = messages(&node.console.events());
+    let rate = rate_between(&received, ck.t0 - STEADY_S, ck.t0).ok();
+    let bdp = rate.map(|r| r * delay_s);
+    let saved = ck.vms.iter().find(|v| v.vm == node.name).and_then(|v| v.net_saved_frames);
+    NetCut {
+        vm: node.name.clone(),
+        delay_ms: delay_s * 1000.0,
+        rate_msgs_s: rate,
+        bdp_frames: bdp,
+        saved_frames: saved,
+        saved_per_bdp: ratio(saved.map(|s| s as f64), bdp),
+        line_lost: 0,
+    }
+}
+
+/// Every restarted VM's way back to the rates it had before the
+/// checkpoint: its compute steps and messages received against host time,
+/// from its RESUME on (its progress at the resume is its progress at its
+/// STOP: the image's).
+fn recover(ck: &Checkpoint, rs: &mut Restart, nodes: &[Node], originals: &[Vec<TimedProbeEvent>]) {
+    let steady = (ck.t0 - STEADY_S, ck.t0);
+    for ((node, before), (vck, vrs)) in nodes.iter().zip(originals).zip(ck.vms.iter().zip(&rs.vms)) {
+        let after = node.console.events();
+        let resumed = vrs.resume_t;
+        let mut v = VmRecovery { vm: node.name.clone(), ..VmRecovery::default() };
+        let done_before = steps(before);
+        let rate = rate_between(&done_before, steady.0, steady.1).ok();
+        v.steady_steps_s = rate;
+        let at_stop = vck.stop_t.and_then(|t| step_at(&done_before, t).ok());
+        if let (Some(rate), Some(at_stop)) = (rate, at_stop) {
+            let mut points: Vec<Point> = vec![(resumed, at_stop)];
+            points.extend(steps(&after).into_iter().filter(|p| p.0 > resumed));
+            v.back_ms = ms(back_after(&points, rate, resumed, BACK_SHARE, BACK_HOLD_S));
+            v.lost_work_ms = lost_ms(&points, rate, resumed, resumed + LOST_WINDOW_S).ok();
+            v.line = progress_series(&points, rate, resumed, resumed, resumed + LINE_S);
+        }
+        // The receive counters reach the log once a second: the last report
+        // before the STOP, then the restored guest's.
+        let stop = vck.stop_t.unwrap_or(ck.t0);
+        let mut joined: Vec<TimedProbeEvent> = before.iter().filter(|e| e.t < stop).cloned().collect();
+        joined.extend(after.iter().filter(|e| e.t > resumed).cloned());
+        let received = messages(&joined);
+        v.steady_msgs_s = rate_between(&received, steady.0, steady.1).ok();
+        v.msgs_back_ms =
+            v.steady_msgs_s.and_then(|r| ms(back_after(&received, r, resumed, BACK_SHARE, MSGS_BACK_HOLD_S)));
+        (v.lost_while_slow, v.lost_after) = lost_split(&after, v.back_ms.map(|b| resumed + b / 1000.0));
+        rs.recovery.push(v);
+    }
+    let longest = |get: fn(&VmRecovery) -> Option<f64>| -> Option<f64> {
+        let all: Vec<Option<f64>> = rs.recovery.iter().map(get).collect();
+        all.iter().all(Option::is_some).then(|| all.into_iter().flatten().reduce(f64::max)).flatten()
+    };
+    rs.back_ms = longest(|v| v.back_ms);
+    rs.msgs_back_ms = longest(|v| v.msgs_back_ms);
+    rs.lost_work_ms = longest(|v| v.lost_work_ms);
 }
 
 fn image_files(ckdir: &Path) -> Vec<PathBuf> {

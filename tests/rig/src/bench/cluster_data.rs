@@ -17,18 +17,24 @@ use super::host::Host;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Method {
-    /// `mekha checkpoint` / `mekha restore`.
+    /// `mekha checkpoint --mode cow` / `mekha restore`.
     Mekha,
+    /// `mekha checkpoint --mode mtd` / `mekha restore`.
+    #[serde(rename = "mekha-mtd")]
+    MekhaMtd,
     /// Stock QEMU scripted over QMP.
     Stock,
 }
 
 impl Method {
-    pub const ALL: [Method; 2] = [Method::Mekha, Method::Stock];
+    pub const ALL: [Method; 3] = [Method::Mekha, Method::MekhaMtd, Method::Stock];
+    /// mekha's methods, in the tables' order.
+    pub const MEKHA: [Method; 2] = [Method::Mekha, Method::MekhaMtd];
 
     pub fn name(self) -> &'static str {
         match self {
             Method::Mekha => "mekha",
+            Method::MekhaMtd => "mekha-mtd",
             Method::Stock => "stock",
         }
     }
@@ -36,8 +42,18 @@ impl Method {
     /// How the tables name it.
     pub fn label(self) -> &'static str {
         match self {
-            Method::Mekha => "mekha",
+            Method::Mekha => "mekha copy-on-write",
+            Method::MekhaMtd => "mekha MTD",
             Method::Stock => "stock QEMU (scripted QMP)",
+        }
+    }
+
+    /// The capture mode `mekha checkpoint --mode` is given.
+    pub fn mode(self) -> Option<&'static str> {
+        match self {
+            Method::Mekha => Some("cow"),
+            Method::MekhaMtd => Some("mtd"),
+            Method::Stock => None,
         }
     }
 }
@@ -73,6 +89,12 @@ pub struct VmCheckpoint {
     pub mode: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub written_bytes: Option<u64>,
+    /// Frames toward the guest its image saved (in flight at the cut),
+    /// and their bytes: mekha's checkpoint info.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub net_saved_frames: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub net_saved_bytes: Option<u64>,
     /// First time of each status of mekha's progress events.
     #[serde(skip_serializing_if = "BTreeMap::is_empty", default)]
     pub statuses: BTreeMap<String, f64>,
@@ -134,11 +156,21 @@ pub struct Checkpoint {
     pub written_bytes: Option<u64>,
     /// First STOP to last RESUME.
     pub cluster_pause_ms: Option<f64>,
+    /// Each VM's STOP to its RESUME: the median and the longest over the
+    /// VMs.
+    #[serde(default)]
+    pub median_vm_pause_ms: Option<f64>,
     pub max_vm_pause_ms: Option<f64>,
     pub suspend_skew_ms: Option<f64>,
     pub resume_skew_ms: Option<f64>,
     pub suspend_skew_host_ms: Option<f64>,
     pub resume_skew_host_ms: Option<f64>,
+    /// Frames every image saved, all VMs (mekha).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub net_saved_frames: Option<u64>,
+    /// The delayed link (N >= 2).
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub net_cut: Option<NetCut>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub mekha: Option<MekhaCheckpoint>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
@@ -146,6 +178,54 @@ pub struct Checkpoint {
     pub vms: Vec<VmCheckpoint>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub summary: Option<ClusterCheckpoint>,
+}
+
+/// The link with a delay line (toward the cluster's last VM, N >= 2) at
+/// the checkpoint: how many frames were in flight on it, and how many the
+/// receiver's image saved.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct NetCut {
+    /// The VM behind the delay line.
+    pub vm: String,
+    pub delay_ms: f64,
+    /// Messages per second it received, every stream, in the steady window
+    /// before the checkpoint (each a frame: one datagram, or one segment of
+    /// a TCP stream sending one message per interval).
+    pub rate_msgs_s: Option<f64>,
+    /// The bandwidth-delay product: rate x delay, the frames on the link at
+    /// any instant.
+    pub bdp_frames: Option<f64>,
+    /// Frames its image saved (mekha), and saved / BDP.
+    pub saved_frames: Option<u64>,
+    pub saved_per_bdp: Option<f64>,
+    /// Frames the delay line failed to pass on, over the trial (0, or the
+    /// run's network figures mean nothing).
+    pub line_lost: u64,
+}
+
+/// One VM's way back to its steady rate after its restart (see
+/// [`super::recovery`]).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct VmRecovery {
+    pub vm: String,
+    /// Compute steps per second before the checkpoint (steady window).
+    pub steady_steps_s: Option<f64>,
+    /// From its RESUME until its compute rate holds 90% of steady.
+    pub back_ms: Option<f64>,
+    /// Steady work lost over the first seconds after its RESUME (ms of
+    /// steady progress; the window is in the workload).
+    pub lost_work_ms: Option<f64>,
+    /// Compute rate after the RESUME: (s after it, % of steady).
+    pub line: Vec<(f64, f64)>,
+    /// Messages received per second, every stream, before the checkpoint.
+    pub steady_msgs_s: Option<f64>,
+    /// From its RESUME until its receive rate holds 90% of steady.
+    pub msgs_back_ms: Option<f64>,
+    /// Messages its probe counted lost after the restart, reported before
+    /// the guest was back to 90% of its compute rate (when it was slow: a
+    /// datagram lost then may be an overrun of its socket), and after.
+    pub lost_while_slow: u64,
+    pub lost_after: u64,
 }
 
 /// One VM's restart.
@@ -199,6 +279,15 @@ pub struct Restart {
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub stock: Option<StockRestart>,
     pub vms: Vec<VmRestart>,
+    /// Every VM's way back to its steady rate; the longest over the VMs.
+    #[serde(default)]
+    pub recovery: Vec<VmRecovery>,
+    #[serde(default)]
+    pub back_ms: Option<f64>,
+    #[serde(default)]
+    pub msgs_back_ms: Option<f64>,
+    #[serde(default)]
+    pub lost_work_ms: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub summary: Option<ClusterRestore>,
 }
@@ -308,6 +397,19 @@ pub struct Workload {
     pub min_rx: u64,
     pub steady_s: f64,
     pub after_s: f64,
+    /// The delay line's latency toward the last VM (N >= 2).
+    #[serde(default)]
+    pub link_delay_ms: f64,
+    /// The recovery's threshold (share of steady) and averaging windows,
+    /// and the window of the work lost after the restart.
+    #[serde(default)]
+    pub back_share: f64,
+    #[serde(default)]
+    pub back_hold_s: f64,
+    #[serde(default)]
+    pub msgs_back_hold_s: f64,
+    #[serde(default)]
+    pub lost_window_s: f64,
 }
 
 /// results.json.

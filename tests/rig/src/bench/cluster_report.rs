@@ -9,10 +9,16 @@ use serde_json::{json, Value};
 use super::cluster_data::{Method, Results, Run};
 use super::stats::{fmt, median, ratio};
 
+/// The table's columns: each method, then stock over each of mekha's.
+const COLUMNS: [Method; 3] = Method::ALL;
+
 /// docs/design.md: suspend skew <= 1 ms on one host.
 pub const SKEW_LIMIT_MS: f64 = 1.0;
 /// Restore to running <= 0.5x stock migrate-incoming.
 pub const RESTART_RATIO: f64 = 0.5;
+/// Issue 18: a VM's pause in copy-on-write mode, by QEMU's STOP and
+/// RESUME events, once each VM resumes right after its own capture.
+pub const COW_PAUSE_MS: f64 = 1.0;
 
 type Get = fn(&Run) -> Option<f64>;
 
@@ -41,7 +47,14 @@ fn rs(r: &Run) -> Option<&super::cluster_data::Restart> {
     r.restart.as_ref()
 }
 
-pub const ROWS: [Row; 8] = [
+pub const ROWS: [Row; 13] = [
+    Row {
+        label: "per-VM pause, median over the VMs: its STOP to its RESUME (ms)",
+        key: "checkpoint.median_vm_pause_ms",
+        digits: 2,
+        scale: 1.0,
+        get: |r| ck(r)?.median_vm_pause_ms,
+    },
     Row {
         label: "cluster pause: first STOP to last RESUME (ms)",
         key: "checkpoint.cluster_pause_ms",
@@ -52,7 +65,7 @@ pub const ROWS: [Row; 8] = [
     Row {
         label: "longest pause of one VM: its STOP to its RESUME (ms)",
         key: "checkpoint.max_vm_pause_ms",
-        digits: 1,
+        digits: 2,
         scale: 1.0,
         get: |r| ck(r)?.max_vm_pause_ms,
     },
@@ -98,7 +111,66 @@ pub const ROWS: [Row; 8] = [
         scale: 1.0,
         get: |r| rs(r)?.resume_skew_ms,
     },
+    Row {
+        label: "frames toward the guests saved in the images, all VMs",
+        key: "checkpoint.net_saved_frames",
+        digits: 0,
+        scale: 1.0,
+        get: |r| ck(r)?.net_saved_frames.map(|f| f as f64),
+    },
+    Row {
+        label: "after the restart: RESUME to 90% of the steady compute rate (ms, slowest VM)",
+        key: "restart.back_ms",
+        digits: 0,
+        scale: 1.0,
+        get: |r| rs(r)?.back_ms,
+    },
+    Row {
+        label: "after the restart: RESUME to 90% of the steady receive rate (ms, slowest VM)",
+        key: "restart.msgs_back_ms",
+        digits: 0,
+        scale: 1.0,
+        get: |r| rs(r)?.msgs_back_ms,
+    },
+    Row {
+        label: "after the restart: steady work lost in its first 2 s (ms, most of a VM)",
+        key: "restart.lost_work_ms",
+        digits: 0,
+        scale: 1.0,
+        get: |r| rs(r)?.lost_work_ms,
+    },
 ];
+
+/// The delayed link of the runs of one (N, method): medians.
+#[derive(Debug, Default)]
+pub struct CutSummary {
+    pub vm: String,
+    pub delay_ms: f64,
+    pub rate_msgs_s: Option<f64>,
+    pub bdp_frames: Option<f64>,
+    pub saved_frames: Option<f64>,
+    pub saved_per_bdp: Option<f64>,
+    pub line_lost: u64,
+}
+
+impl CutSummary {
+    fn of(runs: &[&Run]) -> Option<CutSummary> {
+        let cuts: Vec<_> = runs.iter().filter_map(|r| r.checkpoint.as_ref()?.net_cut.as_ref()).collect();
+        let first = cuts.first()?;
+        let m = |get: fn(&super::cluster_data::NetCut) -> Option<f64>| {
+            median(&cuts.iter().map(|c| get(c)).collect::<Vec<_>>())
+        };
+        Some(CutSummary {
+            vm: first.vm.clone(),
+            delay_ms: first.delay_ms,
+            rate_msgs_s: m(|c| c.rate_msgs_s),
+            bdp_frames: m(|c| c.bdp_frames),
+            saved_frames: m(|c| c.saved_frames.map(|f| f as f64)),
+            saved_per_bdp: m(|c| c.saved_per_bdp),
+            line_lost: cuts.iter().map(|c| c.line_lost).sum(),
+        })
+    }
+}
 
 pub const MEKHA_DETAILS: [Detail; 11] = [
     Detail {
@@ -283,6 +355,12 @@ pub struct MethodSummary {
     pub job: JobTotals,
     /// mekha's capture modes.
     pub modes: Vec<String>,
+    /// The delayed link, N >= 2.
+    pub cut: Option<CutSummary>,
+    /// Messages counted lost after the restarts, while a guest was below
+    /// 90% of its steady rate and after, all runs.
+    pub lost_while_slow: u64,
+    pub lost_after: u64,
 }
 
 impl MethodSummary {
@@ -328,6 +406,11 @@ impl MethodSummary {
         modes.sort();
         modes.dedup();
         m.modes = modes;
+        m.cut = CutSummary::of(runs);
+        for v in runs.iter().filter_map(|r| r.restart.as_ref()).flat_map(|r| &r.recovery) {
+            m.lost_while_slow += v.lost_while_slow;
+            m.lost_after += v.lost_after;
+        }
         m
     }
 
@@ -366,13 +449,22 @@ impl MethodSummary {
                    "compute_checked": t.compute_checked, "compute_mismatches": t.compute_mismatches}),
         );
         o.insert("modes".into(), json!(self.modes));
+        if let Some(c) = &self.cut {
+            o.insert(
+                "net_cut".into(),
+                json!({"vm": c.vm, "delay_ms": c.delay_ms, "rate_msgs_s": c.rate_msgs_s, "bdp_frames": c.bdp_frames,
+                       "saved_frames": c.saved_frames, "saved_per_bdp": c.saved_per_bdp, "line_lost": c.line_lost}),
+            );
+        }
+        o.insert("lost_while_slow".into(), json!(self.lost_while_slow));
+        o.insert("lost_after".into(), json!(self.lost_after));
         Value::Object(o)
     }
 }
 
 fn details(method: Method) -> &'static [Detail] {
     match method {
-        Method::Mekha => &MEKHA_DETAILS,
+        Method::Mekha | Method::MekhaMtd => &MEKHA_DETAILS,
         Method::Stock => &STOCK_DETAILS,
     }
 }
@@ -468,33 +560,37 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
         ),
     ];
     for (n, per) in summary {
-        let (mk, st) = (per.get(&Method::Mekha), per.get(&Method::Stock));
+        let heads: Vec<&str> = COLUMNS.iter().map(|m| m.label()).collect();
+        let ratios: Vec<String> = Method::MEKHA.iter().map(|m| format!("stock / {}", m.label())).collect();
         lines.extend([
             String::new(),
             format!("## N = {n} VM{}", if *n > 1 { "s" } else { "" }),
             String::new(),
-            "| | mekha | stock | stock / mekha |".into(),
-            "|---|---:|---:|---:|".into(),
+            format!("| | {} | {} |", heads.join(" | "), ratios.join(" | ")),
+            format!("|---|{}", "---:|".repeat(COLUMNS.len() + Method::MEKHA.len())),
         ]);
         for row in &ROWS {
-            let a = mk.and_then(|m| m.row(row.key)).map(|v| v * row.scale);
-            let b = st.and_then(|m| m.row(row.key)).map(|v| v * row.scale);
-            let r = if a.is_some_and(|a| a != 0.0) { ratio(b, a) } else { None };
-            lines.push(format!(
-                "| {} | {} | {} | {} |",
-                row.label,
-                fmt(a, row.digits, ""),
-                fmt(b, row.digits, ""),
-                fmt(r, 1, "x")
-            ));
+            let value = |m: Method| per.get(&m).and_then(|s| s.row(row.key)).map(|v| v * row.scale);
+            let b = value(Method::Stock);
+            let cells: Vec<String> = COLUMNS.iter().map(|&m| fmt(value(m), row.digits, "")).collect();
+            let ratios: Vec<String> = Method::MEKHA
+                .iter()
+                .map(|&m| {
+                    let a = value(m);
+                    let r = if a.is_some_and(|a| a != 0.0) { ratio(b, a) } else { None };
+                    fmt(r, 1, "x")
+                })
+                .collect();
+            lines.push(format!("| {} | {} | {} |", row.label, cells.join(" | "), ratios.join(" | ")));
         }
+        let jobs: Vec<String> = COLUMNS.iter().map(|m| job_cell(per.get(m))).collect();
         lines.push(format!(
-            "| job after the restart (probes' net_done, anomalies) | {} | {} | |",
-            job_cell(mk),
-            job_cell(st)
+            "| job after the restart (probes' net_done, anomalies) | {} |{}",
+            jobs.join(" | "),
+            " |".repeat(Method::MEKHA.len())
         ));
-        for (method, m) in [(Method::Mekha, mk), (Method::Stock, st)] {
-            let Some(m) = m else { continue };
+        for method in COLUMNS {
+            let Some(m) = per.get(&method) else { continue };
             if !m.errors.is_empty() {
                 lines.push(String::new());
                 lines.push(format!(
@@ -515,17 +611,20 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
                 ));
             }
         }
-        for (method, m, head) in [(Method::Mekha, mk, "mekha's own figures"), (Method::Stock, st, "stock details")] {
-            let Some(m) = m else { continue };
+        lines.extend(cut_lines(per));
+        lines.extend(recovery_lines(per));
+        for method in COLUMNS {
+            let Some(m) = per.get(&method) else { continue };
             let figures: Vec<String> = details(method)
                 .iter()
                 .map(|d| format!("{} {}", d.label, fmt(m.detail(method, d.key), d.digits, "")))
                 .collect();
-            let head = if method == Method::Mekha {
-                let modes = if m.modes.is_empty() { "-".into() } else { m.modes.join(", ") };
-                format!("{head} (capture mode {modes})")
-            } else {
-                head.to_owned()
+            let head = match method {
+                Method::Stock => "stock details".to_owned(),
+                _ => {
+                    let modes = if m.modes.is_empty() { "-".into() } else { m.modes.join(", ") };
+                    format!("{}: mekha's own figures (capture mode {modes})", method.label())
+                }
             };
             lines.push(String::new());
             lines.push(format!("{head}: {}.", figures.join("; ")));
@@ -535,12 +634,15 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
             .iter()
             .enumerate()
             .map(|(i, d)| {
-                let v = |m: Option<&MethodSummary>| fmt(m.and_then(|m| m.host[i]), d.digits, "");
-                format!("{} {} / {}", d.label, v(mk), v(st))
+                let v: Vec<String> =
+                    COLUMNS.iter().map(|m| fmt(per.get(m).and_then(|s| s.host[i]), d.digits, "")).collect();
+                format!("{} {}", d.label, v.join(" / "))
             })
             .collect();
+        let names: Vec<&str> = COLUMNS.iter().map(|m| m.name()).collect();
         lines.push(format!(
-            "Skews from the host times at which this bench received the events (ms, mekha / stock): {}.",
+            "Skews from the host times at which this bench received the events (ms, {}): {}.",
+            names.join(" / "),
             host.join("; ")
         ));
         if data.reps > 1 {
@@ -583,6 +685,78 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
     lines.join("\n") + "\n"
 }
 
+/// The delayed link of each mekha method: frames in flight (the
+/// bandwidth-delay product) against the frames its image saved.
+fn cut_lines(per: &BTreeMap<Method, MethodSummary>) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut head = None;
+    for method in Method::MEKHA {
+        let Some(c) = per.get(&method).and_then(|m| m.cut.as_ref()) else { continue };
+        head.get_or_insert_with(|| {
+            format!(
+                "Network cut: a delay line of {} ms on the link toward {}, which received {} messages/s before the \
+                 checkpoint: a bandwidth-delay product of {} frames",
+                fmt(Some(c.delay_ms), 0, ""),
+                c.vm,
+                fmt(c.rate_msgs_s, 0, ""),
+                fmt(c.bdp_frames, 1, "")
+            )
+        });
+        let lost =
+            if c.line_lost > 0 { format!(" (the delay line lost {} frames)", c.line_lost) } else { String::new() };
+        parts.push(format!(
+            "{} saved {} frames toward it = {} of the product{lost}",
+            method.label(),
+            fmt(c.saved_frames, 0, ""),
+            fmt(c.saved_per_bdp, 2, "x")
+        ));
+    }
+    match head {
+        Some(head) => vec![
+            String::new(),
+            format!("{head}; {}; stock saves none (its images hold no frame in flight).", parts.join("; ")),
+        ],
+        None => Vec::new(),
+    }
+}
+
+/// Each method's way back to the steady rates after the restart, and the
+/// messages lost while the guests were slow and after.
+fn recovery_lines(per: &BTreeMap<Method, MethodSummary>) -> Vec<String> {
+    let parts: Vec<String> = COLUMNS
+        .iter()
+        .filter_map(|&method| {
+            let m = per.get(&method)?;
+            let back = m.row("restart.back_ms");
+            let msgs = m.row("restart.msgs_back_ms");
+            (back.is_some() || msgs.is_some() || m.lost_while_slow + m.lost_after > 0).then(|| {
+                format!(
+                    "{}: compute back after {} ms, receiving after {} ms; messages counted lost after the restart {} \
+                     while a guest was slow, {} after",
+                    method.label(),
+                    fmt(back, 0, ""),
+                    fmt(msgs, 0, ""),
+                    m.lost_while_slow,
+                    m.lost_after
+                )
+            })
+        })
+        .collect();
+    if parts.is_empty() {
+        return Vec::new();
+    }
+    vec![
+        String::new(),
+        format!(
+            "After the restart (from each VM's RESUME until its rate holds 90% of what it was before the checkpoint; \
+             the slowest VM): {}. A datagram lost while its receiver was slow is an overrun of the restarted guest, \
+             stock's as much as mekha's; one lost with the guests at their steady rate, or by mekha and not by the \
+             stock run, points at the checkpoint.",
+            parts.join("; ")
+        ),
+    ]
+}
+
 /// One line of the targets: `[ok]`, `[MISS]`, or `[?]` when unmeasured.
 fn check(out: &mut Vec<String>, ok: Option<bool>, text: String) {
     let mark = match ok {
@@ -597,74 +771,95 @@ fn check(out: &mut Vec<String>, ok: Option<bool>, text: String) {
 pub fn checks(summary: &Summary) -> Vec<String> {
     let mut out = Vec::new();
     for (n, per) in summary {
-        let Some(mk) = per.get(&Method::Mekha) else { continue };
         let st = per.get(&Method::Stock);
-        if *n >= 2 {
-            let own = mk.detail(Method::Mekha, "checkpoint.stop_spread_ms");
-            let ev = mk.row("checkpoint.suspend_skew_ms");
+        if let Some(cow) = per.get(&Method::Mekha) {
+            let pause = cow.row("checkpoint.median_vm_pause_ms");
             check(
                 &mut out,
-                own.map(|v| v <= SKEW_LIMIT_MS),
+                pause.map(|v| v <= COW_PAUSE_MS),
                 format!(
-                    "N={n}: mekha suspend skew {} ms <= {SKEW_LIMIT_MS} ms (spread of the VMs' stopped-at-ns, median)",
-                    fmt(own, 3, "")
+                    "N={n}: {} per-VM pause {} ms <= {COW_PAUSE_MS} ms (its STOP to its RESUME, median; stock: {} ms)",
+                    Method::Mekha.label(),
+                    fmt(pause, 2, ""),
+                    fmt(st.and_then(|s| s.row("checkpoint.median_vm_pause_ms")), 0, "")
                 ),
             );
-            check(
-                &mut out,
-                ev.map(|v| v <= SKEW_LIMIT_MS),
-                format!(
-                    "N={n}: mekha suspend skew {} ms <= {SKEW_LIMIT_MS} ms (spread of the STOP events, as for stock: \
-                     {} ms)",
-                    fmt(ev, 3, ""),
-                    fmt(st.and_then(|s| s.row("checkpoint.suspend_skew_ms")), 3, "")
-                ),
-            );
-            let t = &mk.job;
-            if t.runs > 0 {
+        }
+        for method in Method::MEKHA {
+            let Some(mk) = per.get(&method) else { continue };
+            let name = method.label();
+            if *n >= 2 {
+                let own = mk.detail(method, "checkpoint.stop_spread_ms");
+                let ev = mk.row("checkpoint.suspend_skew_ms");
                 check(
                     &mut out,
-                    Some(t.lost + t.dup + t.reordered == 0 && t.missing == 0),
+                    own.map(|v| v <= SKEW_LIMIT_MS),
                     format!(
-                        "N={n}: zero lost, duplicated or reordered messages across mekha's checkpoint and restart \
-                         (lost {}, dup {}, reordered {}, streams not done {}, over {} run(s))",
-                        t.lost, t.dup, t.reordered, t.missing, t.runs
+                        "N={n}: {name} suspend skew {} ms <= {SKEW_LIMIT_MS} ms (spread of the VMs' stopped-at-ns, \
+                         median)",
+                        fmt(own, 3, "")
                     ),
                 );
-            } else {
-                check(&mut out, None, format!("N={n}: messages across mekha's checkpoint and restart: not measured"));
+                check(
+                    &mut out,
+                    ev.map(|v| v <= SKEW_LIMIT_MS),
+                    format!(
+                        "N={n}: {name} suspend skew {} ms <= {SKEW_LIMIT_MS} ms (spread of the STOP events, as for \
+                         stock: {} ms)",
+                        fmt(ev, 3, ""),
+                        fmt(st.and_then(|s| s.row("checkpoint.suspend_skew_ms")), 3, "")
+                    ),
+                );
+                let t = &mk.job;
+                if t.runs > 0 {
+                    check(
+                        &mut out,
+                        Some(t.lost + t.dup + t.reordered == 0 && t.missing == 0),
+                        format!(
+                            "N={n}: zero lost, duplicated or reordered messages across {name}'s checkpoint and \
+                             restart (lost {}, dup {}, reordered {}, streams not done {}, over {} run(s))",
+                            t.lost, t.dup, t.reordered, t.missing, t.runs
+                        ),
+                    );
+                } else {
+                    check(
+                        &mut out,
+                        None,
+                        format!("N={n}: messages across {name}'s checkpoint and restart: not measured"),
+                    );
+                }
             }
-        }
-        let t = &mk.job;
-        if t.runs > 0 {
-            let sums = match (t.compute_checked, t.compute_mismatches) {
-                (Some(c), w) => format!("checked {c}x, {} wrong", w.unwrap_or(0)),
-                (None, _) => "unchecked".into(),
-            };
+            let t = &mk.job;
+            if t.runs > 0 {
+                let sums = match (t.compute_checked, t.compute_mismatches) {
+                    (Some(c), w) => format!("checked {c}x, {} wrong", w.unwrap_or(0)),
+                    (None, _) => "unchecked".into(),
+                };
+                check(
+                    &mut out,
+                    Some(t.clean == t.runs),
+                    format!(
+                        "N={n}: the job went on cleanly after every {name} restart ({}/{}: no reboot, no anomaly, \
+                         computation checksums {sums})",
+                        t.clean, t.runs
+                    ),
+                );
+            }
+            let (a, b) = (mk.row("restart.restart_ms"), st.and_then(|s| s.row("restart.restart_ms")));
+            let r = ratio(a, b);
             check(
                 &mut out,
-                Some(t.clean == t.runs),
+                r.map(|r| r <= RESTART_RATIO),
                 format!(
-                    "N={n}: the job went on cleanly after every mekha restart ({}/{}: no reboot, no anomaly, \
-                     computation checksums {sums})",
-                    t.clean, t.runs
+                    "N={n}: {name} restart time / stock = {} <= {RESTART_RATIO} ({} ms vs {} ms)",
+                    fmt(r, 2, ""),
+                    fmt(a, 0, ""),
+                    fmt(b, 0, "")
                 ),
             );
         }
-        let (a, b) = (mk.row("restart.restart_ms"), st.and_then(|s| s.row("restart.restart_ms")));
-        let r = ratio(a, b);
-        check(
-            &mut out,
-            r.map(|r| r <= RESTART_RATIO),
-            format!(
-                "N={n}: mekha restart time / stock = {} <= {RESTART_RATIO} ({} ms vs {} ms)",
-                fmt(r, 2, ""),
-                fmt(a, 0, ""),
-                fmt(b, 0, "")
-            ),
-        );
-        for (method, m) in [(Method::Mekha, Some(mk)), (Method::Stock, st)] {
-            let Some(m) = m else { continue };
+        for method in COLUMNS {
+            let Some(m) = per.get(&method) else { continue };
             check(
                 &mut out,
                 Some(m.errors.is_empty()),
@@ -685,25 +880,41 @@ mod tests {
         let mut r = Run::new(n, 0, method);
         let mut ck = Checkpoint {
             cluster_pause_ms: Some(pause_ms),
+            median_vm_pause_ms: Some(pause_ms / 2.0),
             suspend_skew_ms: Some(0.5),
             latency_ms: Some(1234.4),
             written_bytes: Some(300 << 20),
             ..Checkpoint::default()
         };
         match method {
-            Method::Mekha => {
+            Method::Mekha | Method::MekhaMtd => {
                 ck.mekha = Some(MekhaCheckpoint {
                     stop_spread_ms: Some(stop_spread_ms),
-                    modes: vec!["cow".into()],
+                    modes: vec![method.mode().unwrap().into()],
                     ..MekhaCheckpoint::default()
-                })
+                });
+                ck.net_saved_frames = Some(12);
+                ck.net_cut = Some(NetCut {
+                    vm: "node2".into(),
+                    delay_ms: 50.0,
+                    rate_msgs_s: Some(200.0),
+                    bdp_frames: Some(10.0),
+                    saved_frames: Some(9),
+                    saved_per_bdp: Some(0.9),
+                    line_lost: 0,
+                });
             }
             Method::Stock => {
                 ck.stock = Some(StockCheckpoint { cont_refused: vec![1, 2, 0], ..StockCheckpoint::default() })
             }
         }
         r.checkpoint = Some(ck);
-        r.restart = Some(Restart { restart_ms: Some(restart_ms), ..Restart::default() });
+        r.restart = Some(Restart {
+            restart_ms: Some(restart_ms),
+            back_ms: Some(restart_ms / 2.0),
+            recovery: vec![VmRecovery { lost_while_slow: 2, lost_after: 1, ..VmRecovery::default() }],
+            ..Restart::default()
+        });
         r.job = Some(Job {
             clean: true,
             links: 4,
@@ -773,13 +984,24 @@ mod tests {
             1,
         );
         let lines = checks(&summarize(&data));
-        assert!(lines.contains(&"- [MISS] N=1: mekha restart time / stock = 1.67 <= 0.5 (250 ms vs 150 ms)".into()));
-        assert!(lines.contains(&"- [ok] N=3: mekha restart time / stock = 0.47 <= 0.5 (300 ms vs 640 ms)".into()));
         assert!(lines.contains(
-            &"- [ok] N=3: mekha suspend skew 0.020 ms <= 1 ms (spread of the VMs' stopped-at-ns, median)".into()
+            &"- [MISS] N=1: mekha copy-on-write restart time / stock = 1.67 <= 0.5 (250 ms vs 150 ms)".into()
+        ));
+        assert!(lines
+            .contains(&"- [ok] N=3: mekha copy-on-write restart time / stock = 0.47 <= 0.5 (300 ms vs 640 ms)".into()));
+        assert!(lines.contains(
+            &"- [ok] N=3: mekha copy-on-write suspend skew 0.020 ms <= 1 ms (spread of the VMs' stopped-at-ns, median)"
+                .into()
+        ));
+        assert!(lines.contains(
+            &"- [MISS] N=3: mekha copy-on-write per-VM pause 4.00 ms <= 1 ms (its STOP to its RESUME, median; stock: \
+              500 ms)"
+                .into()
         ));
         // The skew of the STOP events is only checked from N = 2.
-        assert!(!lines.iter().any(|l| l.contains("N=1: mekha suspend skew")));
+        assert!(!lines.iter().any(|l| l.contains("N=1: mekha copy-on-write suspend skew")));
+        // No MTD run: nothing checked of it.
+        assert!(!lines.iter().any(|l| l.contains("MTD")), "{lines:?}");
         assert!(lines.contains(&"- [ok] N=3: every stock run completed (1/1)".into()));
     }
 
@@ -791,38 +1013,75 @@ mod tests {
         let summary = summarize(&data);
         let lines = checks(&summary);
         assert!(lines.contains(&"- [MISS] N=3: every mekha run completed (0/1)".into()));
+        assert!(lines.contains(
+            &"- [?] N=3: mekha copy-on-write suspend skew - ms <= 1 ms (spread of the VMs' stopped-at-ns, median)"
+                .into()
+        ));
         assert!(lines
-            .contains(&"- [?] N=3: mekha suspend skew - ms <= 1 ms (spread of the VMs' stopped-at-ns, median)".into()));
-        assert!(lines.contains(&"- [?] N=3: messages across mekha's checkpoint and restart: not measured".into()));
+            .contains(&"- [?] N=3: messages across mekha copy-on-write's checkpoint and restart: not measured".into()));
         let text = tables(&data, &summary);
-        assert!(text.contains("mekha: 1 of 1 run(s) failed: checkpoint: boom"), "{text}");
-        assert!(
-            text.contains("| job after the restart (probes' net_done, anomalies) | not measured | clean 1/1: lost 0")
-        );
+        assert!(text.contains("mekha copy-on-write: 1 of 1 run(s) failed: checkpoint: boom"), "{text}");
+        assert!(text
+            .contains("| job after the restart (probes' net_done, anomalies) | not measured | - | clean 1/1: lost 0"));
     }
 
     #[test]
     fn the_table_puts_stock_over_mekha() {
-        let data = results(vec![run(3, Method::Mekha, 8.0, 500.0, 0.02), run(3, Method::Stock, 1099.1, 645.0, 0.0)], 1);
+        let data = results(
+            vec![
+                run(3, Method::Mekha, 8.0, 500.0, 0.02),
+                run(3, Method::MekhaMtd, 20.0, 520.0, 0.02),
+                run(3, Method::Stock, 1099.1, 645.0, 0.0),
+            ],
+            1,
+        );
         let text = tables(&data, &summarize(&data));
         assert!(text.starts_with("# mekha cluster benchmark (--quick, median of 1)\n"), "{text}");
         assert!(text.contains("\n## N = 3 VMs\n"));
-        assert!(text.contains("| cluster pause: first STOP to last RESUME (ms) | 8.0 | 1,099.1 | 137.4x |"), "{text}");
-        assert!(text.contains("| bytes written (MiB) | 300.0 | 300.0 | 1.0x |"));
-        assert!(text.contains("| restart time: first command to every VM running (ms) | 500 | 645 | 1.3x |"));
-        assert!(text.contains("mekha's own figures (capture mode cow): stop spread, mekha's stopped-at-ns (ms) 0.020;"));
+        assert!(text.contains(
+            "| | mekha copy-on-write | mekha MTD | stock QEMU (scripted QMP) | stock / mekha copy-on-write | stock / \
+             mekha MTD |\n|---|---:|---:|---:|---:|---:|\n"
+        ));
+        assert!(
+            text.contains("| cluster pause: first STOP to last RESUME (ms) | 8.0 | 20.0 | 1,099.1 | 137.4x | 55.0x |"),
+            "{text}"
+        );
+        assert!(text.contains(
+            "| per-VM pause, median over the VMs: its STOP to its RESUME (ms) | 4.00 | 10.00 | 549.55 | 137.4x | 55.0x |"
+        ));
+        assert!(text.contains("| bytes written (MiB) | 300.0 | 300.0 | 300.0 | 1.0x | 1.0x |"));
+        assert!(
+            text.contains("| restart time: first command to every VM running (ms) | 500 | 520 | 645 | 1.3x | 1.2x |")
+        );
+        assert!(text.contains("| frames toward the guests saved in the images, all VMs | 12 | 12 | - | - | - |"));
+        assert!(text.contains(
+            "Network cut: a delay line of 50 ms on the link toward node2, which received 200 messages/s before the \
+             checkpoint: a bandwidth-delay product of 10.0 frames; mekha copy-on-write saved 9 frames toward it = \
+             0.90x of the product; mekha MTD saved 9"
+        ));
+        assert!(text.contains(
+            "stock QEMU (scripted QMP): compute back after 322 ms, receiving after - ms; messages counted lost after \
+             the restart 2 while a guest was slow, 1 after."
+        ));
+        assert!(text.contains(
+            "mekha copy-on-write: mekha's own figures (capture mode cow): stop spread, mekha's stopped-at-ns (ms) 0.020;"
+        ));
+        assert!(text.contains("mekha MTD: mekha's own figures (capture mode mtd):"));
         assert!(text.contains("stock details: every `stop` answered (ms after the first was sent) -;"));
         assert!(!text.contains("Every repetition"), "one repetition: no list");
     }
 
     #[test]
     fn results_read_back_as_written() {
-        let data = results(vec![run(3, Method::Mekha, 8.0, 500.0, 0.02)], 1);
+        let data =
+            results(vec![run(3, Method::Mekha, 8.0, 500.0, 0.02), run(3, Method::MekhaMtd, 9.0, 500.0, 0.02)], 1);
         let text = serde_json::to_string(&data).unwrap();
         let back: Results = serde_json::from_str(&text).unwrap();
         assert_eq!(back.runs[0].method, Method::Mekha);
+        assert_eq!(back.runs[1].method, Method::MekhaMtd);
         assert_eq!(back.runs[0].checkpoint.as_ref().unwrap().cluster_pause_ms, Some(8.0));
         let v: Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["runs"][0]["method"], "mekha");
+        assert_eq!(v["runs"][1]["method"], "mekha-mtd");
     }
 }
