@@ -9,7 +9,15 @@
 //! and exchanging sequenced TCP and UDP messages with every peer). The
 //! bench holds each VM's first monitor and records its events
 //! ([`EventLog`]); the `mekha` CLI gets the second. The checkpoint comes
-//! once every probe has received [`MIN_RX`] messages on every link.
+//! once every probe has received [`MIN_RX`] messages on every link, then
+//! [`STEADY_S`] more (the window of the steady rates).
+//!
+//! From N = 2 the link toward the last VM goes through a [`DelayLine`] of
+//! [`LINK_DELAY`], as between hosts: frames are in flight toward it at the
+//! checkpoint, and what its image saved is set against the link's
+//! bandwidth-delay product. After the restart each guest's compute and
+//! receive rates are followed until they hold [`BACK_SHARE`] of what they
+//! were before (see [`super::recovery`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,12 +79,16 @@ pub const LINK_DELAY: Duration = Duration::from_millis(50);
 /// rate over BACK_HOLD_S (compute) or MSGS_BACK_HOLD_S (messages, reported
 /// once a second).
 pub const BACK_SHARE: f64 = 0.9;
-pub const BACK_HOLD_S: f64 = 0.5;
+pub const BACK_HOLD_S: f64 = 1.0;
 pub const MSGS_BACK_HOLD_S: f64 = 2.0;
 /// The work lost after a restart is counted over this long.
 pub const LOST_WINDOW_S: f64 = 2.0;
 /// The progress line after a restart spans this long.
 const LINE_S: f64 = 5.0;
+/// The guests are followed this long after the restart at least: the
+/// progress line, and a receive rate averaged over MSGS_BACK_HOLD_S after
+/// it (the job may be done sooner).
+const FOLLOW_S: f64 = LINE_S + MSGS_BACK_HOLD_S + 1.0;
 
 pub fn workload() -> Workload {
     Workload {
@@ -341,7 +353,10 @@ impl Bench {
             plain(rs.resume_skew_ms, 3)
         ));
         r.restart = Some(rs);
-        let job = job_check(cluster, &nodes, originals, t_stop.unwrap_or(r.restart.as_ref().unwrap().t0)).await;
+        let restart = r.restart.as_ref().expect("measured above");
+        // The rates after the restart are followed this long at least.
+        let followed = restart.vms.iter().map(|v| v.resume_t).fold(restart.t0, f64::max) + FOLLOW_S;
+        let job = job_check(cluster, &nodes, originals, t_stop.unwrap_or(restart.t0), followed).await;
         log(&format!(
             "{tag}: job after the restart: {} ({}/{} links, lost {}, dup {}, reordered {}, corrupt {}, missing {}, \
              rebooted {:?}, anomalies {:?} / {})",
@@ -924,8 +939,15 @@ async fn restart_stock(nodes: &[Node], paths: &[PathBuf]) -> Result<Restart> {
 /// Whether the job went on after the restart: every link's net_done (a
 /// stream already done at the checkpoint counts from the checkpointed
 /// guest's own log, what it printed before `t_stop`), anomalies,
-/// reboots, the computation going on.
-async fn job_check(cluster: &mut Cluster, nodes: &[Node], originals: &[Vec<TimedProbeEvent>], t_stop: f64) -> Job {
+/// reboots, the computation going on. Waits at least until `until` (host
+/// time), for the rates after the restart.
+async fn job_check(
+    cluster: &mut Cluster,
+    nodes: &[Node],
+    originals: &[Vec<TimedProbeEvent>],
+    t_stop: f64,
+    until: f64,
+) -> Job {
     let deadline = now() + JOB_TIMEOUT_S + (MSGS * MSG_INTERVAL_MS) as f64 / 1000.0;
     let before: Vec<BTreeMap<Link, TimedProbeEvent>> = originals
         .iter()
@@ -949,7 +971,7 @@ async fn job_check(cluster: &mut Cluster, nodes: &[Node], originals: &[Vec<Timed
             .iter()
             .all(|n| n.console.events().iter().filter(|e| e.event.ev == "compute").count() >= COMPUTE_AFTER);
         let all_alive = cluster.vms.iter_mut().all(|vm| vm.is_running());
-        if (missing.is_empty() && computing) || now() > deadline || !all_alive {
+        if (missing.is_empty() && computing && now() >= until) || now() > deadline || !all_alive {
             break;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;

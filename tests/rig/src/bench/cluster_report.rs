@@ -577,7 +577,10 @@ pub fn tables(data: &Results, summary: &Summary) -> String {
                 .iter()
                 .map(|&m| {
                     let a = value(m);
-                    let r = if a.is_some_and(|a| a != 0.0) { ratio(b, a) } else { None };
+                    // A ratio of a figure at or below zero (no skew, no
+                    // work lost) says nothing.
+                    let positive = |v: Option<f64>| v.is_some_and(|v| v > 0.0);
+                    let r = if positive(a) && positive(b) { ratio(b, a) } else { None };
                     fmt(r, 1, "x")
                 })
                 .collect();

@@ -1,8 +1,9 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
 //! The cluster checkpoint benchmark (ci/bench-cluster; not a test, CI
 //! never runs it): for each N and repetition, mekha's coordinated
-//! checkpoint and restart (`mekha checkpoint` / `mekha restore`) and stock
-//! QEMU scripted over QMP, each on a fresh cluster of N VMs. Prints a
+//! checkpoint and restart (`mekha checkpoint --mode cow`, then `--mode
+//! mtd`; `mekha restore`) and stock QEMU scripted over QMP, each on a fresh
+//! cluster of N VMs. Prints a
 //! table per N with the design's targets, and writes results.md and
 //! results.json into the output directory (docs/benchmarks.md).
 //!
