@@ -304,6 +304,11 @@ impl Bench {
         for vm in &mut net.cluster.vms {
             vm.kill();
         }
+        // The frames still on the delay line reach a tap without its QEMU:
+        // let them go before the restarted VMs take the taps.
+        if net.delay.is_some() {
+            tokio::time::sleep(LINK_DELAY * 4).await;
+        }
         let originals = nodes.iter().map(|n| n.console.events()).collect();
         Ok((net, originals, t_stop))
     }
