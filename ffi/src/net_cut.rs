@@ -136,8 +136,8 @@ pub(crate) fn stopped(bql: &Bql) {
     for netdev in net::attach(bql) {
         if !net::send(bql, &netdev.id, &netcut::marker_frame(netdev.mac, id)) {
             qemu::report::warn(&format!(
-                "the checkpoint's marker could not be sent on netdev {} (its link is down): its peers will wait \
-                 for it in vain",
+                "the checkpoint's marker could not be sent on netdev {} (its link is down, or the netdev refused \
+                 it): its peers will wait for it in vain",
                 netdev.id
             ));
         }

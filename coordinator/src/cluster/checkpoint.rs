@@ -266,10 +266,11 @@ async fn run_checkpoint(
 
     // 4. Wait for every image to be staged; check that each storage target
     // has room for its images (if not, nothing is written and the VMs,
-    // already running, lose nothing); then schedule the writes. Each
-    // image is complete once its VM's network cut is: every peer's
-    // marker came (else the VM's checkpoint fails with marker-missing).
-    // A VM may rightly stand still until the stop instant.
+    // already running, lose nothing); then schedule the writes. A VM
+    // stages its image once its network cut is complete: every peer's
+    // marker came (else its checkpoint fails, marker-missing or
+    // marker-unexpected). A VM may rightly stand still until the stop
+    // instant.
     let done = |s: Status| s == Status::Staged || s == Status::Completed;
     let states = wait_all(vms, progress, done, instant_of(stop_at), options.progress_timeout).await.map_err(explain)?;
     let staged = |i: usize| states[i].staged_bytes;

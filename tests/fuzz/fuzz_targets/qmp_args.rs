@@ -42,13 +42,16 @@ fuzz_target!(|data: &[u8]| {
             let Some(end) = args::<checkpoint::EndArgs>(json) else { return };
             let info = checkpoint::Info { status: checkpoint::Status::Live, ..Default::default() };
             let session = checkpoint::Session::new(info, Some(Duration::from_secs(5)), Box::new(|_| {}));
-            let accepted = session.request_end(end, NOW_NS).is_ok();
+            let accepted = session.request_end(end.clone(), NOW_NS).is_ok();
             assert_eq!(accepted, end.check(NOW_NS).is_ok());
             assert_eq!(session.end_requested(), accepted);
             if accepted {
                 assert_eq!(session.end_args(), end);
-                if let (Some(stop), Some(resume)) = (end.stop_at, end.resume_at) {
-                    assert!(resume > stop);
+                if let Some(cut) = &end.cut {
+                    // Each NIC named once.
+                    let mut netdevs: Vec<&str> = cut.peers.iter().map(|p| p.netdev.as_str()).collect();
+                    netdevs.sort_unstable();
+                    assert!(netdevs.windows(2).all(|w| w[0] != w[1]), "{cut:?}");
                 }
                 // Once only.
                 assert!(session.request_end(end, NOW_NS).is_err());
