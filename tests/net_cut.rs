@@ -143,10 +143,11 @@ impl Rig {
                 state: dir.join("state"),
             },
         };
-        // Every stream paced alike, 10,000 datagrams a second in all and
-        // three tenths more, for what a busy guest's sleeps lose.
+        // Every stream paced alike, twice 10,000 datagrams a second in
+        // all: three TCG guests on a busy two-core host fall short of
+        // their schedule (a clean-room run made 74% of it).
         let streams = (vms * (vms - 1)) as u64;
-        let udp_rate = (UDP_IN_ALL + UDP_IN_ALL * 3 / 10).div_ceil(streams);
+        let udp_rate = (UDP_IN_ALL * 2).div_ceil(streams);
         let mut configs = Vec::new();
         for (i, &host) in host_of.iter().enumerate() {
             let netns = match &mut place {
@@ -427,11 +428,12 @@ fn streams(log: &ProbeLog) -> Streams {
 /// Datagrams sent per second over all the cluster's UDP streams, over
 /// `RATE_WINDOW` of the running exchange: each stream's sent count across
 /// the window by its probe's own clock.
-fn udp_rate(logs: &[ProbeLog]) -> f64 {
+fn udp_rate(logs: &[ProbeLog]) -> (f64, Vec<String>) {
     let since: Vec<usize> = logs.iter().map(|l| l.events().len()).collect();
     std::thread::sleep(RATE_WINDOW);
     let mut rate = 0.0;
-    for (log, since) in logs.iter().zip(since) {
+    let mut streams = Vec::new();
+    for (i, (log, since)) in logs.iter().zip(since).enumerate() {
         let mut window: BTreeMap<String, (ProbeEvent, ProbeEvent)> = BTreeMap::new();
         for e in log.events().into_iter().skip(since) {
             if e.ev == "net" && e.str("proto") == Some("udp") {
@@ -445,9 +447,10 @@ fn udp_rate(logs: &[ProbeLog]) -> f64 {
             if ns > 0 {
                 rate += sent as f64 * 1e9 / ns as f64;
             }
+            streams.push(format!("node{i} to {}: {sent} in {} ms", first.str("peer").unwrap_or("?"), ns / 1_000_000));
         }
     }
-    rate
+    (rate, streams)
 }
 
 /// Waits until every stream each probe receives carried `more` messages
@@ -634,13 +637,16 @@ async fn cut_in_both_modes(rig: &mut Rig, images: &Path) -> Vec<String> {
         })
         .unwrap();
     }
-    let rate = udp_rate(&rig.logs());
-    eprintln!("{} VMs: {rate:.0} UDP datagrams per second in all", rig.configs.len());
+    let (rate, streams) = udp_rate(&rig.logs());
+    eprintln!("{} VMs: {rate:.0} UDP datagrams per second in all ({})", rig.configs.len(), streams.join(", "));
 
     let mut failures = Vec::new();
     // Checked, but only at the end: the cut is measured whatever the rate.
     if rate < UDP_IN_ALL as f64 {
-        failures.push(format!("the probes sent {rate:.0} datagrams per second in all, not {UDP_IN_ALL}"));
+        failures.push(format!(
+            "the probes sent {rate:.0} datagrams per second in all, not {UDP_IN_ALL}: {}",
+            streams.join(", ")
+        ));
     }
     let mut modes = vec!["mtd"];
     if mekha_ckpt_core::host::Capabilities::probe().userfaultfd_wp {

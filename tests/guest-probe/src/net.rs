@@ -54,6 +54,11 @@ const UDP_RCVBUF: libc::c_int = 32 << 20;
 /// descheduled, a restore): further behind, it starts its schedule anew
 /// rather than send a burst the receiver could not take.
 const MAX_CATCH_UP: Duration = Duration::from_millis(100);
+/// A paced sender sleeps only when its next message is due further
+/// ahead than this, and then sends what falls due in this span at once:
+/// one timer wake-up per burst, not per message, which a TCG guest
+/// cannot afford at thousands of messages a second.
+const BURST: Duration = Duration::from_millis(2);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Proto {
@@ -504,7 +509,8 @@ fn raise_rcvbuf(sock: &UdpSocket) -> io::Result<()> {
 }
 
 /// The schedule of a paced sender: message `n` is due `n` periods after
-/// the start; one behind by more than `MAX_CATCH_UP` starts anew.
+/// the start, sent in bursts of `BURST`; one behind by more than
+/// `MAX_CATCH_UP` starts anew.
 struct Pace {
     period: Duration,
     /// The start of the schedule and the messages sent on it.
@@ -534,7 +540,7 @@ impl Pace {
         let now = Instant::now();
         if now > due + MAX_CATCH_UP || self.sent == u32::MAX {
             (self.start, self.sent) = (now, 0);
-        } else if due > now {
+        } else if due > now + BURST {
             thread::sleep(due - now);
         }
     }
