@@ -12,8 +12,9 @@
 //! after it was checked still cannot slip in.
 //!
 //! The key is 32 bytes, kept as 64 hex digits in a file only its owner
-//! can read (`mekha key new`). Four keys are derived from it, one per use
-//! (BLAKE3's `derive_key`), and a key id that tells "written under another
+//! can read (`mekha key new`). Six keys are derived from it, one per use
+//! (BLAKE3's `derive_key`; two of them seal disk layers, `crate::disk`),
+//! and a key id that tells "written under another
 //! key" from "changed".
 
 use std::fmt;
@@ -44,6 +45,8 @@ pub struct ImageKey {
     sections: Zeroizing<[u8; 32]>,
     mac: Zeroizing<[u8; 32]>,
     manifest: Zeroizing<[u8; 32]>,
+    disk_tags: Zeroizing<[u8; 32]>,
+    disk_mac: Zeroizing<[u8; 32]>,
     id: [u8; 16],
     /// The key itself, as its file holds it (to hand on to QEMU).
     hex: Zeroizing<String>,
@@ -65,6 +68,8 @@ impl ImageKey {
             sections: derive("mekha 2026-12 image section tags"),
             mac: derive("mekha 2026-12 image MAC"),
             manifest: derive("mekha 2026-12 manifest MAC"),
+            disk_tags: derive("mekha 2026-12 disk layer cluster tags"),
+            disk_mac: derive("mekha 2026-12 disk layer MAC"),
             id: id[..16].try_into().expect("16 bytes"),
             hex: Zeroizing::new(hex(key)),
         }
@@ -131,6 +136,16 @@ impl ImageKey {
     /// The MAC of a committed manifest's bytes.
     pub fn manifest_mac(&self, bytes: &[u8]) -> Mac {
         Mac(*blake3::keyed_hash(&self.manifest, bytes).as_bytes())
+    }
+
+    /// The tag of one data cluster of a disk layer (`crate::disk`).
+    pub(crate) fn disk_cluster_tag(&self, cluster: &[u8]) -> PageTag {
+        blake3::keyed_hash(&self.disk_tags, cluster).as_bytes()[..PAGE_TAG_LEN].try_into().expect("16 bytes")
+    }
+
+    /// A disk layer's MAC, computed piece by piece (`crate::disk`).
+    pub(crate) fn disk_mac_hasher(&self) -> blake3::Hasher {
+        blake3::Hasher::new_keyed(&self.disk_mac)
     }
 
     /// The image's MAC: over the header's fields, the directory (all but

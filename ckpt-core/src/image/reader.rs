@@ -431,7 +431,7 @@ fn max_in_memory(kind: SectionKind) -> u64 {
 }
 
 /// This host's physical memory, in bytes (`u64::MAX` if unknown).
-fn host_memory() -> u64 {
+pub(crate) fn host_memory() -> u64 {
     // SAFETY: sysconf has no preconditions.
     let (pages, size) = unsafe { (libc::sysconf(libc::_SC_PHYS_PAGES), libc::sysconf(libc::_SC_PAGESIZE)) };
     if pages <= 0 || size <= 0 {
