@@ -6,6 +6,9 @@
 //! - [`image`]: the on-disk image format of one VM (versioned headers,
 //!   sections, a CRC32C per page and per section), its layout, reading,
 //!   inspecting and verifying.
+//! - [`disk`]: disk layer files (a writable disk's clusters at a
+//!   checkpoint, full or a delta over a parent), chains of them, verify,
+//!   inspect and merge.
 //! - [`store`]: a checkpoint directory: generations and the atomically
 //!   committed manifest.
 //! - [`netcut`]: the network cut of a cluster checkpoint, by markers.
@@ -24,6 +27,7 @@
 #![warn(missing_docs)]
 
 pub mod cow;
+pub mod disk;
 pub mod host;
 pub mod image;
 pub mod instant;
