@@ -292,12 +292,12 @@ impl LayerReader {
             if pos >= start + extent.len {
                 return Err(bad("no data extent holds it"));
             }
-            if (pos - start) % cluster != 0 {
+            if !(pos - start).is_multiple_of(cluster) {
                 return Err(bad("it does not start at a cluster"));
             }
             let left = (buf.len() - done) as u64;
             let piece = left.min(start + extent.len - pos);
-            if piece < start + extent.len - pos && piece % cluster != 0 {
+            if piece < start + extent.len - pos && !piece.is_multiple_of(cluster) {
                 return Err(bad("it does not end at a cluster's end"));
             }
             let out = &mut buf[done..done + to_usize(piece)];
@@ -406,7 +406,7 @@ fn check_extents(
         let Some(end) = end.filter(|_| len > 0) else {
             return Err(format!("extent {i} ({offset:#x}+{len:#x}) is empty or ends beyond the disk's {size} bytes"));
         };
-        if offset % cluster != 0 || (len % cluster != 0 && end != size) {
+        if !offset.is_multiple_of(cluster) || (!len.is_multiple_of(cluster) && end != size) {
             return Err(format!("extent {i} ({offset:#x}+{len:#x}) is not whole clusters of {cluster} bytes"));
         }
         if offset < previous_end {

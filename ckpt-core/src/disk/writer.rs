@@ -161,7 +161,7 @@ impl LayerWriter {
         let Some(end) = end else {
             return Err(refuse(format!("it ends beyond the disk's {size} bytes")));
         };
-        if offset % cluster != 0 || (len % cluster != 0 && end != size) {
+        if !offset.is_multiple_of(cluster) || (!len.is_multiple_of(cluster) && end != size) {
             return Err(refuse(format!("it is not whole clusters of {cluster} bytes (nor ends at the disk's end)")));
         }
         if let Some((&before, p)) = self.extents.range(..offset).next_back() {
@@ -242,7 +242,6 @@ impl LayerWriter {
     /// The table's entries, CRCs and tags, adjacent extents merged (data
     /// only where their bytes are adjacent in the file too), and the data
     /// and zero bytes.
-    #[expect(clippy::type_complexity, reason = "one private caller takes it apart at once")]
     fn table(&mut self) -> (Vec<ExtentEntry>, Vec<u32>, Vec<[u8; TAG_LEN]>, u64, u64) {
         let (mut entries, mut crcs, mut tags) = (Vec::<ExtentEntry>::new(), Vec::new(), Vec::new());
         let (mut data_bytes, mut zero_bytes) = (0, 0);
