@@ -137,11 +137,11 @@
 //!
 //! An image written with an image key ([`ImageKey`]: 32 bytes) is sealed:
 //! whoever lacks the key cannot change it without a reader holding the
-//! key noticing, which CRCs cannot promise. Four keys are derived from it
+//! key noticing, which CRCs cannot promise. Keys are derived from it
 //! with BLAKE3's `derive_key` and these contexts: `"mekha 2026-12 image
 //! page tags"` (P), `"mekha 2026-12 image section tags"` (S), `"mekha
 //! 2026-12 image MAC"` (M), `"mekha 2026-12 manifest MAC"` (a manifest's
-//! MAC, `crate::store`); the key id is the first 16 bytes of the
+//! MAC, `crate::store`), and two that seal disk layers (`crate::disk`); the key id is the first 16 bytes of the
 //! derivation with `"mekha 2026-12 image key id"`.
 //!
 //! PAGE_TAGS holds, for every page, the first 16 bytes of BLAKE3 keyed
