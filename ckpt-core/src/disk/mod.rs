@@ -50,8 +50,12 @@
 //! | | | the QEMU node name (1 to 255 bytes), |
 //! | | | the guest device (`-device ...,id=` or its QOM path; 0 to 255 bytes), |
 //! | | | the source format, e.g. `qcow2` or `raw` (1 to 32 bytes of `[a-z0-9_-]`), |
-//! | | | a delta's parent: its file name relative to the checkpoint directory, e.g. `gen-000007/node1.vda.mdisk` (1 to 1024 bytes of normal path components: not absolute, no `.` or `..`; empty in a full layer) |
+//! | | | a delta's parent: its file name relative to the checkpoint directory, e.g. `gen-000007/node1.vda.mdisk` (1 to 1024 bytes: names separated by `/`, none empty, `.` or `..`, no NUL; empty in a full layer) |
 //! | … | … | zeros to the end of the block |
+//!
+//! Reserved bytes, here and below, are written as zeros and ignored by
+//! readers (a minor version may use them). `n` and `c` are at most the
+//! disk's cluster count.
 //!
 //! A reader checks, in this order: the magic; the major version (refuse
 //! any other major, since it may change everything after the version,
