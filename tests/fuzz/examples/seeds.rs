@@ -9,12 +9,14 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use mekha_ckpt_core::image::{Identity, ImageBuilder, NetFrames, RamBlock, SectionKind, FRAME_RAW};
+use mekha_ckpt_core::disk::{DiskIdentity, LayerKind, LayerWriter};
+use mekha_ckpt_core::image::{Identity, ImageBuilder, ImageKey, NetFrames, RamBlock, SectionKind, FRAME_RAW};
 use mekha_ckpt_core::store::{ManifestVm, Store, MANIFEST, PARTS_MARKER, STORE_ID};
 use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_coordinator::agent::{Reply, Request};
 use mekha_coordinator::qmp::json_line;
 use mekha_coordinator::spec::Spec;
+use mekha_fuzz::disk_pair::{DiskPair, FIX_HEADER_CRCS, FIX_PARENT_CRC, FIX_TABLE_CRCS};
 use mekha_fuzz::sparse_image::{SparseImage, FIX_HEADER_CRC, FIX_SECTION_CRCS};
 use serde_json::json;
 
@@ -22,6 +24,7 @@ fn main() {
     let out = PathBuf::from(std::env::args().nth(1).expect("usage: seeds CORPUS_DIR"));
     let scratch = tempfile::tempdir().unwrap();
     images(&out.join("image"), scratch.path());
+    disk_layers(&out.join("disk_layer"), scratch.path());
     net_frames(&out.join("net_frames"));
     net_frames_round_trip(&out.join("net_frames_round_trip"));
     store(&out.join("store"), scratch.path());
@@ -36,6 +39,47 @@ fn write(dir: &Path, name: &str, bytes: &[u8]) {
 
 fn block(name: &str, pages: u64) -> RamBlock {
     RamBlock { name: name.into(), length: pages * 4096, page_size: 4096 }
+}
+
+/// A parent and a delta over it, of a disk of 6 clusters of 4 KiB and
+/// 100 bytes: plain, sealed (under the target's key), and a full layer
+/// alone; each as written and with fix-ups on.
+fn disk_layers(out: &Path, scratch: &Path) {
+    let identity = DiskIdentity {
+        node_name: "drive-virtio0".into(),
+        device: "vda".into(),
+        format: "qcow2".into(),
+        virtual_size: 6 * 4096 + 100,
+    };
+    let key = ImageKey::from_bytes(&[0x6d; 32]);
+    let layer = |name: &str, kind: LayerKind, key: Option<&ImageKey>, data: &[(u64, usize)], zeros: &[u64]| {
+        let path = scratch.join(name);
+        let mut writer = LayerWriter::create(&path, &identity, 4096, kind, key).unwrap();
+        for &(offset, len) in data {
+            let bytes: Vec<u8> = (0..len).map(|i| (offset as usize / 4096 * 31 + i) as u8 | 1).collect();
+            writer.add_data(offset, &bytes).unwrap();
+        }
+        for &offset in zeros {
+            writer.add_zero(offset, 4096).unwrap();
+        }
+        let summary = writer.finish().unwrap();
+        (fs::read(&path).unwrap(), summary.header_crc32c)
+    };
+    for (name, key) in [("plain", None), ("sealed", Some(&key))] {
+        let (parent, crc) = layer("parent.mdisk", LayerKind::Full, key, &[(0, 2 * 4096), (6 * 4096, 100)], &[4096 * 4]);
+        let over = LayerKind::Delta { parent: "gen-000001/d.mdisk".into(), parent_header_crc32c: crc };
+        let (delta, _) = layer("delta.mdisk", over, key, &[(4096, 4096), (5 * 4096, 4096)], &[0]);
+        let mut pair = DiskPair { fixups: 0, parent, layer: delta };
+        write(out, &format!("{name}-exact"), &pair.encode());
+        pair.fixups = FIX_TABLE_CRCS | FIX_HEADER_CRCS | FIX_PARENT_CRC;
+        write(out, &format!("{name}-fixed"), &pair.encode());
+    }
+    let (full, _) = layer("full.mdisk", LayerKind::Full, None, &[(2 * 4096, 3 * 4096)], &[]);
+    write(
+        out,
+        "full-alone",
+        &DiskPair { fixups: FIX_TABLE_CRCS | FIX_HEADER_CRCS, parent: Vec::new(), layer: full }.encode(),
+    );
 }
 
 fn frames() -> NetFrames {
@@ -241,5 +285,6 @@ fn sealed_entry() -> ManifestVm {
         size: 2_113_536,
         header_crc32c: 0x1234_5678,
         host: None,
+        mac: None,
     }
 }
