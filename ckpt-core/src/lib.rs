@@ -38,6 +38,8 @@ pub mod private;
 pub mod session;
 pub mod staging;
 pub mod store;
+#[cfg(test)]
+mod test_rng;
 pub mod uring;
 pub mod vtime;
 pub mod width;

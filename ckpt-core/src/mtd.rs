@@ -358,23 +358,7 @@ fn take_round_robin(bits: &mut [u64], cursor: &mut u64, total: u64, want: u64, o
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// splitmix64: reproducible randomness without a dependency.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        }
-
-        fn below(&mut self, n: u64) -> u64 {
-            self.next() % n
-        }
-    }
+    use crate::test_rng::Rng;
 
     fn params(dirty: u32, clean: u32) -> MtdParams {
         MtdParams { dirty_per_cycle: dirty, clean_per_cycle: clean, ..MtdParams::default() }

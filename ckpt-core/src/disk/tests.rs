@@ -11,6 +11,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::format::{header_crc, ExtentEntry, HeaderFields, HEADER_CRC_AT};
 use super::*;
 use crate::image::ImageKey;
+use crate::test_rng::Rng;
 use crate::width::to_usize;
 
 /// A small cluster keeps the files small; the format is the same.
@@ -29,23 +30,6 @@ fn key() -> ImageKey {
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
     (0..len).map(|_| rng.next().to_le_bytes()[0]).collect()
-}
-
-/// splitmix64: the seeded randomness of these tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// What a layer gets: data or zeros at an offset.

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -18,7 +17,7 @@ use super::format::{
     LayerKind, AUTH_SIGNED_LEN, AUTH_VERSION, DATA_ALIGN, EXTENT_DATA, EXTENT_ZERO, FLAG_SEALED, FORMAT_MAJOR,
     FORMAT_MINOR, HEADER_SIZE, KIND_DELTA, KIND_FULL, MAGIC, TAG_LEN,
 };
-use crate::image::{now_unix_ns, sync_dir};
+use crate::image::{create_partial, now_unix_ns, sync_dir};
 use crate::image::{parent_dir, with_suffix};
 use crate::image::{ImageKey, Mac};
 
@@ -91,18 +90,7 @@ impl LayerWriter {
             return Err(bad(format!("cluster size {cluster_size} (a power of two, 4 KiB to 2 MiB)")));
         }
         let path_partial = with_suffix(path_final, ".partial");
-        match fs::remove_file(&path_partial) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(DiskError::io("removing stale partial disk layer", &path_partial)(e))
-            }
-            _ => {}
-        }
-        let file = crate::private::file_options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path_partial)
-            .map_err(DiskError::io("creating disk layer", &path_partial))?;
+        let file = create_partial(&path_partial).map_err(DiskError::io("creating disk layer", &path_partial))?;
         Ok(LayerWriter {
             path_final: path_final.to_owned(),
             path_partial,

@@ -4,7 +4,6 @@
 //! the image exist under its final name.
 
 use std::fs::{self, File};
-use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
@@ -12,7 +11,7 @@ use zerocopy::byteorder::little_endian::{U16, U32, U64};
 use zerocopy::{FromZeros, IntoBytes};
 
 use super::auth::{self, ImageKey, Mac, MacHeader, PageTag};
-use super::durable::{now_unix_ns, parent_dir, sync_dir, with_suffix};
+use super::durable::{create_partial, now_unix_ns, parent_dir, sync_dir, with_suffix};
 use super::error::{ImageError, Result};
 use super::format::{
     check_identity, page_crc, HeaderBlock, IdentityRecord, Producer, Section, SectionKind, FORMAT_MAJOR, FORMAT_MINOR,
@@ -69,18 +68,7 @@ impl ImageBuilder {
     pub fn create(path_final: &Path, identity: &Identity) -> Result<ImageBuilder> {
         check_identity(identity).map_err(ImageError::BadIdentity)?;
         let path_partial = with_suffix(path_final, ".partial");
-        match fs::remove_file(&path_partial) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => {
-                return Err(ImageError::io("removing stale partial image", &path_partial)(e))
-            }
-            _ => {}
-        }
-        let file = crate::private::file_options()
-            .read(true)
-            .write(true)
-            .create_new(true)
-            .open(&path_partial)
-            .map_err(ImageError::io("creating image", &path_partial))?;
+        let file = create_partial(&path_partial).map_err(ImageError::io("creating image", &path_partial))?;
         let layout = Layout::new(&identity.ram_blocks);
         let builder = ImageBuilder {
             path_final: path_final.to_owned(),

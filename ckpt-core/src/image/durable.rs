@@ -3,7 +3,7 @@
 //! once its data and the directory entry naming it are both synced.
 
 use std::ffi::OsString;
-use std::fs::File;
+use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,6 +11,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Flushes a directory's entries (renames, creations, removals in it).
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
+}
+
+/// Creates `partial` afresh, read-write for its owner only, first
+/// removing a stale one that a crashed run left.
+pub(crate) fn create_partial(partial: &Path) -> io::Result<File> {
+    match fs::remove_file(partial) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => {
+            return Err(io::Error::new(e.kind(), format!("removing the stale one: {e}")));
+        }
+        _ => {}
+    }
+    crate::private::file_options().read(true).write(true).create_new(true).open(partial)
 }
 
 /// The directory holding `path` (`.` for a bare file name).

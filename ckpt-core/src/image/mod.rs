@@ -218,5 +218,5 @@ pub use reader::{HeaderInfo, Image};
 pub use verify::{verify, verify_image, BadPage, BadSection, VerifyReport, MAX_REPORTED_BAD_PAGES};
 
 pub(crate) use auth::hex;
-pub(crate) use durable::{now_unix_ns, parent_dir, sync_dir, with_suffix};
+pub(crate) use durable::{create_partial, now_unix_ns, parent_dir, sync_dir, with_suffix};
 pub(crate) use reader::host_memory;
