@@ -11,6 +11,7 @@ use super::error::{DiskError, Result};
 use super::format::{ExtentData, LayerKind};
 use super::reader::LayerReader;
 use crate::image::ImageKey;
+use crate::width::to_usize;
 
 /// The most layers a chain may have. Each is an open file; retention
 /// merges chains long before this.
@@ -57,6 +58,15 @@ pub enum RunSource {
     },
     /// Zeros.
     Zero,
+}
+
+/// A piece of the resolved disk, as [`Chain::for_each_piece`] hands it on.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Piece<'a> {
+    /// These bytes, read and checked.
+    Data(&'a [u8]),
+    /// This many zeros.
+    Zero(u64),
 }
 
 impl Chain {
@@ -122,6 +132,35 @@ impl Chain {
     /// [`RunSource::Data`] run, whole or split at clusters.
     pub fn read(&self, layer: usize, file_offset: u64, buf: &mut [u8]) -> Result<()> {
         self.layers[layer].reader.read_data(file_offset, buf)
+    }
+
+    /// Walks the disk at the newest layer in offset order: each data run
+    /// read in pieces of at most `max_piece` bytes (whole clusters, one at
+    /// least), each checked, and each zero run whole, handed to `write`
+    /// with its disk offset. Stops at the first error of either.
+    pub fn for_each_piece<E: From<DiskError>>(
+        &self,
+        max_piece: usize,
+        mut write: impl FnMut(u64, Piece<'_>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let cluster = u64::from(self.newest().cluster_size());
+        let piece_len = (max_piece as u64 / cluster).max(1) * cluster;
+        let mut buf = Vec::new();
+        for run in self.runs() {
+            let RunSource::Data { layer, file_offset } = run.source else {
+                write(run.offset, Piece::Zero(run.len))?;
+                continue;
+            };
+            let mut done = 0;
+            while done < run.len {
+                let n = to_usize((run.len - done).min(piece_len));
+                buf.resize(n, 0);
+                self.read(layer, file_offset + done, &mut buf)?;
+                write(run.offset + done, Piece::Data(&buf))?;
+                done += n as u64;
+            }
+        }
+        Ok(())
     }
 
     /// The disk at the newest layer, as runs in offset order covering all

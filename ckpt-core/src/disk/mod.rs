@@ -133,7 +133,8 @@
 //!
 //! [`LayerReader::open`] checks everything but the data; reads check each
 //! cluster they return. [`Chain::open`] opens a layer and its parents,
-//! [`Chain::runs`] resolves the disk into runs in offset order, [`verify`]
+//! [`Chain::runs`] resolves the disk into runs in offset order (and
+//! [`Chain::for_each_piece`] reads them in checked pieces), [`verify`]
 //! checks every cluster of a chain, [`inspect`] summarizes it and [`merge`]
 //! folds it into one full layer.
 
@@ -149,7 +150,7 @@ mod writer;
 #[cfg(test)]
 mod tests;
 
-pub use chain::{Chain, ChainLayer, Run, RunSource, MAX_CHAIN_LAYERS};
+pub use chain::{Chain, ChainLayer, Piece, Run, RunSource, MAX_CHAIN_LAYERS};
 pub use error::{DiskError, Result};
 pub use format::{
     DiskIdentity, Extent, ExtentData, LayerKind, DEFAULT_CLUSTER_SIZE, FORMAT_MAJOR, FORMAT_MINOR, HEADER_SIZE, MAGIC,

@@ -103,6 +103,29 @@ fn resolve(chain: &Chain) -> Vec<u8> {
     disk
 }
 
+/// The disk a chain resolves to, as [`Chain::for_each_piece`] hands it
+/// on in pieces of at most `max` bytes; checks the pieces on the way.
+fn by_pieces(chain: &Chain, max: usize) -> Vec<u8> {
+    let mut disk = Vec::new();
+    chain
+        .for_each_piece(max, |offset, piece| {
+            assert_eq!(offset, disk.len() as u64, "pieces in order, without gaps");
+            match piece {
+                Piece::Data(bytes) => {
+                    assert!(!bytes.is_empty() && bytes.len() <= max.max(to_usize(C)));
+                    let end = offset + bytes.len() as u64;
+                    assert!(bytes.len() % to_usize(C) == 0 || end == chain.virtual_size(), "whole clusters");
+                    disk.extend_from_slice(bytes);
+                }
+                Piece::Zero(len) => disk.resize(disk.len() + to_usize(len), 0),
+            }
+            Ok::<(), DiskError>(())
+        })
+        .unwrap();
+    assert_eq!(disk.len() as u64, chain.virtual_size());
+    disk
+}
+
 fn file_len(path: &Path) -> u64 {
     fs::metadata(path).unwrap().len()
 }
@@ -148,6 +171,14 @@ fn a_full_layer_reads_back_as_written() {
 
     let chain = Chain::open(dir.path(), "full.mdisk", None).unwrap();
     assert_eq!(resolve(&chain), model);
+    assert_eq!(by_pieces(&chain, 1), model);
+    // The consumer's error stops the walk and comes back.
+    let mut calls = 0;
+    let stopped = chain.for_each_piece(usize::MAX, |_, _| {
+        calls += 1;
+        Err(DiskError::malformed(Path::new("consumer"), "stop"))
+    });
+    assert!(matches!(stopped, Err(DiskError::Malformed { .. })) && calls == 1);
     let runs = chain.runs();
     assert_eq!(runs.len(), 4, "zeros, data, zeros, data: {runs:?}");
     let inspection = inspect(&chain);
@@ -682,6 +713,7 @@ fn random_chains_resolve_like_a_model_disk() {
         }
         let (name, expected) = generations.last().unwrap();
         let chain = Chain::open(root, name, key.as_ref()).unwrap();
+        assert_eq!(&by_pieces(&chain, to_usize(3 * C + 5)), expected, "seed {seed} in pieces");
         let merged = format!("s{seed}-merged.mdisk");
         merge(&chain, &root.join(&merged), key.as_ref()).unwrap();
         assert_eq!(&resolve(&Chain::open(root, &merged, key.as_ref()).unwrap()), expected, "seed {seed} merged");
