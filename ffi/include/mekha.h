@@ -24,7 +24,7 @@ extern "C" {
 #endif
 
 /* Bumped on any incompatible change of this header. */
-#define MEKHA_ABI_VERSION 6
+#define MEKHA_ABI_VERSION 7
 
 /* ---- QEMU -> library ------------------------------------------------- */
 
@@ -125,6 +125,9 @@ typedef struct MekhaDisk {
     const char *node;    /* the root node's name, "" without a medium */
     bool writable;       /* the guest can write it */
     bool inserted;       /* a medium is present */
+    const char *format;  /* the root node's driver, "" without a medium */
+    int64_t size;        /* virtual size in bytes, negative errno if unknown */
+    bool shared_write;   /* another user may write it too (share-rw) */
 } MekhaDisk;
 
 typedef int (*MekhaDiskFn)(const MekhaDisk *disk, void *opaque);
@@ -134,6 +137,41 @@ typedef int (*MekhaDiskFn)(const MekhaDisk *disk, void *opaque);
  * BQL held; the strings are valid during the call only.
  */
 int mekha_qemu_foreach_disk(MekhaDiskFn fn, void *opaque);
+
+/*
+ * Run one QMP command in-process, as a monitor would: @request_json is
+ * {"execute": ..., "arguments": ...}; returns the response object as JSON
+ * ({"return": ...} or {"error": ...}; free with mekha_qemu_free).  BQL
+ * held, outside any QMP command's handler (a command inside another gets
+ * an error response).
+ */
+char *mekha_qemu_qmp_execute(const char *request_json);
+
+typedef int (*MekhaExtentFn)(int64_t offset, int64_t len, void *opaque);
+
+/*
+ * Call @fn for each dirty extent of @node's dirty bitmap @bitmap, in
+ * order; stop early and return its value when non-zero.  -1 and *@err
+ * when there is no such node or bitmap.  BQL held.
+ */
+int mekha_qemu_dirty_extents(const char *node, const char *bitmap,
+                             MekhaExtentFn fn, void *opaque, char **err);
+
+/*
+ * Write @len bytes of @data at @offset of the disk of @device (see
+ * MekhaDisk), or zeroes (unmapping where the format can) when @data is
+ * NULL, through the device's backend.  BQL held, disks active.  -1 and
+ * *@err on failure.
+ */
+int mekha_qemu_disk_write(const char *device, uint64_t offset,
+                          const uint8_t *data, size_t len, char **err);
+
+/*
+ * Activate the disks of an incoming VM (taking their locks) ahead of
+ * mekha_qemu_incoming_finish(), which then finds them active.  -1 and
+ * *@err when a disk cannot be activated.  BQL held.
+ */
+int mekha_qemu_disks_activate(char **err);
 
 /* Facts about this QEMU process; the strings live as long as the process. */
 typedef struct MekhaVmIdentity {
