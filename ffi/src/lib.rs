@@ -10,6 +10,7 @@
 
 mod boundary;
 mod checkpoint;
+mod disks;
 mod fault;
 mod guest_ram;
 mod guest_time;

@@ -56,6 +56,12 @@ pub(crate) struct Disk {
     pub node: String,
     pub writable: bool,
     pub inserted: bool,
+    /// The root node's driver (`qcow2`, `raw`, a filter's name).
+    pub format: String,
+    /// Virtual size in bytes; none if QEMU could not tell.
+    pub size: Option<u64>,
+    /// Another user may write it too (`share-rw`).
+    pub shared_write: bool,
 }
 
 /// The VM's disks (block backends attached to devices).
@@ -65,12 +71,15 @@ pub(crate) fn disks(_bql: &Bql) -> Vec<Disk> {
         // and our own Vec as opaque.
         let (disk, out) = unsafe { (&*disk, &mut *(opaque as *mut Vec<Disk>)) };
         // SAFETY: as above, the disk's strings with it.
-        let (device, node) = unsafe { (c_str(disk.device), c_str(disk.node)) };
+        let (device, node, format) = unsafe { (c_str(disk.device), c_str(disk.node), c_str(disk.format)) };
         out.push(Disk {
             device: device.unwrap_or_default(),
             node: node.unwrap_or_default(),
             writable: disk.writable,
             inserted: disk.inserted,
+            format: format.unwrap_or_default(),
+            size: u64::try_from(disk.size).ok(),
+            shared_write: disk.shared_write,
         });
         0
     }
@@ -220,6 +229,80 @@ pub(crate) fn emit_event(event: Event, data: &serde_json::Value) {
 /// What the library has to say, through QEMU's own error reporting
 /// (`error_report`: the program's prefix, `-msg timestamp=on`), never
 /// straight to stderr.
+/// The block layer: QMP commands run in-process, dirty bitmaps' extents,
+/// writes through a disk's device (see `disks`).
+pub(crate) mod block {
+    use std::ffi::{c_int, c_void, CStr, CString};
+
+    use mekha_ckpt_core::session::{Error, Result};
+    use serde_json::{json, Value};
+
+    use super::{boundary, check, Bql};
+
+    fn c_string(what: &str, s: &str) -> Result<CString> {
+        CString::new(s).map_err(|_| Error::invalid_argument(format!("{what} {s:?} holds a NUL byte")))
+    }
+
+    /// Runs QMP command `name` with `arguments` in-process, as a monitor
+    /// would; its `return` value, or its error as a QEMU error. Never from
+    /// inside a QMP handler (QEMU runs one command per thread at a time).
+    pub(crate) fn execute(_bql: &Bql, name: &str, arguments: Value) -> Result<Value> {
+        let request = c_string("QMP request", &json!({ "execute": name, "arguments": arguments }).to_string())?;
+        // SAFETY: a NUL-terminated request; BQL held; the reply is QEMU's
+        // allocation, copied then freed here.
+        let reply = unsafe {
+            let raw = boundary::mekha_qemu_qmp_execute(request.as_ptr());
+            let text = CStr::from_ptr(raw).to_string_lossy().into_owned();
+            boundary::mekha_qemu_free(raw as *mut c_void);
+            text
+        };
+        let mut reply: Value = serde_json::from_str(&reply)
+            .map_err(|e| Error::internal(format!("QEMU's reply to {name} is not JSON: {e}")))?;
+        if let Some(error) = reply.get("error") {
+            let desc = error.get("desc").and_then(Value::as_str).unwrap_or("no description");
+            return Err(Error::qemu(format!("{name}: {desc}")));
+        }
+        Ok(reply.get_mut("return").map(Value::take).unwrap_or(Value::Null))
+    }
+
+    /// The dirty extents `(offset, len)` in bytes of `node`'s bitmap
+    /// `bitmap`, in order.
+    pub(crate) fn dirty_extents(_bql: &Bql, node: &str, bitmap: &str) -> Result<Vec<(u64, u64)>> {
+        unsafe extern "C" fn collect(offset: i64, len: i64, opaque: *mut c_void) -> c_int {
+            // SAFETY: our own Vec as opaque, for the duration of the walk.
+            let out = unsafe { &mut *(opaque as *mut Vec<(u64, u64)>) };
+            out.push((offset as u64, len as u64));
+            0
+        }
+        let (node, bitmap) = (c_string("node", node)?, c_string("bitmap", bitmap)?);
+        let mut extents: Vec<(u64, u64)> = Vec::new();
+        let opaque = &mut extents as *mut Vec<(u64, u64)> as *mut c_void;
+        // SAFETY: NUL-terminated names, `collect` matches MekhaExtentFn and
+        // `extents` outlives the walk; BQL held.
+        check(|err| unsafe {
+            boundary::mekha_qemu_dirty_extents(node.as_ptr(), bitmap.as_ptr(), Some(collect), opaque, err)
+        })?;
+        Ok(extents)
+    }
+
+    /// Writes `data` at `offset` of `device`'s disk, or `len` zeroes when
+    /// `data` is none, through the device's backend (disks active).
+    pub(crate) fn disk_write(_bql: &Bql, device: &str, offset: u64, data: Option<&[u8]>, len: usize) -> Result<()> {
+        let device = c_string("device", device)?;
+        let ptr = data.map_or(std::ptr::null(), <[u8]>::as_ptr);
+        let len = data.map_or(len, <[u8]>::len);
+        // SAFETY: a NUL-terminated name and `len` readable bytes at `ptr`
+        // (or NULL for zeroes); BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_disk_write(device.as_ptr(), offset, ptr, len, err) })
+    }
+
+    /// Activates an incoming VM's disks (taking their locks).
+    pub(crate) fn activate(_bql: &Bql) -> Result<()> {
+        // SAFETY: BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_disks_activate(err) })
+    }
+}
+
 pub(crate) mod report {
     use super::boundary::{self, MekhaReport};
 

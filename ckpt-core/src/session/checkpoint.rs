@@ -62,14 +62,18 @@ pub struct Args {
     /// Keep the staged image in memory until `checkpoint-persist` (default false).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub persist_hold: Option<bool>,
-    /// Checkpoint a VM with writable disks anyway: the caller snapshots
-    /// them (default false: refused).
+    /// Leave the writable disks out: the caller snapshots them (default
+    /// false: each is captured at the instant, see [`DiskCapture`]).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub allow_writable_disks: Option<bool>,
     /// The id of the QEMU `secret` object holding the image key to seal
     /// the image under.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub key_secret: Option<String>,
+    /// The VM's image in the generation the disks' layers build on (the
+    /// last committed one); without it every disk is captured whole.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_parent: Option<PathBuf>,
 }
 
 /// `__org.mekha_CheckpointEndArgs`. The VM resumes as soon as the
@@ -271,6 +275,38 @@ pub struct Info {
     /// The image's MAC, hex, once written under an image key.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mac: Option<String>,
+    /// The writable disks captured with RAM.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<DiskCapture>,
+}
+
+/// `__org.mekha_DiskCapture`: a writable disk captured at the
+/// checkpoint's instant, into a layer file next to the image.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct DiskCapture {
+    /// The disk's device: its id, or its QOM path without one.
+    pub device: String,
+    /// Its root block node.
+    pub node: String,
+    /// The root node's driver.
+    pub format: String,
+    /// Virtual size, bytes.
+    pub size: u64,
+    /// `full` or `delta` (the clusters written since `parent`'s capture).
+    pub kind: String,
+    /// The layer file's name, in the image's directory.
+    pub layer: String,
+    /// The layer's id (its header CRC32C), once written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub layer_id: Option<u32>,
+    /// A delta's parent layer, relative to the image's directory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub parent: Option<String>,
+    /// Bytes of disk data the layer holds.
+    pub data_bytes: u64,
+    /// Bytes the layer records as zeroes.
+    pub zero_bytes: u64,
 }
 
 impl Info {

@@ -32,6 +32,7 @@ use mekha_ckpt_core::width::saturating_u64;
 use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
 use super::{Session, Status};
+use crate::disks::capture::Capture as DiskCapture;
 use crate::qemu;
 
 /// Waits for the instant (at once, or on the end command with `hold`),
@@ -44,6 +45,7 @@ pub(super) fn capture(
     wp: WriteProtect,
     persist: &mut Persister,
     tracking: &mut Tracking,
+    disks: &mut DiskCapture,
 ) -> Result<Stopped> {
     let start = Instant::now();
     wp.populate();
@@ -67,7 +69,7 @@ pub(super) fn capture(
 
     let abort = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
+        let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared, disks)?;
         // Whatever happens now, the VM runs again before this thread lets
         // go of the BQL for good, and the frames held meanwhile are
         // released; a failed protect leaves nothing protected, and a

@@ -33,7 +33,7 @@ pub(crate) use mekha_ckpt_core::session::checkpoint::{
 use mekha_ckpt_core::session::{Error, ErrorKind, Result};
 
 use crate::qemu::{self, Bql, Event};
-use crate::{net_cut, rendezvous};
+use crate::{disks, net_cut, rendezvous};
 
 /// QEMU's event for a checkpoint whose status changed.
 fn emit(info: &Info) {
@@ -51,10 +51,15 @@ pub(crate) fn start(args: Args) -> Result<()> {
     let mut params = Params::from_args(&args)?;
     // SAFETY: QMP handlers run in the main loop with the BQL held.
     let bql = unsafe { Bql::assume_held() };
-    check_disks(&bql, args.allow_writable_disks.unwrap_or(false))?;
+    // Writable disks are captured with RAM, unless the caller snapshots
+    // them itself.
+    let disks = match args.allow_writable_disks.unwrap_or(false) {
+        true => Vec::new(),
+        false => disks::capture::writable(&bql)?,
+    };
     worker::check_target(&args.path)?;
     params.key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
-    let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto), params.staging_budget)?;
+    let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto), params.staging_budget, disks)?;
     net_cut::reset(&bql);
     let info = Info {
         status: Status::Live,
@@ -81,27 +86,6 @@ pub(crate) fn start(args: Args) -> Result<()> {
     }
     *current = Some(shared);
     Ok(())
-}
-
-/// A checkpoint holds RAM and devices, not disk contents: restarting a VM
-/// whose disk was written after the instant would pair RAM from before with
-/// a disk from after, and corrupt what the guest has on it. So writable
-/// disks are refused unless the caller snapshots them itself.
-fn check_disks(bql: &Bql, allow_writable: bool) -> Result<()> {
-    let writable: Vec<String> = qemu::disks(bql)
-        .into_iter()
-        .filter(|d| d.writable && d.inserted)
-        .map(|d| if d.node.is_empty() { d.device } else { format!("{} ({})", d.device, d.node) })
-        .collect();
-    if writable.is_empty() || allow_writable {
-        return Ok(());
-    }
-    Err(Error::unsupported(format!(
-        "the VM has writable disks: {}. A checkpoint holds RAM and devices, not disk contents, so a restart would \
-         pair the RAM of the checkpoint instant with disks written after it. Attach them read-only, or snapshot \
-         them yourself at the checkpoint and pass allow-writable-disks",
-        writable.join(", ")
-    )))
 }
 
 /// The current checkpoint, if any, with its coordinator's lease renewed.

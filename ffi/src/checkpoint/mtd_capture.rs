@@ -29,6 +29,7 @@ use super::Params;
 use super::{Session, Status};
 use crate::guest_ram::GuestRam;
 use crate::qemu::{self, Bql};
+use crate::disks::capture::Capture as DiskCapture;
 use crate::rendezvous;
 
 /// Runs the live phase and the pause; returns what the pause captured.
@@ -39,6 +40,7 @@ pub(super) fn capture(
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
     tracking: &mut Tracking,
+    disks: &mut DiskCapture,
 ) -> Result<Stopped> {
     let (end_reason, live, planner) = live_phase(shared, params, ram, persist, bitmap)?;
     shared.update(|info| {
@@ -46,7 +48,7 @@ pub(super) fn capture(
         info.live_ns = saturating_u64(live.as_nanos());
         info.status = Status::Paused;
     });
-    pause(shared, ram, planner, persist, bitmap, tracking)
+    pause(shared, ram, planner, persist, bitmap, tracking, disks)
 }
 
 /// How long before a stop instant the live phase ends: the last sync, the
@@ -128,9 +130,10 @@ fn pause(
     persist: &mut Persister,
     bitmap: &mut Vec<u64>,
     tracking: &mut Tracking,
+    disks: &mut DiskCapture,
 ) -> Result<Stopped> {
     let mut pages = Vec::new();
-    let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
+    let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared, disks)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released.
     let result = (|| {

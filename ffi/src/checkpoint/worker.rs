@@ -19,6 +19,7 @@ use mekha_ckpt_core::PAGE_SIZE;
 
 use super::pause::Tracking;
 use super::{cow_capture, mtd_capture, Abandon, Mode, Params, Session, Status};
+use crate::disks::capture::Capture as DiskCapture;
 use crate::fault;
 use crate::guest_ram::GuestRam;
 use crate::qemu::{self, Bql, QemuThread};
@@ -53,6 +54,8 @@ pub(super) struct Prepared {
     capture: Capture,
     /// Why auto mode chose MTD.
     mode_reason: Option<String>,
+    /// The writable disks to capture with RAM.
+    disks: Vec<qemu::Disk>,
 }
 
 /// How RAM is captured, with what it needs.
@@ -66,7 +69,12 @@ impl Prepared {
     /// set before this checkpoint (QEMU marks all RAM dirty at allocation),
     /// and for copy-on-write registers guest RAM with a userfaultfd.
     /// `staging_budget`: bytes, none for all of RAM.
-    pub(super) fn new(bql: &Bql, mode: Mode, staging_budget: Option<u64>) -> Result<Prepared> {
+    pub(super) fn new(
+        bql: &Bql,
+        mode: Mode,
+        staging_budget: Option<u64>,
+        disks: Vec<qemu::Disk>,
+    ) -> Result<Prepared> {
         let ram = GuestRam::current(bql)?;
         let cow = || check_cow_budget(&ram, staging_budget).and_then(|()| register_cow(&ram));
         let (capture, mode_reason) = match mode {
@@ -79,7 +87,8 @@ impl Prepared {
         };
         qemu::ckpt::begin(bql)?;
         net_hold::prepare(bql);
-        let mut prepared = Prepared { ram, tracking: Tracking::started(), bitmap: Vec::new(), capture, mode_reason };
+        let mut prepared =
+            Prepared { ram, tracking: Tracking::started(), bitmap: Vec::new(), capture, mode_reason, disks };
         if let Err(e) = prepared.ram.sync_dirty(bql, &mut prepared.bitmap) {
             prepared.cancel(bql);
             return Err(e);
@@ -171,7 +180,7 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
 }
 
 fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<()> {
-    let Prepared { ram, mut tracking, mut bitmap, capture, .. } = prepared;
+    let Prepared { ram, mut tracking, mut bitmap, capture, disks, .. } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
 
@@ -187,9 +196,22 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
         }
         shared.update(|info| info.staging_budget_bytes = budget);
 
+        let mut disks = DiskCapture::prepare(&Bql::lock(), &params.path, disks, None)?;
         let stopped = match capture {
-            Capture::Mtd => mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking)?,
-            Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking)?,
+            Capture::Mtd => {
+                mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking, &mut disks)
+            }
+            Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking, &mut disks),
+        };
+        let stopped = match stopped.and_then(|s| disks.wait(None).map(|_| s)) {
+            Ok(s) => {
+                disks.close(true);
+                s
+            }
+            Err(e) => {
+                disks.cancel();
+                return Err(e);
+            }
         };
         // The frames in flight are known once every peer's marker came:
         // before the image is staged, so that a coordinator never writes
