@@ -23,13 +23,14 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
 
 use mekha_ckpt_core::image::{check_compatible, Image, Mac};
+use mekha_ckpt_core::session::checkpoint::DiskCapture;
 use mekha_ckpt_core::session::{Error, ErrorKind, Lease, Result};
 use mekha_ckpt_core::width::{saturating_u64, to_usize};
 use mekha_ckpt_core::PAGE_SIZE;
 
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
-use crate::net_hold;
+use crate::{disks, net_hold};
 use crate::qemu::{self, Bql, Event, QemuThread};
 use crate::rendezvous;
 use crate::{fault, guarded};
@@ -201,13 +202,17 @@ pub(crate) fn start(args: Args) -> Result<()> {
     }
     let ram = Arc::new(ram);
     let image_path = args.path.display().to_string();
+    let image_path_buf = args.path.clone();
+    let captured_disks = captured_disks(&image)?;
     std::thread::Builder::new()
         .name("mekha-restore".into())
         .spawn(move || {
             let _thread = QemuThread::register();
             let loaded = guarded(|| {
-                load_ram(&image, &ram, &compat.image_block, lazy)
-                    .and_then(|()| image.device_state().map_err(Error::from))
+                load_ram(&image, &ram, &compat.image_block, lazy)?;
+                // Before any guest code runs: the disks as at the instant.
+                disks::restore::put_back(&image_path_buf, &captured_disks, key.as_ref())?;
+                image.device_state().map_err(Error::from)
             });
             match loaded {
                 Ok(device_state) => qemu::main_loop_call(move || {
@@ -241,6 +246,16 @@ pub(crate) fn start(args: Args) -> Result<()> {
         })
         .map_err(|e| Error::internal(format!("cannot start the restore thread: {e}")))?;
     Ok(())
+}
+
+/// The disks the image's checkpoint captured (its INFO's `disks`).
+fn captured_disks(image: &Image) -> Result<Vec<DiskCapture>> {
+    let Some(mut info) = image.info()? else { return Ok(Vec::new()) };
+    match info.get_mut("disks").map(serde_json::Value::take) {
+        None => Ok(Vec::new()),
+        Some(disks) => serde_json::from_value(disks)
+            .map_err(|e| Error::new(ErrorKind::ImageInvalid, format!("the image's list of captured disks: {e}"))),
+    }
 }
 
 /// Starts the thread of [`watch_lease`]; without it, the lease ends (a

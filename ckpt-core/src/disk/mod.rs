@@ -143,6 +143,7 @@ mod error;
 mod format;
 mod inspect;
 mod merge;
+mod pack;
 mod reader;
 mod verify;
 mod writer;
@@ -158,6 +159,7 @@ pub use format::{
 };
 pub use inspect::{inspect, inspect_layer, ChainInspection, LayerInspection};
 pub use merge::merge;
+pub use pack::{pack, Copied};
 pub use reader::{LayerHeader, LayerReader};
 pub use verify::{verify, verify_layer, BadCluster, LayerCheck, VerifyReport, MAX_REPORTED_BAD_CLUSTERS};
 pub use writer::{LayerSummary, LayerWriter};

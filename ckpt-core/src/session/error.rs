@@ -9,6 +9,7 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use crate::cow::CowError;
+use crate::disk::DiskError;
 use crate::image::ImageError;
 use crate::persist::PersistError;
 
@@ -128,6 +129,22 @@ impl From<ImageError> for Error {
                 ErrorKind::NotAuthentic
             }
             ImageError::BadIdentity(_) => ErrorKind::Unsupported,
+            _ => ErrorKind::ImageInvalid,
+        };
+        Error::new(kind, e.to_string())
+    }
+}
+
+impl From<DiskError> for Error {
+    fn from(e: DiskError) -> Error {
+        let kind = match &e {
+            DiskError::Io { source, .. } => io_kind(source),
+            DiskError::Unsealed { .. } | DiskError::OtherKey { .. } | DiskError::Tampered { .. } => {
+                ErrorKind::NotAuthentic
+            }
+            DiskError::BadExtent { .. } | DiskError::BadRead { .. } | DiskError::BadLayout { .. } => {
+                ErrorKind::Internal
+            }
             _ => ErrorKind::ImageInvalid,
         };
         Error::new(kind, e.to_string())

@@ -59,7 +59,13 @@ pub(crate) fn start(args: Args) -> Result<()> {
     };
     worker::check_target(&args.path)?;
     params.key = args.key_secret.as_deref().map(|id| qemu::image_key(&bql, id)).transpose()?;
-    let prepared = worker::Prepared::new(&bql, args.mode.unwrap_or(Mode::Auto), params.staging_budget, disks)?;
+    let prepared = worker::Prepared::new(
+        &bql,
+        args.mode.unwrap_or(Mode::Auto),
+        params.staging_budget,
+        disks,
+        args.disk_parent.clone(),
+    )?;
     net_cut::reset(&bql);
     let info = Info {
         status: Status::Live,

@@ -78,9 +78,7 @@ pub(super) fn stop_vm(shared: &Session, disks: &mut DiskCapture) -> Result<StopW
     net_cut::stopped(&bql);
     let time = guest_time::capture(&bql);
     // Dropped with the BQL on error: the guard resumes the VM.
-    let t0 = Instant::now();
     disks.start(&bql)?;
-    eprintln!("DEBUG disks.start {:?} since stop {:?}", t0.elapsed(), stopped.elapsed());
     fault::point(fault::Point::CheckpointStopped);
     Ok(StopWindow { bql, stopped_at, stopped, time, resume_guard })
 }

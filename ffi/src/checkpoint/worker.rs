@@ -56,6 +56,8 @@ pub(super) struct Prepared {
     mode_reason: Option<String>,
     /// The writable disks to capture with RAM.
     disks: Vec<qemu::Disk>,
+    /// The VM's image in the generation the disks' layers build on.
+    disk_parent: Option<std::path::PathBuf>,
 }
 
 /// How RAM is captured, with what it needs.
@@ -74,6 +76,7 @@ impl Prepared {
         mode: Mode,
         staging_budget: Option<u64>,
         disks: Vec<qemu::Disk>,
+        disk_parent: Option<std::path::PathBuf>,
     ) -> Result<Prepared> {
         let ram = GuestRam::current(bql)?;
         let cow = || check_cow_budget(&ram, staging_budget).and_then(|()| register_cow(&ram));
@@ -88,7 +91,7 @@ impl Prepared {
         qemu::ckpt::begin(bql)?;
         net_hold::prepare(bql);
         let mut prepared =
-            Prepared { ram, tracking: Tracking::started(), bitmap: Vec::new(), capture, mode_reason, disks };
+            Prepared { ram, tracking: Tracking::started(), bitmap: Vec::new(), capture, mode_reason, disks, disk_parent };
         if let Err(e) = prepared.ram.sync_dirty(bql, &mut prepared.bitmap) {
             prepared.cancel(bql);
             return Err(e);
@@ -180,7 +183,7 @@ pub(super) fn run(shared: Arc<Session>, params: Params, prepared: Prepared) {
 }
 
 fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<()> {
-    let Prepared { ram, mut tracking, mut bitmap, capture, disks, .. } = prepared;
+    let Prepared { ram, mut tracking, mut bitmap, capture, disks, disk_parent, .. } = prepared;
     let total = ram.total_pages();
     let budget = params.staging_budget.unwrap_or(total * PAGE_SIZE as u64);
 
@@ -196,7 +199,7 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
         }
         shared.update(|info| info.staging_budget_bytes = budget);
 
-        let mut disks = DiskCapture::prepare(&Bql::lock(), &params.path, disks, None)?;
+        let mut disks = DiskCapture::prepare(&Bql::lock(), &params.path, disks, disk_parent.as_deref())?;
         let stopped = match capture {
             Capture::Mtd => {
                 mtd_capture::capture(shared, params, &ram, &mut persist, &mut bitmap, &mut tracking, &mut disks)
@@ -204,15 +207,21 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
             Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking, &mut disks),
         };
         let stopped = match stopped.and_then(|s| disks.wait(None).map(|_| s)) {
-            Ok(s) => {
-                disks.close(true);
-                s
-            }
+            Ok(s) => s,
             Err(e) => {
                 disks.cancel();
                 return Err(e);
             }
         };
+        let captured = disks.close(true);
+        let packed: Result<Vec<_>> = captured.iter().map(|d| d.pack(&params.path, params.key.as_ref())).collect();
+        if packed.is_err() {
+            for disk in &captured {
+                let _ = std::fs::remove_file(&disk.capture_file);
+            }
+        }
+        let packed = packed?;
+        shared.update(|info| info.disks = packed);
         // The frames in flight are known once every peer's marker came:
         // before the image is staged, so that a coordinator never writes
         // an image whose cut failed.

@@ -20,7 +20,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use mekha_ckpt_core::session::{Error, Result};
+use mekha_ckpt_core::disk::{self, Copied, DiskError, DiskIdentity, LayerKind, LayerWriter};
+use mekha_ckpt_core::image::ImageKey;
+use mekha_ckpt_core::session::{self, Error, Result};
 use serde_json::{json, Value};
 
 use super::tracking::{self, Base};
@@ -138,11 +140,6 @@ impl Capture {
         Ok(capture)
     }
 
-    /// The disks, in order.
-    pub(crate) fn disks(&self) -> &[DiskCapture] {
-        &self.disks
-    }
-
     /// At the stop instant: reads each base's extents and starts every
     /// disk's bitmap and backup job in one transaction.
     pub(crate) fn start(&mut self, bql: &Bql) -> Result<()> {
@@ -223,9 +220,10 @@ impl Capture {
     /// Once the jobs concluded: dismisses them and closes the capture
     /// nodes; `succeeded`: the bitmaps made at the stop are kept (see
     /// `tracking`), else dropped.
-    pub(crate) fn close(mut self, succeeded: bool) {
+    pub(crate) fn close(mut self, succeeded: bool) -> Vec<DiskCapture> {
         let bql = Bql::lock();
         self.release(&bql, succeeded);
+        std::mem::take(&mut self.disks)
     }
 
     /// Gives up: running jobs cancelled and waited for (the BQL taken
@@ -266,5 +264,62 @@ impl Capture {
             }
         }
         self.started = false;
+    }
+}
+
+/// The cluster size of every layer a capture writes: QEMU's default
+/// dirty-bitmap granularity, so a delta's extents are whole clusters.
+pub(crate) const LAYER_CLUSTER: u32 = 64 << 10;
+
+impl DiskCapture {
+    /// Packs the concluded capture file into the disk's layer next to
+    /// `image` (sealed under `key`), removes the capture file, and says
+    /// what the layer holds. Called once the capture succeeded.
+    pub(crate) fn pack(&self, image: &Path, key: Option<&ImageKey>) -> Result<session::checkpoint::DiskCapture> {
+        let io = |what: &str| {
+            let path = self.capture_file.clone();
+            let what = what.to_owned();
+            move |e: std::io::Error| Error::io(format_args!("{what} {}", path.display()), &e)
+        };
+        let layer_path = super::sibling(image, &format!("{}.{}", super::disk_key(&self.device), super::LAYER_SUFFIX));
+        let kind = match &self.base {
+            None => LayerKind::Full,
+            Some(base) => LayerKind::Delta { parent: base.layer_name.clone(), parent_header_crc32c: base.layer_id },
+        };
+        let identity = DiskIdentity {
+            node_name: self.node.clone(),
+            device: self.device.clone(),
+            format: self.format.clone(),
+            virtual_size: self.size,
+        };
+        let capture = File::open(&self.capture_file).map_err(io("capture file"))?;
+        let layer_error = |e: DiskError| Error::from(e).context(format!("disk {}", self.device));
+        let mut writer = LayerWriter::create(&layer_path, &identity, LAYER_CLUSTER, kind.clone(), key)
+            .map_err(layer_error)?;
+        let copied = match &self.base {
+            None => Copied::Whole,
+            Some(_) => Copied::Since(&self.extents),
+        };
+        if let Err(e) = disk::pack(&capture, &self.capture_file, copied, self.size, u64::from(LAYER_CLUSTER), &mut writer)
+        {
+            let _ = writer.abort();
+            return Err(layer_error(e));
+        }
+        let summary = writer.finish().map_err(layer_error)?;
+        drop(capture);
+        std::fs::remove_file(&self.capture_file).map_err(io("removing the capture file"))?;
+        tracking::layer_written(&self.device, &self.bitmap, summary.header_crc32c);
+        Ok(session::checkpoint::DiskCapture {
+            device: self.device.clone(),
+            node: self.node.clone(),
+            format: self.format.clone(),
+            size: self.size,
+            kind: kind.name().to_owned(),
+            layer: layer_path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+            layer_id: Some(summary.header_crc32c),
+            parent: self.base.as_ref().map(|b| b.layer_name.clone()),
+            data_bytes: summary.data_bytes,
+            zero_bytes: summary.zero_bytes,
+        })
     }
 }

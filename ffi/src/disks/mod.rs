@@ -4,13 +4,14 @@
 //! generation (`tracking`), written as one layer file per disk next to
 //! the VM's image.
 //!
-//! Work in progress (issue 17): the layer files (packing a capture file
-//! into a checksummed layer) and the restore are not wired yet.
 
 pub(crate) mod capture;
+pub(crate) mod restore;
 pub(crate) mod tracking;
 
 use std::path::{Path, PathBuf};
+
+use mekha_ckpt_core::disk::LayerReader;
 
 /// The suffix of a disk's layer file.
 pub(crate) const LAYER_SUFFIX: &str = "mdisk";
@@ -36,9 +37,17 @@ pub(crate) fn sibling(image: &Path, suffix: &str) -> PathBuf {
 }
 
 /// The id of the layer file at `path` (its header CRC), if it is one.
-pub(crate) fn layer_id(_path: &Path) -> Option<u32> {
-    // The layer format lands with `mekha_ckpt_core::disk`.
-    None
+/// Its data is not read: a capture over it only names it.
+pub(crate) fn layer_id(path: &Path) -> Option<u32> {
+    LayerReader::open(path, None).ok().map(|layer| layer.header().header_crc32c)
+}
+
+/// `path`'s name relative to its checkpoint directory: its generation
+/// directory's name and its own (`gen-000007/node1.vda-1234abcd.mdisk`).
+pub(crate) fn name_in_checkpoint(path: &Path) -> Option<String> {
+    let file = path.file_name()?.to_str()?;
+    let generation = path.parent()?.file_name()?.to_str()?;
+    Some(format!("{generation}/{file}"))
 }
 
 #[cfg(test)]

@@ -25,8 +25,9 @@ use crate::qemu::{block, Bql};
 #[derive(Debug, Clone)]
 pub(crate) struct Base {
     pub bitmap: String,
-    /// The parent layer's file and id.
-    pub layer: std::path::PathBuf,
+    /// The parent layer's name relative to the checkpoint directory
+    /// (`gen-000007/node1.vda-1234abcd.mdisk`) and its id.
+    pub layer_name: String,
     pub layer_id: u32,
 }
 
@@ -74,6 +75,7 @@ pub(crate) fn base_for(bql: &Bql, device: &str, node: &str, parent: Option<&Path
     }
     let layer = parent.map(|p| super::sibling(p, &format!("{key}.{}", super::LAYER_SUFFIX)));
     let layer_id = layer.as_deref().and_then(super::layer_id);
+    let layer_name = layer.as_deref().and_then(super::name_in_checkpoint);
     let (keep, drop): (Vec<Tracked>, Vec<Tracked>) = with(|s| {
         s.bitmaps
             .remove(device)
@@ -84,8 +86,8 @@ pub(crate) fn base_for(bql: &Bql, device: &str, node: &str, parent: Option<&Path
     for t in drop {
         let _ = block::execute(bql, "block-dirty-bitmap-remove", json!({ "node": t.node, "name": t.bitmap }));
     }
-    let base = match (keep.first(), layer, layer_id) {
-        (Some(t), Some(layer), Some(layer_id)) => Some(Base { bitmap: t.bitmap.clone(), layer, layer_id }),
+    let base = match (keep.first(), layer_name, layer_id) {
+        (Some(t), Some(layer_name), Some(layer_id)) => Some(Base { bitmap: t.bitmap.clone(), layer_name, layer_id }),
         _ => None,
     };
     if !keep.is_empty() {
