@@ -30,9 +30,9 @@ use mekha_ckpt_core::PAGE_SIZE;
 
 use crate::guest_ram::GuestRam;
 use crate::guest_time::{self, RestoreTime};
-use crate::{disks, net_hold};
 use crate::qemu::{self, Bql, Event, QemuThread};
 use crate::rendezvous;
+use crate::{disks, net_hold};
 use crate::{fault, guarded};
 
 pub(crate) use mekha_ckpt_core::session::restore::{Args, Info, QueryArgs, ResumeArgs, Status};

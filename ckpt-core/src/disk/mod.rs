@@ -139,6 +139,10 @@
 //! folds it into one full layer.
 
 mod chain;
+
+/// The extension of a disk layer file: `<vm>.<disk>.mdisk`.
+pub const LAYER_EXTENSION: &str = "mdisk";
+
 mod error;
 mod format;
 mod inspect;

@@ -15,6 +15,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use super::{DiskError, LayerWriter, Result};
+use crate::width::to_usize;
 
 /// Bytes read from the capture file at a time.
 const CHUNK: u64 = 4 << 20;
@@ -31,18 +32,25 @@ pub enum Copied<'a> {
 
 /// Adds what `capture` (at `path`, of the disk's `size`) holds to
 /// `writer`, whose clusters are `cluster` bytes.
-pub fn pack(capture: &File, path: &Path, copied: Copied<'_>, size: u64, cluster: u64, writer: &mut LayerWriter) -> Result<()> {
+pub fn pack(
+    capture: &File,
+    path: &Path,
+    copied: Copied<'_>,
+    size: u64,
+    cluster: u64,
+    writer: &mut LayerWriter,
+) -> Result<()> {
     let ranges = match copied {
         Copied::Whole => data_regions(capture, path, size)?,
         Copied::Since(extents) => extents.to_vec(),
     };
     let record_zeros = matches!(copied, Copied::Since(_));
-    let mut buf = vec![0u8; CHUNK as usize];
+    let mut buf = vec![0u8; to_usize(CHUNK)];
     for (start, end) in whole_clusters(&ranges, cluster, size) {
         let mut at = start;
         while at < end {
             let len = (end - at).min(CHUNK);
-            let chunk = &mut buf[..len as usize];
+            let chunk = &mut buf[..to_usize(len)];
             capture.read_exact_at(chunk, at).map_err(DiskError::io("reading the capture file", path))?;
             for (offset, run, zero) in runs(chunk, at, cluster) {
                 match (zero, record_zeros) {
@@ -112,9 +120,10 @@ fn runs(chunk: &[u8], offset: u64, cluster: u64) -> Vec<(u64, &[u8], bool)> {
     let mut out: Vec<(u64, &[u8], bool)> = Vec::new();
     let mut run_start = 0usize;
     let mut run_zero = None;
-    for (i, c) in chunk.chunks(cluster as usize).enumerate() {
+    let cluster = to_usize(cluster);
+    for (i, c) in chunk.chunks(cluster).enumerate() {
         let zero = c.iter().all(|&b| b == 0);
-        let at = i * cluster as usize;
+        let at = i * cluster;
         match run_zero {
             Some(z) if z == zero => {}
             Some(z) => {
@@ -148,11 +157,11 @@ mod tests {
 
     #[test]
     fn runs_split_zero_and_data_clusters() {
-        let c = 4096u64;
-        let mut chunk = vec![0u8; 4 * c as usize];
-        chunk[c as usize] = 1;
-        chunk[2 * c as usize + 7] = 9;
-        let r = runs(&chunk, 8192, c);
+        let c = 4096usize;
+        let mut chunk = vec![0u8; 4 * c];
+        chunk[c] = 1;
+        chunk[2 * c + 7] = 9;
+        let r = runs(&chunk, 8192, c as u64);
         let shape: Vec<(u64, usize, bool)> = r.iter().map(|(o, b, z)| (*o, b.len(), *z)).collect();
         assert_eq!(shape, vec![(8192, 4096, true), (8192 + 4096, 8192, false), (8192 + 12288, 4096, true)]);
     }

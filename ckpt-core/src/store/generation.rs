@@ -127,10 +127,14 @@ impl Generation {
         }
         // The commit has happened; old generations are only space, so a
         // failure to remove one is left for the next commit.
-        if let Ok(entries) = self.store.generation_entries() {
+        // What the kept generations' disk layers build on stays too; all
+        // does when that cannot be read.
+        let kept: Vec<u64> = [Some(self.number), self.previous].into_iter().flatten().collect();
+        let reached = super::chains::reached(dir, &kept);
+        if let (Ok(entries), Some(reached)) = (self.store.generation_entries(), reached) {
             for (name, entry) in entries {
                 let n = entry.number();
-                if matches!(entry, GenEntry::Committed(_)) && n < self.number && Some(n) != self.previous {
+                if matches!(entry, GenEntry::Committed(_)) && n < self.number && !reached.contains(&n) {
                     let _ = fs::remove_dir_all(dir.join(name));
                 }
             }

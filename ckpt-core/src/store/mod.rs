@@ -37,6 +37,7 @@ use std::path::{Path, PathBuf};
 use crate::image::{sync_dir, Image, ImageKey};
 use crate::private;
 
+mod chains;
 mod error;
 mod files;
 mod generation;

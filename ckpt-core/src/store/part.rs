@@ -92,8 +92,12 @@ impl Store {
                 marker.write(&self.dir)?;
             }
         }
+        // What the kept generations' disk layers build on stays too; all
+        // does when that cannot be read.
+        let reached = super::chains::reached(&self.dir, keep);
+        let kept = |n: u64| reached.as_ref().is_none_or(|r| r.contains(&n));
         for (name, entry) in self.generation_entries()? {
-            if matches!(entry, GenEntry::Partial(_)) || !keep.contains(&entry.number()) {
+            if matches!(entry, GenEntry::Partial(_)) || !kept(entry.number()) {
                 let path = self.dir.join(name);
                 fs::remove_dir_all(&path).map_err(StoreError::io("removing generation", &path))?;
             }

@@ -92,7 +92,11 @@ pub async fn checkpoint(
     for vm in vms {
         images.push(generation.image_path(&vm.name)?);
     }
-    let steps = run_checkpoint(vms, &images, dir, options, progress, started);
+    // Each VM's disks are captured since its image in the last committed
+    // generation (the same path on every host too).
+    let parents: Vec<Option<PathBuf>> =
+        vms.iter().map(|vm| previous.as_ref().and_then(|m| m.vm(&vm.name)).map(|v| dir.join(&v.image))).collect();
+    let steps = run_checkpoint(vms, &images, &parents, dir, options, progress, started);
     let outcome = cancelling_on_failure(vms, steps).await;
     let sealed = match outcome {
         Ok(r) => parts.seal(vms, dir, number).await.map(|sealed| (r, sealed)),
@@ -205,14 +209,15 @@ impl StepFailed {
 async fn run_checkpoint(
     vms: &[Attached],
     images: &[PathBuf],
+    parents: &[Option<PathBuf>],
     dir: &Path,
     options: &ClusterOptions,
     progress: Progress<'_, checkpoint::Info>,
     started: Instant,
 ) -> Result<(Vec<checkpoint::Info>, Rendezvous), StepFailed> {
     // 1. Prepare.
-    let starts = join_all(vms.iter().zip(images).map(|(vm, image)| {
-        let args = checkpoint_args(image, options);
+    let starts = join_all(vms.iter().zip(images).zip(parents).map(|((vm, image), parent)| {
+        let args = checkpoint::Args { disk_parent: parent.clone(), ..checkpoint_args(image, options) };
         image_key::call_with::<Checkpoint>(&vm.qmp, options.vm.key.as_ref(), args)
     }))
     .await;

@@ -27,9 +27,9 @@ use mekha_ckpt_core::PAGE_SIZE;
 use super::pause::{self, StopWindow, Stopped, Tracking};
 use super::Params;
 use super::{Session, Status};
+use crate::disks::capture::Capture as DiskCapture;
 use crate::guest_ram::GuestRam;
 use crate::qemu::{self, Bql};
-use crate::disks::capture::Capture as DiskCapture;
 use crate::rendezvous;
 
 /// Runs the live phase and the pause; returns what the pause captured.

@@ -90,8 +90,15 @@ impl Prepared {
         };
         qemu::ckpt::begin(bql)?;
         net_hold::prepare(bql);
-        let mut prepared =
-            Prepared { ram, tracking: Tracking::started(), bitmap: Vec::new(), capture, mode_reason, disks, disk_parent };
+        let mut prepared = Prepared {
+            ram,
+            tracking: Tracking::started(),
+            bitmap: Vec::new(),
+            capture,
+            mode_reason,
+            disks,
+            disk_parent,
+        };
         if let Err(e) = prepared.ram.sync_dirty(bql, &mut prepared.bitmap) {
             prepared.cancel(bql);
             return Err(e);

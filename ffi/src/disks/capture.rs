@@ -61,7 +61,9 @@ pub(crate) struct Capture {
 /// Why a disk cannot be captured, or none.
 fn refusal(disk: &qemu::Disk) -> Option<String> {
     if disk.shared_write {
-        return Some("another VM or process may write it too (share-rw): its content at an instant is not this VM's".into());
+        return Some(
+            "another VM or process may write it too (share-rw): its content at an instant is not this VM's".into(),
+        );
     }
     if disk.size.is_none() {
         return Some("QEMU cannot tell its size".into());
@@ -73,10 +75,8 @@ fn refusal(disk: &qemu::Disk) -> Option<String> {
 /// named when one cannot be.
 pub(crate) fn writable(bql: &Bql) -> Result<Vec<qemu::Disk>> {
     let disks: Vec<qemu::Disk> = qemu::disks(bql).into_iter().filter(|d| d.writable && d.inserted).collect();
-    let refused: Vec<String> = disks
-        .iter()
-        .filter_map(|d| refusal(d).map(|why| format!("{} (node {}): {why}", d.device, d.node)))
-        .collect();
+    let refused: Vec<String> =
+        disks.iter().filter_map(|d| refusal(d).map(|why| format!("{} (node {}): {why}", d.device, d.node))).collect();
     if !refused.is_empty() {
         return Err(Error::unsupported(format!(
             "these writable disks cannot be captured: {}; attach them read-only, or snapshot them yourself \
@@ -281,7 +281,7 @@ impl DiskCapture {
             let what = what.to_owned();
             move |e: std::io::Error| Error::io(format_args!("{what} {}", path.display()), &e)
         };
-        let layer_path = super::sibling(image, &format!("{}.{}", super::disk_key(&self.device), super::LAYER_SUFFIX));
+        let layer_path = super::sibling(image, &format!("{}.{}", super::disk_key(&self.device), disk::LAYER_EXTENSION));
         let kind = match &self.base {
             None => LayerKind::Full,
             Some(base) => LayerKind::Delta { parent: base.layer_name.clone(), parent_header_crc32c: base.layer_id },
@@ -294,13 +294,14 @@ impl DiskCapture {
         };
         let capture = File::open(&self.capture_file).map_err(io("capture file"))?;
         let layer_error = |e: DiskError| Error::from(e).context(format!("disk {}", self.device));
-        let mut writer = LayerWriter::create(&layer_path, &identity, LAYER_CLUSTER, kind.clone(), key)
-            .map_err(layer_error)?;
+        let mut writer =
+            LayerWriter::create(&layer_path, &identity, LAYER_CLUSTER, kind.clone(), key).map_err(layer_error)?;
         let copied = match &self.base {
             None => Copied::Whole,
             Some(_) => Copied::Since(&self.extents),
         };
-        if let Err(e) = disk::pack(&capture, &self.capture_file, copied, self.size, u64::from(LAYER_CLUSTER), &mut writer)
+        if let Err(e) =
+            disk::pack(&capture, &self.capture_file, copied, self.size, u64::from(LAYER_CLUSTER), &mut writer)
         {
             let _ = writer.abort();
             return Err(layer_error(e));

@@ -13,9 +13,6 @@ use std::path::{Path, PathBuf};
 
 use mekha_ckpt_core::disk::LayerReader;
 
-/// The suffix of a disk's layer file.
-pub(crate) const LAYER_SUFFIX: &str = "mdisk";
-
 /// A file-name-safe key for a disk, from its device id (a qdev id, or a
 /// QOM path for a device without one): readable, and unique by a hash.
 pub(crate) fn disk_key(device: &str) -> String {

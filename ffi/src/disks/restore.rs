@@ -68,7 +68,10 @@ pub(crate) fn put_back(image: &Path, captured: &[DiskCapture], key: Option<&Imag
         let chain = Chain::open(&root, &name, key)
             .map_err(|e| Error::new(ErrorKind::ImageInvalid, format!("disk {}: {e}", disk.device)))?;
         if chain.virtual_size() != disk.size {
-            return Err(Error::new(ErrorKind::ImageInvalid, format!("disk {}: its layers are of another size", disk.device)));
+            return Err(Error::new(
+                ErrorKind::ImageInvalid,
+                format!("disk {}: its layers are of another size", disk.device),
+            ));
         }
         chains.push((disk, now.node.clone(), chain));
     }

@@ -18,6 +18,8 @@ use std::sync::{Mutex, PoisonError};
 
 use serde_json::json;
 
+use mekha_ckpt_core::disk;
+
 use crate::qemu::{block, Bql};
 
 /// The base a disk's capture copies since: its bitmap and the layer it
@@ -52,6 +54,11 @@ struct State {
 static STATE: Mutex<Option<State>> = Mutex::new(None);
 static NEXT_BITMAP: AtomicU64 = AtomicU64::new(1);
 
+/// Layers in a disk's chain at most: the capture after the last of them
+/// is whole again. It bounds what a restore reads and what retention
+/// keeps of older generations.
+pub(crate) const MAX_CHAIN: usize = 8;
+
 fn with<T>(f: impl FnOnce(&mut State) -> T) -> T {
     let mut state = STATE.lock().unwrap_or_else(PoisonError::into_inner);
     f(state.get_or_insert_with(State::default))
@@ -73,9 +80,16 @@ pub(crate) fn base_for(bql: &Bql, device: &str, node: &str, parent: Option<&Path
     for node in leftovers.1 {
         let _ = block::execute(bql, "blockdev-del", json!({ "node-name": node }));
     }
-    let layer = parent.map(|p| super::sibling(p, &format!("{key}.{}", super::LAYER_SUFFIX)));
+    let layer = parent.map(|p| super::sibling(p, &format!("{key}.{}", disk::LAYER_EXTENSION)));
     let layer_id = layer.as_deref().and_then(super::layer_id);
     let layer_name = layer.as_deref().and_then(super::name_in_checkpoint);
+    // A chain at its bound starts anew with a whole capture.
+    let root = parent.and_then(Path::parent).and_then(Path::parent);
+    let depth = match (root, &layer_name) {
+        (Some(root), Some(name)) => disk::Chain::open(root, name, None).map_or(usize::MAX, |c| c.layers().len()),
+        _ => usize::MAX,
+    };
+    let layer_id = layer_id.filter(|_| depth < MAX_CHAIN);
     let (keep, drop): (Vec<Tracked>, Vec<Tracked>) = with(|s| {
         s.bitmaps
             .remove(device)
