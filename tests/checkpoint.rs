@@ -6,6 +6,7 @@ mod common;
 
 use common::{json_of, mekha, reference_checksum, summary_of, wait_checkpoint_settled};
 
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -186,18 +187,26 @@ async fn copy_on_write_is_refused_for_shared_ram_and_auto_uses_mtd() {
     assert!(vm.is_running(), "{}", vm.stderr());
 }
 
-/// A checkpoint holds RAM and devices, not disks: a VM the guest can
-/// write a disk of is refused, naming the disk (read-only disks are fine),
-/// unless the caller says it snapshots its disks itself.
+/// A checkpoint captures every disk the guest can write, each into a
+/// layer next to the image (read-only disks are left alone); a disk
+/// another user may write too (`share-rw`) is refused, naming it, unless
+/// the caller says it snapshots its disks itself.
 #[tokio::test(flavor = "multi_thread")]
-async fn writable_disks_are_refused_unless_allowed() {
+async fn writable_disks_are_captured_and_shared_ones_refused() {
     let artifacts = common::artifacts();
     let dir = common::test_dir("checkpoint-disks");
     let images = dir.join("images");
     std::fs::create_dir_all(&dir).unwrap();
-    for name in ["rw.raw", "ro.raw"] {
+    for name in ["rw.raw", "ro.raw", "shared.raw"] {
         std::fs::File::create(dir.join(name)).unwrap().set_len(16 << 20).unwrap();
     }
+    // Data at the checkpoint, in a disk otherwise a hole.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(dir.join("rw.raw"))
+        .unwrap()
+        .write_all_at(&[0xa5; 65536], 1 << 20)
+        .unwrap();
     let mut config = probe_vm("ck-disks", 256, 8);
     let drive = |id: &str, file: &str, extra: &str| {
         format!("if=none,id={id},format=raw,file={}{extra}", dir.join(file).display())
@@ -211,6 +220,10 @@ async fn writable_disks_are_refused_unless_allowed() {
         drive("d1", "ro.raw", ",readonly=on"),
         "-device".into(),
         "virtio-blk-pci,drive=d1,id=disk-ro".into(),
+        "-drive".into(),
+        drive("d2", "shared.raw", ""),
+        "-device".into(),
+        "virtio-blk-pci,drive=d2,id=disk-shared,share-rw=on".into(),
     ]
     .to_vec();
     let mut vm = Vm::launch(&artifacts, None, &dir.join("run"), config).unwrap();
@@ -227,12 +240,35 @@ async fn writable_disks_are_refused_unless_allowed() {
 
     let out = mekha(&artifacts, &["checkpoint"], &vm.cli_qmp_path(), &images);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "a VM with a writable disk was checkpointed");
-    assert!(stderr.contains("writable disks") && stderr.contains("disk-rw"), "{stderr}");
-    assert!(!stderr.contains("disk-ro"), "a read-only disk was named: {stderr}");
+    assert!(!out.status.success(), "a VM with a shared writable disk was checkpointed");
+    assert!(stderr.contains("disk-shared") && stderr.contains("share-rw"), "{stderr}");
+    assert!(!stderr.contains("disk-ro") && !stderr.contains("disk-rw"), "another disk was named: {stderr}");
     let summary =
         json_of(&mekha(&artifacts, &["checkpoint", "--json", "--allow-writable-disks"], &vm.cli_qmp_path(), &images));
     assert_eq!(summary["generation"], 1, "{summary}");
+    let captured = summary["vms"][0]["progress"]["disks"].clone();
+    assert!(captured.is_null(), "disks were captured with --allow-writable-disks: {captured}");
+
+    drop(vm);
+
+    // Without the shared disk, the writable one is captured whole: its
+    // 64 KiB of data, the rest known as zeros.
+    let mut config = probe_vm("ck-disks-2", 256, 8);
+    config.extra_args =
+        ["-drive".into(), drive("d0", "rw.raw", ""), "-device".into(), "virtio-blk-pci,drive=d0,id=disk-rw".into()]
+            .to_vec();
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run2"), config).unwrap();
+    vm.qmp().await.unwrap();
+    vm.log().wait_for("compute", BOOT, |e| e.ev == "compute").unwrap();
+    let summary = json_of(&mekha(&artifacts, &["checkpoint", "--json"], &vm.cli_qmp_path(), &images));
+    assert_eq!(summary["generation"], 2, "{summary}");
+    let disks = summary["vms"][0]["progress"]["disks"].as_array().cloned().unwrap_or_default();
+    assert_eq!(disks.len(), 1, "{summary}");
+    assert!(disks[0]["device"].as_str().unwrap().contains("/disk-rw/"), "{summary}");
+    assert_eq!(disks[0]["kind"], "full", "{summary}");
+    assert_eq!(disks[0]["data-bytes"], 65536, "{summary}");
+    let layer = images.join("gen-000002").join(disks[0]["layer"].as_str().unwrap());
+    assert!(layer.exists(), "{} is missing", layer.display());
     assert!(vm.is_running(), "{}", vm.stderr());
 }
 
