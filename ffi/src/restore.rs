@@ -250,12 +250,8 @@ pub(crate) fn start(args: Args) -> Result<()> {
 
 /// The disks the image's checkpoint captured (its INFO's `disks`).
 fn captured_disks(image: &Image) -> Result<Vec<DiskCapture>> {
-    let Some(mut info) = image.info()? else { return Ok(Vec::new()) };
-    match info.get_mut("disks").map(serde_json::Value::take) {
-        None => Ok(Vec::new()),
-        Some(disks) => serde_json::from_value(disks)
-            .map_err(|e| Error::new(ErrorKind::ImageInvalid, format!("the image's list of captured disks: {e}"))),
-    }
+    DiskCapture::listed_in(image.info()?)
+        .map_err(|e| Error::new(ErrorKind::ImageInvalid, format!("the image's list of captured disks: {e}")))
 }
 
 /// Starts the thread of [`watch_lease`]; without it, the lease ends (a

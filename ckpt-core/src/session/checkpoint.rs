@@ -309,6 +309,26 @@ pub struct DiskCapture {
     pub zero_bytes: u64,
 }
 
+impl DiskCapture {
+    /// The disks an image's INFO (its checkpoint's [`Info`]) lists; none
+    /// for an image of a VM without captured disks.
+    pub fn listed_in(info: Option<serde_json::Value>) -> serde_json::Result<Vec<DiskCapture>> {
+        match info.and_then(|mut info| info.get_mut("disks").map(serde_json::Value::take)) {
+            Some(disks) => serde_json::from_value(disks),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Where this disk's layer chain starts for the image at `image`
+    /// (`DIR/gen-NNNNNN/vm.mekha`): the checkpoint directory, and the
+    /// layer's name in it (`gen-NNNNNN/<layer>`).
+    pub fn chain_start(&self, image: &std::path::Path) -> Option<(PathBuf, String)> {
+        let generation = image.parent()?.canonicalize().ok()?;
+        let name = format!("{}/{}", generation.file_name()?.to_str()?, self.layer);
+        Some((generation.parent()?.to_owned(), name))
+    }
+}
+
 impl Info {
     /// Records the failure: its message, its kind, the failed status.
     pub fn fail(&mut self, e: Error) {

@@ -15,10 +15,11 @@
 
 use std::path::Path;
 
-use mekha_ckpt_core::disk::{Chain, RunSource};
+use mekha_ckpt_core::disk::{Chain, Piece};
 use mekha_ckpt_core::image::ImageKey;
 use mekha_ckpt_core::session::checkpoint::DiskCapture;
 use mekha_ckpt_core::session::{Error, ErrorKind, Result};
+use mekha_ckpt_core::width::to_usize;
 use serde_json::json;
 
 use super::tracking;
@@ -41,7 +42,6 @@ pub(crate) fn put_back(image: &Path, captured: &[DiskCapture], key: Option<&Imag
     if captured.is_empty() {
         return Ok(PutBack::default());
     }
-    let (root, generation) = dirs(image)?;
     let live = {
         let bql = Bql::lock();
         block::activate(&bql).map_err(|e| e.context("taking the disks"))?;
@@ -64,7 +64,9 @@ pub(crate) fn put_back(image: &Path, captured: &[DiskCapture], key: Option<&Imag
         if !now.writable {
             return Err(Error::unsupported(format!("disk {} is read-only here: it cannot be put back", disk.device)));
         }
-        let name = format!("{generation}/{}", disk.layer);
+        let Some((root, name)) = disk.chain_start(image) else {
+            return Err(Error::invalid_argument(format!("{}: not in a checkpoint directory", image.display())));
+        };
         let chain = Chain::open(&root, &name, key)
             .map_err(|e| Error::new(ErrorKind::ImageInvalid, format!("disk {}: {e}", disk.device)))?;
         if chain.virtual_size() != disk.size {
@@ -89,44 +91,28 @@ pub(crate) fn put_back(image: &Path, captured: &[DiskCapture], key: Option<&Imag
     Ok(total)
 }
 
-/// The checkpoint directory and the generation directory's name of the
-/// image at `image` (`DIR/gen-NNNNNN/vm.mekha`).
-fn dirs(image: &Path) -> Result<(std::path::PathBuf, String)> {
-    let generation = image.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = generation.canonicalize().ok().and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()));
-    let root = generation.canonicalize().ok().and_then(|p| p.parent().map(Path::to_path_buf));
-    match (root, name) {
-        (Some(root), Some(name)) => Ok((root, name)),
-        _ => Err(Error::invalid_argument(format!("{}: not in a checkpoint directory", image.display()))),
-    }
-}
-
 /// Writes the disk `chain` resolves into `device`'s disk, a step at a
 /// time (the BQL let go between steps, so the main loop runs).
 fn write_disk(device: &str, chain: &Chain) -> Result<PutBack> {
     let mut done = PutBack::default();
-    let mut buf = Vec::new();
-    for run in chain.runs() {
-        let mut at = 0;
-        while at < run.len {
-            let len = (run.len - at).min(STEP);
-            let offset = run.offset + at;
-            match run.source {
-                RunSource::Data { layer, file_offset } => {
-                    buf.resize(len as usize, 0);
-                    chain
-                        .read(layer, file_offset + at, &mut buf)
-                        .map_err(|e| Error::new(ErrorKind::ImageInvalid, format!("disk {device}: {e}")))?;
-                    block::disk_write(&Bql::lock(), device, offset, Some(&buf), 0)?;
-                    done.data_bytes += len;
-                }
-                RunSource::Zero => {
-                    block::disk_write(&Bql::lock(), device, offset, None, len as usize)?;
-                    done.zero_bytes += len;
-                }
+    chain.for_each_piece(to_usize(STEP), |offset, piece| -> Result<()> {
+        match piece {
+            Piece::Data(bytes) => {
+                block::disk_write(&Bql::lock(), device, offset, Some(bytes), 0)?;
+                done.data_bytes += bytes.len() as u64;
             }
-            at += len;
+            // In steps too: zeroing a big range may rewrite metadata.
+            Piece::Zero(len) => {
+                let mut at = 0;
+                while at < len {
+                    let step = (len - at).min(STEP);
+                    block::disk_write(&Bql::lock(), device, offset + at, None, to_usize(step))?;
+                    at += step;
+                }
+                done.zero_bytes += len;
+            }
         }
-    }
+        Ok(())
+    })?;
     Ok(done)
 }
