@@ -29,6 +29,11 @@
 //! | `probe.duration=S`      | 0 (forever)  | after S s: `exit` with the summary, status 0      |
 //! | `probe.out=PATH`        | /dev/console | output file (`-` = stdout; stdout by default with `--cmdline`) |
 //! | `probe.vport=NAME`      | none         | virtio-serial port to stream numbered records to (see `vport`) |
+//! | `probe.disks=L,L,...`   | none         | ext4 labels of disks to mount at /mnt/L and write a log and marks to (see `disk`) |
+//! | `probe.disk_tick_ms=N`  | 50           | pause between two log lines (> 0)                 |
+//! | `probe.disk_sync=N`     | 1            | log lines per fsync (> 0)                         |
+//! | `probe.disk_mark_ms=N`  | 1000         | pause between two mark files (0: none)            |
+//! | `probe.ctl=NAME`        | none         | virtio-serial port to read commands from (see `ctl`: `scan`, `shutdown`) |
 //!
 //! # Output
 //!
@@ -40,7 +45,7 @@
 //! |------------------|----------------------------------------------------------------------|
 //! | `start`          | `config` (the options), `version`; the TCP and UDP port is bound     |
 //! | `error`          | `message`                                                            |
-//! | `exit`           | `code`, `reason` (`duration`: with the summary fields of `done`; `options`, `error`, `panic`) |
+//! | `exit`           | `code`, `reason` (`duration`: with the summary fields of `done`; `shutdown`: the VM powers off next; `options`, `error`, `panic`) |
 //! | `clock`          | `real_ns`, `tsc` (null off x86), `rtc_s` (RTC seconds, null if none) |
 //! | `dirty`          | once a second: `passes`, `pages_written`, `mib_per_s`, `mismatches`  |
 //! | `dirty_anomaly`  | a page lost what the previous pass wrote: `pass`, `page`, `expected`, `found` |
@@ -54,6 +59,13 @@
 //! | `net_done`       | per (peer, proto) once all msgs were sent and received: the `net` counters, `complete`, `clean` |
 //! | `vport_open`     | `port`, `path`: the stream to the host starts                        |
 //! | `vport`          | once a second: `port`, `written` (records)                           |
+//! | `disk_open`      | a disk is mounted and its log opened: `disk` (label), `dev`, `mnt`, `log`, `random` (`hwrng`: from the host; or `getrandom`) |
+//! | `disk`           | once a second per disk: `disk`, `counter` (lines written, kept in memory), `synced` (lines fsynced), `last_crc` (the chain's head, 8 hex digits), `marks`, `anomalies` |
+//! | `disk_mark`      | a mark file made: `disk`, `seq` (the counter then), `nonce` (16 hex digits), `file` |
+//! | `disk_anomaly`   | at once: `disk`, `kind` = `tail` (the device's block at the log's end holds what this run did not write there: `line`, `counter`, `synced`, `physical`, `found`) or `file` (the file's size disagrees with the counter: `size`, `counter`) |
+//! | `disk_scan`      | per disk, at the control port's `scan`: `disk`, `dev`, `bytes`, `crc` (CRC-32 of the whole device, read with O_DIRECT), `marks` [{`seq`, `nonce`}] found at block starts on the device, `marks_found`, `log` {`bytes`, `lines`, `last_crc`, `error`}: the log read with O_DIRECT and checked |
+//! | `disk_closed`    | per disk at `shutdown`, once its writer stopped and synced and the disk is unmounted: the `disk` event's fields, `unmounted` |
+//! | `ctl_open`, `ctl`| the control port is open: `port`, `path`; a command arrived: `command` |
 //! | `done`           | all bounded activities finished (compute and every `net_done`); never if there is none: `elapsed_ms`, `compute` {`steps`, `checksum`, `done`}, `dirty` {...}, `net` [per (peer, proto) counters with `configured`, `done`] |
 //!
 //! `received` counts valid messages, duplicates included; `lost` counts
@@ -64,7 +76,9 @@
 
 mod clock;
 mod compute;
+mod ctl;
 mod dirty;
+mod disk;
 mod net;
 mod options;
 mod output;
@@ -212,6 +226,23 @@ fn run(opts: Options, out: Arc<Output>) -> ! {
     if opts.mem_mib > 0 {
         let (mem, rate, o, s) = (opts.mem_mib, opts.rate_mib_s, out.clone(), probe.dirty.clone());
         spawn("dirty", &out, move || dirty::run(mem, rate, &o, &s));
+    }
+    let disks = (!opts.disks.is_empty()).then(|| {
+        let cfg = disk::Config {
+            labels: opts.disks.clone(),
+            tick_ms: opts.disk_tick_ms,
+            sync_every: opts.disk_sync,
+            mark_ms: opts.disk_mark_ms,
+        };
+        disk::Disks::start(cfg, &out).unwrap_or_else(|e| fatal(&out, 1, format!("starting the disk logs: {e}")))
+    });
+    if let Some(name) = opts.ctl.clone() {
+        let o = out.clone();
+        spawn("ctl", &out, move || {
+            if let Err(e) = ctl::run(&name, disks, &o) {
+                o.error(format!("control port {name}: {e}"));
+            }
+        });
     }
     if let Some(name) = opts.vport.clone() {
         let o = out.clone();

@@ -14,6 +14,12 @@ use serde_json::{json, Value};
 pub const DEFAULT_PORT: u16 = 7700;
 /// Default number of compute steps between two `compute` events.
 pub const DEFAULT_COMPUTE_CHUNK: u64 = 1 << 20;
+/// Default pause between two disk log lines.
+pub const DEFAULT_DISK_TICK_MS: u64 = 50;
+/// Default pause between two disk mark files.
+pub const DEFAULT_DISK_MARK_MS: u64 = 1000;
+/// Longest ext4 label (`mkfs.ext4 -L`).
+const MAX_LABEL: usize = 16;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Options {
@@ -47,6 +53,16 @@ pub struct Options {
     pub out: Option<String>,
     /// `probe.vport`: name of a virtio-serial port to stream records to.
     pub vport: Option<String>,
+    /// `probe.disks`: ext4 labels of the disks to write logs to.
+    pub disks: Vec<String>,
+    /// `probe.disk_tick_ms`: pause between two log lines (> 0).
+    pub disk_tick_ms: u64,
+    /// `probe.disk_sync`: log lines per fsync (> 0).
+    pub disk_sync: u64,
+    /// `probe.disk_mark_ms`: pause between two mark files (0: none).
+    pub disk_mark_ms: u64,
+    /// `probe.ctl`: name of a virtio-serial port to read commands from.
+    pub ctl: Option<String>,
 }
 
 impl Default for Options {
@@ -66,6 +82,11 @@ impl Default for Options {
             duration_s: 0,
             out: None,
             vport: None,
+            disks: Vec::new(),
+            disk_tick_ms: DEFAULT_DISK_TICK_MS,
+            disk_sync: 1,
+            disk_mark_ms: DEFAULT_DISK_MARK_MS,
+            ctl: None,
         }
     }
 }
@@ -87,6 +108,11 @@ impl Options {
             "duration_s": self.duration_s,
             "out": self.out,
             "vport": self.vport,
+            "disks": self.disks,
+            "disk_tick_ms": self.disk_tick_ms,
+            "disk_sync": self.disk_sync,
+            "disk_mark_ms": self.disk_mark_ms,
+            "ctl": self.ctl,
         })
     }
 }
@@ -141,6 +167,22 @@ fn peers(key: &str, value: &str) -> Result<Vec<Ipv4Addr>, String> {
         .collect()
 }
 
+fn labels(key: &str, value: &str) -> Result<Vec<String>, String> {
+    let labels: Vec<String> = value.split(',').filter(|l| !l.is_empty()).map(str::to_owned).collect();
+    for l in &labels {
+        if l.len() > MAX_LABEL || !l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+            return Err(format!("{key}: {l:?} is not an ext4 label of at most {MAX_LABEL} letters, digits, - or _"));
+        }
+    }
+    let mut sorted = labels.clone();
+    sorted.sort();
+    sorted.dedup();
+    if sorted.len() != labels.len() {
+        return Err(format!("{key}: a label is given twice"));
+    }
+    Ok(labels)
+}
+
 /// Apply one `key=value` to `opts`; keys outside `mekha.id`/`probe.*` are
 /// not ours and are skipped.
 fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), String> {
@@ -163,6 +205,11 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
             | "probe.duration"
             | "probe.out"
             | "probe.vport"
+            | "probe.disks"
+            | "probe.disk_tick_ms"
+            | "probe.disk_sync"
+            | "probe.disk_mark_ms"
+            | "probe.ctl"
     );
     if !known {
         return Err(format!("unknown option {key}"));
@@ -196,6 +243,16 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
                 return Err(format!("{key}: empty port name"));
             }
             opts.vport = Some(v.to_string())
+        }
+        "probe.disks" => opts.disks = labels(key, v)?,
+        "probe.disk_tick_ms" => opts.disk_tick_ms = positive(key, v)?,
+        "probe.disk_sync" => opts.disk_sync = positive(key, v)?,
+        "probe.disk_mark_ms" => opts.disk_mark_ms = num(key, v)?,
+        "probe.ctl" => {
+            if v.is_empty() {
+                return Err(format!("{key}: empty port name"));
+            }
+            opts.ctl = Some(v.to_string())
         }
         _ => unreachable!("key list and match disagree: {key}"),
     }
@@ -246,7 +303,8 @@ mod tests {
         let opts = ok("root=/dev/x mekha.id=3 probe.mem=64 probe.rate=10 probe.compute=5000 \
              probe.compute_chunk=100 probe.peers=10.77.0.11,10.77.0.12 probe.port=9000 \
              probe.msgs=200 probe.msg_interval_ms=5 probe.udp_rate=2000 probe.clock_ms=0 probe.duration=30 \
-             probe.out=/tmp/x probe.vport=org.qemu.guest_agent.0");
+             probe.out=/tmp/x probe.vport=org.qemu.guest_agent.0 probe.disks=qcow,raw-1 \
+             probe.disk_tick_ms=20 probe.disk_sync=4 probe.disk_mark_ms=0 probe.ctl=org.mekha.ctl");
         assert_eq!(
             opts,
             Options {
@@ -264,6 +322,11 @@ mod tests {
                 duration_s: 30,
                 out: Some("/tmp/x".into()),
                 vport: Some("org.qemu.guest_agent.0".into()),
+                disks: vec!["qcow".into(), "raw-1".into()],
+                disk_tick_ms: 20,
+                disk_sync: 4,
+                disk_mark_ms: 0,
+                ctl: Some("org.mekha.ctl".into()),
             }
         );
     }
@@ -308,6 +371,12 @@ mod tests {
             "probe.out=",
             "probe.vport=",
             "probe.duration=1.5",
+            "probe.disks=a,b,a",
+            "probe.disks=seventeen-letters",
+            "probe.disks=a/b",
+            "probe.disk_tick_ms=0",
+            "probe.disk_sync=0",
+            "probe.ctl=",
         ] {
             let (_, errors) = parse(bad);
             assert_eq!(errors.len(), 1, "{bad} should fail once: {errors:?}");

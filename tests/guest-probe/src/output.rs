@@ -7,7 +7,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
-use std::os::unix::io::FromRawFd;
+use std::os::unix::io::{AsRawFd, FromRawFd};
 use std::sync::Mutex;
 
 use serde_json::Value;
@@ -61,6 +61,15 @@ impl Output {
                 Err(_) => break, // nowhere left to report it
             }
         }
+    }
+
+    /// Waits until what was written went out (a tty's queue drains to the
+    /// serial port): before the VM powers off.
+    pub fn drain(&self) {
+        let file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        // SAFETY: a descriptor owned by `file`; tcdrain fails harmlessly
+        // (ENOTTY) on anything but a terminal.
+        unsafe { libc::tcdrain(file.as_raw_fd()) };
     }
 
     /// Emit an `error` event.

@@ -47,7 +47,7 @@ fn parse(bytes: &[u8]) -> Option<u64> {
 
 /// The device of the virtio-serial port named `name` (the `name=` of
 /// QEMU's virtserialport), waiting for its driver to show it.
-fn find_port(name: &str) -> io::Result<String> {
+pub fn find_port(name: &str) -> io::Result<String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let Ok(entries) = std::fs::read_dir("/sys/class/virtio-ports") {
