@@ -12,6 +12,7 @@ pub mod artifacts;
 pub mod bench;
 pub mod cluster;
 pub mod delay;
+pub mod disk;
 pub mod hosts;
 pub mod libvirt;
 pub mod netns;
