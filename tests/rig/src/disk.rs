@@ -436,6 +436,73 @@ impl DiskContent {
     /// marks directory holding exactly the marks made, each intact; no mark
     /// block on the device that the run did not make; no anomaly.
     pub fn check_run(&self, label: &str, run: &Reported) -> Result<()> {
+        self.check_log(label, run)?;
+        self.check_mark_files(label)?;
+        ensure!(
+            self.mark_files == run.marks,
+            "{label}: mark files {:?} differ from the marks made {:?}",
+            self.mark_files,
+            run.marks
+        );
+        let foreign: Vec<_> = self.device_marks.difference(&run.marks).collect();
+        ensure!(foreign.is_empty(), "{label}: the device holds marks the run did not make: {foreign:?}");
+        Ok(())
+    }
+
+    /// Checks the disk of a run restored from a checkpoint of `original`
+    /// (killed some time after it) that shut down cleanly. The restored
+    /// run's part as [`check_run`](Self::check_run)'s, its first look at
+    /// the device (the probe's tail check, before it wrote again) included;
+    /// then what the original wrote: its reported heads held by the log up
+    /// to one point and none after it (a mix of the two runs fails), its
+    /// marks kept by the disk up to one point and none after it, every
+    /// mark file made by one of the two runs, and no mark block on the
+    /// device without its file (what the original wrote after the
+    /// checkpoint, left in blocks the restored file system thinks free).
+    /// Says how much of the original was discarded, for the caller to
+    /// require that the disk had moved past the checkpoint.
+    pub fn check_restored(&self, label: &str, original: &Reported, restored: &Reported) -> Result<RestoreCheck> {
+        self.check_log(label, restored)?;
+        self.check_mark_files(label)?;
+        ensure!(original.anomalies.is_empty(), "{label}: the original run saw anomalies: {:?}", original.anomalies);
+        let mut check = RestoreCheck::default();
+        for &(c, head) in &original.heads {
+            let kept = self.head_at(c) == Some(head);
+            match (kept, check.first_discarded_head) {
+                (true, None) => check.last_kept_head = Some(c),
+                (false, None) => check.first_discarded_head = Some(c),
+                (false, Some(_)) => {}
+                (true, Some(d)) => bail!(
+                    "{label}: the log holds the original's line at counter {c} but not the one at {d}: \
+                     a mix of the two runs"
+                ),
+            }
+        }
+        let missing: Vec<_> = restored.marks.difference(&self.mark_files).collect();
+        ensure!(missing.is_empty(), "{label}: marks the restored run made are not on the disk: {missing:?}");
+        let made: BTreeSet<Mark> = original.marks.union(&restored.marks).copied().collect();
+        let unknown: Vec<_> = self.mark_files.difference(&made).collect();
+        ensure!(unknown.is_empty(), "{label}: mark files neither run made: {unknown:?}");
+        let (kept, discarded): (Vec<Mark>, Vec<Mark>) =
+            original.marks.iter().partition(|m| self.mark_files.contains(m));
+        if let (Some(k), Some(d)) = (kept.iter().map(|m| m.seq).max(), discarded.iter().map(|m| m.seq).min()) {
+            ensure!(
+                k < d,
+                "{label}: the disk keeps the original's mark at {k} but not the one at {d}: a mix of the two runs"
+            );
+        }
+        check.discarded_marks = discarded.len();
+        let orphans: Vec<_> = self.device_marks.difference(&self.mark_files).collect();
+        ensure!(
+            orphans.is_empty(),
+            "{label}: the device holds mark blocks of no mark file (written after the checkpoint?): {orphans:?}"
+        );
+        Ok(check)
+    }
+
+    /// The log against one run's report: good, as long as its final
+    /// counter, ending in its last line, every reported head on it.
+    fn check_log(&self, label: &str, run: &Reported) -> Result<()> {
         if let Some(e) = &self.log.error {
             bail!("{label}: the log is damaged after {} good lines: {e}", self.log.lines);
         }
@@ -455,15 +522,112 @@ impl DiskContent {
                 self.head_at(c)
             );
         }
-        ensure!(self.bad_mark_files.is_empty(), "{label}: damaged or foreign mark files {:?}", self.bad_mark_files);
-        ensure!(
-            self.mark_files == run.marks,
-            "{label}: mark files {:?} differ from the marks made {:?}",
-            self.mark_files,
-            run.marks
-        );
-        let foreign: Vec<_> = self.device_marks.difference(&run.marks).collect();
-        ensure!(foreign.is_empty(), "{label}: the device holds marks the run did not make: {foreign:?}");
         Ok(())
+    }
+
+    fn check_mark_files(&self, label: &str) -> Result<()> {
+        ensure!(self.bad_mark_files.is_empty(), "{label}: damaged or foreign mark files {:?}", self.bad_mark_files);
+        Ok(())
+    }
+}
+
+/// What [`DiskContent::check_restored`] found of the original run.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreCheck {
+    /// The counter of the original's last reported head the log holds
+    /// (before the checkpoint).
+    pub last_kept_head: Option<u64>,
+    /// The counter of its first reported head the log does not hold
+    /// (written after the checkpoint, discarded by the restore).
+    pub first_discarded_head: Option<u64>,
+    /// Marks the original made that the disk does not hold.
+    pub discarded_marks: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Line crcs: the first `common` shared, then `tag`'s own.
+    fn crcs(common: u32, total: u32, tag: u32) -> Vec<u32> {
+        (0..total).map(|i| if i < common { 1000 + i } else { tag + i }).collect()
+    }
+
+    fn content(line_crcs: Vec<u32>, files: &[Mark], device: &[Mark]) -> DiskContent {
+        let lines = line_crcs.len() as u64;
+        DiskContent {
+            log: LogSummary { lines, last_crc: *line_crcs.last().unwrap(), last_counter: Some(lines - 1), error: None },
+            line_crcs,
+            mark_files: files.iter().copied().collect(),
+            bad_mark_files: Vec::new(),
+            device_marks: device.iter().copied().collect(),
+        }
+    }
+
+    fn reported(line_crcs: &[u32], heads: &[u64], closed: bool, marks: &[Mark]) -> Reported {
+        let head = |c: u64| (c, line_crcs[usize::try_from(c - 1).unwrap()]);
+        Reported {
+            heads: heads.iter().map(|&c| head(c)).collect(),
+            closed: closed.then(|| head(line_crcs.len() as u64)),
+            marks: marks.iter().copied().collect(),
+            anomalies: Vec::new(),
+        }
+    }
+
+    const PRE: Mark = Mark { seq: 3, nonce: 1 };
+    const ORIGINAL_POST: Mark = Mark { seq: 13, nonce: 2 };
+    const RESTORED_POST: Mark = Mark { seq: 13, nonce: 3 };
+
+    /// Checkpoint after line 10; the original wrote to 20, the restored
+    /// run to 25.
+    fn runs() -> (Vec<u32>, Vec<u32>, Reported, Reported) {
+        let (orig, rest) = (crcs(10, 20, 5000), crcs(10, 25, 9000));
+        let original = reported(&orig, &[5, 10, 15, 20], false, &[PRE, ORIGINAL_POST]);
+        let restored = reported(&rest, &[12, 20], true, &[RESTORED_POST]);
+        (orig, rest, original, restored)
+    }
+
+    #[test]
+    fn a_disk_rolled_back_to_the_checkpoint_passes() {
+        let (_, rest, original, restored) = runs();
+        let disk = content(rest, &[PRE, RESTORED_POST], &[PRE, RESTORED_POST]);
+        let check = disk.check_restored("d", &original, &restored).unwrap();
+        assert_eq!(
+            check,
+            RestoreCheck { last_kept_head: Some(10), first_discarded_head: Some(15), discarded_marks: 1 }
+        );
+    }
+
+    #[test]
+    fn what_the_original_wrote_after_the_checkpoint_fails() {
+        let (orig, rest, original, restored) = runs();
+        // Its mark's blocks left on the device.
+        let leaked = content(rest.clone(), &[PRE, RESTORED_POST], &[PRE, ORIGINAL_POST, RESTORED_POST]);
+        let e = leaked.check_restored("d", &original, &restored).unwrap_err().to_string();
+        assert!(e.contains("no mark file"), "{e}");
+        // Its mark file still there.
+        let kept = content(rest.clone(), &[PRE, ORIGINAL_POST, RESTORED_POST], &[PRE, ORIGINAL_POST, RESTORED_POST]);
+        assert!(kept.check_restored("d", &original, &restored).is_ok_and(|c| c.discarded_marks == 0));
+        // Its line 20 in the log among the restored run's.
+        let mut mixed = rest.clone();
+        mixed[19] = orig[19];
+        let e = content(mixed, &[PRE, RESTORED_POST], &[PRE, RESTORED_POST])
+            .check_restored("d", &original, &restored)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("at counter 20"), "{e}");
+        // The restored run's memory ahead of its disk.
+        let short = content(rest[..24].to_vec(), &[PRE, RESTORED_POST], &[PRE, RESTORED_POST]);
+        let e = short.check_restored("d", &original, &restored).unwrap_err().to_string();
+        assert!(e.contains("the probe's memory said 25"), "{e}");
+    }
+
+    #[test]
+    fn one_run_matches_its_disk() {
+        let (_, rest, _, restored) = runs();
+        let disk = content(rest.clone(), &[RESTORED_POST], &[RESTORED_POST]);
+        disk.check_run("d", &restored).unwrap();
+        let foreign = content(rest, &[RESTORED_POST], &[RESTORED_POST, PRE]);
+        assert!(foreign.check_run("d", &restored).unwrap_err().to_string().contains("did not make"));
     }
 }
