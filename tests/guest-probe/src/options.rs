@@ -167,6 +167,14 @@ fn peers(key: &str, value: &str) -> Result<Vec<Ipv4Addr>, String> {
         .collect()
 }
 
+/// `value`, which must not be empty (`what` it names, for the error).
+fn non_empty(key: &str, value: &str, what: &str) -> Result<String, String> {
+    if value.is_empty() {
+        return Err(format!("{key}: empty {what}"));
+    }
+    Ok(value.to_owned())
+}
+
 fn labels(key: &str, value: &str) -> Result<Vec<String>, String> {
     let labels: Vec<String> = value.split(',').filter(|l| !l.is_empty()).map(str::to_owned).collect();
     for l in &labels {
@@ -232,28 +240,13 @@ fn apply(opts: &mut Options, key: &str, value: Option<&str>) -> Result<(), Strin
         "probe.udp_rate" => opts.udp_rate = num(key, v)?,
         "probe.clock_ms" => opts.clock_ms = num(key, v)?,
         "probe.duration" => opts.duration_s = num(key, v)?,
-        "probe.out" => {
-            if v.is_empty() {
-                return Err(format!("{key}: empty path"));
-            }
-            opts.out = Some(v.to_string())
-        }
-        "probe.vport" => {
-            if v.is_empty() {
-                return Err(format!("{key}: empty port name"));
-            }
-            opts.vport = Some(v.to_string())
-        }
+        "probe.out" => opts.out = Some(non_empty(key, v, "path")?),
+        "probe.vport" => opts.vport = Some(non_empty(key, v, "port name")?),
         "probe.disks" => opts.disks = labels(key, v)?,
         "probe.disk_tick_ms" => opts.disk_tick_ms = positive(key, v)?,
         "probe.disk_sync" => opts.disk_sync = positive(key, v)?,
         "probe.disk_mark_ms" => opts.disk_mark_ms = num(key, v)?,
-        "probe.ctl" => {
-            if v.is_empty() {
-                return Err(format!("{key}: empty port name"));
-            }
-            opts.ctl = Some(v.to_string())
-        }
+        "probe.ctl" => opts.ctl = Some(non_empty(key, v, "port name")?),
         _ => unreachable!("key list and match disagree: {key}"),
     }
     Ok(())
