@@ -38,7 +38,7 @@ use crate::output::Output;
 const FIND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Bytes per O_DIRECT read of a whole device.
 const SCAN_CHUNK: usize = 1 << 20;
-/// Mark blocks listed in a `disk_scan` event at most (the rest counted).
+/// Marks listed in a `disk_scan` event at most (the rest counted).
 const MAX_SCAN_MARKS: usize = 4096;
 /// ext4's superblock: at 1024, magic at +56, volume label at +120.
 const SUPER: usize = 1024;
@@ -546,8 +546,7 @@ fn scan_one(log: &DiskLog) -> io::Result<serde_json::Map<String, Value>> {
     let device = open_direct(&log.dev)?;
     let mut buf = Aligned::new(SCAN_CHUNK);
     let mut crc = crc32fast::Hasher::new();
-    let mut marks = Vec::new();
-    let mut found = 0usize;
+    let mut marks = std::collections::BTreeSet::new();
     let mut bytes = 0u64;
     let context = |what: &str, e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
     loop {
@@ -555,17 +554,21 @@ fn scan_one(log: &DiskLog) -> io::Result<serde_json::Map<String, Value>> {
             .map_err(|e| context(&format!("reading {} at {bytes}", log.dev.display()), e))?;
         let data = &buf.as_mut()[..n];
         crc.update(data);
-        for m in diskfmt::scan_marks(data) {
-            found += 1;
-            if marks.len() < MAX_SCAN_MARKS {
-                marks.push(json!({"seq": m.seq, "nonce": format!("{:016x}", m.nonce)}));
-            }
-        }
+        marks.extend(diskfmt::scan_marks(data));
         bytes += n as u64;
         if n < SCAN_CHUNK {
             break;
         }
     }
+    // Listed after the device was read: a mark made meanwhile has its
+    // file, a mark block without one is no write of this file system's.
+    let files: std::collections::BTreeSet<Mark> = std::fs::read_dir(log.mnt.join(MARK_DIR))?
+        .filter_map(|e| Mark::from_file_name(&e.ok()?.file_name().to_string_lossy()))
+        .collect();
+    let orphans: Vec<&Mark> = marks.difference(&files).collect();
+    let list = |marks: &mut dyn Iterator<Item = &Mark>| -> Vec<Value> {
+        marks.take(MAX_SCAN_MARKS).map(|m| json!({"seq": m.seq, "nonce": format!("{:016x}", m.nonce)})).collect()
+    };
     // The log through the file system, bypassing the page cache.
     let file = open_direct(&log.mnt.join(LOG_FILE))?;
     let size = file.metadata()?.len();
@@ -579,8 +582,10 @@ fn scan_one(log: &DiskLog) -> io::Result<serde_json::Map<String, Value>> {
     m.insert("dev".into(), log.dev.display().to_string().into());
     m.insert("bytes".into(), bytes.into());
     m.insert("crc".into(), format!("{:08x}", crc.finalize()).into());
-    m.insert("marks".into(), marks.into());
-    m.insert("marks_found".into(), found.into());
+    m.insert("marks".into(), list(&mut marks.iter()).into());
+    m.insert("marks_found".into(), marks.len().into());
+    m.insert("orphans".into(), list(&mut orphans.iter().copied()).into());
+    m.insert("orphans_found".into(), orphans.len().into());
     m.insert(
         "log".into(),
         json!({

@@ -346,6 +346,8 @@ pub struct Scanned {
     pub crc: u32,
     /// Mark blocks found on the device.
     pub marks: BTreeSet<Mark>,
+    /// Those whose file the guest's marks directory lacks: another run's.
+    pub orphans: BTreeSet<Mark>,
     /// The log's good lines, its last good line's crc, its first problem.
     pub log_lines: u64,
     pub log_last_crc: u32,
@@ -357,18 +359,21 @@ impl Scanned {
     pub fn last(label: &str, events: &[ProbeEvent]) -> Option<Scanned> {
         let e = events.iter().rev().find(|e| e.ev == "disk_scan" && e.str("disk") == Some(label))?;
         let log = &e.json["log"];
-        let marks = e.json["marks"]
-            .as_array()?
-            .iter()
-            .filter_map(|m| {
-                let nonce = u64::from_str_radix(m["nonce"].as_str()?, 16).ok()?;
-                Some(Mark { seq: m["seq"].as_u64()?, nonce })
-            })
-            .collect();
+        let marks = |field: &str| -> Option<BTreeSet<Mark>> {
+            let list = e.json[field].as_array()?.iter();
+            Some(
+                list.filter_map(|m| {
+                    let nonce = u64::from_str_radix(m["nonce"].as_str()?, 16).ok()?;
+                    Some(Mark { seq: m["seq"].as_u64()?, nonce })
+                })
+                .collect(),
+            )
+        };
         Some(Scanned {
             bytes: e.u64("bytes")?,
             crc: hex_u32(e, "crc")?,
-            marks,
+            marks: marks("marks")?,
+            orphans: marks("orphans")?,
             log_lines: log["lines"].as_u64()?,
             log_last_crc: u32::from_str_radix(log["last_crc"].as_str()?, 16).ok()?,
             log_error: log["error"].as_str().map(str::to_owned),
