@@ -1,11 +1,17 @@
 // SPDX-License-Identifier: GPL-2.0-or-later
-//! The guest's disk workload on a plain boot (no checkpoint): what the
-//! checkpoint tests of writable disks stand on. One VM writes its logs and
-//! marks to three ext4 disks — a qcow2 attached with `-drive` on
-//! virtio-blk, a raw one with `-blockdev` on virtio-scsi, a qcow2 with
-//! `-blockdev` on IDE — reads them back with O_DIRECT on command, shuts
-//! down cleanly; the host then finds on each disk exactly what the probe
-//! said it wrote, and a clean file system.
+//! The guest's disk workload without a checkpoint of disks: what the
+//! checkpoint tests of writable disks stand on.
+//!
+//! - A plain boot: one VM writes its logs and marks to three ext4 disks
+//!   (a qcow2 attached with `-drive` on virtio-blk, a raw one with
+//!   `-blockdev` on virtio-scsi, a qcow2 with `-blockdev` on IDE), reads
+//!   them back with O_DIRECT on command, shuts down cleanly; the host then
+//!   finds on each disk exactly what the probe said it wrote, and a clean
+//!   file system. Damage made on purpose is caught.
+//! - The negative control: a checkpoint that leaves the disk to the caller
+//!   (`--allow-writable-disks`), the original writing on, a restore onto
+//!   the disk as the original left it: the probe, its scan and the host's
+//!   check each catch it.
 
 mod common;
 
@@ -70,6 +76,7 @@ async fn logs_on_three_buses_match_the_probe_and_fsck_clean() {
         assert!(scan.log_lines >= counter, "{label}: {scan:?}");
         assert_eq!(scan.bytes, 64 << 20, "{label}: {scan:?}");
         assert!(!scan.marks.is_empty(), "{label}: no mark on the device: {scan:?}");
+        assert!(scan.orphans.is_empty(), "{label}: marks of no file: {scan:?}");
         let made = Reported::from_events(label, &events).marks;
         assert!(scan.marks.is_subset(&made), "{label}: marks the probe did not make: {scan:?} {made:?}");
     }
@@ -121,4 +128,89 @@ fn overwrite(path: &std::path::Path, offset: u64, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
     f.seek(SeekFrom::Start(offset)).unwrap();
     f.write_all(bytes).unwrap();
+}
+
+/// The negative control of the checkpoint tests: a restore that leaves the
+/// disk as the original VM left it (`--allow-writable-disks`: the caller
+/// said it snapshots disks itself, and did not) is caught — by the probe's
+/// first look at the device after the restore, by its O_DIRECT scan, and
+/// by the host's check of the restored run against the original.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_disk_not_rolled_back_with_memory_is_caught() {
+    let artifacts = common::artifacts();
+    let dir = common::test_dir("disks-not-rolled-back");
+    let images = dir.join("images");
+    let image = DiskImage::create(&dir, "log", Format::Raw, 64).unwrap();
+    let config = |run: &str| {
+        let mut config = VmConfig::new("disks-2");
+        config.probe_args = ["mekha.id=2", "probe.clock_ms=1000", "probe.disk_mark_ms=200"].map(String::from).to_vec();
+        config.probe_args.extend(disk::probe_args(&["log"]));
+        config.extra_args = disk::workload_args(&dir.join(run).join("ctl.sock"));
+        config.extra_args.extend(image.qemu_args("d0", Bus::VirtioBlk, Attach::Drive, 0));
+        config
+    };
+    let mut vm = Vm::launch(&artifacts, None, &dir.join("run1"), config("run1")).unwrap();
+    vm.qmp().await.unwrap();
+    let log1 = vm.log();
+    let counter = |log: &mekha_rig::ProbeLog| Reported::from_events("log", &log.events()).heads.last().map(|h| h.0);
+    log1.wait_for("lines", BOOT, |e| e.ev == "disk" && e.u64("counter").unwrap_or(0) >= 40).unwrap();
+
+    let out =
+        common::mekha(&artifacts, &["checkpoint", "--json", "--allow-writable-disks"], &vm.cli_qmp_path(), &images);
+    common::json_of(&out);
+    // The original writes on past the checkpoint, then dies.
+    let at_checkpoint = counter(&log1).unwrap();
+    log1.wait_for("lines after the checkpoint", BOOT, |e| {
+        e.ev == "disk" && e.u64("counter").unwrap_or(0) >= at_checkpoint + 80
+    })
+    .unwrap();
+    vm.kill();
+    let original = Reported::from_events("log", &log1.events());
+
+    let mut config2 = config("run2");
+    config2.incoming = true;
+    let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config2).unwrap();
+    restored.qmp().await.unwrap();
+    let mut ctl = Control::connect(&dir.join("run2/ctl.sock")).unwrap();
+    common::json_of(&common::mekha(&artifacts, &["restore", "--json"], &restored.cli_qmp_path(), &images));
+    ctl.send("scan").unwrap();
+    let log2 = restored.log();
+    log2.wait_for("disk_scan", BOOT, |e| e.ev == "disk_scan").unwrap();
+    let events2 = log2.events();
+    let scan = Scanned::last("log", &events2).unwrap();
+    // Marks the original made after the checkpoint, on the device, in
+    // no file of the restored file system: what the restore should have
+    // discarded, seen before the restored guest overwrote them all.
+    let restored_marks = Reported::from_events("log", &events2).marks;
+    assert!(!scan.orphans.is_empty(), "the scan saw nothing of the original's writes: {scan:?}");
+    for orphan in &scan.orphans {
+        assert!(original.marks.contains(orphan) && !restored_marks.contains(orphan), "{orphan:?}: {scan:?}");
+    }
+    // The probe's first look at the log's last block, before it wrote
+    // again, finds the original's next line there (unless the checkpoint
+    // fell on a block boundary: then the original's next line went to a
+    // block the restored file system has not given the log).
+    for e in events2.iter().filter(|e| e.ev == "disk_anomaly") {
+        assert_eq!(e.str("kind"), Some("tail"), "{:?}", e.json);
+        let line = e.u64("line").unwrap();
+        assert_eq!(e.json["found"]["seq"].as_u64(), Some(line), "not the original's line: {:?}", e.json);
+        assert!(line >= e.u64("counter").unwrap(), "{:?}", e.json);
+    }
+
+    // The host's check of the restored run against the original fails
+    // too. (e2fsck may well find the file system clean: the restored
+    // guest rewrote the metadata from its memory. That is why the checks
+    // above look at content.)
+    ctl.send("shutdown").unwrap();
+    let status = restored.wait_exit(Duration::from_secs(60));
+    assert!(status.is_some_and(|s| s.success()), "{status:?}: {}", log2.tail(20));
+    let restored_run = Reported::from_events("log", &log2.events());
+    let content = DiskContent::read(&image, &dir.join("read")).unwrap();
+    let caught = content.check_restored("log", &original, &restored_run).unwrap_err().to_string();
+    assert!(caught.contains("anomalies"), "{caught}");
+    // Blind to the probe's own finding, the host still sees the
+    // original's marks left on the device.
+    let blind = Reported { anomalies: Vec::new(), ..restored_run };
+    let caught = content.check_restored("log", &original, &blind).unwrap_err().to_string();
+    assert!(caught.contains("no mark file"), "{caught}");
 }
