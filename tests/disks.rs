@@ -186,11 +186,14 @@ async fn a_disk_not_rolled_back_with_memory_is_caught() {
     for orphan in &scan.orphans {
         assert!(original.marks.contains(orphan) && !restored_marks.contains(orphan), "{orphan:?}: {scan:?}");
     }
-    // The probe's first look at the log's last block, before it wrote
-    // again, finds the original's next line there (unless the checkpoint
-    // fell on a block boundary: then the original's next line went to a
-    // block the restored file system has not given the log).
-    for e in events2.iter().filter(|e| e.ev == "disk_anomaly") {
+    // The probe's first look at the log's end, before it wrote again,
+    // found the original's next line there.
+    let anomalies: Vec<_> = events2.iter().filter(|e| e.ev == "disk_anomaly").collect();
+    let first = events2.iter().find(|e| e.ev == "disk_mark" || e.ev == "disk").unwrap();
+    let tail = anomalies.first().expect("no anomaly after the restore");
+    assert!(tail.json["mono_ns"].as_u64() <= first.json["mono_ns"].as_u64(), "not the first tick: {:?}", tail.json);
+    assert_eq!(tail.u64("counter"), tail.u64("line"), "not the next line: {:?}", tail.json);
+    for e in anomalies {
         assert_eq!(e.str("kind"), Some("tail"), "{:?}", e.json);
         let line = e.u64("line").unwrap();
         assert_eq!(e.json["found"]["seq"].as_u64(), Some(line), "not the original's line: {:?}", e.json);
