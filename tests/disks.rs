@@ -81,6 +81,18 @@ async fn logs_on_three_buses_match_the_probe_and_fsck_clean() {
         assert!(scan.marks.is_subset(&made), "{label}: marks the probe did not make: {scan:?} {made:?}");
     }
 
+    // A range read back with O_DIRECT: a mark's blocks, where the probe
+    // says the device holds them.
+    let events = log.events();
+    let mark = events.iter().find(|e| e.ev == "disk_mark" && e.str("disk") == Some("vscsi")).unwrap();
+    let physical = mark.u64("physical").expect("a mark in one piece");
+    let nonce = u64::from_str_radix(mark.str("nonce").unwrap(), 16).unwrap();
+    let mark_bytes = Mark { seq: mark.u64("seq").unwrap(), nonce }.content();
+    let mark_crc = crc32fast::hash(&mark_bytes);
+    ctl.send(&format!("crc vscsi {physical} {}", mark_bytes.len())).unwrap();
+    let crc = log.wait_for("disk_crc", BOOT, |e| e.ev == "disk_crc").unwrap();
+    assert_eq!(crc.str("crc"), Some(format!("{mark_crc:08x}").as_str()), "{:?}", crc.json);
+
     // A clean shutdown: writers stop, disks unmounted, the VM powers off.
     ctl.send("shutdown").unwrap();
     let status = vm.wait_exit(Duration::from_secs(60));
@@ -97,7 +109,11 @@ async fn logs_on_three_buses_match_the_probe_and_fsck_clean() {
         assert!(reported.marks.len() >= 2, "{}: marks {:?}", image.label, reported.marks);
         let content = DiskContent::read(image, &scratch).unwrap();
         content.check_run(&image.label, &reported).unwrap();
-        image.raw_view(&scratch).unwrap().fsck().unwrap();
+        let view = image.raw_view(&scratch).unwrap();
+        view.fsck().unwrap();
+        if image.label == "vscsi" {
+            assert_eq!(view.crc(physical, mark_bytes.len() as u64).unwrap(), mark_crc);
+        }
     }
 
     // The checker sees what it is meant to: another run's line spliced

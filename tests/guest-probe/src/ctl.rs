@@ -5,6 +5,7 @@
 //! | command    | what the probe does                                               |
 //! |------------|-------------------------------------------------------------------|
 //! | `scan`     | reads each disk with O_DIRECT: a `disk_scan` event per disk        |
+//! | `crc L O N`| CRC-32 of N bytes of disk L's device from O (multiples of 512), read with O_DIRECT: a `disk_crc` event |
 //! | `shutdown` | stops the disk writers, unmounts the disks, syncs, `exit` (reason `shutdown`), powers the VM off |
 //!
 //! While the host has not connected, the port reads as end of file: the
@@ -46,11 +47,16 @@ pub fn run(name: &str, disks: Option<Arc<Disks>>, out: &Output) -> io::Result<()
             let line: Vec<u8> = pending.drain(..=end).collect();
             let command = String::from_utf8_lossy(&line).trim().to_owned();
             out.emit("ctl", json!({ "command": command }));
-            match (command.as_str(), &disks) {
-                ("", _) => {}
-                ("scan", Some(d)) => d.scan(out),
-                ("shutdown", d) => shutdown(d.as_deref(), out),
-                (_, None) if command == "scan" => out.error("ctl: scan without probe.disks"),
+            let words: Vec<&str> = command.split_whitespace().collect();
+            match (words.as_slice(), &disks) {
+                ([], _) => {}
+                (["shutdown"], d) => shutdown(d.as_deref(), out),
+                (["scan"], Some(d)) => d.scan(out),
+                (["crc", disk, offset, len], Some(d)) => match (offset.parse(), len.parse()) {
+                    (Ok(offset), Ok(len)) => d.crc(disk, offset, len, out),
+                    _ => out.error(format!("ctl: {command:?}: offset and length are numbers of bytes")),
+                },
+                (["scan" | "crc", ..], None) => out.error(format!("ctl: {command:?} without probe.disks")),
                 _ => out.error(format!("ctl: unknown command {command:?}")),
             }
         }

@@ -423,10 +423,23 @@ impl Writer {
         f.write_all(&mark.content())?;
         f.sync_all()?;
         File::open(&dir)?.sync_all()?;
+        // Where the device holds it, when in one piece: a range to read
+        // back (the control port's `crc`, the host's image).
+        let first = physical_offset(&f, 0)?;
+        let contiguous = (1..diskfmt::MARK_BLOCKS as u64).try_fold(true, |ok, b| {
+            let at = physical_offset(&f, b * BLOCK as u64)?;
+            Ok::<_, io::Error>(ok && first.is_some() && at == first.map(|p| p + b * BLOCK as u64))
+        })?;
         self.log.stats.marks.fetch_add(1, Ordering::AcqRel);
         out.emit(
             "disk_mark",
-            json!({"disk": self.log.label, "seq": mark.seq, "nonce": format!("{:016x}", mark.nonce), "file": path}),
+            json!({
+                "disk": self.log.label,
+                "seq": mark.seq,
+                "nonce": format!("{:016x}", mark.nonce),
+                "file": path,
+                "physical": first.filter(|_| contiguous),
+            }),
         );
         Ok(())
     }
@@ -550,6 +563,21 @@ impl Disks {
         }
     }
 
+    /// CRC-32 of `len` bytes of disk `label`'s device from `offset` (both
+    /// multiples of 512, for O_DIRECT), read with O_DIRECT: a `disk_crc`
+    /// event, to hold against the same range of an image on the host.
+    pub fn crc(&self, label: &str, offset: u64, len: u64, out: &Output) {
+        let Some(log) = self.logs.iter().find(|l| l.label == label) else {
+            return out.error(format!("ctl: no disk {label:?}"));
+        };
+        match crc_range(&log.dev, offset, len) {
+            Ok(crc) => {
+                out.emit("disk_crc", json!({"disk": label, "offset": offset, "len": len, "crc": format!("{crc:08x}")}))
+            }
+            Err(e) => out.error(format!("crc of disk {label} at {offset}+{len}: {e}")),
+        }
+    }
+
     /// Stops the writers (each syncs its log), then unmounts every disk:
     /// one `disk_closed` event each, with the final counters.
     pub fn shutdown(&self, out: &Output) {
@@ -623,4 +651,24 @@ fn scan_one(log: &DiskLog) -> io::Result<serde_json::Map<String, Value>> {
         }),
     );
     Ok(m)
+}
+
+fn crc_range(dev: &Path, offset: u64, len: u64) -> io::Result<u32> {
+    if !offset.is_multiple_of(512) || !len.is_multiple_of(512) {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, "offset and length must be multiples of 512"));
+    }
+    let device = open_direct(dev)?;
+    let mut buf = Aligned::new(SCAN_CHUNK);
+    let mut crc = crc32fast::Hasher::new();
+    let mut done = 0u64;
+    while done < len {
+        let want = usize::try_from((len - done).min(SCAN_CHUNK as u64)).expect("at most SCAN_CHUNK");
+        let n = read_full_at(&device, &mut buf.as_mut()[..want], offset + done)?;
+        if n < want {
+            return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "past the end of the device"));
+        }
+        crc.update(&buf.as_mut()[..n]);
+        done += n as u64;
+    }
+    Ok(crc.finalize())
 }

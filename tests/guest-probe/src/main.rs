@@ -33,7 +33,7 @@
 //! | `probe.disk_tick_ms=N`  | 50           | pause between two log lines (> 0)                 |
 //! | `probe.disk_sync=N`     | 1            | log lines per fsync (> 0)                         |
 //! | `probe.disk_mark_ms=N`  | 1000         | pause between two mark files (0: none)            |
-//! | `probe.ctl=NAME`        | none         | virtio-serial port to read commands from (see `ctl`: `scan`, `shutdown`) |
+//! | `probe.ctl=NAME`        | none         | virtio-serial port to read commands from (see `ctl`: `scan`, `crc`, `shutdown`) |
 //!
 //! # Output
 //!
@@ -61,9 +61,10 @@
 //! | `vport`          | once a second: `port`, `written` (records)                           |
 //! | `disk_open`      | a disk is mounted and its log opened: `disk` (label), `dev`, `mnt`, `log`, `random` (`hwrng`: from the host; or `getrandom`) |
 //! | `disk`           | once a second per disk: `disk`, `counter` (lines written, kept in memory), `synced` (lines fsynced), `last_crc` (the chain's head, 8 hex digits), `marks`, `anomalies` |
-//! | `disk_mark`      | a mark file made: `disk`, `seq` (the counter then), `nonce` (16 hex digits), `file` |
+//! | `disk_mark`      | a mark file made: `disk`, `seq` (the counter then), `nonce` (16 hex digits), `file`, `physical` (its byte offset on the device, null unless in one piece) |
 //! | `disk_anomaly`   | at once: `disk`, `kind` = `tail` (the device's blocks at the log's end, the last and the next, hold what this run did not write there, reported once per place: `line`, `counter`, `synced`, `physical`, `found`) or `file` (the file's size disagrees with the counter: `size`, `counter`) |
 //! | `disk_scan`      | per disk, at the control port's `scan`: `disk`, `dev`, `bytes`, `crc` (CRC-32 of the whole device, read with O_DIRECT), `marks` [{`seq`, `nonce`}] found at block starts on the device, `marks_found` (distinct marks), `orphans` (the marks found whose file the marks directory, listed after the read, lacks: written by another run, e.g. the original VM after the checkpoint a restored disk should not hold), `orphans_found`, `log` {`bytes`, `lines`, `last_crc`, `error`}: the log read with O_DIRECT and checked |
+//! | `disk_crc`       | at the control port's `crc`: `disk`, `offset`, `len`, `crc` (CRC-32 of that range of the device, read with O_DIRECT) |
 //! | `disk_closed`    | per disk at `shutdown`, once its writer stopped and synced and the disk is unmounted: the `disk` event's fields, `unmounted` |
 //! | `ctl_open`, `ctl`| the control port is open: `port`, `path`; a command arrived: `command` |
 //! | `done`           | all bounded activities finished (compute and every `net_done`); never if there is none: `elapsed_ms`, `compute` {`steps`, `checksum`, `done`}, `dirty` {...}, `net` [per (peer, proto) counters with `configured`, `done`] |

@@ -238,6 +238,18 @@ impl RawView {
         Ok(physical * BLOCK as u64)
     }
 
+    /// CRC-32 of `len` bytes from `offset`: what the probe's `crc`
+    /// command reports of the same range of its device.
+    pub fn crc(&self, offset: u64, len: u64) -> Result<u32> {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut f = std::fs::File::open(&self.path)?;
+        f.seek(SeekFrom::Start(offset))?;
+        let mut data = Vec::new();
+        f.take(len).read_to_end(&mut data)?;
+        ensure!(data.len() as u64 == len, "{} ends before {offset}+{len}", self.path.display());
+        Ok(crc32fast::hash(&data))
+    }
+
     /// Every mark block on the device, wherever the file system put it
     /// (or left it: freed blocks keep their content).
     pub fn marks(&self) -> Result<Vec<Mark>> {
