@@ -69,14 +69,20 @@ pub(super) fn capture(
 
     let abort = AtomicBool::new(false);
     std::thread::scope(|scope| {
-        let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared, disks)?;
+        let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
         // Whatever happens now, the VM runs again before this thread lets
         // go of the BQL for good, and the frames held meanwhile are
         // released; a failed protect leaves nothing protected, and a
         // copier that cannot start releases what was.
         let mut wp = wp;
         let copier = wp.protect().map_err(Error::from).and_then(|()| spawn_copier(scope, shared, wp, persist, &abort));
-        let devices = copier.as_ref().map_err(Clone::clone).and_then(|_| qemu::ckpt::save_devices(&bql));
+        // The disks' copies start last: their I/O would compete with the
+        // rest of the pause for the host's CPUs.
+        let devices = copier
+            .as_ref()
+            .map_err(Clone::clone)
+            .and_then(|_| qemu::ckpt::save_devices(&bql))
+            .and_then(|state| disks.start(&bql).map(|()| state));
         if devices.is_err() {
             abort.store(true, Ordering::Relaxed);
         }

@@ -133,10 +133,10 @@ fn pause(
     disks: &mut DiskCapture,
 ) -> Result<Stopped> {
     let mut pages = Vec::new();
-    let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared, disks)?;
+    let StopWindow { bql, stopped_at, stopped, time, resume_guard } = pause::stop_vm(shared)?;
     // Whatever happens now, the VM runs again before this thread lets go
     // of the BQL for good, and the frames held meanwhile are released.
-    let result = (|| {
+    let result = (|| -> Result<Vec<u8>> {
         ram.sync_dirty(&bql, bitmap)?;
         planner.on_sync(bitmap);
         planner.final_pages(&mut pages);
@@ -149,7 +149,11 @@ fn pause(
             );
             Error::new(e.kind, message)
         })?;
-        qemu::ckpt::save_devices(&bql)
+        let state = qemu::ckpt::save_devices(&bql)?;
+        // The disks' copies start last: their I/O would compete with the
+        // rest of the pause for the host's CPUs.
+        disks.start(&bql)?;
+        Ok(state)
     })();
     let resumed = pause::resume_vm(bql, stopped, tracking, resume_guard);
     shared.update(|info| resumed.record(info, stopped_at));

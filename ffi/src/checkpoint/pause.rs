@@ -13,7 +13,6 @@ use mekha_ckpt_core::vtime::TimeRecord;
 use mekha_ckpt_core::width::saturating_u64;
 
 use super::{Info, Session};
-use crate::disks::capture::Capture as DiskCapture;
 use crate::qemu::{self, Bql};
 use crate::{fault, guest_time, net_cut, net_hold, rendezvous};
 
@@ -63,9 +62,8 @@ impl Drop for ResumeGuard {
 
 /// Takes the BQL at the stop instant, holds the network frames toward the
 /// guest from just before the stop, stops the VM, sends its markers and
-/// reads its clocks, and starts the capture of its writable disks. Both
-/// capture modes stop this way.
-pub(super) fn stop_vm(shared: &Session, disks: &mut DiskCapture) -> Result<StopWindow> {
+/// reads its clocks. Both capture modes stop this way.
+pub(super) fn stop_vm(shared: &Session) -> Result<StopWindow> {
     let end = shared.end_args();
     let (bql, stopped_at) = rendezvous::lock_at(end.stop_at);
     net_hold::begin(&bql);
@@ -77,8 +75,6 @@ pub(super) fn stop_vm(shared: &Session, disks: &mut DiskCapture) -> Result<StopW
     let stopped = Instant::now();
     net_cut::stopped(&bql);
     let time = guest_time::capture(&bql);
-    // Dropped with the BQL on error: the guard resumes the VM.
-    disks.start(&bql)?;
     fault::point(fault::Point::CheckpointStopped);
     Ok(StopWindow { bql, stopped_at, stopped, time, resume_guard })
 }
