@@ -17,6 +17,7 @@ mod common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::process::Command;
 use std::time::Duration;
 
 use mekha_rig::disk::diskfmt::{self, Mark, LINE, LOG_FILE, PAYLOAD_BYTES};
@@ -355,4 +356,40 @@ async fn disks_roll_back_with_memory() {
         assert!(check.first_discarded_head.is_some(), "{label}: nothing was rolled back: {check:?}");
         image.raw_view(&scratch).unwrap().fsck().unwrap();
     }
+
+    // `mekha image verify` checks every layer of every chain: a flipped
+    // byte in the oldest layer (the whole capture) is found, named, and
+    // a restore from it is refused before the VM runs.
+    let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stdout));
+    let said = String::from_utf8_lossy(&verify.stdout).into_owned();
+    assert!(said.contains("2 disks"), "{said}");
+    let oldest = std::fs::read_dir(&images)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("gen-"))
+        .min()
+        .unwrap();
+    let layer = std::fs::read_dir(&oldest)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "mdisk"))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let file = std::fs::OpenOptions::new().read(true).write(true).open(&layer).unwrap();
+    file.read_exact_at(&mut byte, 8192).unwrap();
+    file.write_all_at(&[byte[0] ^ 0x40], 8192).unwrap();
+    let verify = Command::new(&artifacts.mekha).args(["image", "verify"]).arg(&images).output().unwrap();
+    let said = String::from_utf8_lossy(&verify.stdout).into_owned();
+    assert_eq!(verify.status.code(), Some(5), "{said}");
+    assert!(said.contains("DAMAGED") && said.contains(&*layer.file_name().unwrap().to_string_lossy()), "{said}");
+    let mut config3 = config("run3");
+    config3.incoming = true;
+    let mut refused = Vm::launch(&artifacts, None, &dir.join("run3"), config3).unwrap();
+    refused.qmp().await.unwrap();
+    let out = common::mekha(&artifacts, &["restore"], &refused.cli_qmp_path(), &images);
+    let said = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "a restore from a damaged layer succeeded");
+    assert!(said.contains("checksum") && said.contains(".mdisk"), "{said}");
+    assert!(refused.log().events().iter().all(|e| e.ev != "disk"), "the guest ran: {}", refused.log().tail(10));
 }

@@ -11,7 +11,9 @@
 use std::io;
 use std::path::{Path, PathBuf};
 
+use mekha_ckpt_core::disk::{self, Chain, DiskError};
 use mekha_ckpt_core::image::{self, ImageError, ImageKey, Inspection, VerifyReport};
+use mekha_ckpt_core::session::checkpoint::DiskCapture;
 use mekha_ckpt_core::store::{Manifest, ManifestVm, Store};
 use serde::Serialize;
 use serde_json::json;
@@ -186,7 +188,10 @@ fn run_inspect(path: &Path, json: bool) -> Result<(), CommandFailure> {
         print_checkpoint_header(&target);
         for (member, outcome) in &outcomes {
             match outcome {
-                Ok(inspection) => print_inspection(member, inspection),
+                Ok(inspection) => {
+                    print_inspection(member, inspection);
+                    print_disks(&member.path);
+                }
                 Err(e) => println!("{}: cannot be read: {e}", member.label()),
             }
         }
@@ -279,6 +284,9 @@ struct Verdict<'a> {
     problems: Vec<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     report: Option<VerifyReport>,
+    /// The captured disks' layers, each checked.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    disks: Vec<disk::VerifyReport>,
     #[serde(skip)]
     code: u8,
 }
@@ -290,6 +298,7 @@ fn verify_member<'a>(member: &'a Member, key: Option<&ImageKey>) -> Verdict<'a> 
         intact: code == exit::OK,
         problems,
         report,
+        disks: Vec::new(),
         code,
     };
     let image = match image::Image::open_with(&member.path, key) {
@@ -300,8 +309,23 @@ fn verify_member<'a>(member: &'a Member, key: Option<&ImageKey>) -> Verdict<'a> 
         Ok(report) => {
             let mut problems = member.manifest_problems(&image);
             problems.extend(report.problems());
-            let code = if problems.is_empty() { exit::OK } else { exit::DAMAGED };
-            verdict(problems, Some(report), code)
+            let mut code = if problems.is_empty() { exit::OK } else { exit::DAMAGED };
+            let mut disks = Vec::new();
+            for (capture, chain) in disk_chains(&member.path, &image, key) {
+                match chain.and_then(|chain| disk::verify(&chain)) {
+                    Ok(report) if report.is_intact() => disks.push(report),
+                    Ok(report) => {
+                        problems.extend(report.problems());
+                        code = exit::DAMAGED;
+                        disks.push(report);
+                    }
+                    Err(e) => {
+                        problems.push(format!("disk {}: {e}", capture.device));
+                        code = code.max(if e.is_damage() || missing(&e) { exit::DAMAGED } else { exit::FAILURE });
+                    }
+                }
+            }
+            Verdict { disks, ..verdict(problems, Some(report), code) }
         }
         Err(e) => verdict(vec![e.to_string()], None, member.code_for(&e)),
     }
@@ -344,7 +368,17 @@ fn run_verify(path: &Path, key: Option<&ImageKey>, json: bool) -> Result<(), Com
 fn print_verdict(member: &Member, v: &Verdict) {
     match (&v.report, v.intact) {
         (Some(r), true) => {
-            println!("{}: OK ({} pages, {} sections checked)", member.label(), r.pages_checked, r.sections_checked)
+            let clusters: u64 = v.disks.iter().flat_map(|d| &d.layers).map(|l| l.clusters_checked).sum();
+            let disks = match v.disks.len() {
+                0 => String::new(),
+                n => format!(", {n} disk{} ({clusters} clusters)", if n == 1 { "" } else { "s" }),
+            };
+            println!(
+                "{}: OK ({} pages, {} sections{disks} checked)",
+                member.label(),
+                r.pages_checked,
+                r.sections_checked
+            )
         }
         (_, true) => println!("{}: OK", member.label()),
         (_, false) => {
@@ -352,6 +386,69 @@ fn print_verdict(member: &Member, v: &Verdict) {
             for p in &v.problems {
                 println!("  {p}");
             }
+        }
+    }
+}
+
+// ---- disks ----
+
+/// The disks `image` (at `path`) captured, each with its layer chain
+/// opened (under `key`, when given).
+fn disk_chains(path: &Path, image: &image::Image, key: Option<&ImageKey>) -> Vec<(DiskCapture, disk::Result<Chain>)> {
+    let captured = image.info().ok().and_then(|info| DiskCapture::listed_in(info).ok()).unwrap_or_default();
+    captured
+        .into_iter()
+        .map(|capture| {
+            let chain = match capture.chain_start(path) {
+                Some((root, name)) => Chain::open(&root, &name, key),
+                None => {
+                    Err(DiskError::BadLayout { path: path.to_owned(), why: "not in a checkpoint directory".into() })
+                }
+            };
+            (capture, chain)
+        })
+        .collect()
+}
+
+/// A layer a chain names that is not there: the checkpoint is damaged.
+fn missing(e: &DiskError) -> bool {
+    matches!(e, DiskError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+}
+
+fn print_disks(path: &Path) {
+    let Ok(image) = image::Image::open(path) else { return };
+    for (capture, chain) in disk_chains(path, &image, None) {
+        println!(
+            "  disk {} ({}, {}, node {}): {} layer {}",
+            capture.device,
+            capture.format,
+            size(capture.size),
+            capture.node,
+            capture.kind,
+            capture.layer
+        );
+        match chain {
+            Ok(chain) => {
+                let i = disk::inspect(&chain);
+                println!(
+                    "    chain of {} layer{}: {} stored; the disk reads {} of data, {} of zeros",
+                    i.layers.len(),
+                    if i.layers.len() == 1 { "" } else { "s" },
+                    size(i.stored_bytes),
+                    size(i.data_bytes),
+                    size(i.zero_bytes)
+                );
+                for (layer, l) in chain.layers().iter().zip(&i.layers) {
+                    println!(
+                        "      {:40}  {:5}  {:>10} data  {:>10} stored",
+                        layer.name,
+                        l.layer.name(),
+                        size(l.data_bytes),
+                        size(l.stored_bytes)
+                    );
+                }
+            }
+            Err(e) => println!("    cannot be read: {e}"),
         }
     }
 }
