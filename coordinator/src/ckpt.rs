@@ -109,7 +109,7 @@ pub struct CheckpointOptions {
     pub epoch_ms: Option<u64>,
     pub dirty_share: Option<u32>,
     pub clean_share: Option<u32>,
-    /// Checkpoint VMs with writable disks (the caller snapshots them).
+    /// Leave the writable disks out (the caller snapshots them).
     pub allow_writable_disks: bool,
     /// Seal the images and the manifest under this key.
     pub key: Option<ImageKey>,

@@ -25,7 +25,7 @@
 //! lease_ms = 5000                             # also the restart's
 //! persist_concurrency = 2
 //! progress_timeout_ms = 60000                 # a VM stuck this long fails it (and the restart)
-//! allow_writable_disks = false                # true: snapshot the disks yourself (docs/disks.md)
+//! allow_writable_disks = false                # true: leave disks out, snapshot them yourself (docs/disks.md)
 //!
 //! [restore]
 //! time = "continue"                           # continue | host | catch-up

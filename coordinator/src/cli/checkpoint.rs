@@ -85,9 +85,9 @@ pub struct CheckpointCmd {
     /// while it is waited for (to stage or write its image; default 60000).
     #[arg(long, value_name = "MS", value_parser = clap::value_parser!(u64).range(1..))]
     pub progress_timeout_ms: Option<u64>,
-    /// Checkpoint VMs with writable disks anyway: the images hold RAM and
-    /// devices, not disk contents, so snapshot the disks yourself at the
-    /// checkpoint (refused by default).
+    /// Leave the VMs' writable disks out of the checkpoint: snapshot them
+    /// yourself (by default each is captured at the checkpoint's instant
+    /// and put back at a restart).
     #[arg(long)]
     pub allow_writable_disks: bool,
     /// Wait for signals: SIGUSR1 checkpoints and waits again, SIGTERM
