@@ -190,6 +190,8 @@ async fn the_rust_types_are_the_qapi_schema_qemu_reports() {
     same_enum::<ErrorKind>(&schema, checkpoint_info, "error-kind", "__org.mekha_ErrorKind");
     let waiting = schema.member_type(checkpoint_info, "cut-waiting");
     same_reply::<checkpoint::NetdevPeers>(waiting, "__org.mekha_NetdevPeers");
+    let disks = schema.member_type(checkpoint_info, "disks");
+    same_reply::<checkpoint::DiskCapture>(disks, "__org.mekha_DiskCapture");
     let checkpoint_args = schema.type_of("__org.mekha_checkpoint", "arg-type");
     same_enum::<checkpoint::Mode>(&schema, checkpoint_args, "mode", "__org.mekha_CheckpointMode");
 
