@@ -167,6 +167,13 @@ int mekha_qemu_disk_write(const char *device, uint64_t offset,
                           const uint8_t *data, size_t len, char **err);
 
 /*
+ * Drain the block node @node once, so that a job started on it in an
+ * iothread's context has set itself up.  BQL held.  -1 and *@err when
+ * there is no such node.
+ */
+int mekha_qemu_disk_settle(const char *node, char **err);
+
+/*
  * Activate the disks of an incoming VM (taking their locks) ahead of
  * mekha_qemu_incoming_finish(), which then finds them active.  -1 and
  * *@err when a disk cannot be activated.  BQL held.

@@ -296,6 +296,14 @@ pub(crate) mod block {
         check(|err| unsafe { boundary::mekha_qemu_disk_write(device.as_ptr(), offset, ptr, len, err) })
     }
 
+    /// Drains `node` once: a job started on it in an iothread's context
+    /// has then set itself up.
+    pub(crate) fn settle(_bql: &Bql, node: &str) -> Result<()> {
+        let node = c_string("node", node)?;
+        // SAFETY: a NUL-terminated name; BQL held.
+        check(|err| unsafe { boundary::mekha_qemu_disk_settle(node.as_ptr(), err) })
+    }
+
     /// Activates an incoming VM's disks (taking their locks).
     pub(crate) fn activate(_bql: &Bql) -> Result<()> {
         // SAFETY: BQL held.

@@ -278,6 +278,9 @@ pub struct Info {
     /// The writable disks captured with RAM.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub disks: Vec<DiskCapture>,
+    /// Bytes the disks' copies have made so far.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_copied_bytes: Option<u64>,
 }
 
 /// `__org.mekha_DiskCapture`: a writable disk captured at the

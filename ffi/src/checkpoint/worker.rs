@@ -213,7 +213,11 @@ fn checkpoint(shared: &Session, params: &Params, prepared: Prepared) -> Result<(
             }
             Capture::Cow(wp) => cow_capture::capture(shared, params, wp, &mut persist, &mut tracking, &mut disks),
         };
-        let stopped = match stopped.and_then(|s| disks.wait(None).map(|_| s)) {
+        // Progress for the coordinator, which gives up on a VM that shows
+        // none; a cancel or a lapsed lease ends the wait.
+        let copied = |bytes| shared.update(|info| info.disk_copied_bytes = Some(bytes));
+        let give_up = || shared.abandoned().map(|a| a.error());
+        let stopped = match stopped.and_then(|s| disks.wait(None, copied, give_up).map(|_| s)) {
             Ok(s) => s,
             Err(e) => {
                 disks.cancel();

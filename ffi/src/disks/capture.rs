@@ -18,6 +18,7 @@
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mekha_ckpt_core::disk::{self, Copied, DiskError, DiskIdentity, LayerKind, LayerWriter};
@@ -27,6 +28,9 @@ use serde_json::{json, Value};
 
 use super::tracking::{self, Base};
 use crate::qemu::{self, block, Bql};
+
+/// Numbers the captures of this process, for their nodes' and jobs' names.
+static NEXT_CAPTURE: AtomicU64 = AtomicU64::new(1);
 
 /// How often the worker looks at the backup jobs.
 const JOB_POLL: Duration = Duration::from_millis(10);
@@ -96,13 +100,21 @@ impl Capture {
             let size = disk.size.unwrap_or(0);
             let key = super::disk_key(&disk.device);
             let capture_file = super::sibling(image, &format!("{key}.capture"));
-            let file = File::create(&capture_file)
-                .and_then(|f| f.set_len(size).map(|()| f))
-                .map_err(|e| Error::io(format_args!("capture file {}", capture_file.display()), &e))?;
-            drop(file);
-            let target_node = format!("mekha-capture-{i}");
-            let job = format!("mekha-capture-{i}");
-            let base = tracking::base_for(bql, &disk.device, &disk.node, parent, &key);
+            let created = File::create(&capture_file).and_then(|f| f.set_len(size));
+            if let Err(e) = created {
+                let _ = std::fs::remove_file(&capture_file);
+                capture.release(bql, false);
+                for disk in &capture.disks {
+                    let _ = std::fs::remove_file(&disk.capture_file);
+                }
+                return Err(Error::io(format_args!("capture file {}", capture_file.display()), &e));
+            }
+            // Names of this capture only: a leftover of an earlier one
+            // (a node QEMU would not delete yet) cannot collide.
+            let serial = NEXT_CAPTURE.fetch_add(1, Ordering::Relaxed);
+            let target_node = format!("mekha-capture-{serial}-{i}");
+            let job = target_node.clone();
+            let base = tracking::base_for(bql, &disk.device, &disk.node, size, parent, &key);
             let bitmap = tracking::new_bitmap_name();
             let entry = DiskCapture {
                 device: disk.device,
@@ -154,7 +166,12 @@ impl Capture {
             }
             actions.push(json!({
                 "type": "block-dirty-bitmap-add",
-                "data": { "node": disk.node, "name": disk.bitmap, "persistent": false },
+                "data": {
+                    "node": disk.node,
+                    "name": disk.bitmap,
+                    "persistent": false,
+                    "granularity": LAYER_CLUSTER,
+                },
             }));
             let mut backup = json!({
                 "job-id": disk.job,
@@ -174,24 +191,37 @@ impl Capture {
         block::execute(bql, "transaction", json!({ "actions": actions }))
             .map_err(|e| e.context("starting the disks' capture"))?;
         self.started = true;
+        for disk in &self.disks {
+            block::settle(bql, &disk.node)?;
+        }
         Ok(())
     }
 
     /// Waits for every backup job to conclude (the BQL taken per look,
-    /// never held while waiting), at most until `deadline`: whether they
+    /// never held while waiting), telling `progress` the bytes copied so
+    /// far, until `deadline` or until `give_up` says why not: whether they
     /// all did. A job's error fails the capture.
-    pub(crate) fn wait(&mut self, deadline: Option<Instant>) -> Result<bool> {
+    pub(crate) fn wait(
+        &mut self,
+        deadline: Option<Instant>,
+        mut progress: impl FnMut(u64),
+        give_up: impl Fn() -> Option<Error>,
+    ) -> Result<bool> {
         if !self.started {
             return Ok(true);
         }
         loop {
-            let pending = {
+            let jobs = {
                 let bql = Bql::lock();
-                let jobs = block::execute(&bql, "query-jobs", json!({}))?;
-                self.pending_jobs(&jobs)?
+                block::execute(&bql, "query-jobs", json!({}))?
             };
+            let (pending, copied, failed) = self.jobs_state(&jobs);
+            progress(copied);
             if pending == 0 {
-                return Ok(true);
+                return failed.map_or(Ok(true), Err);
+            }
+            if let Some(why) = give_up() {
+                return Err(why);
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(false);
@@ -200,21 +230,25 @@ impl Capture {
         }
     }
 
-    /// How many of this capture's jobs still run; a concluded job's error.
-    fn pending_jobs(&self, jobs: &Value) -> Result<usize> {
-        let mut pending = 0;
+    /// This capture's jobs: how many still run, the bytes they copied,
+    /// and the first concluded one's error.
+    fn jobs_state(&self, jobs: &Value) -> (usize, u64, Option<Error>) {
+        let (mut pending, mut copied, mut failed) = (0, 0, None);
         for disk in &self.disks {
             let job = jobs.as_array().into_iter().flatten().find(|j| j["id"] == disk.job);
             let Some(job) = job else {
-                return Err(Error::internal(format!("disk {}: its capture job {} is gone", disk.device, disk.job)));
+                let gone = Error::internal(format!("disk {}: its capture job {} is gone", disk.device, disk.job));
+                failed.get_or_insert(gone);
+                continue;
             };
+            copied += job["current-progress"].as_u64().unwrap_or(0);
             if job["status"] != "concluded" {
                 pending += 1;
             } else if let Some(error) = job.get("error").and_then(Value::as_str) {
-                return Err(Error::qemu(format!("disk {}: capturing it failed: {error}", disk.device)));
+                failed.get_or_insert(Error::qemu(format!("disk {}: capturing it failed: {error}", disk.device)));
             }
         }
-        Ok(pending)
+        (pending, copied, failed)
     }
 
     /// Once the jobs concluded: dismisses them and closes the capture
@@ -236,8 +270,9 @@ impl Capture {
                     let _ = block::execute(&bql, "job-cancel", json!({ "id": disk.job, "force": true }));
                 }
             }
-            // A cancelled job concludes in the main loop, soon.
-            let _ = self.wait(Some(Instant::now() + CANCEL_WAIT));
+            // A cancelled job concludes in the main loop, soon; every one
+            // must have before its node can go.
+            let _ = self.wait(Some(Instant::now() + CANCEL_WAIT), |_| {}, || None);
         }
         let bql = Bql::lock();
         self.release(&bql, false);

@@ -22,7 +22,7 @@ use mekha_ckpt_core::session::{Error, ErrorKind, Result};
 use mekha_ckpt_core::width::to_usize;
 use serde_json::json;
 
-use super::tracking;
+use super::{capture, tracking};
 use crate::qemu::{self, block, Bql};
 
 /// Bytes written into a disk under one hold of the BQL.
@@ -84,7 +84,9 @@ pub(crate) fn put_back(image: &Path, captured: &[DiskCapture], key: Option<&Imag
         total.zero_bytes += done.zero_bytes;
         let bitmap = tracking::new_bitmap_name();
         let bql = Bql::lock();
-        block::execute(&bql, "block-dirty-bitmap-add", json!({ "node": node, "name": bitmap, "persistent": false }))?;
+        let bitmap_args =
+            json!({ "node": node, "name": bitmap, "persistent": false, "granularity": capture::LAYER_CLUSTER });
+        block::execute(&bql, "block-dirty-bitmap-add", bitmap_args)?;
         tracking::captured(&disk.device, node, &bitmap);
         tracking::layer_written(&disk.device, &bitmap, chain.newest().header().header_crc32c);
     }

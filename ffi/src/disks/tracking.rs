@@ -72,7 +72,14 @@ pub(crate) fn new_bitmap_name() -> String {
 /// The base for `device`'s next capture: the bitmap known by the id of
 /// its layer in `parent`'s generation, if there is one; every other
 /// bitmap of the disk is dropped. Also retries a failed cleanup.
-pub(crate) fn base_for(bql: &Bql, device: &str, node: &str, parent: Option<&Path>, key: &str) -> Option<Base> {
+pub(crate) fn base_for(
+    bql: &Bql,
+    device: &str,
+    node: &str,
+    size: u64,
+    parent: Option<&Path>,
+    key: &str,
+) -> Option<Base> {
     let leftovers = with(|s| (std::mem::take(&mut s.jobs), std::mem::take(&mut s.nodes)));
     for job in leftovers.0 {
         let _ = block::execute(bql, "job-dismiss", json!({ "id": job }));
@@ -83,13 +90,15 @@ pub(crate) fn base_for(bql: &Bql, device: &str, node: &str, parent: Option<&Path
     let layer = parent.map(|p| super::sibling(p, &format!("{key}.{}", disk::LAYER_EXTENSION)));
     let layer_id = layer.as_deref().and_then(super::layer_id);
     let layer_name = layer.as_deref().and_then(super::name_in_checkpoint);
-    // A chain at its bound starts anew with a whole capture.
+    // A chain at its bound starts anew with a whole capture; so does a
+    // disk resized since (a chain is of one size).
     let root = parent.and_then(Path::parent).and_then(Path::parent);
-    let depth = match (root, &layer_name) {
-        (Some(root), Some(name)) => disk::Chain::open(root, name, None).map_or(usize::MAX, |c| c.layers().len()),
-        _ => usize::MAX,
+    let chain = match (root, &layer_name) {
+        (Some(root), Some(name)) => disk::Chain::open(root, name, None).ok(),
+        _ => None,
     };
-    let layer_id = layer_id.filter(|_| depth < MAX_CHAIN);
+    let usable = chain.is_some_and(|c| c.layers().len() < MAX_CHAIN && c.virtual_size() == size);
+    let layer_id = layer_id.filter(|_| usable);
     let (keep, drop): (Vec<Tracked>, Vec<Tracked>) = with(|s| {
         s.bitmaps
             .remove(device)
