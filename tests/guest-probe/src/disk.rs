@@ -110,6 +110,22 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
     Ok(done)
 }
 
+/// Reads a file opened with O_DIRECT into `buf` (aligned, whole blocks)
+/// until `size` bytes or its end. Not [`read_full_at`]: after a read
+/// short at the file's end, another at that unaligned offset is EINVAL.
+fn read_direct_to(file: &File, buf: &mut [u8], size: u64) -> io::Result<usize> {
+    let mut done = 0;
+    while (done as u64) < size && done < buf.len() {
+        match file.read_at(&mut buf[done..], done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
 fn open_direct(path: &Path) -> io::Result<File> {
     OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(path)
 }
@@ -629,8 +645,8 @@ fn scan_one(log: &DiskLog) -> io::Result<serde_json::Map<String, Value>> {
     let size = file.metadata()?.len();
     let len = usize::try_from(size).map_err(io::Error::other)?.div_ceil(BLOCK).max(1) * BLOCK;
     let mut text = Aligned::new(len);
-    let n =
-        read_full_at(&file, text.as_mut(), 0).map_err(|e| context(&format!("reading {LOG_FILE} ({size} bytes)"), e))?;
+    let n = read_direct_to(&file, text.as_mut(), size)
+        .map_err(|e| context(&format!("reading {LOG_FILE} ({size} bytes)"), e))?;
     let summary = diskfmt::check_log(&text.as_mut()[..n]);
     let mut m = serde_json::Map::new();
     m.insert("disk".into(), log.label.clone().into());
