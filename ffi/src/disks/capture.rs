@@ -13,10 +13,12 @@
 //! committed checkpoint) copies only the clusters written since
 //! (`sync: bitmap`, `bitmap-mode: never`: the base keeps every bit, so a
 //! checkpoint that fails or is never committed loses no tracking); the
-//! others copy everything. After the resume ([`Capture::finish`]) the
-//! worker waits for the jobs and takes the capture files.
+//! others copy everything. After the resume the worker waits for the
+//! jobs ([`Capture::wait`]), closes them ([`Capture::close`]) and packs
+//! each capture file into the disk's layer ([`DiskCapture::pack`]).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -100,13 +102,17 @@ impl Capture {
             let size = disk.size.unwrap_or(0);
             let key = super::disk_key(&disk.device);
             let capture_file = super::sibling(image, &format!("{key}.capture"));
-            let created = File::create(&capture_file).and_then(|f| f.set_len(size));
+            // The guest's data: private, as images are.
+            let created = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&capture_file)
+                .and_then(|f| f.set_len(size));
             if let Err(e) = created {
                 let _ = std::fs::remove_file(&capture_file);
-                capture.release(bql, false);
-                for disk in &capture.disks {
-                    let _ = std::fs::remove_file(&disk.capture_file);
-                }
+                capture.undo_prepare(bql);
                 return Err(Error::io(format_args!("capture file {}", capture_file.display()), &e));
             }
             // Names of this capture only: a leftover of an earlier one
@@ -141,10 +147,7 @@ impl Capture {
             );
             if let Err(e) = added {
                 let _ = std::fs::remove_file(&entry.capture_file);
-                capture.release(bql, false);
-                for disk in &capture.disks {
-                    let _ = std::fs::remove_file(&disk.capture_file);
-                }
+                capture.undo_prepare(bql);
                 return Err(e.context(format!("disk {}: opening its capture file", entry.device)));
             }
             capture.disks.push(entry);
@@ -276,6 +279,14 @@ impl Capture {
         }
         let bql = Bql::lock();
         self.release(&bql, false);
+        for disk in &self.disks {
+            let _ = std::fs::remove_file(&disk.capture_file);
+        }
+    }
+
+    /// Undoes what [`prepare`](Self::prepare) did so far (no job runs yet).
+    fn undo_prepare(&mut self, bql: &Bql) {
+        self.release(bql, false);
         for disk in &self.disks {
             let _ = std::fs::remove_file(&disk.capture_file);
         }
