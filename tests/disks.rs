@@ -17,12 +17,13 @@ mod common;
 
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
 use mekha_rig::disk::diskfmt::{self, Mark, LINE, LOG_FILE, PAYLOAD_BYTES};
 use mekha_rig::disk::{self, Attach, Bus, Control, DiskContent, DiskImage, Format, Reported, Scanned};
-use mekha_rig::{ProbeEvent, Vm, VmConfig};
+use mekha_rig::{Artifacts, ProbeEvent, Vm, VmConfig};
 
 const BOOT: Duration = Duration::from_secs(120);
 /// Lines each disk's log has before the test scans and shuts down.
@@ -140,6 +141,19 @@ async fn logs_on_three_buses_match_the_probe_and_fsck_clean() {
     assert!(leaked.to_string().contains("marks the run did not make"), "{leaked}");
 }
 
+/// Starts `config`'s VM in `run` waiting for an incoming state, restores
+/// it from the latest checkpoint of `images`, and asks its probe to scan
+/// its disks (with O_DIRECT) at once: the restored VM and its control port.
+async fn restore_and_scan(artifacts: &Artifacts, mut config: VmConfig, run: &Path, images: &Path) -> (Vm, Control) {
+    config.incoming = true;
+    let mut restored = Vm::launch(artifacts, None, run, config).unwrap();
+    restored.qmp().await.unwrap();
+    let mut ctl = Control::connect(&run.join("ctl.sock")).unwrap();
+    common::json_of(&common::mekha(artifacts, &["restore", "--json"], &restored.cli_qmp_path(), images));
+    ctl.send("scan").unwrap();
+    (restored, ctl)
+}
+
 /// Writes `bytes` at `offset` of the file at `path`.
 fn overwrite(path: &std::path::Path, offset: u64, bytes: &[u8]) {
     let mut f = std::fs::OpenOptions::new().write(true).open(path).unwrap();
@@ -184,13 +198,7 @@ async fn a_disk_not_rolled_back_with_memory_is_caught() {
     vm.kill();
     let original = Reported::from_events("log", &log1.events());
 
-    let mut config2 = config("run2");
-    config2.incoming = true;
-    let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config2).unwrap();
-    restored.qmp().await.unwrap();
-    let mut ctl = Control::connect(&dir.join("run2/ctl.sock")).unwrap();
-    common::json_of(&common::mekha(&artifacts, &["restore", "--json"], &restored.cli_qmp_path(), &images));
-    ctl.send("scan").unwrap();
+    let (mut restored, mut ctl) = restore_and_scan(&artifacts, config("run2"), &dir.join("run2"), &images).await;
     let log2 = restored.log();
     log2.wait_for("disk_scan", BOOT, |e| e.ev == "disk_scan").unwrap();
     let events2 = log2.events();
@@ -322,13 +330,7 @@ async fn disks_roll_back_with_memory() {
     vm.kill();
     let events1 = log1.events();
 
-    let mut config2 = config("run2");
-    config2.incoming = true;
-    let mut restored = Vm::launch(&artifacts, None, &dir.join("run2"), config2).unwrap();
-    restored.qmp().await.unwrap();
-    let mut ctl = Control::connect(&dir.join("run2/ctl.sock")).unwrap();
-    common::json_of(&common::mekha(&artifacts, &["restore", "--json"], &restored.cli_qmp_path(), &images));
-    ctl.send("scan").unwrap();
+    let (mut restored, mut ctl) = restore_and_scan(&artifacts, config("run2"), &dir.join("run2"), &images).await;
     let log2 = restored.log();
     for label in &labels {
         log2.wait_for("disk_scan", BOOT, |e| e.ev == "disk_scan" && e.str("disk") == Some(label)).unwrap();
