@@ -190,7 +190,7 @@ fn run_inspect(path: &Path, json: bool) -> Result<(), CommandFailure> {
             match outcome {
                 Ok(inspection) => {
                     print_inspection(member, inspection);
-                    print_disks(&member.path);
+                    print_disks(&member.path, inspection.info.clone());
                 }
                 Err(e) => println!("{}: cannot be read: {e}", member.label()),
             }
@@ -311,7 +311,7 @@ fn verify_member<'a>(member: &'a Member, key: Option<&ImageKey>) -> Verdict<'a> 
             problems.extend(report.problems());
             let mut code = if problems.is_empty() { exit::OK } else { exit::DAMAGED };
             let mut disks = Vec::new();
-            for (capture, chain) in disk_chains(&member.path, &image, key) {
+            for (capture, chain) in disk_chains(&member.path, image.info().ok().flatten(), key) {
                 match chain.and_then(|chain| disk::verify(&chain)) {
                     Ok(report) if report.is_intact() => disks.push(report),
                     Ok(report) => {
@@ -392,10 +392,14 @@ fn print_verdict(member: &Member, v: &Verdict) {
 
 // ---- disks ----
 
-/// The disks `image` (at `path`) captured, each with its layer chain
-/// opened (under `key`, when given).
-fn disk_chains(path: &Path, image: &image::Image, key: Option<&ImageKey>) -> Vec<(DiskCapture, disk::Result<Chain>)> {
-    let captured = image.info().ok().and_then(|info| DiskCapture::listed_in(info).ok()).unwrap_or_default();
+/// The disks the image at `path` captured (from its INFO, `info`), each
+/// with its layer chain opened (under `key`, when given).
+fn disk_chains(
+    path: &Path,
+    info: Option<serde_json::Value>,
+    key: Option<&ImageKey>,
+) -> Vec<(DiskCapture, disk::Result<Chain>)> {
+    let captured = DiskCapture::listed_in(info).unwrap_or_default();
     captured
         .into_iter()
         .map(|capture| {
@@ -415,9 +419,8 @@ fn missing(e: &DiskError) -> bool {
     matches!(e, DiskError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
 }
 
-fn print_disks(path: &Path) {
-    let Ok(image) = image::Image::open(path) else { return };
-    for (capture, chain) in disk_chains(path, &image, None) {
+fn print_disks(path: &Path, info: Option<serde_json::Value>) {
+    for (capture, chain) in disk_chains(path, info, None) {
         println!(
             "  disk {} ({}, {}, node {}): {} layer {}",
             capture.device,

@@ -112,7 +112,7 @@ impl Capture {
                 .and_then(|f| f.set_len(size));
             if let Err(e) = created {
                 let _ = std::fs::remove_file(&capture_file);
-                capture.undo_prepare(bql);
+                capture.discard(bql);
                 return Err(Error::io(format_args!("capture file {}", capture_file.display()), &e));
             }
             // Names of this capture only: a leftover of an earlier one
@@ -147,7 +147,7 @@ impl Capture {
             );
             if let Err(e) = added {
                 let _ = std::fs::remove_file(&entry.capture_file);
-                capture.undo_prepare(bql);
+                capture.discard(bql);
                 return Err(e.context(format!("disk {}: opening its capture file", entry.device)));
             }
             capture.disks.push(entry);
@@ -277,15 +277,12 @@ impl Capture {
             // must have before its node can go.
             let _ = self.wait(Some(Instant::now() + CANCEL_WAIT), |_| {}, || None);
         }
-        let bql = Bql::lock();
-        self.release(&bql, false);
-        for disk in &self.disks {
-            let _ = std::fs::remove_file(&disk.capture_file);
-        }
+        self.discard(&Bql::lock());
     }
 
-    /// Undoes what [`prepare`](Self::prepare) did so far (no job runs yet).
-    fn undo_prepare(&mut self, bql: &Bql) {
+    /// Drops what the capture made (no job runs any more): its nodes, the
+    /// bitmaps made at the stop, its capture files.
+    fn discard(&mut self, bql: &Bql) {
         self.release(bql, false);
         for disk in &self.disks {
             let _ = std::fs::remove_file(&disk.capture_file);
@@ -327,7 +324,7 @@ impl DiskCapture {
             let what = what.to_owned();
             move |e: std::io::Error| Error::io(format_args!("{what} {}", path.display()), &e)
         };
-        let layer_path = super::sibling(image, &format!("{}.{}", super::disk_key(&self.device), disk::LAYER_EXTENSION));
+        let layer_path = super::layer_path(image, &super::disk_key(&self.device));
         let kind = match &self.base {
             None => LayerKind::Full,
             Some(base) => LayerKind::Delta { parent: base.layer_name.clone(), parent_header_crc32c: base.layer_id },

@@ -3,7 +3,6 @@
 //! with RAM and devices (`capture`), incremental from the last committed
 //! generation (`tracking`), written as one layer file per disk next to
 //! the VM's image.
-//!
 
 pub(crate) mod capture;
 pub(crate) mod restore;
@@ -11,7 +10,7 @@ pub(crate) mod tracking;
 
 use std::path::{Path, PathBuf};
 
-use mekha_ckpt_core::disk::LayerReader;
+use mekha_ckpt_core::disk;
 
 /// A file-name-safe key for a disk, from its device id (a qdev id, or a
 /// QOM path for a device without one): readable, and unique by a hash.
@@ -33,10 +32,10 @@ pub(crate) fn sibling(image: &Path, suffix: &str) -> PathBuf {
     image.with_file_name(format!("{stem}.{suffix}"))
 }
 
-/// The id of the layer file at `path` (its header CRC), if it is one.
-/// Its data is not read: a capture over it only names it.
-pub(crate) fn layer_id(path: &Path) -> Option<u32> {
-    LayerReader::open(path, None).ok().map(|layer| layer.header().header_crc32c)
+/// The layer file of the disk keyed `key` (see [`disk_key`]) beside
+/// `image`.
+pub(crate) fn layer_path(image: &Path, key: &str) -> PathBuf {
+    sibling(image, &format!("{key}.{}", disk::LAYER_EXTENSION))
 }
 
 /// `path`'s name relative to its checkpoint directory: its generation

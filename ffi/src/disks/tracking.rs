@@ -87,18 +87,18 @@ pub(crate) fn base_for(
     for node in leftovers.1 {
         let _ = block::execute(bql, "blockdev-del", json!({ "node-name": node }));
     }
-    let layer = parent.map(|p| super::sibling(p, &format!("{key}.{}", disk::LAYER_EXTENSION)));
-    let layer_id = layer.as_deref().and_then(super::layer_id);
-    let layer_name = layer.as_deref().and_then(super::name_in_checkpoint);
-    // A chain at its bound starts anew with a whole capture; so does a
-    // disk resized since (a chain is of one size).
+    let layer_name = parent.and_then(|p| super::name_in_checkpoint(&super::layer_path(p, key)));
     let root = parent.and_then(Path::parent).and_then(Path::parent);
     let chain = match (root, &layer_name) {
         (Some(root), Some(name)) => disk::Chain::open(root, name, None).ok(),
         _ => None,
     };
-    let usable = chain.is_some_and(|c| c.layers().len() < MAX_CHAIN && c.virtual_size() == size);
-    let layer_id = layer_id.filter(|_| usable);
+    // The parent layer's id (its data is not read: a capture over it only
+    // names it). A chain at its bound starts anew with a whole capture;
+    // so does a disk resized since (a chain is of one size).
+    let layer_id = chain
+        .filter(|c| c.layers().len() < MAX_CHAIN && c.virtual_size() == size)
+        .map(|c| c.newest().header().header_crc32c);
     let (keep, drop): (Vec<Tracked>, Vec<Tracked>) = with(|s| {
         s.bitmaps
             .remove(device)
